@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mlra`` CLI, one module each (see :mod:`mlra.cli`)."""

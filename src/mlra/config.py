@@ -1,0 +1,305 @@
+"""Model configuration: one dataclass for every attention variant, named presets, JSON io.
+
+Variants are configuration, not code: the eleven attention variants of the paper are five
+attention *families* (``standard``, ``gta``, ``mfa``, ``tpa``, ``latent``) with different
+settings. MLA, GLA-G and MLRA-B are one ``latent`` family with a (branches x groups) grid of
+latent heads (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mlra.errors import ConfigError
+
+FAMILIES = ("standard", "gta", "mfa", "tpa", "latent")
+
+VARIANTS = (
+    "mha", "mqa", "gqa", "gta", "mfa", "tpa", "mla", "gla_2", "gla_4", "mlra_2", "mlra_4",
+)
+"""The paper's eleven variant names, in the paper's table order."""
+
+SIZES = ("tiny", "small", "1b", "paper")
+"""Preset sizes: ``tiny`` trains on a laptop CPU, ``paper`` is the paper's 2.9B configuration."""
+
+# The paper's 2.9B configurations (official-implementation.md section 1.6): MLP widths chosen
+# by the authors so that every variant lands at 2.872-2.873B parameters.
+_PAPER_INTERMEDIATE = {
+    "mha": 8192, "mqa": 10152, "gqa": 9728, "gta": 9960, "mfa": 8024, "tpa": 10760,
+    "mla": 9448, "gla_2": 10048, "gla_4": 10136, "mlra_2": 10048, "mlra_4": 9880,
+}
+
+# Shape of each size: hidden width, layers, heads, head width, vocabulary, context.
+_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=128, n_layers=4, n_heads=4, head_dim=32, vocab_size=512, max_seq_len=256),
+    "small": dict(
+        d_model=768, n_layers=12, n_heads=12, head_dim=64, vocab_size=50304, max_seq_len=1024
+    ),
+    "1b": dict(
+        d_model=2048, n_layers=16, n_heads=16, head_dim=128, vocab_size=50304, max_seq_len=2048
+    ),
+    "paper": dict(
+        d_model=3072, n_layers=24, n_heads=24, head_dim=128, vocab_size=50304, max_seq_len=2048
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Configuration of a decoder-only LM with one attention variant.
+
+    Fields that do not apply to the chosen ``attention`` family are ignored (and kept at their
+    defaults by the presets). Use :meth:`preset` for the paper's variants.
+    """
+
+    name: str = "custom"
+    attention: str = "standard"
+    vocab_size: int = 50304
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    head_dim: int = 64
+    intermediate_size: int = 2048
+    max_seq_len: int = 2048
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    # standard / gta: number of K/V heads (n_heads = MHA, 1 = MQA, between = GQA).
+    n_kv_heads: int = 12
+    # latent / gta: width of the decoupled RoPE key (shared by all heads).
+    rope_dim: int = 64
+    # latent / mfa: width of the query bottleneck (d_c' in the paper).
+    q_lora_rank: int = 1024
+    # latent: total KV latent width d_c, split into latent_branches x latent_groups latent heads.
+    kv_lora_rank: int = 512
+    latent_branches: int = 1
+    latent_groups: int = 1
+    # tpa: ranks of the K/V and Q factorisations.
+    tpa_rank: int = 2
+    tpa_q_rank: int = 6
+    # Ablation switches of the paper.
+    output_gate: bool = False
+    latent_scaling: bool = True
+    zero_init_output: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field and the constraint it violates."""
+        if self.attention not in FAMILIES:
+            raise ConfigError(
+                f"attention={self.attention!r} is not a known family; choose one of {FAMILIES}"
+            )
+        positive = ["vocab_size", "d_model", "n_layers", "n_heads", "head_dim",
+                    "intermediate_size", "max_seq_len"]
+        if self.attention in ("standard", "gta"):
+            positive.append("n_kv_heads")
+        if self.attention in ("latent", "gta"):
+            positive.append("rope_dim")
+        if self.attention in ("latent", "mfa"):
+            positive.append("q_lora_rank")
+        if self.attention == "latent":
+            positive += ["kv_lora_rank", "latent_branches", "latent_groups"]
+        if self.attention == "tpa":
+            positive += ["tpa_rank", "tpa_q_rank"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.rope_base <= 0:
+            raise ConfigError(f"rope_base must be positive, got {self.rope_base}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.attention in ("standard", "mfa", "tpa") and self.head_dim % 2:
+            raise ConfigError(
+                f"head_dim must be even for rotate-half RoPE over the full head, got {self.head_dim}"
+            )
+        if self.attention in ("standard", "gta") and self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.attention in ("latent", "gta") and self.rope_dim % 2:
+            raise ConfigError(f"rope_dim must be even for rotate-half RoPE, got {self.rope_dim}")
+        if self.attention == "gta" and self.rope_dim >= self.head_dim:
+            raise ConfigError(
+                f"rope_dim ({self.rope_dim}) must be smaller than head_dim ({self.head_dim}) for "
+                "GTA: the first head_dim - rope_dim dims of each KV head are the tied K/V state"
+            )
+        if self.attention == "latent":
+            n_latent = self.latent_branches * self.latent_groups
+            if self.kv_lora_rank % n_latent:
+                raise ConfigError(
+                    f"kv_lora_rank ({self.kv_lora_rank}) must be divisible by the number of "
+                    f"latent heads latent_branches*latent_groups = {n_latent}"
+                )
+            if self.n_heads % self.latent_groups:
+                raise ConfigError(
+                    f"n_heads ({self.n_heads}) must be divisible by latent_groups "
+                    f"({self.latent_groups}): each group of query heads reads one latent head"
+                )
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def n_latent_heads(self) -> int:
+        """Number of latent heads (latent family): branches x groups."""
+        return self.latent_branches * self.latent_groups
+
+    @property
+    def latent_head_dim(self) -> int:
+        """Width of one latent head (latent family)."""
+        return self.kv_lora_rank // self.n_latent_heads
+
+    @property
+    def attn_out_dim(self) -> int:
+        """Width of the concatenated head outputs entering the output projection."""
+        return self.n_heads * self.head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        """Softmax scale of the attention logits (1/sqrt of the q.k width of the training form)."""
+        if self.attention == "latent":
+            return 1.0 / math.sqrt(self.head_dim + self.rope_dim)
+        return 1.0 / math.sqrt(self.head_dim)
+
+    def num_params(self) -> int:
+        """Number of unique parameters (tied embedding counted once), computed analytically."""
+        d, L = self.d_model, self.n_layers
+        per_layer = _attention_params(self) + 3 * d * self.intermediate_size + 2 * d
+        return L * per_layer + self.vocab_size * d + d
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, size: str = "paper", **overrides: Any) -> ModelConfig:
+        """The paper's configuration of variant ``name`` at ``size`` (tiny/small/1b/paper).
+
+        ``overrides`` replace any field afterwards (e.g. ``latent_branches=8``), except that
+        ``output_gate=True`` also narrows the MLP by the gate's parameters, as the paper does to
+        keep the parameter count matched.
+        """
+        key = name.lower().replace("-", "_")
+        if key not in VARIANTS:
+            raise ConfigError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+        if size not in SIZES:
+            raise ConfigError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {sorted(unknown)}; valid fields: "
+                f"{', '.join(f.name for f in fields(cls))}"
+            )
+        base = _variant_config(key, size)
+        if size == "paper":
+            inter = _PAPER_INTERMEDIATE[key]
+        else:
+            inter = _matched_intermediate(base, _variant_config("mha", size))
+        cfg = replace(base, intermediate_size=inter)
+        if overrides.get("output_gate"):
+            gate_params = cfg.d_model * cfg.attn_out_dim
+            inter -= round(gate_params / (3 * cfg.d_model))
+        cfg = replace(cfg, intermediate_size=inter)
+        try:
+            return replace(cfg, **overrides)
+        except TypeError as exc:  # pragma: no cover - guarded by the field check above
+            raise ConfigError(str(exc)) from exc
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-compatible dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from :meth:`to_dict` output; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)} in model config")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        """Read a config written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"model config {p} does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model config {p} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _attention_params(cfg: ModelConfig) -> int:
+    """Parameters of one attention layer (weights of every projection, norms, gate)."""
+    d, H, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
+    out = H * dh * d + (d * H * dh if cfg.output_gate else 0)
+    if cfg.attention == "standard":
+        return out + d * H * dh + 2 * d * cfg.n_kv_heads * dh
+    if cfg.attention == "gta":
+        return out + d * H * dh + d * cfg.n_kv_heads * dh + d * cfg.rope_dim
+    if cfg.attention == "mfa":
+        qr = cfg.q_lora_rank
+        return out + d * qr + qr + qr * H * dh + 2 * d * dh
+    if cfg.attention == "tpa":
+        R, Rq = cfg.tpa_rank, cfg.tpa_q_rank
+        return out + d * (H * Rq + 2 * H * R + Rq * dh + 2 * R * dh)
+    # latent
+    qr, dc, dr = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.rope_dim
+    heads_per_group = H // cfg.latent_groups
+    up = dc * heads_per_group * 2 * dh
+    return out + d * qr + qr + qr * H * (dh + dr) + d * (dc + dr) + dc + up
+
+
+def _variant_config(name: str, size: str) -> ModelConfig:
+    """The attention settings of a variant at a size, before the MLP width is chosen."""
+    s = _SHAPES[size]
+    d, H, dh = s["d_model"], s["n_heads"], s["head_dim"]
+    paper = size == "paper"
+    kv_groups = 6 if paper else (H // 4 if H >= 8 else H // 2)
+    q_lora = 1024 if paper else _round_to(d / 3, 16)
+    common = dict(s, name=name, intermediate_size=1)
+    latent = dict(
+        common, attention="latent", rope_dim=dh // 2, kv_lora_rank=4 * dh, q_lora_rank=q_lora
+    )
+    table: dict[str, dict[str, Any]] = {
+        "mha": dict(common, attention="standard", n_kv_heads=H),
+        "mqa": dict(common, attention="standard", n_kv_heads=1),
+        "gqa": dict(common, attention="standard", n_kv_heads=kv_groups),
+        "gta": dict(common, attention="gta", n_kv_heads=kv_groups, rope_dim=dh // 2),
+        "mfa": dict(
+            common, attention="mfa", head_dim=2 * dh,
+            q_lora_rank=2048 if paper else _round_to(2 * d / 3, 16),
+        ),
+        "tpa": dict(common, attention="tpa", tpa_rank=2, tpa_q_rank=6),
+        "mla": dict(latent, q_lora_rank=1536 if paper else d // 2),
+        "gla_2": dict(latent, latent_groups=2),
+        "gla_4": dict(latent, latent_groups=4),
+        "mlra_2": dict(latent, latent_branches=2, latent_groups=2),
+        "mlra_4": dict(latent, latent_branches=4),
+    }
+    return ModelConfig(**table[name])
+
+
+def _round_to(x: float, multiple: int) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def _matched_intermediate(cfg: ModelConfig, mha: ModelConfig) -> int:
+    """MLP width that gives ``cfg`` the parameter count of MHA at the same size.
+
+    MHA's width is 8/3 of the hidden size (as the paper's 8192 for 3072); every other variant
+    spends the attention parameters it saves (or costs) on the MLP, as the paper does.
+    """
+    mha_inter = _round_to(8 * mha.d_model / 3, 32)
+    target = _attention_params(mha) + 3 * mha.d_model * mha_inter
+    return max(8, _round_to((target - _attention_params(cfg)) / (3 * cfg.d_model), 8))

@@ -1,0 +1,133 @@
+"""The decoder-only language model shared by every attention variant.
+
+Llama-style pre-norm blocks (RMSNorm, attention, RMSNorm, SwiGLU), rotate-half RoPE with
+explicit positions, tied input/output embeddings, zero-initialised output projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlra.attention import Attention, build_attention
+from mlra.config import ModelConfig
+from mlra.layers import RMSNorm, Rotary, SwiGLU
+
+
+@dataclass
+class ModelOutput:
+    """``logits`` [batch, time, vocab]; ``loss`` (next-token cross-entropy) when labels given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn: Attention = build_attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, rope: Rotary, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM over any attention variant: ``model(input_ids)`` -> :class:`ModelOutput`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: N(0, std) everywhere, ones for norms, zero output
+        projections (attention and MLP) unless ``zero_init_output`` is False; TPA xavier."""
+        cfg = self.config
+        nn.init.normal_(self.embed.weight, std=cfg.init_std)
+        for block in self.layers:
+            block.attn.reset_parameters()
+            for lin in (block.mlp.w_gate, block.mlp.w_up, block.mlp.w_down):
+                nn.init.normal_(lin.weight, std=cfg.init_std)
+            if cfg.zero_init_output:
+                nn.init.zeros_(block.mlp.w_down.weight)
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Logits for every position, and the next-token loss when ``labels`` is given.
+
+        ``labels`` follow the Hugging Face convention: same shape as ``input_ids`` (the shift is
+        done here), -100 ignored. ``attention_mask`` [batch, time] (1 = real token, 0 = padding)
+        masks padded keys; positions then count real tokens only unless ``position_ids`` is
+        given.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        logits = self.logits(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                labels[:, 1:].flatten(),
+                ignore_index=-100,
+            )
+        return ModelOutput(logits=logits, loss=loss)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final normed hidden states [batch, time, d_model]."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, time], got {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            else:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        mask = None if attention_mask is None else padding_causal_mask(attention_mask)
+        rope = Rotary(position_ids, self.config.rope_base)
+        x = self.embed(input_ids)
+        for block in self.layers:
+            x = block(x, rope, mask)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied output head."""
+        return F.linear(hidden, self.embed.weight)
+
+
+def padding_causal_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean [batch, 1, time, time] mask: causal, padded keys hidden. Every row keeps its own
+    position so that padded queries (whose outputs are ignored) never see an empty row."""
+    B, T = attention_mask.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    keep = causal[None] & attention_mask.bool()[:, None, :]
+    keep = keep | torch.eye(T, dtype=torch.bool, device=attention_mask.device)[None]
+    return keep[:, None]
