@@ -118,7 +118,8 @@ class ModelConfig:
             raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.attention in ("standard", "mfa", "tpa") and self.head_dim % 2:
             raise ConfigError(
-                f"head_dim must be even for rotate-half RoPE over the full head, got {self.head_dim}"
+                f"head_dim must be even for rotate-half RoPE over the full head, "
+                f"got {self.head_dim}"
             )
         if self.attention in ("standard", "gta") and self.n_heads % self.n_kv_heads:
             raise ConfigError(
