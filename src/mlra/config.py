@@ -85,6 +85,9 @@ class ModelConfig:
     output_gate: bool = False
     latent_scaling: bool = True
     zero_init_output: bool = True
+    # Latent family: override of the 1/sqrt(branches) output scale (tensor-parallel shards that
+    # hold a subset of the branches keep the full model's scale). None = derived.
+    output_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()

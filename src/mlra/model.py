@@ -6,6 +6,7 @@ explicit positions, tied input/output embeddings, zero-initialised output projec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +26,16 @@ class ModelOutput:
     loss: torch.Tensor | None = None
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Block(nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x))."""
+    """x + reduce(attn(norm(x))), then x + reduce(mlp(norm(x))).
+
+    ``reduce`` is the identity on one device; a tensor-parallel plan sets it to an all-reduce
+    over the ranks holding shards of the attention and MLP (every decode path goes through it).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -34,10 +43,11 @@ class Block(nn.Module):
         self.attn: Attention = build_attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.intermediate_size)
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
 
     def forward(self, x: torch.Tensor, rope: Rotary, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.reduce(self.attn(self.attn_norm(x), rope, mask))
+        return x + self.reduce(self.mlp(self.mlp_norm(x)))
 
 
 class Transformer(nn.Module):
@@ -113,10 +123,14 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         mask = None if attention_mask is None else padding_causal_mask(attention_mask)
         rope = Rotary(position_ids, self.config.rope_base)
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for block in self.layers:
             x = block(x, rope, mask)
         return self.norm(x)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (a tensor-parallel plan may replace this with a vocab-parallel one)."""
+        return self.embed(input_ids)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied output head."""

@@ -49,6 +49,8 @@ class LatentAttention(Attention):
         self.q_scale = math.sqrt(d / cfg.q_lora_rank) if scaled else 1.0
         self.kv_scale = math.sqrt(d / self.width) if scaled else 1.0
         self.out_scale = 1.0 / math.sqrt(self.branches) if scaled else 1.0
+        if cfg.output_scale is not None:
+            self.out_scale = cfg.output_scale
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
