@@ -10,7 +10,7 @@ from torch import nn
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as in the official code: fp32 statistics, cast back to the input dtype, times
     the (fp32) weight. ``weight`` broadcasts against the last dimension(s) of ``x``."""
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
     return normed.to(x.dtype) * weight
 
@@ -44,7 +44,8 @@ class Rotary:
     """Rotate-half RoPE tables for explicit positions, computed once per forward and per width.
 
     ``positions`` has shape [batch, time] (any integers, e.g. offsets for decoding or shifted
-    positions); angles are computed in fp32 (and float64 for positions beyond 2^24).
+    positions); angles are computed in float64 (exact for large positions) and applied in
+    fp32 (float64 for float64 inputs).
     """
 
     def __init__(self, positions: torch.Tensor, base: float = 10000.0) -> None:
@@ -52,33 +53,35 @@ class Rotary:
             raise ValueError(f"positions must be [batch, time], got shape {tuple(positions.shape)}")
         self.positions = positions
         self.base = base
-        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tables(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(
+        self, width: int, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape [batch, time, width] for a rotated width ``width``."""
-        if width not in self._tables:
+        key = (width, dtype)
+        if key not in self._tables:
             pos = self.positions
-            wide = pos.numel() > 0 and int(pos.abs().max()) >= 2**24
-            dtype = torch.float64 if wide else torch.float32
             inv_freq = self.base ** (
-                -torch.arange(0, width, 2, device=pos.device, dtype=dtype) / width
+                -torch.arange(0, width, 2, device=pos.device, dtype=torch.float64) / width
             )
-            angles = pos.to(dtype)[..., None] * inv_freq
+            angles = pos.to(torch.float64)[..., None] * inv_freq
             angles = torch.cat([angles, angles], dim=-1)
-            self._tables[width] = (angles.cos().float(), angles.sin().float())
-        return self._tables[width]
+            self._tables[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._tables[key]
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """Apply RoPE to ``x`` of shape [batch, time, width] or [batch, time, heads, width]."""
-        cos, sin = self.tables(x.shape[-1])
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cos, sin = self.tables(x.shape[-1], dtype)
         if x.dim() == 4:
             cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         return apply_rotary(x, cos, sin)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], computed in fp32."""
-    xf = x.float()
+    """Rotate-half RoPE: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], in the tables' dtype."""
+    xf = x.to(cos.dtype)
     half = xf.shape[-1] // 2
     rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
     return (xf * cos + rotated * sin).to(x.dtype)

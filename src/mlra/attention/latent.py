@@ -130,9 +130,10 @@ class LatentAttention(Attention):
         B, S = latent.shape[:2]
         q_abs, q_rope = self.absorb_query(q)
         T = q_abs.shape[1]
-        lat = latent.reshape(B, S, self.branches, self.groups, self.width).float()
-        logits = torch.einsum("btcgiw,bscgw->bcgits", q_abs.float(), lat)
-        logits = logits + torch.einsum("btgir,bsr->bgits", q_rope.float(), k_rope.float())[:, None]
+        f = torch.promote_types(q_abs.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
+        lat = latent.reshape(B, S, self.branches, self.groups, self.width).to(f)
+        logits = torch.einsum("btcgiw,bscgw->bcgits", q_abs.to(f), lat)
+        logits = logits + torch.einsum("btgir,bsr->bgits", q_rope.to(f), k_rope.to(f))[:, None]
         logits = logits * self.cfg.softmax_scale
         if mask is None:
             mask = torch.ones(T, S, dtype=torch.bool, device=latent.device).tril(S - T)
@@ -141,5 +142,5 @@ class LatentAttention(Attention):
         p = torch.softmax(logits, dim=-1)
         z = torch.einsum("bcgits,bscgw->btcgiw", p, lat)
         _, w_uv = self.up_weights()
-        o = torch.einsum("btcgiw,cgwid->btgid", z, w_uv.float()) * self.out_scale
+        o = torch.einsum("btcgiw,cgwid->btgid", z, w_uv.to(f)) * self.out_scale
         return o.reshape(B, T, self.cfg.attn_out_dim).to(q_abs.dtype)
