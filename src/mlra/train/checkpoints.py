@@ -1,0 +1,185 @@
+"""Training checkpoints: atomic directories, ``OUT/latest``, keep-last-N, and resolution of a
+run directory to its newest complete checkpoint.
+
+Layout of a run directory::
+
+    OUT/
+      latest                       "checkpoints/step_000200" -- newest COMPLETE checkpoint
+      checkpoints/step_000200/
+        config.json                model config (mlra.io format; mlra.io.load_model works)
+        model.safetensors          weights
+        tokenizer.json             the tokenizer the data was made with
+        trainer.safetensors        AdamW moments and step counts (keyed by parameter name), RNG
+        trainer_state.json         step, data position, run config, optimizer hyper-parameters
+
+A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX-*`` (every file fsync'ed), renamed
+to ``step_XXXXXX`` (atomic), then ``latest`` is replaced atomically. A run killed at any moment
+therefore leaves ``latest`` naming a complete checkpoint. No pickles: tensors are safetensors,
+everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mlra.errors import CheckpointError
+from mlra.io import CONFIG_FILE, atomic_write, atomic_write_text, fsync_dir
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_TENSORS = "trainer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).is_file() and (directory / TRAINER_STATE).is_file()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as ``(step, path)``, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and child.is_dir() and _is_complete(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Map ``path`` to a checkpoint/model directory.
+
+    A directory holding ``config.json`` (a checkpoint or a saved model) is returned as is; a
+    run directory maps to the checkpoint named by its ``latest`` file, or failing that to its
+    newest complete ``checkpoints/step_*``. Raises :class:`CheckpointError` otherwise.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path {p} does not exist")
+    if (p / CONFIG_FILE).is_file():
+        return p
+    latest = p / LATEST
+    if latest.is_file():
+        target = p / latest.read_text().strip()
+        if (target / CONFIG_FILE).is_file():
+            return target
+        raise CheckpointError(f"{latest} names {target}, which is not a complete checkpoint")
+    found = list_checkpoints(p)
+    if found:
+        return found[-1][1]
+    raise CheckpointError(
+        f"{p} is neither a checkpoint/model directory (no {CONFIG_FILE}) nor a training run "
+        f"directory (no {LATEST} file or {CHECKPOINTS}/step_* inside)"
+    )
+
+
+def _fsync_tree(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_file():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(directory)
+
+
+def write_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    write_model: Any,
+    tokenizer: Any,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    keep_last: int | None = None,
+) -> Path:
+    """Write a complete checkpoint of ``step`` atomically and point ``latest`` at it.
+
+    ``write_model(directory)`` writes ``config.json`` + ``model.safetensors`` (e.g.
+    :func:`mlra.io.save_model`); ``tokenizer.save(directory)`` the tokenizer; ``state`` goes
+    to ``trainer_state.json`` and ``tensors`` to ``trainer.safetensors``. Then all but the
+    ``keep_last`` newest checkpoints up to this one are deleted (None keeps all).
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = step_dir_name(step)
+    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_model(tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(tmp / TRAINER_TENSORS, lambda p: save_file(flat, str(p)))
+        # trainer_state.json last: its presence marks the directory complete.
+        atomic_write_text(tmp / TRAINER_STATE, json.dumps(state, indent=1) + "\n")
+        _fsync_tree(tmp)
+        final = root / name
+        old = None
+        if final.exists():  # re-written after resuming from an earlier step
+            old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(run_dir / LATEST, f"{CHECKPOINTS}/{name}\n")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if keep_last is not None:
+        prune(run_dir, keep_last, upto=step)
+    return final
+
+
+def prune(run_dir: str | Path, keep_last: int, upto: int) -> None:
+    """Delete complete checkpoints at or before step ``upto`` except the ``keep_last`` newest
+    (checkpoints after ``upto`` -- from an abandoned continuation -- are left alone)."""
+    keep_last = max(1, keep_last)
+    older = [(s, p) for s, p in list_checkpoints(run_dir) if s <= upto]
+    for _, path in older[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_partial(run_dir: str | Path) -> None:
+    """Remove temporary directories left by a run killed while writing a checkpoint."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def read_trainer_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``trainer_state.json`` and ``trainer.safetensors`` of a checkpoint."""
+    directory = Path(directory)
+    state_path, tensor_path = directory / TRAINER_STATE, directory / TRAINER_TENSORS
+    for p in (state_path, tensor_path):
+        if not p.is_file():
+            raise CheckpointError(
+                f"{p} is missing: {directory} is not a training checkpoint that can be resumed"
+            )
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{state_path} is not valid JSON: {exc}") from exc
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{tensor_path} is corrupt or truncated: {exc}") from exc
+    return state, tensors
