@@ -1,0 +1,158 @@
+"""Loading any checkpoint a user may hold: our model directories, training runs, and the
+published (official) MLRA checkpoints.
+
+``load_checkpoint(path)`` looks at what ``path`` is and dispatches:
+
+- our model directory (``config.json`` with ``"format": "mlra"`` + ``model.safetensors``):
+  :func:`mlra.io.load_model`;
+- a training run directory (the newest checkpoint it holds, followed through ``RUN/latest``);
+- an official Hugging Face-style directory (``config.json`` with ``model_type`` "gpt2" and
+  ``pytorch_model*.bin``): :func:`mlra.checkpoints.official.load_official`, variant inferred.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mlra.checkpoints.official import (
+    full_variant_name,
+    is_official_dir,
+    load_official,
+    parse_variant,
+    resolve_official_config,
+    variant_name,
+)
+from mlra.checkpoints.safety import load_weights_file
+from mlra.errors import CheckpointError, ConfigError
+from mlra.io import CONFIG_FILE, FORMAT_NAME, load_model, read_model_config
+from mlra.model import Transformer
+
+__all__ = [
+    "checkpoint_kind", "full_variant_name", "load_checkpoint", "load_official",
+    "load_weights_file", "parse_variant", "resolve_checkpoint_dir", "resolve_official_config",
+    "variant_name",
+]
+
+
+def _is_mlra_dir(path: Path) -> bool:
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT_NAME
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return False
+
+
+def _resolve_run(path: Path) -> Path | None:
+    """The model directory a training run points at, or None when ``path`` is not a run."""
+    try:
+        from mlra.train.checkpoints import resolve_checkpoint  # type: ignore[import-not-found]
+    except ImportError:
+        resolve_checkpoint = None
+    if resolve_checkpoint is not None:
+        try:
+            resolved = resolve_checkpoint(path)
+        except CheckpointError:
+            resolved = None
+        if resolved is not None:
+            return _model_dir_in(Path(resolved))
+    latest = path / "latest"
+    if latest.is_symlink() or latest.is_dir():
+        return _model_dir_in(latest.resolve())
+    if latest.is_file():  # a text file naming the checkpoint directory
+        name = latest.read_text().strip()
+        target = Path(name) if Path(name).is_absolute() else path / name
+        if not target.exists():
+            raise CheckpointError(f"{latest} points at {target}, which does not exist")
+        return _model_dir_in(target)
+    return None
+
+
+def _model_dir_in(ckpt: Path) -> Path:
+    for candidate in (ckpt, ckpt / "model"):
+        if _is_mlra_dir(candidate):
+            return candidate
+    raise CheckpointError(f"{ckpt} holds no model (expected config.json + model.safetensors)")
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"mlra"``, ``"run"`` or ``"official"``; :class:`CheckpointError` for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.is_file():
+        raise CheckpointError(
+            f"{p} is a file; pass the checkpoint directory (our model directory, a training run, "
+            "or an official Hugging Face-style directory)"
+        )
+    if _is_mlra_dir(p):
+        return "mlra"
+    if is_official_dir(p):
+        return "official"
+    if (p / "latest").exists() or (p / "latest").is_symlink():
+        return "run"
+    try:
+        if _resolve_run(p) is not None:
+            return "run"
+    except CheckpointError:
+        pass
+    raise CheckpointError(
+        f"{p} is not a checkpoint: expected our model directory (config.json with "
+        "\"format\": \"mlra\" + model.safetensors), a training run directory (with 'latest'), "
+        "or an official directory (config.json + pytorch_model.bin or sharded "
+        "pytorch_model-*.bin with pytorch_model.bin.index.json)"
+    )
+
+
+def resolve_checkpoint_dir(path: str | Path) -> tuple[str, Path]:
+    """(kind, directory holding the weights): a run directory resolves to its newest model."""
+    p = Path(path)
+    kind = checkpoint_kind(p)
+    if kind == "run":
+        resolved = _resolve_run(p)
+        if resolved is None:  # pragma: no cover - checkpoint_kind said it was a run
+            raise CheckpointError(f"{p}: no checkpoint found in this run")
+        return "mlra", resolved
+    return kind, p
+
+
+def load_checkpoint(
+    path: str | Path,
+    variant: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    latent_scaling: bool | None = None,
+) -> Transformer:
+    """Load a model from any supported checkpoint directory (eval mode).
+
+    ``variant`` (e.g. ``"mlra_4"``, ``"mla_no_scale"``, ``"gqa_gated"``) is needed only for
+    official checkpoints of the no-scale ablations (the weights cannot tell); otherwise it is
+    inferred and, when given, must match the files. ``latent_scaling=False`` is the same as the
+    ``_no_scale`` suffix. Raises :class:`~mlra.errors.CheckpointError` with a one-line reason.
+    """
+    kind, directory = resolve_checkpoint_dir(path)
+    if kind == "official":
+        return load_official(directory, variant, latent_scaling, device=device, dtype=dtype)
+    cfg = read_model_config(directory)
+    if variant is not None:
+        try:
+            req = parse_variant(variant)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from exc
+        if req.base != variant_name(cfg):
+            raise CheckpointError(
+                f"--variant {variant} does not match {directory}: it holds "
+                f"{full_variant_name(cfg)}"
+            )
+    if latent_scaling is not None and cfg.attention == "latent" and (
+        latent_scaling != cfg.latent_scaling
+    ):
+        raise CheckpointError(
+            f"{directory} records latent_scaling={cfg.latent_scaling}; it cannot be overridden"
+        )
+    model = load_model(directory, device="cpu", dtype=dtype)
+    return model.to(device).eval()
