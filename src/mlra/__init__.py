@@ -1,5 +1,6 @@
 """mlra: Multi-Head Low-Rank Attention and the attention variants it is compared with."""
 
+from mlra.checkpoints import load_checkpoint
 from mlra.config import FAMILIES, SIZES, VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
 from mlra.model import ModelOutput, Transformer
@@ -8,5 +9,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES", "SIZES", "VARIANTS", "CheckpointError", "ConfigError", "DataError", "MlraError",
-    "ModelConfig", "ModelOutput", "Transformer", "__version__",
+    "ModelConfig", "ModelOutput", "Transformer", "__version__", "load_checkpoint",
 ]
