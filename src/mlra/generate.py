@@ -1,0 +1,198 @@
+"""Batched generation over the paged cache: :func:`generate`.
+
+Prompts of different lengths share one cache without padding (ragged pages: each sequence
+holds only its own tokens), so a batch gives exactly the tokens each prompt gives alone.
+Sequences are admitted while the token budget allows (continuous batching), stop on their own
+conditions and give their pages back at once, while the others continue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError, PagedKVCache
+from mlra.decoding import Decoder
+from mlra.errors import MlraError
+from mlra.model import Transformer
+from mlra.sampling import sample_next, validate_sampling
+
+TokenCallback = Callable[[int, int], None]
+"""``callback(prompt_index, token)``, called for every generated token as it is produced."""
+
+
+class GenerationError(MlraError, ValueError):
+    """A generation request is invalid (empty prompt, token out of range, too long, ...)."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_inference_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    variant: str | None = None,
+) -> Transformer:
+    """Load a model for inference from any checkpoint directory :func:`mlra.checkpoints.
+    load_checkpoint` accepts (our model directory, a training run, an official checkpoint).
+    The one place generation code loads weights."""
+    from mlra.checkpoints import load_checkpoint
+
+    return load_checkpoint(path, variant=variant, device=device, dtype=dtype).eval()
+
+
+# ----------------------------------------------------------------------------- validation
+def check_prompts(prompts: object, vocab_size: int) -> list[list[int]]:
+    """Prompts as lists of ints; :class:`GenerationError` naming the first bad prompt/token."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2:
+            raise GenerationError(
+                f"a prompt tensor must be [batch, time], got shape {tuple(prompts.shape)}"
+            )
+        prompts = prompts.tolist()
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (str, bytes)):
+        raise GenerationError("prompts must be a list of token-id lists")
+    out: list[list[int]] = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, int) or (isinstance(p, torch.Tensor) and p.dim() == 0):
+            raise GenerationError(
+                "prompts must be a list of token-id lists; wrap a single prompt as [ids]"
+            )
+        ids = p.tolist() if isinstance(p, torch.Tensor) else list(p)
+        if not ids:
+            raise GenerationError(f"prompt {i} is empty; give at least one token")
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise GenerationError(f"prompt {i} holds {t!r}, not an integer token id")
+            if not 0 <= t < vocab_size:
+                raise GenerationError(
+                    f"prompt {i} holds token id {t}, outside the vocabulary [0, {vocab_size})"
+                )
+        out.append(ids)
+    return out
+
+
+# ----------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_tokens: Iterable[int] | None = None,
+    callback: TokenCallback | None = None,
+    *,
+    max_batch_size: int | None = None,
+    cache_tokens: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    prefill_chunk: int | None = None,
+) -> list[list[int]]:
+    """Generate up to ``max_new_tokens`` tokens after each prompt; returns the new tokens of
+    every prompt, in prompt order.
+
+    - ``temperature=0`` is greedy; otherwise sampling with optional ``top_k`` / ``top_p``.
+      With ``seed``, prompt ``i`` draws from its own generator seeded ``seed + i``: its tokens
+      do not depend on the rest of the batch.
+    - A sequence stops after emitting a token of ``stop_tokens`` (kept as its last token).
+    - ``callback(i, token)`` streams every token as it is produced.
+    - ``max_batch_size`` caps the sequences decoded together; ``cache_tokens`` sets the cache's
+      token budget (default: room for every admitted prompt at its full length). Prompts wait
+      for pages when the budget is smaller than the whole batch.
+    - ``prefill_chunk`` bounds the prompt tokens processed at once.
+
+    Raises :class:`GenerationError` for an empty prompt, a token outside the vocabulary, or a
+    prompt plus ``max_new_tokens`` beyond the model's context ``max_seq_len``.
+    """
+    cfg = model.config
+    ids = check_prompts(prompts, cfg.vocab_size)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
+        max_new_tokens < 0
+    ):
+        raise GenerationError(f"max_new_tokens must be a non-negative integer, "
+                              f"got {max_new_tokens!r}")
+    try:
+        validate_sampling(temperature, top_k, top_p)
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from exc
+    if max_batch_size is not None and max_batch_size < 1:
+        raise GenerationError(f"max_batch_size must be positive, got {max_batch_size}")
+    for i, p in enumerate(ids):
+        if len(p) + max_new_tokens > cfg.max_seq_len:
+            raise GenerationError(
+                f"prompt {i} has {len(p)} tokens; with {max_new_tokens} new tokens that is "
+                f"{len(p) + max_new_tokens} > the model's context of {cfg.max_seq_len} tokens"
+            )
+    outs: list[list[int]] = [[] for _ in ids]
+    if max_new_tokens == 0 or not ids:
+        return outs
+    stops = frozenset(int(t) for t in (stop_tokens or ()))
+
+    # every sequence caches its prompt and all generated tokens but the last
+    need = [math.ceil((len(p) + max_new_tokens - 1) / page_size) for p in ids]
+    if cache_tokens is None:
+        width = len(ids) if max_batch_size is None else max_batch_size
+        num_pages = sum(sorted(need, reverse=True)[:width])
+    else:
+        num_pages = max(1, math.ceil(cache_tokens / page_size))
+    if max(need) > num_pages:
+        i = need.index(max(need))
+        raise CacheFullError(
+            f"prompt {i} needs {need[i] * page_size} cache tokens, the budget holds "
+            f"{num_pages * page_size}; raise cache_tokens"
+        )
+    param = next(model.parameters())
+    device = param.device
+    cache = PagedKVCache(cfg, num_pages, page_size, dtype=param.dtype, device=device)
+    decoder = Decoder(model, cache)
+    gens = [
+        torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
+        for i in range(len(ids))
+    ]
+    was_training = model.training
+    model.eval()
+
+    pending = deque(range(len(ids)))
+    active: dict[int, int] = {}  # prompt index -> sequence id in the cache
+    committed = 0  # pages promised to active sequences at their full length
+
+    def emit(rows: list[int], logits: torch.Tensor) -> None:
+        tokens = sample_next(logits, temperature, top_k, top_p, [gens[j] for j in rows])
+        for j, tok in zip(rows, tokens.tolist(), strict=True):
+            outs[j].append(tok)
+            if callback is not None:
+                callback(j, tok)
+
+    def finished(j: int) -> bool:
+        return len(outs[j]) >= max_new_tokens or (bool(outs[j]) and outs[j][-1] in stops)
+
+    try:
+        while pending or active:
+            admit: list[int] = []
+            while pending and committed + need[pending[0]] <= num_pages and (
+                max_batch_size is None or len(active) + len(admit) < max_batch_size
+            ):
+                j = pending.popleft()
+                admit.append(j)
+                committed += need[j]
+            if admit:
+                sids = [cache.add_sequence() for _ in admit]
+                active.update(zip(admit, sids, strict=True))
+                logits = decoder.prefill(sids, [ids[j] for j in admit], chunk_size=prefill_chunk)
+                emit(admit, logits)
+            else:
+                rows = list(active)
+                last = torch.tensor([[outs[j][-1]] for j in rows], device=device)
+                logits = decoder.decode([active[j] for j in rows], last)[:, -1]
+                emit(rows, logits)
+            for j in [j for j in active if finished(j)]:
+                cache.free(active.pop(j))
+                committed -= need[j]
+    finally:
+        model.train(was_training)
+    return outs
