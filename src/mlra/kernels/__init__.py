@@ -1,17 +1,79 @@
 """Paged decode kernels: Triton on CUDA, the PyTorch references everywhere else.
 
 ``paged_latent_decode`` and ``paged_gqa_decode`` take the signatures documented in
-:mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel when the tensors are on a
-CUDA device and Triton is importable, the reference otherwise.
+:mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
+(:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
+device and Triton is importable, the reference otherwise. Importing this package never imports
+Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the references (debugging).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+from collections.abc import Sequence
+
+import torch
+
 from mlra.kernels.reference import paged_gqa_decode_ref, paged_latent_decode_ref
 
-paged_latent_decode = paged_latent_decode_ref
-paged_gqa_decode = paged_gqa_decode_ref
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton can be imported (it is never imported by this check's caller)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install counts as absent
+        return False
+    return True
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether the dispatch sends a call on tensor ``t`` to Triton."""
+    return t.is_cuda and os.environ.get("MLRA_DISABLE_TRITON", "0") in ("", "0") and \
+        triton_available()
+
+
+def paged_latent_decode(
+    q_latent: torch.Tensor,
+    q_rope: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    latent_offsets: Sequence[int],
+    rope_offset: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
+    if use_triton(cache):
+        from mlra.kernels.triton_latent import paged_latent_decode_triton
+
+        return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
+                                          latent_offsets, rope_offset, scale)
+    return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
+                                   latent_offsets, rope_offset, scale)
+
+
+def paged_gqa_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GQA/MQA attention over paged K/V caches (see :func:`paged_gqa_decode_ref`)."""
+    if use_triton(k_cache):
+        from mlra.kernels.triton_gqa import paged_gqa_decode_triton
+
+        return paged_gqa_decode_triton(q, k_cache, v_cache, block_table, seq_lens, scale)
+    return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
+
 
 __all__ = [
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
+    "triton_available", "use_triton",
 ]

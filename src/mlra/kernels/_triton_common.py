@@ -1,0 +1,182 @@
+"""Shared pieces of the Triton decode kernels: availability, the interpreter workaround, the
+split-KV heuristic and the log-sum-exp merge of split partial results.
+
+Import only after checking :func:`triton_available` -- this module imports triton.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _patch_interpreter_bf16_dot() -> None:
+    """Triton 3.6.0's interpreter stores bf16 as uint16 and feeds those integers straight to
+    ``np.matmul``, so a bf16 x bf16 ``tl.dot`` returns garbage. Upcast bf16 operands to fp32
+    (exact) before the matmul. Only the interpreter is patched; compiled kernels are unaffected.
+    """
+    from triton.runtime import interpreter as interp
+
+    builder = interp.InterpreterBuilder
+    if getattr(builder, "_mlra_bf16_dot_patch", False):
+        return
+    original = builder.create_dot
+
+    def _as_f32(h):
+        if h.dtype.scalar == tl.bfloat16:
+            bits = np.ascontiguousarray(h.data).astype(np.uint32) << 16
+            return interp.TensorHandle(bits.view(np.float32), tl.float32)
+        return h
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, _as_f32(a), _as_f32(b), d, input_precision, max_num_imprecise_acc)
+
+    builder.create_dot = create_dot
+    builder._mlra_bf16_dot_patch = True
+
+
+def _patch_interpreter_index() -> None:
+    """Scalar loads yield shape-(1,) arrays in the interpreter, and ``range(tensor, ...)`` calls
+    ``int(array)``, which NumPy >= 2.4 rejects for arrays with a dimension. Take the single
+    element instead."""
+    from triton.runtime import interpreter as interp
+
+    if getattr(interp, "_mlra_index_patch", False):
+        return
+    original = interp._patch_lang_tensor
+
+    def _index(self):
+        return int(np.asarray(self.handle.data).reshape(-1)[0])
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", _index)
+
+    interp._patch_lang_tensor = patch_lang_tensor
+    interp._mlra_index_patch = True
+
+
+if INTERPRET:
+    _patch_interpreter_bf16_dot()
+    _patch_interpreter_index()
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=16)
+def sm_count(device_index: int) -> int:
+    """Multiprocessors of a CUDA device (a small fixed number under the interpreter)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def device_sms(t: torch.Tensor) -> int:
+    if t.is_cuda:
+        return sm_count(t.device.index if t.device.index is not None else 0)
+    return 4
+
+
+def choose_num_splits(
+    programs: int, max_len: int, block_n: int, sms: int, ctas_per_sm: int = 1,
+    overhead_tiles: float = 3.0, max_splits: int = 256,
+) -> int:
+    """Split-KV factor minimising a wave model of the run time.
+
+    ``programs`` thread blocks exist before splitting; each split of a sequence of ``max_len``
+    tokens costs its tiles plus a fixed prologue/epilogue (``overhead_tiles``); blocks run in
+    waves of ``sms * ctas_per_sm``. Splitting also costs the merge pass, modelled as one tile
+    per split per program. Ties go to fewer splits.
+    """
+    tiles = max(1, math.ceil(max_len / block_n))
+    slots = max(1, sms * ctas_per_sm)
+    best, best_cost = 1, float("inf")
+    for s in range(1, min(max_splits, tiles) + 1):
+        waves = math.ceil(programs * s / slots)
+        cost = waves * (math.ceil(tiles / s) + overhead_tiles)
+        if s > 1:
+            cost += 0.02 * s * programs / slots + 1.0
+        if cost < best_cost * 0.995:
+            best, best_cost = s, cost
+    return best
+
+
+@triton.jit
+def tile_pages(bt_row_ptr, n0, end, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+               SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr):
+    """Token indices ``n0 + arange(BLOCK_N)`` of a tile, their page (int64; one scalar when the
+    tile lies in one page) and their slot inside the page. Rows at or past ``end`` read page 0
+    when ``MASK`` (their loads are masked)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    if SCALAR_PAGE:
+        page = tl.load(bt_row_ptr + n0 // PAGE).to(tl.int64)
+        slot = (n0 % PAGE) + tl.arange(0, BLOCK_N)
+    else:
+        if MASK:
+            page = tl.load(bt_row_ptr + offs_n // PAGE, mask=offs_n < end, other=0).to(tl.int64)
+        else:
+            page = tl.load(bt_row_ptr + offs_n // PAGE).to(tl.int64)
+        slot = offs_n % PAGE
+    return offs_n, page, slot
+
+
+@triton.jit
+def _merge_kernel(
+    o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr,
+    rows, n_splits,
+    s_ows, s_owr, s_lws,
+    s_or,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, S_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r])."""
+    r = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_s = tl.arange(0, S_PAD)
+    lse_s = tl.load(lse_ws_ptr + offs_s * s_lws + r, mask=offs_s < n_splits, other=float("-inf"))
+    m = tl.max(lse_s, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse_s - m_safe)
+    total = tl.sum(w, 0)
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        s_ok = ss < n_splits
+        ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
+        ws = tl.exp(ls - m_safe)
+        o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
+                    mask=(s_ok & (ws > 0))[:, None] & d_ok[None, :], other=0.0)
+        acc += tl.sum(ws[:, None] * o, 0)
+    ok = total > 0
+    total_safe = tl.where(ok, total, 1.0)
+    inv = tl.where(ok, 1.0 / total_safe, 0.0)
+    tl.store(out_ptr + r * s_or + offs_d, acc * inv, mask=d_ok)
+    if d0 == 0:
+        tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(total_safe), float("-inf")))
+
+
+def merge_splits(
+    o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> None:
+    """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
+    and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
+    n_splits, rows, d = o_ws.shape
+    block_d = min(128, next_pow2(d))
+    grid = (rows, triton.cdiv(d, block_d))
+    _merge_kernel[grid](
+        o_ws, lse_ws, out, lse, rows, n_splits,
+        o_ws.stride(0), o_ws.stride(1), lse_ws.stride(0), out.stride(0),
+        D=d, BLOCK_D=block_d, S_PAD=max(2, next_pow2(n_splits)),
+        BLOCK_S=min(32, max(2, next_pow2(n_splits))), num_warps=4,
+    )

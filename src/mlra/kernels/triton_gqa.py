@@ -1,0 +1,225 @@
+"""Triton paged decode kernel for GQA/MQA (separate K and V caches, head dim up to 256).
+
+One program handles one (sequence, KV head), a block of its query rows (``Tq x group`` rows:
+every query head sharing that KV head, for every new token) and one split of the cached tokens,
+so each KV head is read once per split for its whole group. Splits are merged by log-sum-exp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mlra.kernels._triton_common import (
+    INTERPRET,
+    LOG2E,
+    choose_num_splits,
+    device_sms,
+    merge_splits,
+    next_pow2,
+    tile_pages,
+)
+
+
+@dataclass(frozen=True)
+class GQAKernelConfig:
+    """Launch parameters of the GQA kernel (``None`` fields are chosen by heuristics)."""
+
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    block_m: int | None = None
+
+
+@triton.jit
+def _load_tile(ptrs, offs_n, end, offs_d, D: tl.constexpr, D_PAD: tl.constexpr,
+               MASK: tl.constexpr):
+    if MASK:
+        if D_PAD != D:
+            return tl.load(ptrs, mask=(offs_n < end)[:, None] & (offs_d < D)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(offs_n < end)[:, None], other=0.0)
+    if D_PAD != D:
+        return tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _gqa_tile(
+    k_ptr, v_ptr, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp, s_vr, qk_scale,
+    q, m_i, l_i, acc,
+    D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
+):
+    offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
+    offs_d = tl.arange(0, D_PAD)
+    offs_v = tl.arange(0, DV_PAD)
+    k_rows = k_ptr + (page * s_kp + slot * s_kr)
+    v_rows = v_ptr + (page * s_vp + slot * s_vr)
+    k = _load_tile(k_rows[:, None] + offs_d[None, :], offs_n, end, offs_d, D, D_PAD, MASK)
+    v = _load_tile(v_rows[:, None] + offs_v[None, :], offs_n, end, offs_v, DV, DV_PAD, MASK)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASK:
+        s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _gqa_decode_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    s_qb, s_qt, s_qh,
+    s_kp, s_kr, s_kh, s_vp, s_vr, s_vh, s_btb,
+    s_os, s_ob, s_ot, s_oh,
+    s_ls, s_lb, s_lt,
+    qk_scale, Hkv, G, Tq, n_splits,
+    D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SCALAR_PAGE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // Hkv
+    kvh = pid_bh % Hkv
+    seq_len = tl.load(seq_lens_ptr + b)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < Tq * G
+    t = offs_m // G
+    h = kvh * G + offs_m % G
+    limit = seq_len - Tq + t + 1
+
+    tiles = tl.cdiv(seq_len, BLOCK_N)
+    per = tl.cdiv(tiles, n_splits)
+    start = pid_s * per * BLOCK_N
+    end = tl.minimum(start + per * BLOCK_N, seq_len)
+    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+
+    offs_d = tl.arange(0, D_PAD)
+    offs_v = tl.arange(0, DV_PAD)
+    q = tl.load(q_ptr + b * s_qb + t[:, None] * s_qt + h[:, None] * s_qh + offs_d[None, :],
+                mask=m_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    bt_row_ptr = bt_ptr + b * s_btb
+    k_head = k_ptr + kvh * s_kh
+    v_head = v_ptr + kvh * s_vh
+    for n0 in range(start, full_end, BLOCK_N):
+        m_i, l_i, acc = _gqa_tile(k_head, v_head, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp,
+                                  s_vr, qk_scale, q, m_i, l_i, acc, D, D_PAD, DV, DV_PAD, PAGE,
+                                  BLOCK_N, SCALAR_PAGE, False)
+    for n0 in range(full_end, end, BLOCK_N):
+        m_i, l_i, acc = _gqa_tile(k_head, v_head, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp,
+                                  s_vr, qk_scale, q, m_i, l_i, acc, D, D_PAD, DV, DV_PAD, PAGE,
+                                  BLOCK_N, SCALAR_PAGE, True)
+
+    ok = l_i > 0
+    inv = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
+    o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + t[:, None] * s_ot + h[:, None] * s_oh
+              + offs_v[None, :])
+    tl.store(o_ptrs, acc * inv[:, None], mask=m_ok[:, None] & (offs_v < DV)[None, :])
+    lse = tl.where(ok, (m_i + tl.math.log2(tl.where(ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    tl.store(lse_ptr + pid_s * s_ls + b * s_lb + t * s_lt + h, lse, mask=m_ok)
+
+
+def default_gqa_config(d: int, dv: int, rows: int, page: int) -> GQAKernelConfig:
+    """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md)."""
+    block_m = min(64, max(16, next_pow2(rows)))
+    if INTERPRET:
+        return GQAKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
+    if next_pow2(d) + next_pow2(dv) >= 512:
+        return GQAKernelConfig(block_n=64, num_warps=8, num_stages=3, block_m=block_m)
+    return GQAKernelConfig(block_n=128, num_warps=4, num_stages=3, block_m=block_m)
+
+
+def paged_gqa_decode_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    config: GQAKernelConfig | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`mlra.kernels.reference.paged_gqa_decode_ref`.
+
+    Keyword-only extras as :func:`mlra.kernels.triton_latent.paged_latent_decode_triton`.
+    """
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
+        raise ValueError("expected q [B,Tq,Hq,D], k_cache [P,page,Hkv,D], v_cache [P,page,Hkv,Dv]")
+    B, Tq, Hq, D = q.shape
+    _, page, Hkv, Dk = k_cache.shape
+    Dv = v_cache.shape[-1]
+    if Dk != D or tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} do "
+                         f"not match q {tuple(q.shape)}")
+    if Hq % Hkv:
+        raise ValueError(f"{Hq} query heads are not a multiple of {Hkv} KV heads")
+    if page % 16:
+        raise ValueError(f"page size must be a multiple of 16, got {page}")
+    if block_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise ValueError("block_table and seq_lens must be int32")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("cache head vectors must be contiguous")
+    dev = q.device
+    if out is None:
+        out = torch.empty(B, Tq, Hq, Dv, dtype=torch.float32, device=dev)
+    if lse is None:
+        lse = torch.empty(B, Tq, Hq, dtype=torch.float32, device=dev)
+    if not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out and lse must be contiguous")
+    if B == 0 or Tq == 0 or Hq == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    q = q.to(k_cache.dtype)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    G = Hq // Hkv
+    rows = Tq * G
+    cfg = default_gqa_config(D, Dv, rows, page)
+    if config is not None:
+        cfg = GQAKernelConfig(
+            block_n=config.block_n or cfg.block_n, num_warps=config.num_warps or cfg.num_warps,
+            num_stages=config.num_stages or cfg.num_stages, block_m=config.block_m or cfg.block_m)
+    m_blocks = triton.cdiv(rows, cfg.block_m)
+    if num_splits is None:
+        if max_seq_len is None:
+            max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
+        num_splits = choose_num_splits(B * Hkv * m_blocks, max_seq_len, cfg.block_n,
+                                       device_sms(k_cache), ctas_per_sm=2)
+    num_splits = max(1, int(num_splits))
+    if num_splits == 1:
+        o_ws, lse_ws = out.unsqueeze(0), lse.unsqueeze(0)
+    else:
+        o_ws = torch.empty(num_splits, B, Tq, Hq, Dv, dtype=torch.float32, device=dev)
+        lse_ws = torch.empty(num_splits, B, Tq, Hq, dtype=torch.float32, device=dev)
+    grid = (m_blocks, num_splits, B * Hkv)
+    _gqa_decode_kernel[grid](
+        q, k_cache, v_cache, block_table, seq_lens, o_ws, lse_ws,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+        o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3),
+        lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2),
+        float(scale) * LOG2E, Hkv, G, Tq, num_splits,
+        D=D, D_PAD=next_pow2(D), DV=Dv, DV_PAD=next_pow2(Dv), PAGE=page,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if num_splits > 1:
+        merge_splits(o_ws.view(num_splits, -1, Dv), lse_ws.view(num_splits, -1),
+                     out.view(-1, Dv), lse.view(-1))
+    return out, lse

@@ -1,0 +1,338 @@
+"""Triton paged decode kernel for the latent family (MLA, GLA, MLRA), absorbed form.
+
+One program handles one sequence, one block of query rows (``Tq x Hq`` rows: every query head
+of every new token) and one split of the cached tokens. Per tile of ``BLOCK_N`` cached tokens it
+loads the shared RoPE keys once, computes ``q_rope . k_rope`` once, and then, for each of the
+``NB`` latent streams, ``q_latent . latent`` + that RoPE term, an online softmax, and ``P @
+latent`` -- so a single launch serves MLRA-4 (NB=4) on one GPU while reading the RoPE keys once
+per token instead of once per branch. Splits are merged by log-sum-exp
+(:func:`mlra.kernels._triton_common.merge_splits`).
+
+Numerics: bf16 (or fp16) operands, fp32 accumulation and softmax statistics (log2 domain),
+probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mlra.kernels._triton_common import (
+    INTERPRET,
+    LOG2E,
+    choose_num_splits,
+    device_sms,
+    merge_splits,
+    next_pow2,
+    tile_pages,
+)
+
+MAX_STREAMS = 4  # streams per launch; more are processed in groups of four
+
+
+@dataclass(frozen=True)
+class LatentKernelConfig:
+    """Launch parameters of the latent kernel (``None`` fields are chosen by heuristics)."""
+
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    block_m: int | None = None
+
+
+@triton.jit
+def _load_cols(row_ptrs, offs_n, end, offs_c, C: tl.constexpr, C_PAD: tl.constexpr,
+               MASK: tl.constexpr):
+    """Load a [BLOCK_N, C_PAD] tile of columns ``offs_c`` of each row (zeros where masked)."""
+    ptrs = row_ptrs[:, None] + offs_c[None, :]
+    if MASK:
+        if C_PAD != C:
+            return tl.load(ptrs, mask=(offs_n < end)[:, None] & (offs_c < C)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(offs_n < end)[:, None], other=0.0)
+    if C_PAD != C:
+        return tl.load(ptrs, mask=(offs_c < C)[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _stream_update(q, lat, s_rope, m_i, l_i, acc, offs_n, limit, qk_scale, MASK: tl.constexpr):
+    """One online-softmax step of one latent stream over one tile."""
+    s = tl.dot(q, tl.trans(lat), s_rope) * qk_scale
+    if MASK:
+        s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _latent_tile(
+    cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+    off0, off1, off2, off3, rope_off, qk_scale,
+    qr, q0, q1, q2, q3,
+    m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
+    NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
+):
+    offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
+    rows = cache_ptr + (page * s_cp + slot * s_cr)
+    offs_w = tl.arange(0, W_PAD)
+    kr = _load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
+    s_rope = tl.dot(qr, tl.trans(kr))
+    lat = _load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
+    m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale, MASK)
+    if NB > 1:
+        lat = _load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
+        m1, l1, a1 = _stream_update(q1, lat, s_rope, m1, l1, a1, offs_n, limit, qk_scale, MASK)
+    if NB > 2:
+        lat = _load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
+        m2, l2, a2 = _stream_update(q2, lat, s_rope, m2, l2, a2, offs_n, limit, qk_scale, MASK)
+    if NB > 3:
+        lat = _load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
+        m3, l3, a3 = _stream_update(q3, lat, s_rope, m3, l3, a3, offs_n, limit, qk_scale, MASK)
+    return m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3
+
+
+@triton.jit
+def _store_stream(o_ptrs, lse_ptrs, m_i, l_i, acc, mask_o, mask_m):
+    ok = l_i > 0
+    inv = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
+    tl.store(o_ptrs, acc * inv[:, None], mask=mask_o)
+    lse = tl.where(ok, (m_i + tl.math.log2(tl.where(ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    tl.store(lse_ptrs, lse, mask=mask_m)
+
+
+@triton.jit
+def _latent_decode_kernel(
+    q_lat_ptr, q_rope_ptr, cache_ptr, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    s_qb, s_qt, s_qj, s_qh,
+    s_rb, s_rt, s_rh,
+    s_cp, s_cr, s_btb,
+    s_os, s_ob, s_ot, s_oj, s_oh,
+    s_ls, s_lb, s_lt, s_lj,
+    off0, off1, off2, off3, rope_off,
+    qk_scale, Hq, Tq, n_splits,
+    NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SCALAR_PAGE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < Tq * Hq
+    t = offs_m // Hq
+    h = offs_m % Hq
+    limit = seq_len - Tq + t + 1  # query row may see cached positions < limit
+
+    tiles = tl.cdiv(seq_len, BLOCK_N)
+    per = tl.cdiv(tiles, n_splits)
+    start = pid_s * per * BLOCK_N
+    end = tl.minimum(start + per * BLOCK_N, seq_len)
+    # positions < seq_len - Tq + 1 are visible to every row: no masking needed there
+    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+
+    offs_w = tl.arange(0, W_PAD)
+    offs_r = tl.arange(0, R)
+    q_mask = m_ok[:, None] & (offs_w < W)[None, :]
+    q_ptrs = q_lat_ptr + b * s_qb + t[:, None] * s_qt + h[:, None] * s_qh + offs_w[None, :]
+    qr = tl.load(q_rope_ptr + b * s_rb + t[:, None] * s_rt + h[:, None] * s_rh + offs_r[None, :],
+                 mask=m_ok[:, None], other=0.0)
+    q0 = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    q1 = q0
+    q2 = q0
+    q3 = q0
+    if NB > 1:
+        q1 = tl.load(q_ptrs + s_qj, mask=q_mask, other=0.0)
+    if NB > 2:
+        q2 = tl.load(q_ptrs + 2 * s_qj, mask=q_mask, other=0.0)
+    if NB > 3:
+        q3 = tl.load(q_ptrs + 3 * s_qj, mask=q_mask, other=0.0)
+
+    m0 = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l0 = tl.zeros([BLOCK_M], tl.float32)
+    a0 = tl.zeros([BLOCK_M, W_PAD], tl.float32)
+    m1 = m0
+    l1 = l0
+    a1 = a0
+    m2 = m0
+    l2 = l0
+    a2 = a0
+    m3 = m0
+    l3 = l0
+    a3 = a0
+    bt_row_ptr = bt_ptr + b * s_btb
+    for n0 in range(start, full_end, BLOCK_N):
+        m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
+            cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+            off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
+            m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False)
+    for n0 in range(full_end, end, BLOCK_N):
+        m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
+            cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+            off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
+            m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True)
+
+    o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + t[:, None] * s_ot + h[:, None] * s_oh
+              + offs_w[None, :])
+    lse_ptrs = lse_ptr + pid_s * s_ls + b * s_lb + t * s_lt + h
+    _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok)
+    if NB > 1:
+        _store_stream(o_ptrs + s_oj, lse_ptrs + s_lj, m1, l1, a1, q_mask, m_ok)
+    if NB > 2:
+        _store_stream(o_ptrs + 2 * s_oj, lse_ptrs + 2 * s_lj, m2, l2, a2, q_mask, m_ok)
+    if NB > 3:
+        _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
+
+
+def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> LatentKernelConfig:
+    """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md)."""
+    w_pad = next_pow2(w)
+    width = nb * w_pad + r
+    block_m = min(64, max(16, next_pow2(rows)))
+    if INTERPRET:
+        return LatentKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
+    if width >= 512:
+        return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m)
+    if width >= 256:
+        return LatentKernelConfig(block_n=64, num_warps=8, num_stages=3, block_m=block_m)
+    return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m)
+
+
+def _resolve(cfg: LatentKernelConfig | None, default: LatentKernelConfig) -> LatentKernelConfig:
+    if cfg is None:
+        return default
+    return LatentKernelConfig(
+        block_n=cfg.block_n or default.block_n,
+        num_warps=cfg.num_warps or default.num_warps,
+        num_stages=cfg.num_stages or default.num_stages,
+        block_m=cfg.block_m or default.block_m,
+    )
+
+
+def _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset):
+    if q_latent.dim() != 5 or q_rope.dim() != 4 or cache.dim() != 3:
+        raise ValueError("expected q_latent [B,Tq,NB,Hq,W], q_rope [B,Tq,Hq,R], cache [P,page,row]")
+    B, Tq, NB, Hq, W = q_latent.shape
+    R = q_rope.shape[-1]
+    if tuple(q_rope.shape[:3]) != (B, Tq, Hq):
+        raise ValueError(f"q_rope {tuple(q_rope.shape)} does not match q_latent {q_latent.shape}")
+    if len(latent_offsets) != NB:
+        raise ValueError(f"latent_offsets has {len(latent_offsets)} entries for {NB} streams")
+    row = cache.shape[2]
+    for off in latent_offsets:
+        if off < 0 or off + W > row:
+            raise ValueError(f"latent offset {off} + width {W} exceeds the cache row ({row})")
+    if rope_offset < 0 or rope_offset + R > row:
+        raise ValueError(f"rope offset {rope_offset} + {R} exceeds the cache row ({row})")
+    if R & (R - 1) or R < 16:
+        raise ValueError(f"rope width must be a power of two >= 16, got {R}")
+    if cache.shape[1] % 16:
+        raise ValueError(f"page size must be a multiple of 16, got {cache.shape[1]}")
+    if block_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise ValueError("block_table and seq_lens must be int32")
+    if block_table.shape[0] != B or seq_lens.shape[0] != B:
+        raise ValueError("block_table and seq_lens need one row per sequence")
+
+
+def paged_latent_decode_triton(
+    q_latent: torch.Tensor,
+    q_rope: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    latent_offsets: Sequence[int],
+    rope_offset: int,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    config: LatentKernelConfig | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref`.
+
+    Keyword-only extras: ``num_splits`` (split-KV factor; default from a wave model),
+    ``config`` (block sizes, warps, stages), ``out``/``lse`` (preallocated contiguous fp32
+    outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
+    default: the block table's capacity, so the call never synchronises the device).
+    """
+    _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
+    B, Tq, NB, Hq, W = q_latent.shape
+    R = q_rope.shape[-1]
+    dev = q_latent.device
+    if out is None:
+        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
+    if lse is None:
+        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    if NB > MAX_STREAMS:  # groups of four streams, each reading the RoPE keys once
+        for g in range(0, NB, MAX_STREAMS):
+            sl = slice(g, min(NB, g + MAX_STREAMS))
+            o_g, l_g = paged_latent_decode_triton(
+                q_latent[:, :, sl], q_rope, cache, block_table, seq_lens,
+                list(latent_offsets)[sl], rope_offset, scale,
+                num_splits=num_splits, config=config, max_seq_len=max_seq_len)
+            out[:, :, sl] = o_g
+            lse[:, :, sl] = l_g
+        return out, lse
+    if not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out and lse must be contiguous")
+    if B == 0 or Tq == 0 or Hq == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+
+    q_latent = q_latent.to(cache.dtype)
+    q_rope = q_rope.to(cache.dtype)
+    if q_latent.stride(-1) != 1:
+        q_latent = q_latent.contiguous()
+    if q_rope.stride(-1) != 1:
+        q_rope = q_rope.contiguous()
+    if cache.stride(-1) != 1:
+        raise ValueError("cache rows must be contiguous")
+    page = cache.shape[1]
+    cfg = _resolve(config, default_latent_config(NB, W, R, Tq * Hq, page))
+    rows = Tq * Hq
+    m_blocks = triton.cdiv(rows, cfg.block_m)
+    if num_splits is None:
+        if max_seq_len is None:
+            max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
+        width = NB * next_pow2(W) + R
+        num_splits = choose_num_splits(B * m_blocks, max_seq_len, cfg.block_n, device_sms(cache),
+                                       ctas_per_sm=1 if width >= 512 else 2)
+    num_splits = max(1, int(num_splits))
+    if num_splits == 1:
+        o_ws, lse_ws = out.unsqueeze(0), lse.unsqueeze(0)
+    else:
+        o_ws = torch.empty(num_splits, B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
+        lse_ws = torch.empty(num_splits, B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
+    grid = (m_blocks, num_splits, B)
+    _latent_decode_kernel[grid](
+        q_latent, q_rope, cache, block_table, seq_lens, o_ws, lse_ws,
+        q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
+        q_rope.stride(0), q_rope.stride(1), q_rope.stride(2),
+        cache.stride(0), cache.stride(1), block_table.stride(0),
+        o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
+        lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
+        offs[0], offs[1], offs[2], offs[3], rope_offset,
+        float(scale) * LOG2E, Hq, Tq, num_splits,
+        NB=NB, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if num_splits > 1:
+        merge_splits(o_ws.view(num_splits, -1, W), lse_ws.view(num_splits, -1),
+                     out.view(-1, W), lse.view(-1))
+    return out, lse
