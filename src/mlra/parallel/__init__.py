@@ -1,0 +1,42 @@
+"""Tensor-parallel inference over ``torch.distributed`` (NCCL on GPUs, gloo on CPU).
+
+A rank's shard is itself an :class:`~mlra.model.Transformer` built from a local config, with an
+all-reduce as ``Block.reduce`` and a vocab-parallel embedding / head, so the cache, decoder and
+generation code run on it unchanged and each rank's cache holds only its heads::
+
+    from mlra.parallel import launch, load_shard
+
+    def run(ctx, directory, ids):
+        model = load_shard(directory, ctx)          # reads only this rank's slices
+        return model(ids).logits                    # full logits on every rank
+
+    logits = launch(run, tp=4, args=("ckpt/", ids))[0]
+
+Under ``torchrun --nproc-per-node N`` call :func:`init_tp` (or the same :func:`launch`, which
+then runs ``fn`` in-process). Plans per variant: :mod:`mlra.parallel.plans`.
+"""
+
+from mlra.parallel.launch import RankFailedError, launch
+from mlra.parallel.plans import (
+    RankShard,
+    TensorSlice,
+    TPPlan,
+    allowed_degrees,
+    cache_elements,
+    check_degree,
+    make_plan,
+)
+from mlra.parallel.runtime import NCCL_SAFE_ENV, TPContext, in_torchrun, init_tp, shutdown_tp
+from mlra.parallel.shard import (
+    TensorParallelTransformer,
+    load_shard,
+    shard_model,
+    shard_state_dict,
+)
+
+__all__ = [
+    "NCCL_SAFE_ENV", "RankFailedError", "RankShard", "TPContext", "TPPlan",
+    "TensorParallelTransformer", "TensorSlice", "allowed_degrees", "cache_elements",
+    "check_degree", "in_torchrun", "init_tp", "launch", "load_shard", "make_plan",
+    "shard_model", "shard_state_dict", "shutdown_tp",
+]
