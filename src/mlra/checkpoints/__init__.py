@@ -26,14 +26,22 @@ from mlra.checkpoints.official import (
     variant_name,
 )
 from mlra.checkpoints.safety import load_weights_file
-from mlra.errors import CheckpointError, ConfigError
+from mlra.data.tokenizers import (
+    TOKENIZER_FILE,
+    GPT2Tokenizer,
+    Tokenizer,
+    get_tokenizer,
+    load_tokenizer,
+)
+from mlra.errors import CheckpointError, ConfigError, DataError
 from mlra.io import CONFIG_FILE, FORMAT_NAME, load_model, read_model_config
 from mlra.model import Transformer
+from mlra.train.checkpoints import LATEST, list_checkpoints, resolve_checkpoint
 
 __all__ = [
-    "checkpoint_kind", "full_variant_name", "load_checkpoint", "load_official",
-    "load_weights_file", "parse_variant", "resolve_checkpoint_dir", "resolve_official_config",
-    "variant_name",
+    "checkpoint_kind", "checkpoint_tokenizer", "full_variant_name", "load_checkpoint",
+    "load_official", "load_weights_file", "parse_variant", "resolve_checkpoint_dir",
+    "resolve_official_config", "variant_name",
 ]
 
 
@@ -45,38 +53,6 @@ def _is_mlra_dir(path: Path) -> bool:
         return json.loads(cfg.read_text()).get("format") == FORMAT_NAME
     except (json.JSONDecodeError, AttributeError, OSError):
         return False
-
-
-def _resolve_run(path: Path) -> Path | None:
-    """The model directory a training run points at, or None when ``path`` is not a run."""
-    try:
-        from mlra.train.checkpoints import resolve_checkpoint  # type: ignore[import-not-found]
-    except ImportError:
-        resolve_checkpoint = None
-    if resolve_checkpoint is not None:
-        try:
-            resolved = resolve_checkpoint(path)
-        except CheckpointError:
-            resolved = None
-        if resolved is not None:
-            return _model_dir_in(Path(resolved))
-    latest = path / "latest"
-    if latest.is_symlink() or latest.is_dir():
-        return _model_dir_in(latest.resolve())
-    if latest.is_file():  # a text file naming the checkpoint directory
-        name = latest.read_text().strip()
-        target = Path(name) if Path(name).is_absolute() else path / name
-        if not target.exists():
-            raise CheckpointError(f"{latest} points at {target}, which does not exist")
-        return _model_dir_in(target)
-    return None
-
-
-def _model_dir_in(ckpt: Path) -> Path:
-    for candidate in (ckpt, ckpt / "model"):
-        if _is_mlra_dir(candidate):
-            return candidate
-    raise CheckpointError(f"{ckpt} holds no model (expected config.json + model.safetensors)")
 
 
 def checkpoint_kind(path: str | Path) -> str:
@@ -93,13 +69,8 @@ def checkpoint_kind(path: str | Path) -> str:
         return "mlra"
     if is_official_dir(p):
         return "official"
-    if (p / "latest").exists() or (p / "latest").is_symlink():
+    if (p / LATEST).is_file() or list_checkpoints(p):
         return "run"
-    try:
-        if _resolve_run(p) is not None:
-            return "run"
-    except CheckpointError:
-        pass
     raise CheckpointError(
         f"{p} is not a checkpoint: expected our model directory (config.json with "
         "\"format\": \"mlra\" + model.safetensors), a training run directory (with 'latest'), "
@@ -109,13 +80,14 @@ def checkpoint_kind(path: str | Path) -> str:
 
 
 def resolve_checkpoint_dir(path: str | Path) -> tuple[str, Path]:
-    """(kind, directory holding the weights): a run directory resolves to its newest model."""
+    """(kind, directory holding the weights): ``"mlra"`` or ``"official"``; a training run
+    resolves to the model of its ``latest`` (else newest complete) checkpoint."""
     p = Path(path)
     kind = checkpoint_kind(p)
     if kind == "run":
-        resolved = _resolve_run(p)
-        if resolved is None:  # pragma: no cover - checkpoint_kind said it was a run
-            raise CheckpointError(f"{p}: no checkpoint found in this run")
+        resolved = resolve_checkpoint(p)
+        if not _is_mlra_dir(resolved):
+            raise CheckpointError(f"{resolved} holds no model (config.json + model.safetensors)")
         return "mlra", resolved
     return kind, p
 
@@ -156,3 +128,25 @@ def load_checkpoint(
         )
     model = load_model(directory, device="cpu", dtype=dtype)
     return model.to(device).eval()
+
+
+def checkpoint_tokenizer(
+    path: str | Path, spec: str | None = None, gpt2_file: str | Path | None = None
+) -> Tokenizer:
+    """The tokenizer to use with the checkpoint at ``path``.
+
+    ``spec`` (``byte``, ``gpt2`` or a ``tokenizer.json`` path) wins; otherwise an official
+    checkpoint uses GPT-2 BPE (vocabulary from ``gpt2_file`` / ``$MLRA_GPT2_BPE`` / the cache,
+    located when first needed) and our directories the ``tokenizer.json`` saved with them.
+    """
+    if spec is not None:
+        return get_tokenizer(spec, gpt2_file)
+    kind, directory = resolve_checkpoint_dir(path)
+    if kind == "official":
+        return GPT2Tokenizer(gpt2_file)
+    if (directory / TOKENIZER_FILE).is_file():
+        return load_tokenizer(directory)
+    raise DataError(
+        f"{directory} has no {TOKENIZER_FILE}: say which tokenizer its model was trained with "
+        "(--tokenizer byte|gpt2|PATH/tokenizer.json)"
+    )
