@@ -92,6 +92,7 @@ def generate(
     cache_tokens: int | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     prefill_chunk: int | None = None,
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` tokens after each prompt; returns the new tokens of
     every prompt, in prompt order.
@@ -105,6 +106,8 @@ def generate(
       token budget (default: room for every admitted prompt at its full length). Prompts wait
       for pages when the budget is smaller than the whole batch.
     - ``prefill_chunk`` bounds the prompt tokens processed at once.
+    - ``vocab_limit`` restricts the choice to ids below it (a tokenizer's vocabulary when the
+      model's embedding is padded beyond it).
 
     Raises :class:`GenerationError` for an empty prompt, a token outside the vocabulary, or a
     prompt plus ``max_new_tokens`` beyond the model's context ``max_seq_len``.
@@ -120,6 +123,8 @@ def generate(
         validate_sampling(temperature, top_k, top_p)
     except ValueError as exc:
         raise GenerationError(str(exc)) from exc
+    if vocab_limit is not None and not 1 <= vocab_limit <= cfg.vocab_size:
+        raise GenerationError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
     if max_batch_size is not None and max_batch_size < 1:
         raise GenerationError(f"max_batch_size must be positive, got {max_batch_size}")
     for i, p in enumerate(ids):
@@ -162,6 +167,9 @@ def generate(
     committed = 0  # pages promised to active sequences at their full length
 
     def emit(rows: list[int], logits: torch.Tensor) -> None:
+        if vocab_limit is not None:
+            logits = logits.clone()
+            logits[:, vocab_limit:] = float("-inf")
         tokens = sample_next(logits, temperature, top_k, top_p, [gens[j] for j in rows])
         for j, tok in zip(rows, tokens.tolist(), strict=True):
             outs[j].append(tok)

@@ -1,0 +1,157 @@
+"""``mlra generate``: text (or token ids) from a checkpoint through the paged KV cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+from mlra.errors import ConfigError, DataError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint (paged KV cache, batched prompts)",
+        description=(
+            "Generate a continuation of each prompt. One prompt streams its text to the "
+            "terminal as it is produced; several prompts are generated as one batch (each "
+            "gives exactly what it gives alone, greedy). Greedy by default; --temperature > 0 "
+            "samples (with --top-k / --top-p). Stops at the tokenizer's end-of-text token "
+            "unless --ignore-eos."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="our model directory, a training run directory (its latest "
+                   "checkpoint), or an official Hugging Face-style checkpoint directory")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="prompt text (repeat for a batch)")
+    p.add_argument("--ids", action="append", default=[], metavar="ID,ID,...",
+                   help="a prompt as comma-separated token ids (repeat for a batch; no "
+                   "tokenizer needed, prints token ids)")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="tokens to generate per prompt (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the smallest set of tokens holding this probability")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the end-of-text token")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document with every prompt's tokens and text")
+    p.add_argument("--tokenizer", default=None, metavar="byte|gpt2|PATH",
+                   help="tokenizer (default: the checkpoint's tokenizer.json; GPT-2 BPE for "
+                   "official checkpoints)")
+    p.add_argument("--gpt2-file", default=None, metavar="PATH",
+                   help="local GPT-2 vocabulary for --tokenizer gpt2 / official checkpoints")
+    p.add_argument("--variant", default=None,
+                   help="official checkpoints: the variant, e.g. mla_no_scale (inferred when "
+                   "omitted)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="weights and cache dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.set_defaults(func=run)
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--ids expects comma-separated integers, got {text!r}") from exc
+    return ids
+
+
+class _TextStream:
+    """Prints the growing decoded text, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[int]) -> None:
+        self.decode, self.stops, self.tokens, self.shown = decode, set(stops), [], 0
+
+    def __call__(self, _index: int, token: int) -> None:
+        if token in self.stops:
+            return
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        if text.endswith("\ufffd"):
+            return
+        self._show(text)
+
+    def _show(self, text: str) -> None:
+        sys.stdout.write(text[self.shown:])
+        sys.stdout.flush()
+        self.shown = len(text)
+
+    def close(self) -> None:
+        self._show(self.decode(self.tokens))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlra.generate import generate, load_inference_model
+
+    if not args.prompt and not args.ids:
+        raise ConfigError("give at least one --prompt TEXT (or --ids ID,ID,...)")
+    if args.prompt and args.ids:
+        raise ConfigError("use either --prompt or --ids, not both")
+    for text in args.prompt:
+        if text == "":
+            raise ConfigError("--prompt is empty; give some text to continue")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+
+    tokenizer = None
+    if args.prompt:
+        from mlra.checkpoints import checkpoint_tokenizer
+
+        tokenizer = checkpoint_tokenizer(args.checkpoint, args.tokenizer, args.gpt2_file)
+        prompts = [tokenizer.encode(t) for t in args.prompt]
+    else:
+        prompts = [_parse_ids(t) for t in args.ids]
+    model = load_inference_model(args.checkpoint, device=device, dtype=dtype,
+                                 variant=args.variant)
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise DataError(f"tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids) does not fit "
+                        f"the model's vocabulary of {model.config.vocab_size}")
+    stops = [] if args.ignore_eos or tokenizer is None else [tokenizer.eot_id]
+    stream = None
+    if tokenizer is not None and len(prompts) == 1 and not args.json:
+        stream = _TextStream(tokenizer.decode, stops)
+    new = generate(
+        model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=stops, callback=stream,
+        vocab_limit=None if tokenizer is None else tokenizer.vocab_size,
+    )
+    if stream is not None:
+        stream.close()
+        return 0
+    results = []
+    for i, (p, n) in enumerate(zip(prompts, new, strict=True)):
+        stopped = bool(n) and n[-1] in stops
+        row = {"prompt_ids": p, "tokens": n, "stop_reason": "stop" if stopped else "length"}
+        if tokenizer is not None:
+            row = {"prompt": args.prompt[i], **row,
+                   "text": tokenizer.decode(n[:-1] if stopped else n)}
+        results.append(row)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "model": model.config.name,
+                          "results": results}, indent=2))
+        return 0
+    for i, row in enumerate(results):
+        if len(results) > 1:
+            print(f"--- prompt {i} ---")
+        if tokenizer is not None:
+            print(row["prompt"] + row["text"])
+        else:
+            print(" ".join(str(t) for t in row["tokens"]))
+    return 0
