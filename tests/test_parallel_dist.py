@@ -1,5 +1,6 @@
-"""Real tensor-parallel runs over gloo on CPU: logits of TP-N shards equal the single-process
-model, and a failing rank ends the whole group with a clear error (no hang).
+"""Real tensor-parallel runs over gloo on CPU: logits and greedy generations of TP-N shards
+equal the single-process model, every rank's paged cache holds exactly the plan's bytes, and a
+failing rank ends the whole group with a clear error (no hang).
 
 One launch per world size runs every variant (process start-up dominates the time)."""
 
@@ -14,10 +15,12 @@ import torch
 import torch.distributed as dist
 from conftest import tiny_config
 
+import mlra
 from mlra import Transformer
+from mlra.cache import PagedKVCache
 from mlra.errors import ConfigError
 from mlra.io import save_model
-from mlra.parallel import RankFailedError, launch, load_shard
+from mlra.parallel import RankFailedError, generate_parallel, launch, load_shard, make_plan
 
 VARIANTS_BY_WORLD = {
     1: ("mlra_4",),
@@ -25,17 +28,28 @@ VARIANTS_BY_WORLD = {
     4: ("mlra_4", "mlra_2", "gla_4", "gqa", "mla"),
 }
 RTOL = 1e-5
+PROMPTS = [[5, 17, 300, 2, 9], [44, 1, 2]]  # ragged: different lengths share the cache
+NEW_TOKENS = 6
+GENERATE = {"mlra_4", "mlra_2", "gla_2", "gla_4", "gqa", "mla"}  # the others: logits only
 
 
-def _logits_worker(ctx, jobs):
-    """Per rank: load each model's shard from disk and return its logits and cache size."""
+def _tp_worker(ctx, jobs):
+    """Per rank: load each model's shard from disk; its logits, greedy generation (paged cache,
+    absorbed decode) and cache size."""
     out = {}
     for name, directory, ids in jobs:
         model = load_shard(directory, ctx)
         with torch.no_grad():
             logits = model(ids).logits
-        out[name] = {"logits": logits, "cache_elements": model.cache_elements_per_token(),
-                     "attn_params": sum(p.numel() for p in model.layers[0].attn.parameters())}
+        cache = PagedKVCache.for_model(model, max_tokens=64)
+        out[name] = {
+            "logits": logits,
+            "tokens": (mlra.generate(model, PROMPTS, max_new_tokens=NEW_TOKENS)
+                       if name in GENERATE else None),
+            "cache_elements": cache.layout.elements_per_token,
+            "cache_bytes_per_token": cache.bytes_per_token(),
+            "attn_params": sum(p.numel() for p in model.layers[0].attn.parameters()),
+        }
     return out
 
 
@@ -57,7 +71,9 @@ def models(tmp_path_factory):
         with torch.no_grad():
             ref = model(ids).logits
         attn = sum(p.numel() for p in model.layers[0].attn.parameters())
-        found[name] = (str(directory), ids, ref, attn)
+        tokens = (mlra.generate(model, PROMPTS, max_new_tokens=NEW_TOKENS)
+                  if name in GENERATE else None)
+        found[name] = (str(directory), ids, ref, attn, tokens)
     return found
 
 
@@ -69,7 +85,7 @@ def runs(models):
     def get(world: int) -> list:
         if world not in _RUNS:
             jobs = [(n, models[n][0], models[n][1]) for n in VARIANTS_BY_WORLD[world]]
-            _RUNS[world] = launch(_logits_worker, world, args=(jobs,), device="cpu",
+            _RUNS[world] = launch(_tp_worker, world, args=(jobs,), device="cpu",
                                   timeout_s=120)
         return _RUNS[world]
     return get
@@ -87,6 +103,20 @@ def test_tp_logits_equal_single_process(runs, models, world, name):
         assert got.shape == ref.shape
         err = ((got - ref).abs().max() / scale).item()
         assert err <= RTOL, f"{name} TP{world} rank {rank}: relative error {err:.2e}"
+        assert per_rank[name]["tokens"] == models[name][4], f"{name} TP{world} rank {rank}"
+
+
+@pytest.mark.parametrize(
+    ("world", "name"), [(w, n) for w, names in VARIANTS_BY_WORLD.items() for n in names]
+)
+def test_tp_cache_per_rank_is_the_plans(runs, world, name):
+    cfg = tiny_config(name)
+    plan = make_plan(cfg, world)
+    for rank, per_rank in enumerate(runs(world)):
+        got = per_rank[name]
+        want = plan.shard(rank).cache_elements_per_token
+        assert got["cache_elements"] == want
+        assert got["cache_bytes_per_token"] == plan.shard(rank).cache_bytes_per_token(4)  # fp32
 
 
 def test_tp_ranks_hold_only_their_share(runs, models):
@@ -132,6 +162,19 @@ def _sum_ranks(ctx):
     x = torch.tensor([float(ctx.rank + 1)])
     ctx.all_reduce(x)
     return x.item(), dist.get_world_size()
+
+
+def test_generate_parallel_matches_generate(models):
+    directory, _, _, _, tokens = models["mlra_4"]
+    outs, reports = generate_parallel(directory, PROMPTS, tp=2, device="cpu",
+                                      max_new_tokens=NEW_TOKENS)
+    assert outs == tokens
+    cfg = tiny_config("mlra_4")
+    per_token = (2 * cfg.latent_head_dim + cfg.rope_dim) * cfg.n_layers * 4
+    assert [r["cache_bytes_per_token"] for r in reports] == [per_token, per_token]
+    cached = sum(len(p) + NEW_TOKENS - 1 for p in PROMPTS)
+    assert [r["cache_bytes_used"] for r in reports] == [per_token * cached] * 2
+    assert [r["rank"] for r in reports] == [0, 1]
 
 
 def test_launch_returns_results_in_rank_order():

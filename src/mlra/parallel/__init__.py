@@ -12,10 +12,18 @@ generation code run on it unchanged and each rank's cache holds only its heads::
 
     logits = launch(run, tp=4, args=("ckpt/", ids))[0]
 
+Or in one call: ``tokens, reports = generate_parallel(path, prompts, tp=4)``.
 Under ``torchrun --nproc-per-node N`` call :func:`init_tp` (or the same :func:`launch`, which
 then runs ``fn`` in-process). Plans per variant: :mod:`mlra.parallel.plans`.
 """
 
+from mlra.parallel.api import (
+    RankReport,
+    generate_parallel,
+    load_checkpoint_shard,
+    rank_report,
+    shared_seed,
+)
 from mlra.parallel.launch import RankFailedError, launch
 from mlra.parallel.plans import (
     RankShard,
@@ -35,8 +43,9 @@ from mlra.parallel.shard import (
 )
 
 __all__ = [
-    "NCCL_SAFE_ENV", "RankFailedError", "RankShard", "TPContext", "TPPlan",
+    "NCCL_SAFE_ENV", "RankFailedError", "RankReport", "RankShard", "TPContext", "TPPlan",
     "TensorParallelTransformer", "TensorSlice", "allowed_degrees", "cache_elements",
-    "check_degree", "in_torchrun", "init_tp", "launch", "load_shard", "make_plan",
-    "shard_model", "shard_state_dict", "shutdown_tp",
+    "check_degree", "generate_parallel", "in_torchrun", "init_tp", "launch",
+    "load_checkpoint_shard", "load_shard", "make_plan", "rank_report", "shard_model",
+    "shard_state_dict", "shared_seed", "shutdown_tp",
 ]
