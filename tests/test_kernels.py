@@ -85,6 +85,31 @@ def test_latent_kernel_matches_reference(nb, w, hq, tq, page, lens, splits, bloc
     _check(out, lse, ref_out, ref_lse)
 
 
+@pytest.mark.parametrize("use_tma,spp", [(False, 4), (True, 4), (True, 1), (False, 2), (True, 2)])
+def test_latent_tma_and_stream_groups(use_tma, spp):
+    """TMA and pointer loads, and the streams split over 1, 2 or 4 programs, agree."""
+    lens = [75, 20, 3] if not ON_GPU else [40000, 2000, 3]
+    heads = 4 if not ON_GPU else 64
+    case = random_latent_case(lens, 32, 2, 4, heads, 64, device=DEVICE, seed=11)
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    out, lse = _nan_outputs(ref_out.shape, ref_lse.shape)
+    cfg = LatentKernelConfig(block_n=16 if not ON_GPU else 32, use_tma=use_tma,
+                             streams_per_program=spp)
+    paged_latent_decode_triton(**case, config=cfg, num_splits=3, out=out, lse=lse)
+    _check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_gqa_tma_and_pointer_loads(use_tma):
+    lens = [70, 9] if not ON_GPU else [30000, 9]
+    case = random_gqa_case(lens, 32, 2, 8, 2, 64, 64, device=DEVICE, seed=12)
+    ref_out, ref_lse = paged_gqa_decode_ref(**case)
+    out, lse = _nan_outputs(ref_out.shape, ref_lse.shape)
+    cfg = GQAKernelConfig(block_n=16 if not ON_GPU else 32, use_tma=use_tma)
+    paged_gqa_decode_triton(**case, config=cfg, num_splits=2, out=out, lse=lse)
+    _check(out, lse, ref_out, ref_lse)
+
+
 def test_latent_more_than_four_streams():
     lens = [40, 9] if not ON_GPU else [5000, 9]
     case = random_latent_case(lens, 16, 1, 5, 4, 64, device=DEVICE, seed=5)

@@ -111,6 +111,33 @@ def choose_num_splits(
     return best
 
 
+def tma_possible(cache: torch.Tensor, block_n: int, widths: tuple[int, ...]) -> bool:
+    """Whether cache tiles can be loaded by TMA: Hopper or newer (or the interpreter), each tile
+    inside one page, power-of-two tile widths, and a pool that is one 2-D row-major array."""
+    hopper = cache.is_cuda and torch.cuda.get_device_capability(cache.device)[0] >= 9
+    if not (INTERPRET or hopper):
+        return False
+    page = cache.shape[1]
+    rows = cache.shape[0] * page
+    inner = cache.stride(1)
+    return (
+        page % block_n == 0
+        and all(w == next_pow2(w) and w * cache.element_size() >= 16 for w in widths)
+        and cache.stride(-1) == 1
+        and cache.stride(0) == page * inner
+        and (inner * cache.element_size()) % 16 == 0
+        and cache.data_ptr() % 16 == 0
+        and rows < 2**31
+    )
+
+
+def make_descriptor(flat: torch.Tensor, block_shape: list[int]):
+    """A host-side TMA descriptor of the 2-D tensor ``flat`` with the given tile shape."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), block_shape)
+
+
 @triton.jit
 def tile_pages(bt_row_ptr, n0, end, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
                SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr):
@@ -136,34 +163,38 @@ def _merge_kernel(
     rows, n_splits,
     s_ows, s_owr, s_lws,
     s_or,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, S_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r])."""
+    """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
+    Splits are read ``BLOCK_S`` at a time (all at once for up to ``BLOCK_S`` splits)."""
     r = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
-    offs_s = tl.arange(0, S_PAD)
-    lse_s = tl.load(lse_ws_ptr + offs_s * s_lws + r, mask=offs_s < n_splits, other=float("-inf"))
-    m = tl.max(lse_s, 0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp(lse_s - m_safe)
-    total = tl.sum(w, 0)
     offs_d = d0 + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
+    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        m = tl.maximum(m, tl.load(lse_ws_ptr + ss * s_lws + r, mask=ss < n_splits,
+                                  other=float("-inf")))
+    m_max = tl.max(m, 0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, n_splits, BLOCK_S):
         ss = s0 + tl.arange(0, BLOCK_S)
         s_ok = ss < n_splits
         ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
         ws = tl.exp(ls - m_safe)
+        total += ws
         o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
                     mask=(s_ok & (ws > 0))[:, None] & d_ok[None, :], other=0.0)
         acc += tl.sum(ws[:, None] * o, 0)
-    ok = total > 0
-    total_safe = tl.where(ok, total, 1.0)
-    inv = tl.where(ok, 1.0 / total_safe, 0.0)
-    tl.store(out_ptr + r * s_or + offs_d, acc * inv, mask=d_ok)
+    tot = tl.sum(total, 0)
+    ok = tot > 0
+    tot_safe = tl.where(ok, tot, 1.0)
+    tl.store(out_ptr + r * s_or + offs_d, acc * tl.where(ok, 1.0 / tot_safe, 0.0), mask=d_ok)
     if d0 == 0:
-        tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(total_safe), float("-inf")))
+        tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(tot_safe), float("-inf")))
 
 
 def merge_splits(
@@ -172,11 +203,11 @@ def merge_splits(
     """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
     and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
-    block_d = min(128, next_pow2(d))
+    block_s = min(256, max(2, next_pow2(n_splits)))
+    block_d = max(16, min(128, next_pow2(d), 8192 // block_s))
     grid = (rows, triton.cdiv(d, block_d))
     _merge_kernel[grid](
         o_ws, lse_ws, out, lse, rows, n_splits,
         o_ws.stride(0), o_ws.stride(1), lse_ws.stride(0), out.stride(0),
-        D=d, BLOCK_D=block_d, S_PAD=max(2, next_pow2(n_splits)),
-        BLOCK_S=min(32, max(2, next_pow2(n_splits))), num_warps=4,
+        D=d, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=4,
     )

@@ -18,9 +18,11 @@ from mlra.kernels._triton_common import (
     LOG2E,
     choose_num_splits,
     device_sms,
+    make_descriptor,
     merge_splits,
     next_pow2,
     tile_pages,
+    tma_possible,
 )
 
 
@@ -32,6 +34,8 @@ class GQAKernelConfig:
     num_warps: int | None = None
     num_stages: int | None = None
     block_m: int | None = None
+    #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
+    use_tma: bool | None = None
 
 
 @triton.jit
@@ -48,18 +52,27 @@ def _load_tile(ptrs, offs_n, end, offs_d, D: tl.constexpr, D_PAD: tl.constexpr,
 
 @triton.jit
 def _gqa_tile(
-    k_ptr, v_ptr, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp, s_vr, qk_scale,
-    q, m_i, l_i, acc,
+    k_ptr, v_ptr, k_desc, v_desc, kvh, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp, s_vr,
+    qk_scale, q, m_i, l_i, acc,
     D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
-    offs_d = tl.arange(0, D_PAD)
-    offs_v = tl.arange(0, DV_PAD)
-    k_rows = k_ptr + (page * s_kp + slot * s_kr)
-    v_rows = v_ptr + (page * s_vp + slot * s_vr)
-    k = _load_tile(k_rows[:, None] + offs_d[None, :], offs_n, end, offs_d, D, D_PAD, MASK)
-    v = _load_tile(v_rows[:, None] + offs_v[None, :], offs_n, end, offs_v, DV, DV_PAD, MASK)
+    if USE_TMA:  # the tile lies in one page: rows row0 .. row0 + BLOCK_N of the 2-D pools
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        row0 = tl.load(bt_row_ptr + n0 // PAGE) * PAGE + n0 % PAGE
+        k = k_desc.load([row0, kvh * D])
+        v = v_desc.load([row0, kvh * DV])
+        if MASK:  # the cache may hold NaN past the sequence
+            v = tl.where((offs_n < end)[:, None], v, 0.0)
+    else:
+        offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
+        offs_d = tl.arange(0, D_PAD)
+        offs_v = tl.arange(0, DV_PAD)
+        k_rows = k_ptr + (page * s_kp + slot * s_kr)
+        v_rows = v_ptr + (page * s_vp + slot * s_vr)
+        k = _load_tile(k_rows[:, None] + offs_d[None, :], offs_n, end, offs_d, D, D_PAD, MASK)
+        v = _load_tile(v_rows[:, None] + offs_v[None, :], offs_n, end, offs_v, DV, DV_PAD, MASK)
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASK:
         s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
@@ -73,7 +86,7 @@ def _gqa_tile(
 
 @triton.jit
 def _gqa_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, k_desc, v_desc, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
     s_qb, s_qt, s_qh,
     s_kp, s_kr, s_kh, s_vp, s_vr, s_vh, s_btb,
     s_os, s_ob, s_ot, s_oh,
@@ -81,7 +94,7 @@ def _gqa_decode_kernel(
     qk_scale, Hkv, G, Tq, n_splits,
     D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SCALAR_PAGE: tl.constexpr,
+    SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -113,13 +126,13 @@ def _gqa_decode_kernel(
     k_head = k_ptr + kvh * s_kh
     v_head = v_ptr + kvh * s_vh
     for n0 in range(start, full_end, BLOCK_N):
-        m_i, l_i, acc = _gqa_tile(k_head, v_head, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp,
-                                  s_vr, qk_scale, q, m_i, l_i, acc, D, D_PAD, DV, DV_PAD, PAGE,
-                                  BLOCK_N, SCALAR_PAGE, False)
+        m_i, l_i, acc = _gqa_tile(k_head, v_head, k_desc, v_desc, kvh, bt_row_ptr, n0, end,
+                                  limit, s_kp, s_kr, s_vp, s_vr, qk_scale, q, m_i, l_i, acc, D,
+                                  D_PAD, DV, DV_PAD, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA)
     for n0 in range(full_end, end, BLOCK_N):
-        m_i, l_i, acc = _gqa_tile(k_head, v_head, bt_row_ptr, n0, end, limit, s_kp, s_kr, s_vp,
-                                  s_vr, qk_scale, q, m_i, l_i, acc, D, D_PAD, DV, DV_PAD, PAGE,
-                                  BLOCK_N, SCALAR_PAGE, True)
+        m_i, l_i, acc = _gqa_tile(k_head, v_head, k_desc, v_desc, kvh, bt_row_ptr, n0, end,
+                                  limit, s_kp, s_kr, s_vp, s_vr, qk_scale, q, m_i, l_i, acc, D,
+                                  D_PAD, DV, DV_PAD, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
 
     ok = l_i > 0
     inv = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
@@ -137,7 +150,7 @@ def default_gqa_config(d: int, dv: int, rows: int, page: int) -> GQAKernelConfig
     if INTERPRET:
         return GQAKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
     if next_pow2(d) + next_pow2(dv) >= 512:
-        return GQAKernelConfig(block_n=64, num_warps=8, num_stages=3, block_m=block_m)
+        return GQAKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m)
     return GQAKernelConfig(block_n=128, num_warps=4, num_stages=3, block_m=block_m)
 
 
@@ -193,8 +206,23 @@ def paged_gqa_decode_triton(
     if config is not None:
         cfg = GQAKernelConfig(
             block_n=config.block_n or cfg.block_n, num_warps=config.num_warps or cfg.num_warps,
-            num_stages=config.num_stages or cfg.num_stages, block_m=config.block_m or cfg.block_m)
+            num_stages=config.num_stages or cfg.num_stages, block_m=config.block_m or cfg.block_m,
+            use_tma=config.use_tma)
     m_blocks = triton.cdiv(rows, cfg.block_m)
+    can_tma = (tma_possible(k_cache, cfg.block_n, (D,))
+               and tma_possible(v_cache, cfg.block_n, (Dv,))
+               and k_cache.stride(2) == D and v_cache.stride(2) == Dv)
+    use_tma = can_tma if cfg.use_tma is None else cfg.use_tma
+    if use_tma:
+        if not can_tma:
+            raise ValueError("use_tma needs pow2 head dims, page % block_n == 0, contiguous pools")
+        n_rows = k_cache.shape[0] * page
+        k_desc = make_descriptor(k_cache.as_strided((n_rows, Hkv * D), (k_cache.stride(1), 1)),
+                                 [cfg.block_n, D])
+        v_desc = make_descriptor(v_cache.as_strided((n_rows, Hkv * Dv), (v_cache.stride(1), 1)),
+                                 [cfg.block_n, Dv])
+    else:
+        k_desc, v_desc = k_cache, v_cache
     if num_splits is None:
         if max_seq_len is None:
             max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
@@ -208,7 +236,7 @@ def paged_gqa_decode_triton(
         lse_ws = torch.empty(num_splits, B, Tq, Hq, dtype=torch.float32, device=dev)
     grid = (m_blocks, num_splits, B * Hkv)
     _gqa_decode_kernel[grid](
-        q, k_cache, v_cache, block_table, seq_lens, o_ws, lse_ws,
+        q, k_cache, v_cache, k_desc, v_desc, block_table, seq_lens, o_ws, lse_ws,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
@@ -217,6 +245,7 @@ def paged_gqa_decode_triton(
         float(scale) * LOG2E, Hkv, G, Tq, num_splits,
         D=D, D_PAD=next_pow2(D), DV=Dv, DV_PAD=next_pow2(Dv), PAGE=page,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0,
+        USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:

@@ -26,9 +26,11 @@ from mlra.kernels._triton_common import (
     LOG2E,
     choose_num_splits,
     device_sms,
+    make_descriptor,
     merge_splits,
     next_pow2,
     tile_pages,
+    tma_possible,
 )
 
 MAX_STREAMS = 4  # streams per launch; more are processed in groups of four
@@ -42,6 +44,11 @@ class LatentKernelConfig:
     num_warps: int | None = None
     num_stages: int | None = None
     block_m: int | None = None
+    #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
+    #: range in adjacent programs that share the RoPE keys through L2
+    streams_per_program: int | None = None
+    #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
+    use_tma: bool | None = None
 
 
 @triton.jit
@@ -73,29 +80,56 @@ def _stream_update(q, lat, s_rope, m_i, l_i, acc, offs_n, limit, qk_scale, MASK:
 
 
 @triton.jit
+def _tma_tile(desc, row0, col, offs_n, end, MASK: tl.constexpr):
+    """A [BLOCK_N, C] tile by TMA; rows at or past ``end`` zeroed in masked tiles (the cache
+    may hold NaN there)."""
+    x = desc.load([row0, col])
+    if MASK:
+        x = tl.where((offs_n < end)[:, None], x, 0.0)
+    return x
+
+
+@triton.jit
 def _latent_tile(
-    cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+    cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
     off0, off1, off2, off3, rope_off, qk_scale,
     qr, q0, q1, q2, q3,
     m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
     NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
-    rows = cache_ptr + (page * s_cp + slot * s_cr)
-    offs_w = tl.arange(0, W_PAD)
-    kr = _load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
-    s_rope = tl.dot(qr, tl.trans(kr))
-    lat = _load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
+    if USE_TMA:  # the tile lies in one page: rows row0 .. row0 + BLOCK_N of the 2-D pool
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        row0 = tl.load(bt_row_ptr + n0 // PAGE) * PAGE + n0 % PAGE
+        kr = rope_desc.load([row0, rope_off])
+        s_rope = tl.dot(qr, tl.trans(kr))
+        lat = _tma_tile(lat_desc, row0, off0, offs_n, end, MASK)
+    else:
+        offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
+        rows = cache_ptr + (page * s_cp + slot * s_cr)
+        offs_w = tl.arange(0, W_PAD)
+        kr = _load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
+        s_rope = tl.dot(qr, tl.trans(kr))
+        lat = _load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
     m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale, MASK)
     if NB > 1:
-        lat = _load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
+        if USE_TMA:
+            lat = _tma_tile(lat_desc, row0, off1, offs_n, end, MASK)
+        else:
+            lat = _load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
         m1, l1, a1 = _stream_update(q1, lat, s_rope, m1, l1, a1, offs_n, limit, qk_scale, MASK)
     if NB > 2:
-        lat = _load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
+        if USE_TMA:
+            lat = _tma_tile(lat_desc, row0, off2, offs_n, end, MASK)
+        else:
+            lat = _load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
         m2, l2, a2 = _stream_update(q2, lat, s_rope, m2, l2, a2, offs_n, limit, qk_scale, MASK)
     if NB > 3:
-        lat = _load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
+        if USE_TMA:
+            lat = _tma_tile(lat_desc, row0, off3, offs_n, end, MASK)
+        else:
+            lat = _load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
         m3, l3, a3 = _stream_update(q3, lat, s_rope, m3, l3, a3, offs_n, limit, qk_scale, MASK)
     return m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3
 
@@ -111,20 +145,28 @@ def _store_stream(o_ptrs, lse_ptrs, m_i, l_i, acc, mask_o, mask_m):
 
 
 @triton.jit
+def _pick(i, a, b, c, d):
+    return tl.where(i == 0, a, tl.where(i == 1, b, tl.where(i == 2, c, d)))
+
+
+@triton.jit
 def _latent_decode_kernel(
-    q_lat_ptr, q_rope_ptr, cache_ptr, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    q_lat_ptr, q_rope_ptr, cache_ptr, lat_desc, rope_desc, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
     s_qb, s_qt, s_qj, s_qh,
     s_rb, s_rt, s_rh,
     s_cp, s_cr, s_btb,
     s_os, s_ob, s_ot, s_oj, s_oh,
     s_ls, s_lb, s_lt, s_lj,
-    off0, off1, off2, off3, rope_off,
-    qk_scale, Hq, Tq, n_splits,
+    o0, o1, o2, o3, rope_off,
+    qk_scale, Hq, Tq, n_splits, n_groups,
     NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SCALAR_PAGE: tl.constexpr,
+    SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
+    # side by side, so the RoPE keys they share come from L2 after the first read
+    grp = tl.program_id(0) % n_groups
+    pid_m = tl.program_id(0) // n_groups
     pid_s = tl.program_id(1)
     b = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
@@ -142,10 +184,16 @@ def _latent_decode_kernel(
     # positions < seq_len - Tq + 1 are visible to every row: no masking needed there
     full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
 
+    j0 = grp * NB  # first stream of this program
+    off0 = _pick(j0, o0, o1, o2, o3)
+    off1 = _pick(j0 + 1, o0, o1, o2, o3)
+    off2 = _pick(j0 + 2, o0, o1, o2, o3)
+    off3 = _pick(j0 + 3, o0, o1, o2, o3)
     offs_w = tl.arange(0, W_PAD)
     offs_r = tl.arange(0, R)
     q_mask = m_ok[:, None] & (offs_w < W)[None, :]
-    q_ptrs = q_lat_ptr + b * s_qb + t[:, None] * s_qt + h[:, None] * s_qh + offs_w[None, :]
+    q_ptrs = (q_lat_ptr + b * s_qb + j0 * s_qj + t[:, None] * s_qt + h[:, None] * s_qh
+              + offs_w[None, :])
     qr = tl.load(q_rope_ptr + b * s_rb + t[:, None] * s_rt + h[:, None] * s_rh + offs_r[None, :],
                  mask=m_ok[:, None], other=0.0)
     q0 = tl.load(q_ptrs, mask=q_mask, other=0.0)
@@ -174,20 +222,20 @@ def _latent_decode_kernel(
     bt_row_ptr = bt_ptr + b * s_btb
     for n0 in range(start, full_end, BLOCK_N):
         m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
-            cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+            cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA)
     for n0 in range(full_end, end, BLOCK_N):
         m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
-            cache_ptr, bt_row_ptr, n0, end, limit, s_cp, s_cr,
+            cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
 
-    o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + t[:, None] * s_ot + h[:, None] * s_oh
-              + offs_w[None, :])
-    lse_ptrs = lse_ptr + pid_s * s_ls + b * s_lb + t * s_lt + h
+    o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
+              + h[:, None] * s_oh + offs_w[None, :])
+    lse_ptrs = lse_ptr + pid_s * s_ls + b * s_lb + j0 * s_lj + t * s_lt + h
     _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok)
     if NB > 1:
         _store_stream(o_ptrs + s_oj, lse_ptrs + s_lj, m1, l1, a1, q_mask, m_ok)
@@ -203,12 +251,17 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> Late
     width = nb * w_pad + r
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
-        return LatentKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
+        return LatentKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m,
+                                  streams_per_program=nb)
     if width >= 512:
-        return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m)
+        return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m,
+                                  streams_per_program=nb)
     if width >= 256:
-        return LatentKernelConfig(block_n=64, num_warps=8, num_stages=3, block_m=block_m)
-    return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m)
+        return LatentKernelConfig(block_n=128 if page % 128 == 0 or page > 128 else 64,
+                                  num_warps=4, num_stages=2, block_m=block_m,
+                                  streams_per_program=nb)
+    return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m,
+                              streams_per_program=nb)
 
 
 def _resolve(cfg: LatentKernelConfig | None, default: LatentKernelConfig) -> LatentKernelConfig:
@@ -219,6 +272,8 @@ def _resolve(cfg: LatentKernelConfig | None, default: LatentKernelConfig) -> Lat
         num_warps=cfg.num_warps or default.num_warps,
         num_stages=cfg.num_stages or default.num_stages,
         block_m=cfg.block_m or default.block_m,
+        streams_per_program=cfg.streams_per_program or default.streams_per_program,
+        use_tma=cfg.use_tma if cfg.use_tma is not None else default.use_tma,
     )
 
 
@@ -303,14 +358,27 @@ def paged_latent_decode_triton(
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]
     cfg = _resolve(config, default_latent_config(NB, W, R, Tq * Hq, page))
+    spp = cfg.streams_per_program
+    if spp < 1 or NB % spp:
+        raise ValueError(f"streams_per_program={spp} does not divide {NB} streams")
+    n_groups = NB // spp
     rows = Tq * Hq
     m_blocks = triton.cdiv(rows, cfg.block_m)
+    use_tma = tma_possible(cache, cfg.block_n, (W, R)) if cfg.use_tma is None else cfg.use_tma
+    if use_tma:
+        if not tma_possible(cache, cfg.block_n, (W, R)):
+            raise ValueError("use_tma needs pow2 widths, page % block_n == 0 and a contiguous pool")
+        flat = cache.as_strided((cache.shape[0] * page, cache.shape[2]), (cache.stride(1), 1))
+        lat_desc = make_descriptor(flat, [cfg.block_n, W])
+        rope_desc = make_descriptor(flat, [cfg.block_n, R])
+    else:
+        lat_desc = rope_desc = cache
     if num_splits is None:
         if max_seq_len is None:
             max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
-        width = NB * next_pow2(W) + R
-        num_splits = choose_num_splits(B * m_blocks, max_seq_len, cfg.block_n, device_sms(cache),
-                                       ctas_per_sm=1 if width >= 512 else 2)
+        width = spp * next_pow2(W) + R
+        num_splits = choose_num_splits(B * m_blocks * n_groups, max_seq_len, cfg.block_n,
+                                       device_sms(cache), ctas_per_sm=1 if width >= 512 else 2)
     num_splits = max(1, int(num_splits))
     if num_splits == 1:
         o_ws, lse_ws = out.unsqueeze(0), lse.unsqueeze(0)
@@ -318,18 +386,18 @@ def paged_latent_decode_triton(
         o_ws = torch.empty(num_splits, B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
         lse_ws = torch.empty(num_splits, B, Tq, NB, Hq, dtype=torch.float32, device=dev)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
-    grid = (m_blocks, num_splits, B)
+    grid = (m_blocks * n_groups, num_splits, B)
     _latent_decode_kernel[grid](
-        q_latent, q_rope, cache, block_table, seq_lens, o_ws, lse_ws,
+        q_latent, q_rope, cache, lat_desc, rope_desc, block_table, seq_lens, o_ws, lse_ws,
         q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
         q_rope.stride(0), q_rope.stride(1), q_rope.stride(2),
         cache.stride(0), cache.stride(1), block_table.stride(0),
         o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
         offs[0], offs[1], offs[2], offs[3], rope_offset,
-        float(scale) * LOG2E, Hq, Tq, num_splits,
-        NB=NB, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0,
+        float(scale) * LOG2E, Hq, Tq, num_splits, n_groups,
+        NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
