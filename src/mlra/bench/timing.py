@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,10 +30,10 @@ def l2_flush_buffer(device: torch.device | str = "cuda", nbytes: int = 256 << 20
 
 def time_cuda(
     fn: Callable[[], object], reps: int = 100, warmup: int = 5,
-    flush: torch.Tensor | None = None, host_shield_cycles: int = 400_000,
+    flush: torch.Tensor | None = None, host_shield_cycles: int = 1_000_000,
 ) -> Timing:
     """Median device time of ``fn()``. Before each call the L2 flush and a short device-side
-    spin (``host_shield_cycles``, ~0.2 ms) are queued ahead of the start event, so the host
+    spin (``host_shield_cycles``, ~0.5 ms) are queued ahead of the start event, so the host
     enqueues ``fn``'s launches while the device is busy and launch overhead is not counted:
     the number is the device time of the call, as inside a CUDA graph."""
     for _ in range(warmup):
@@ -40,6 +41,8 @@ def time_cuda(
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection pause could outlast the shield
     for i in range(reps):
         if flush is not None:
             flush.zero_()
@@ -49,6 +52,8 @@ def time_cuda(
         fn()
         ends[i].record()
     torch.cuda.synchronize()
+    if gc_was_enabled:
+        gc.enable()
     times = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends, strict=True))
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return Timing(statistics.median(times), q[0], q[-1], reps)

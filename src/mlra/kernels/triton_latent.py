@@ -246,22 +246,21 @@ def _latent_decode_kernel(
 
 
 def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> LatentKernelConfig:
-    """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md)."""
-    w_pad = next_pow2(w)
-    width = nb * w_pad + r
+    """Launch parameters tuned on an H100 (benchmarks/decode/NOTES.md).
+
+    Each program runs one latent stream (``streams_per_program=1``): the streams of a tile range
+    run in adjacent programs of the same launch and share the RoPE keys through L2, which
+    measured faster than one program holding all four accumulators (register spills).
+    """
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
         return LatentKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m,
-                                  streams_per_program=nb)
-    if width >= 512:
+                                  streams_per_program=1)
+    if next_pow2(w) + r >= 512:  # MLA: a 64 x 512 fp32 accumulator needs two warpgroups
         return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m,
-                                  streams_per_program=nb)
-    if width >= 256:
-        return LatentKernelConfig(block_n=128 if page % 128 == 0 or page > 128 else 64,
-                                  num_warps=4, num_stages=2, block_m=block_m,
-                                  streams_per_program=nb)
+                                  streams_per_program=1)
     return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m,
-                              streams_per_program=nb)
+                              streams_per_program=1)
 
 
 def _resolve(cfg: LatentKernelConfig | None, default: LatentKernelConfig) -> LatentKernelConfig:
