@@ -34,6 +34,51 @@ FORMS = ("expanded", "absorbed")
 
 
 # ----------------------------------------------------------------------------- paged path
+class DecodeStep:
+    """The paged decode step of ``model`` over ``cache``, as a callable (see :func:`decode_step`).
+
+    Per layer it runs three parts: the dense part before attention (norm, projections, absorbed
+    queries; :func:`layer_pre`), the cache write and paged attention kernel(s)
+    (:func:`paged_attention`), and the dense part after it (W_UV, output projection, residuals,
+    MLP; :func:`layer_post`). With ``compile`` (True or ``torch.compile`` keyword arguments) the
+    two dense parts are compiled once and reused by every layer (the kernels stay outside), which
+    fuses the many small element-wise kernels of a decode step; the step remains capturable in a
+    CUDA graph either way.
+    """
+
+    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False):
+        self.model, self.cache = model, cache
+        self.pre, self.post = layer_pre, layer_post
+        if compile:
+            kwargs = dict(compile) if isinstance(compile, dict) else {}
+            kwargs.setdefault("dynamic", False)
+            self.pre = torch.compile(layer_pre, **kwargs)
+            self.post = torch.compile(layer_post, **kwargs)
+
+    def __call__(
+        self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
+    ) -> torch.Tensor:
+        model, cache = self.model, self.cache
+        cfg = model.config
+        B, T = input_ids.shape
+        device = input_ids.device
+        positions = seq_lens.long()[:, None] - T + torch.arange(T, device=device)[None, :]
+        page = cache.page_size
+        pages = torch.gather(block_table.long(), 1,
+                             torch.div(positions, page, rounding_mode="floor"))
+        slots = (pages * page + positions % page).flatten()
+        rope = Rotary(positions, cfg.rope_base)
+        x = model.embed_tokens(input_ids)
+        table_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        for width in {cfg.head_dim, cfg.rope_dim}:  # tables built once, outside compiled parts
+            rope.tables(width, table_dtype)
+        for i, block in enumerate(model.layers):
+            h, q, packed = self.pre(block, x, rope, cache.layout)
+            o = paged_attention(block.attn, q, packed, cache, i, slots, block_table, seq_lens)
+            x = self.post(block, x, h, o)
+        return model.logits(model.norm(x))
+
+
 def decode_step(
     model: Transformer,
     cache: PagedKVCache,
@@ -47,85 +92,86 @@ def decode_step(
     ``input_ids`` [batch, T]; ``block_table`` int32 [batch, pages] with the pages holding every
     position up to ``seq_lens`` already assigned; ``seq_lens`` int32 [batch] counts the cached
     tokens *including* the ``T`` new ones (which sit at positions ``seq_lens - T ... - 1``).
+    Static shapes, no host synchronisation: capturable in a CUDA graph.
     """
-    B, T = input_ids.shape
-    device = input_ids.device
-    positions = seq_lens.long()[:, None] - T + torch.arange(T, device=device)[None, :]
-    page = cache.page_size
-    pages = torch.gather(block_table.long(), 1, torch.div(positions, page, rounding_mode="floor"))
-    slots = (pages * page + positions % page).flatten()
-    rope = Rotary(positions, model.config.rope_base)
-    x = model.embed_tokens(input_ids)
-    for i, block in enumerate(model.layers):
-        h = block.attn_norm(x)
-        attn = block.attn
-        state = attn.kv_state(h, rope)
-        cache.write(i, slots, {k: v.flatten(0, 1) for k, v in state.items()})
-        if isinstance(attn, LatentAttention):
-            o = _latent_paged(attn, h, rope, cache.pools[i]["rows"], cache.layout,
-                              block_table, seq_lens)
-        else:
-            o = _kv_paged(attn, h, rope, cache.pools[i], cache.layout, block_table, seq_lens)
-        x = x + block.reduce(attn.output(o, h))
-        x = x + block.reduce(block.mlp(block.mlp_norm(x)))
-    return model.logits(model.norm(x))
+    return DecodeStep(model, cache)(input_ids, block_table, seq_lens)
 
 
-def _latent_paged(
-    attn: LatentAttention,
-    h: torch.Tensor,
-    rope: Rotary,
-    rows: torch.Tensor,
-    layout: CacheLayout,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-) -> torch.Tensor:
-    """Absorbed attention of the new tokens over the cached rows: [batch, T, heads * head_dim].
-
-    One kernel call per query-head group g, over the ``branches`` latent heads (b, g) that group
-    reads (all of them for MLA/MLRA-B; one per call for GLA-G), sharing the RoPE key.
-    """
-    B, T, _ = h.shape
-    q_abs, q_rope = attn.absorb_query(attn.query(h, rope))  # [B,T,NB,G,Hg,w], [B,T,G,Hg,r]
-    _, w_uv = attn.up_weights()  # [NB, G, w, Hg, dh]
-    G, NB = attn.groups, attn.branches
-    outs = []
-    for g in range(G):
-        offsets = [layout.latent_offsets[b * G + g] for b in range(NB)]
-        z, _ = kernels.paged_latent_decode(
-            q_abs[:, :, :, g].contiguous(), q_rope[:, :, g].contiguous(), rows, block_table,
-            seq_lens, offsets, layout.rope_offset, attn.cfg.softmax_scale,
-        )  # [B, T, NB, Hg, w], fp32
-        outs.append(torch.einsum("btciw,cwid->btid", z.to(w_uv.dtype), w_uv[:, g]))
-    o = torch.stack(outs, dim=2) * attn.out_scale  # [B, T, G, Hg, dh]
-    return o.reshape(B, T, attn.cfg.attn_out_dim).to(h.dtype)
-
-
-def _kv_paged(
-    attn: Attention,
-    h: torch.Tensor,
-    rope: Rotary,
-    pools: dict[str, torch.Tensor],
-    layout: CacheLayout,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-) -> torch.Tensor:
-    """K/V attention of the new tokens over the cache: [batch, T, heads * head_dim].
-
-    GTA and TPA cache a compact state; their K/V are formed here for the pages in the block
-    table only (static shapes: ``batch * pages`` pages, re-indexed by a dense table).
-    """
+def layer_pre(
+    block: torch.nn.Module, x: torch.Tensor, rope: Rotary, layout: CacheLayout
+) -> tuple[torch.Tensor, object, dict[str, torch.Tensor]]:
+    """Normed input ``h``, the queries (absorbed ``(q_abs, q_rope)`` for the latent family) and
+    the new tokens' cache entries (packed as the cache stores them, ``[B, T, ...]``)."""
+    h = block.attn_norm(x)
+    attn = block.attn
     q = attn.query(h, rope)
-    if layout.direct_kv:
+    if isinstance(attn, LatentAttention):
+        q = attn.absorb_query(q)  # [B,T,NB,G,Hg,w], [B,T,G,Hg,r]
+    return h, q, layout.pack(attn.kv_state(h, rope))
+
+
+def paged_attention(
+    attn: Attention,
+    q: object,
+    packed: dict[str, torch.Tensor],
+    cache: PagedKVCache,
+    layer: int,
+    slots: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+) -> torch.Tensor:
+    """Write the new entries at ``slots`` and attend through the :mod:`mlra.kernels` dispatch.
+
+    Latent family: returns the per-latent-head attention ``z`` [B, T, NB, G, Hg, w] (fp32), one
+    kernel call per query-head group g over the ``branches`` latent heads (b, g) it reads (all
+    of them for MLA/MLRA-B, sharing the RoPE key; one per call for GLA-G). Other families:
+    the head outputs [B, T, H, d_v] (fp32); GTA and TPA cache a compact state, and their K/V
+    are formed here for the pages in the block table only (static shapes: ``batch * pages``
+    pages, re-indexed by a dense table).
+    """
+    pools = cache.pools[layer]
+    for name, data in packed.items():
+        pool = pools[name]
+        pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, data.flatten(0, 1).to(pool.dtype))
+    scale = attn.cfg.softmax_scale
+    if isinstance(attn, LatentAttention):
+        q_abs, q_rope = q
+        G, NB, layout = attn.groups, attn.branches, cache.layout
+        zs = []
+        for g in range(G):
+            offsets = [layout.latent_offsets[b * G + g] for b in range(NB)]
+            z, _ = kernels.paged_latent_decode(
+                q_abs[:, :, :, g].contiguous(), q_rope[:, :, g].contiguous(), pools["rows"],
+                block_table, seq_lens, offsets, layout.rope_offset, scale,
+            )  # [B, T, NB, Hg, w]
+            zs.append(z)
+        return torch.stack(zs, dim=3)
+    if cache.layout.direct_kv:
         k, v, table = pools["k"], pools["v"], block_table
     else:
         B, W = block_table.shape
         idx = block_table.long()
         paged = {name: pool[idx].flatten(0, 1) for name, pool in pools.items()}
         k, v = attn.expand(paged)  # [B * W, page, kv_heads, d]
-        table = torch.arange(B * W, dtype=torch.int32, device=h.device).view(B, W)
-    out, _ = kernels.paged_gqa_decode(q, k, v, table, seq_lens, attn.cfg.softmax_scale)
-    return out.to(h.dtype).flatten(2)
+        table = torch.arange(B * W, dtype=torch.int32, device=idx.device).view(B, W)
+    out, _ = kernels.paged_gqa_decode(q, k, v, table, seq_lens, scale)
+    return out
+
+
+def layer_post(
+    block: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor
+) -> torch.Tensor:
+    """From the attention result to the block output: W_UV per head, sum over branches times
+    ``out_scale`` (latent family), output projection, ``reduce``, residuals and the MLP -- as
+    ``Block.forward``."""
+    attn = block.attn
+    B, T, _ = x.shape
+    if isinstance(attn, LatentAttention):
+        _, w_uv = attn.up_weights()  # [NB, G, w, Hg, dh]
+        o = torch.einsum("btcgiw,cgwid->btgid", o.to(w_uv.dtype), w_uv) * attn.out_scale
+    o = o.reshape(B, T, attn.cfg.attn_out_dim).to(h.dtype)
+    x = x + block.reduce(attn.output(o, h))
+    return x + block.reduce(block.mlp(block.mlp_norm(x)))
 
 
 # ----------------------------------------------------------------------------- dense path
@@ -191,10 +237,13 @@ class Decoder:
     >>> logits = dec.decode([sid], torch.tensor([[7]]))  # [1, 1, vocab]
     """
 
-    def __init__(self, model: Transformer, cache: PagedKVCache) -> None:
+    def __init__(
+        self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False
+    ) -> None:
         if cache.config != model.config:
             raise ValueError("the cache was built for a different model config")
         self.model, self.cache = model, cache
+        self.step = DecodeStep(model, cache, compile=compile)
 
     def add_sequence(self) -> int:
         return self.cache.add_sequence()
@@ -263,4 +312,4 @@ class Decoder:
         self.cache.extend(seq_ids, [T] * B)
         block_table = self.cache.block_table(seq_ids)
         seq_lens = self.cache.seq_lens(seq_ids)
-        return decode_step(self.model, self.cache, tokens, block_table, seq_lens)
+        return self.step(tokens, block_table, seq_lens)
