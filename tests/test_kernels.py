@@ -22,7 +22,13 @@ if not ON_GPU:
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-from mlra.kernels import paged_gqa_decode, paged_latent_decode, use_triton  # noqa: E402
+from mlra.kernels import (  # noqa: E402
+    gqa_kernel_supports,
+    latent_kernel_supports,
+    paged_gqa_decode,
+    paged_latent_decode,
+    use_triton,
+)
 from mlra.kernels.reference import paged_gqa_decode_ref, paged_latent_decode_ref  # noqa: E402
 from mlra.kernels.testing import random_gqa_case, random_latent_case, rel_error  # noqa: E402
 from mlra.kernels.triton_gqa import GQAKernelConfig, paged_gqa_decode_triton  # noqa: E402
@@ -177,6 +183,17 @@ def test_dispatch_uses_triton_only_on_cuda():
     out, lse = paged_gqa_decode(**g)
     ref_out, ref_lse = paged_gqa_decode_ref(**g)
     _check(out, lse, ref_out, ref_lse)
+
+
+def test_dispatch_sends_unsupported_shapes_to_the_reference():
+    case = random_latent_case([20], 16, 1, 1, 2, 64, device=DEVICE, seed=1)
+    assert latent_kernel_supports(case["q_latent"], case["q_rope"], case["cache"])
+    odd_rope = case["q_rope"][..., :48]
+    assert not latent_kernel_supports(case["q_latent"], odd_rope, case["cache"])
+    assert not latent_kernel_supports(case["q_latent"], case["q_rope"], case["cache"].float())
+    g = random_gqa_case([20], 16, 1, 4, 2, 64, 64, device=DEVICE, seed=2)
+    assert gqa_kernel_supports(g["q"], g["k_cache"], g["v_cache"])
+    assert not gqa_kernel_supports(g["q"], g["k_cache"].float(), g["v_cache"].float())
 
 
 def test_bad_inputs_are_rejected():

@@ -3,8 +3,10 @@
 ``paged_latent_decode`` and ``paged_gqa_decode`` take the signatures documented in
 :mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
 (:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
-device and Triton is importable, the reference otherwise. Importing this package never imports
-Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the references (debugging).
+device, Triton is importable and the shapes are ones the kernels take
+(:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
+Importing this package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the
+references (debugging).
 """
 
 from __future__ import annotations
@@ -37,6 +39,25 @@ def use_triton(t: torch.Tensor) -> bool:
         triton_available()
 
 
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def latent_kernel_supports(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: torch.Tensor
+                           ) -> bool:
+    """Shapes the Triton latent kernel takes (others go to the reference): bf16/fp16 cache,
+    latent width <= 512, power-of-two RoPE width >= 16, page size a multiple of 16."""
+    r = q_rope.shape[-1]
+    return (cache.dtype in _KERNEL_DTYPES and q_latent.shape[-1] <= 512 and r >= 16
+            and r & (r - 1) == 0 and cache.shape[1] % 16 == 0 and cache.stride(-1) == 1)
+
+
+def gqa_kernel_supports(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Shapes the Triton GQA kernel takes: bf16/fp16 caches, head dims <= 256, page % 16 == 0."""
+    return (k_cache.dtype in _KERNEL_DTYPES and v_cache.dtype == k_cache.dtype
+            and q.shape[-1] <= 256 and v_cache.shape[-1] <= 256 and k_cache.shape[1] % 16 == 0
+            and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1)
+
+
 def paged_latent_decode(
     q_latent: torch.Tensor,
     q_rope: torch.Tensor,
@@ -48,7 +69,7 @@ def paged_latent_decode(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
-    if use_triton(cache):
+    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
         return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
@@ -66,7 +87,7 @@ def paged_gqa_decode(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GQA/MQA attention over paged K/V caches (see :func:`paged_gqa_decode_ref`)."""
-    if use_triton(k_cache):
+    if use_triton(k_cache) and gqa_kernel_supports(q, k_cache, v_cache):
         from mlra.kernels.triton_gqa import paged_gqa_decode_triton
 
         return paged_gqa_decode_triton(q, k_cache, v_cache, block_table, seq_lens, scale)
@@ -75,5 +96,5 @@ def paged_gqa_decode(
 
 __all__ = [
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
-    "triton_available", "use_triton",
+    "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
 ]
