@@ -20,6 +20,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = self.ddp_module = DDP(model, device_ids=ids)
+            # Parameters with a leading dimension of 1 (MLA's wkv_b) trip a harmless warning.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            wrapped = self.ddp_module = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
         self.model = torch.compile(wrapped) if cfg.compile else wrapped
         fused = self.device.type == "cuda" and not cfg.fsdp
         self.optimizer = build_optimizer(
@@ -259,6 +262,8 @@ class Trainer:
         )
         tensors: dict[str, torch.Tensor] = {}
         scalars: dict[str, Any] = {}
+        if not self.dist.is_main:  # with several processes only rank 0 receives the full state
+            return tensors, {}
         for fqn, entry in osd["state"].items():
             for key, value in entry.items():
                 if isinstance(value, torch.Tensor):
