@@ -74,6 +74,35 @@ def _die_with_parent() -> None:
         pass
 
 
+class _StdStreams:
+    """The launcher's stdout and stderr (fds 1 and 2) as they are when the ranks start: sent
+    with each process (a fork server's own descriptors may be older), installed in the rank."""
+
+    def __init__(self, handles: tuple = (), sent: bool = False) -> None:
+        self.handles, self.sent = handles, sent
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        if self.sent:
+            return (_StdStreams, (self.handles, True))
+        handles = []
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue
+            handles.append((fd, reduction.DupFd(fd)))
+        return (_StdStreams, (tuple(handles), True))
+
+    def install(self) -> None:
+        for target, handle in self.handles:
+            fd = handle.detach()
+            if fd != target:
+                os.dup2(fd, target)
+                os.close(fd)
+
+
 def _worker(
     rank: int,
     tp: int,
@@ -85,8 +114,16 @@ def _worker(
     device: str | None,
     timeout_s: float,
     threads: int,
+    env: dict[str, str],
+    streams: _StdStreams,
 ) -> None:
     _die_with_parent()
+    try:
+        streams.install()
+    except OSError:
+        pass
+    os.environ.clear()
+    os.environ.update(env)  # the launcher's environment now, not the fork server's
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(tp), LOCAL_WORLD_SIZE=str(tp),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -126,9 +163,10 @@ def launch(
 ) -> list[Any]:
     """Run ``fn(ctx, *args)`` on ``tp`` ranks and return their results in rank order.
 
-    ``fn`` and ``args`` must be picklable (``fn`` a module-level function): the ranks are fresh
-    ``spawn`` processes. ``backend``: "nccl" on CUDA, "gloo" otherwise by default; ``device``:
-    "cpu" forces CPU ranks. ``timeout_s`` bounds every collective; ``deadline_s`` (optional)
+    ``fn`` and ``args`` must be picklable (``fn`` a module-level function): the ranks are
+    fresh processes (forked from a ``forkserver`` that has imported torch, or spawned).
+    ``backend``: "nccl" on CUDA, "gloo" otherwise by default; ``device``: "cpu" forces CPU
+    ranks. ``timeout_s`` bounds every collective; ``deadline_s`` (optional)
     bounds the whole run. Raises :class:`RankFailedError` when a rank fails.
     """
     if not isinstance(tp, int) or tp < 1:
@@ -146,13 +184,14 @@ def launch(
         )
     apply_safe_env()
     threads = max(1, (os.cpu_count() or 1) // tp)
-    spawn = mp.get_context("spawn")
+    spawn = _context()
     with tempfile.TemporaryDirectory(prefix="mlra-tp-") as workdir:
         port = free_port()
         procs = [
             spawn.Process(
                 target=_worker, name=f"mlra-tp-rank{r}",
-                args=(r, tp, port, workdir, fn, args, backend, device, timeout_s, threads),
+                args=(r, tp, port, workdir, fn, args, backend, device, timeout_s, threads,
+                      dict(os.environ), _StdStreams()),
             )
             for r in range(tp)
         ]
@@ -169,6 +208,17 @@ def launch(
             path = Path(workdir) / f"result_{r}.pt"
             results.append(torch.load(path, weights_only=False))
         return results
+
+
+def _context() -> mp.context.BaseContext:
+    """``forkserver`` where available: one server process imports torch once and every rank is
+    forked from it (a fraction of a second instead of a fresh interpreter importing torch per
+    rank); the server never initialises CUDA, so CUDA ranks are safe. ``spawn`` elsewhere."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "mlra.parallel.launch"])
+    return ctx
 
 
 def _watch(procs: list, deadline_s: float | None) -> int | None:
@@ -235,7 +285,7 @@ def _failure(procs: list, workdir: str, first: int, deadline_s: float | None) ->
     message = f"rank {root['rank']} failed: {root['type']}: {_first_line(root['message'])}"
     if isinstance(cls, type) and issubclass(cls, MlraError) and cls is not MlraError:
         # a user error on a rank (bad degree, missing checkpoint) keeps its class and message
-        return cls(f"rank {root['rank']}: {root['message']}")
+        return cls(root["message"])
     err = RankFailedError(message + suffix + "; the other ranks were stopped", root["rank"],
                           root["type"], root["traceback"])
     return err

@@ -178,8 +178,9 @@ def check_degree(cfg: ModelConfig, tp: int) -> None:
 
 def _shape_text(cfg: ModelConfig) -> str:
     if cfg.attention == "latent":
-        return (f"{cfg.latent_branches} branches x {cfg.latent_groups} groups of latent heads, "
-                f"{cfg.n_heads} query heads")
+        B, G = cfg.latent_branches, cfg.latent_groups
+        return (f"{B} branch{'es' if B > 1 else ''} x {G} group{'s' if G > 1 else ''} of latent "
+                f"heads, {cfg.n_heads} query heads")
     if cfg.attention in ("standard", "gta"):
         return f"{cfg.n_heads} query heads, {cfg.n_kv_heads} K/V heads"
     return f"{cfg.n_heads} query heads"
