@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from mlra.errors import ConfigError, DataError
+from mlra.parallel.cli import add_tp_arg, cache_report, load_model, run_parallel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="weights and cache dtype (default: bfloat16 on GPU, float32 on CPU)")
+    add_tp_arg(p)
     p.set_defaults(func=run)
 
 
@@ -109,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    parallel = run_parallel(args, run)  # --tp N / torchrun: this same run() on every rank
+    if parallel is not None:
+        return parallel
 
     tokenizer = None
     if args.prompt:
@@ -118,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         prompts = [tokenizer.encode(t) for t in args.prompt]
     else:
         prompts = [_parse_ids(t) for t in args.ids]
-    model = load_inference_model(args.checkpoint, device=device, dtype=dtype,
-                                 variant=args.variant)
+    model = load_model(args.checkpoint, load_inference_model, device=device, dtype=dtype,
+                       variant=args.variant)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids) does not fit "
                         f"the model's vocabulary of {model.config.vocab_size}")
@@ -144,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
                    "text": tokenizer.decode(n[:-1] if stopped else n)}
         results.append(row)
     if args.json:
+        cached = sum(len(p) + max(len(n) - 1, 0) for p, n in zip(prompts, new, strict=True))
         print(json.dumps({"checkpoint": str(args.checkpoint), "model": model.config.name,
-                          "results": results}, indent=2))
+                          "results": results, **cache_report(model, cached)}, indent=2))
         return 0
     for i, row in enumerate(results):
         if len(results) > 1:
