@@ -15,6 +15,8 @@ from mlra.checkpoints.cli import add_checkpoint_args, default_device, load_from_
 from mlra.data.tokenizers import GPT2Tokenizer, Tokenizer
 from mlra.errors import ConfigError, DataError
 from mlra.io import atomic_write_text
+from mlra.parallel.cli import add_tp_arg, load_model, run_parallel
+from mlra.parallel.cli import current as tp_current
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "paper's value)")
     _add_runtime_args(ppl, default_batch="6 on GPU, 1 on CPU")
     ppl.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_tp_arg(ppl)
     ppl.set_defaults(func=run_ppl)
 
     tasks = sub.add_parser(
@@ -124,7 +127,11 @@ def _tokenizer(args: argparse.Namespace) -> Tokenizer:
 
 def _load(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    model = load_from_args(args, device=device)
+    if tp_current() is not None:  # --tp N: this rank's shard of the model
+        model = load_model(args.checkpoint, load_from_args, device=device, variant=args.variant,
+                           latent_scaling=False if args.no_latent_scaling else None)
+    else:
+        model = load_from_args(args, device=device)
     cfg = model.config
     print(f"model: {cfg.name} ({model.num_params() / 1e6:.1f}M parameters) on {device}",
           file=sys.stderr)
@@ -135,6 +142,9 @@ def run_ppl(args: argparse.Namespace) -> int:
     from mlra.evaluate.perplexity import evaluate_shards, format_table
 
     device, autocast = _runtime(args)
+    parallel = run_parallel(args, run_ppl)  # --tp N / torchrun: this same run on every rank
+    if parallel is not None:
+        return parallel
     model = _load(args, device)
     cfg = model.config
     block = args.block_size or min(cfg.max_seq_len, 2048)
