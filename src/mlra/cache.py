@@ -232,9 +232,17 @@ class PagedKVCache:
         the cache device) of the new positions, in sequence order."""
         starts = [self._lens[s] for s in seq_ids]
         self.extend(seq_ids, counts)
-        slots = [self.slot(s, p) for s, a, n in zip(seq_ids, starts, counts, strict=True)
-                 for p in range(a, a + n)]
-        return torch.tensor(slots, dtype=torch.long, device=self.device)
+        parts = [self._slots(s, a, a + n) for s, a, n in zip(seq_ids, starts, counts, strict=True)]
+        slots = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return slots.to(self.device)
+
+    def _slots(self, seq_id: int, start: int, end: int) -> torch.Tensor:
+        """Flat slots of positions ``start .. end - 1`` of a sequence (host int64 tensor)."""
+        pos = torch.arange(start, end)
+        pages = torch.tensor(self._pages[seq_id], dtype=torch.long)
+        if len(pos) == 0:
+            return pos
+        return pages[pos // self.page_size] * self.page_size + pos % self.page_size
 
     def slot(self, seq_id: int, position: int) -> int:
         """Flat slot of ``position`` of a sequence (the page must be reserved)."""
@@ -285,8 +293,7 @@ class PagedKVCache:
         S = max(lens, default=0)
         flat = torch.zeros(len(seq_ids), S, dtype=torch.long)
         for i, s in enumerate(seq_ids):
-            if lens[i]:
-                flat[i, : lens[i]] = torch.tensor([self.slot(s, p) for p in range(lens[i])])
+            flat[i, : lens[i]] = self._slots(s, 0, lens[i])
         valid = torch.arange(S)[None, :] < torch.tensor(lens, dtype=torch.long)[:, None]
         return flat.to(self.device), valid.to(self.device)
 
