@@ -1,0 +1,108 @@
+"""``mlra train`` / ``mlra data`` / ``mlra compare`` from the command line: a newcomer's
+prepare -> train -> stop -> resume, config files, and one-line user errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mlra.cli import main
+from mlra.train.metrics import read_metrics
+
+TEXT = "".join(f"Chapter {i}. The latent cache is split into heads across devices.\n\n"
+               for i in range(600))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+SMALL = ["--model", "gqa", "--set", "n_layers=1", "--seq-len", "32", "--batch-size", "2",
+         "--eval-interval", "2", "--val-tokens", "128", "--log-interval", "1", "--no-progress"]
+
+
+def test_prepare_train_stop_resume_on_own_text(tmp_path, capsys):
+    src = tmp_path / "mine.txt"
+    src.write_text(TEXT)
+    code, out, _ = run_cli(capsys, "data", "prepare", str(src), "--out", str(tmp_path / "d"),
+                           "--no-progress")
+    assert code == 0 and "training tokens" in out
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "d"), "--out", str(run),
+                           "--steps", "2", *SMALL)
+    assert code == 0 and "done: step 2" in err
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "4",
+                           "--no-progress")
+    assert code == 0 and "resumed from" in err and "step_000002" in err
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+    assert (run / "latest").read_text().strip() == "checkpoints/step_000004"
+
+
+def test_train_directly_on_a_text_file_and_config_file(tmp_path, capsys):
+    src = tmp_path / "mine.txt"
+    src.write_text(TEXT)
+    conf = tmp_path / "run.json"
+    conf.write_text(json.dumps({"model": "mla", "steps": 5, "model_overrides": {"n_layers": 1}}))
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--config", str(conf), "--data", str(src),
+                           "--out", str(run), "--steps", "1", "--seq-len", "32",
+                           "--batch-size", "2", "--eval-interval", "1", "--val-tokens", "64",
+                           "--no-progress")
+    assert code == 0, err
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["config"]["model"] == "mla" and saved["config"]["steps"] == 1  # CLI wins
+    assert saved["model"]["n_layers"] == 1 and (run / "data" / "train_000000.bin").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "nope"], "--model 'nope' is unknown"),
+        (["train", "--steps", "0"], "--steps must be a positive integer"),
+        (["train", "--set", "d_model"], "--set expects FIELD=VALUE"),
+        (["train", "--set", "bogus=1", "--print-config"], "bogus"),
+        (["train", "--config", "/nonexistent.json"], "does not exist"),
+        (["train", "--data", "/nonexistent/dir"], "does not exist"),
+        (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
+        (["data", "prepare", "/nonexistent.txt", "--out", "/tmp/x"], "does not exist"),
+        (["data", "info", "/nonexistent.bin"], "does not exist"),
+        (["compare", "--variants", "mha,nope"], "unknown variant"),
+        (["compare", "--steps", "0"], "--steps must be a positive integer"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_corrupt_shard_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "train_000000.bin").write_bytes(b"\x01" * 2000)
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path), "--tokenizer", "byte",
+                           "--out", str(tmp_path / "r"), "--no-progress")
+    assert code == 2 and "magic number" in err and "train_000000.bin" in err
+
+
+def test_console_script_exit_status(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlra.cli", "train", "--lr", "-1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "--lr must be a positive number" in proc.stderr
