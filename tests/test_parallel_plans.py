@@ -154,3 +154,17 @@ def test_load_shard_reads_slices_and_rejects_bad_degree(tmp_path):
         load_shard(tmp_path / "m", TPContext(0, 3, torch.device("cpu"), None))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_shard(tmp_path / "nope", ctx)
+
+
+def test_init_tp_rejects_mismatched_world_size(monkeypatch):
+    from mlra.parallel import init_tp
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="needs 2 processes.*torchrun --nproc-per-node 2"):
+        init_tp(2)
+    assert init_tp(1).world_size == 1  # one process, no group
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="degree 4 does not match the 2 processes"):
+        init_tp(4)
