@@ -127,3 +127,26 @@ def test_eval_ppl_defaults_to_builtin_validation(tmp_path: Path, capsys) -> None
     out = json.loads(capsys.readouterr().out)
     (s,) = out["sets"]
     assert s["tokens"] == 128 and s["path"] == str(builtin_validation_shard(ByteTokenizer()))
+
+
+def test_eval_ppl_on_official_checkpoint(tmp_path: Path, capsys, monkeypatch) -> None:
+    from test_official_load import VOCAB, official_state, write_official
+
+    from mlra import load_checkpoint
+
+    state, hf = official_state("mla_no_scale")
+    directory = write_official(tmp_path / "official", state, hf, shards=2)
+    shard = write_shard(tmp_path / "Wiki_eval.bin", np.random.default_rng(2).integers(0, VOCAB, 80))
+    code = main(["eval", "ppl", "--checkpoint", str(directory), "--variant", "mla_no_scale",
+                 "--data", str(shard), "--block-size", "16", "--json", "--no-progress"])
+    assert code == 0
+    (s,) = json.loads(capsys.readouterr().out)["sets"]
+    model = load_checkpoint(directory, variant="mla_no_scale")
+    want = perplexity(model, np.fromfile(shard, dtype="<u2", offset=1024), block_size=16)
+    assert s["name"] == "Wiki" and s["loss"] == pytest.approx(want.loss, rel=1e-6)
+    # without --data an official checkpoint needs the GPT-2 vocabulary: clear instructions
+    monkeypatch.delenv("MLRA_GPT2_BPE", raising=False)
+    monkeypatch.setenv("MLRA_CACHE", str(tmp_path / "empty_cache"))
+    assert main(["eval", "ppl", "--checkpoint", str(directory), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "GPT-2 vocabulary" in err and "--gpt2-file" in err and "Traceback" not in err

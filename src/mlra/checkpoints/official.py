@@ -250,7 +250,7 @@ def infer_config(
     checker.check("vocab_size", vocab)
     checker.check("n_layer", len(layers))
     checker.check("intermediate_size", state[fc1].shape[0])
-    block = hf.get("block_size", 2048)
+    block = hf.get("block_size") or 2048
     common = dict(
         vocab_size=vocab, d_model=d, n_layers=len(layers),
         intermediate_size=state[fc1].shape[0], max_seq_len=int(block),
