@@ -188,7 +188,7 @@ def test_missing_offline_data_is_a_clear_error(model: Transformer, tmp_path: Pat
         "doc_to_target: label\n"
         "metric_list:\n  - metric: acc\n"
     )
-    with pytest.raises(DataError, match="not available offline") as err:
+    with pytest.raises(DataError, match="not available offline for 1 of 1") as err:
         run_tasks(_lm(model), ["mlra_toy_missing"], tasks_dir=tasks)
     assert "--tasks-dir" in str(err.value)
 

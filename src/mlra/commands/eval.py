@@ -182,7 +182,13 @@ def run_ppl(args: argparse.Namespace) -> int:
 
 def run_tasks_command(args: argparse.Namespace) -> int:
     try:
-        from mlra.evaluate.harness import PAPER_TASKS, MlraLM, format_results, run_tasks
+        from mlra.evaluate.harness import (
+            PAPER_TASKS,
+            MlraLM,
+            format_results,
+            prepare_tasks,
+            run_tasks,
+        )
     except ImportError as exc:
         raise ConfigError(
             f"`mlra eval tasks` needs lm-evaluation-harness ({exc.name or exc} is missing): "
@@ -198,6 +204,8 @@ def run_tasks_command(args: argparse.Namespace) -> int:
     )
     device, autocast = _runtime(args)
     tok = _tokenizer(args)
+    offline = not args.allow_download
+    manager = prepare_tasks(names, args.tasks_dir, offline)  # task names and data, before loading
     model = _load(args, device)
     if tok.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tok.name} ({tok.vocab_size} ids) does not fit the model's "
@@ -205,7 +213,7 @@ def run_tasks_command(args: argparse.Namespace) -> int:
     lm = MlraLM(model, tok, batch_size=args.batch_size or 8, max_length=args.max_length,
                 autocast_dtype=autocast, progress=not args.no_progress)
     results = run_tasks(lm, names, limit=limit, num_fewshot=args.num_fewshot,
-                        tasks_dir=args.tasks_dir, offline=not args.allow_download)
+                        tasks_dir=args.tasks_dir, offline=offline, manager=manager)
     if args.output:
         atomic_write_text(args.output, json.dumps(results, indent=2, default=str) + "\n")
     if args.json:

@@ -307,19 +307,14 @@ _MISSING_DATA_HINT = (
 )
 
 
-def run_tasks(
-    lm: MlraLM,
+def prepare_tasks(
     tasks: Sequence[str] = PAPER_TASKS,
-    limit: int | float | None = None,
-    num_fewshot: int = 0,
     tasks_dir: str | Path | None = None,
     offline: bool = True,
-    seed: int = 1234,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate ``tasks`` (one ``simple_evaluate`` call each, as the official script does);
-    returns, per task, lm-eval's metric dict plus ``paper_metric``/``paper_value``/
-    ``paper_stderr``. Missing task data raise :class:`DataError` saying how to provide it."""
-    from lm_eval import simple_evaluate
+) -> Any:
+    """An lm-eval ``TaskManager`` that knows ``tasks`` (built-in ones, or YAMLs in
+    ``tasks_dir``), after checking that every task's data can be read (offline by default).
+    Raises :class:`DataError` for unknown tasks or missing data -- before any model is run."""
     from lm_eval.tasks import TaskManager
 
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
@@ -338,6 +333,29 @@ def run_tasks(
             f"unknown lm-eval task(s) {unknown}"
             + ("" if tasks_dir else "; custom tasks need --tasks-dir DIR with their YAML files")
         )
+    with offline_datasets(offline):
+        _check_task_data(tasks, manager)
+    return manager
+
+
+def run_tasks(
+    lm: MlraLM,
+    tasks: Sequence[str] = PAPER_TASKS,
+    limit: int | float | None = None,
+    num_fewshot: int = 0,
+    tasks_dir: str | Path | None = None,
+    offline: bool = True,
+    seed: int = 1234,
+    manager: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate ``tasks`` (one ``simple_evaluate`` call each, as the official script does);
+    returns, per task, lm-eval's metric dict plus ``paper_metric``/``paper_value``/
+    ``paper_stderr``/``n``. ``manager`` comes from :func:`prepare_tasks` (made here when
+    omitted). Missing task data raise :class:`DataError` saying how to provide them."""
+    from lm_eval import simple_evaluate
+
+    if manager is None:
+        manager = prepare_tasks(tasks, tasks_dir, offline)
     out: dict[str, dict[str, Any]] = {}
     with offline_datasets(offline):
         for task in tasks:
@@ -364,6 +382,25 @@ def run_tasks(
                 out[name] = {**metrics, "paper_metric": metric, "paper_value": value,
                              "paper_stderr": stderr, "n": n}
     return out
+
+
+def _check_task_data(tasks: Sequence[str], manager: Any) -> None:
+    """Load every task's data now; one :class:`DataError` listing every task that lacks it."""
+    from lm_eval.tasks import get_task_dict
+
+    missing = []
+    for task in tasks:
+        try:
+            get_task_dict([task], manager)
+        except Exception as exc:
+            if not _looks_like_missing_data(exc):
+                raise
+            missing.append(f"{task} ({_first_line(exc)})")
+    if missing:
+        raise DataError(
+            f"task data not available offline for {len(missing)} of {len(tasks)} task(s): "
+            + "; ".join(missing) + ". " + _MISSING_DATA_HINT.format(task=",".join(tasks))
+        )
 
 
 def _looks_like_missing_data(exc: BaseException) -> bool:
