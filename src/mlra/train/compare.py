@@ -40,13 +40,13 @@ class CompareConfig:
     data: str = "builtin"
     tokenizer: str | None = None
     out: str = "runs/compare"
-    steps: int = 120
+    steps: int = 150
     batch_size: int = 8
     seq_len: int | None = 128
-    lr: float | None = 1e-2
+    lr: float | None = 2e-3
     warmup_steps: int | None = 10
-    eval_interval: int = 30
-    val_tokens: int = 32_768
+    eval_interval: int = 50
+    val_tokens: int = 16_384
     seed: int = 1234
     tp: int = 4
     device: str = "auto"

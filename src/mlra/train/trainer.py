@@ -227,6 +227,11 @@ class Trainer:
             load_state_checked(model, state, source=str(weights))
         self.raw_model = model
         self.n_params = sum(p.numel() for p in model.parameters())
+        if cfg.compile:
+            # Regional compilation: identical blocks share one compiled graph, so compile time
+            # does not grow with depth (the embedding and loss stay eager).
+            for block in model.layers:
+                block.compile()
         wrapped: nn.Module = model
         self.ddp_module: nn.Module | None = None
         if cfg.fsdp and self.dist.enabled:
@@ -242,7 +247,7 @@ class Trainer:
             # Parameters with a leading dimension of 1 (MLA's wkv_b) trip a harmless warning.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             wrapped = self.ddp_module = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
-        self.model = torch.compile(wrapped) if cfg.compile else wrapped
+        self.model = wrapped
         fused = self.device.type == "cuda" and not cfg.fsdp
         self.optimizer = build_optimizer(
             model, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,

@@ -1,0 +1,269 @@
+"""Training throughput (tokens/s, MFU) of the ~1B presets of MLA, GQA and MLRA-4 on one GPU
+with bf16 autocast and torch.compile, and where the time goes in the attention of MLRA-4
+(four branches) versus MLA.
+
+One command (about 3 minutes on one H100, no extra installs)::
+
+    python benchmarks/train/bench_train.py --out benchmarks/train/results_h100.json
+
+Method: random tokens (B x T), fp32 master weights with bf16 autocast, fused AdamW, each
+transformer block compiled separately (regional compilation: identical blocks share one
+compiled graph). Warm-up steps (which include compilation) are excluded; the timed steps are
+measured with CUDA events and the median step is reported. MFU = model FLOPs / step time /
+peak bf16 FLOP/s, with model FLOPs = 6 x parameters x tokens + causal attention
+(3 x 2 x 2 x T/2 x heads x (qk width + v width) per token per layer per branch), the PaLM
+definition with the causal half counted.
+
+Attention profile (``--profile``, on by default): one layer's ``attn_norm + attention``
+forward+backward alone (compiled, CUDA events) against the whole step, and an eager
+torch.profiler split of that layer's GPU time into the attention kernel (SDPA), matmuls
+(projections, the latent up-projection per branch) and the rest (norms, RoPE, concatenation
+and expansion copies, branch sum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mlra import ModelConfig, Transformer
+from mlra.layers import Rotary
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
+             "B200": 2250e12}
+
+
+def peak_flops(name: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    for key, value in PEAK_BF16.items():
+        if key in name:
+            return value
+    return None
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    """Training FLOPs of the attention scores and weighted sum per token (all layers)."""
+    if cfg.attention == "latent":
+        qk, v, copies = cfg.head_dim + cfg.rope_dim, cfg.head_dim, cfg.latent_branches
+    elif cfg.attention == "mfa":
+        qk, v, copies = cfg.head_dim, cfg.head_dim, 1
+    else:
+        qk, v, copies = cfg.head_dim, cfg.head_dim, 1
+    fwd = 2 * (seq / 2) * cfg.n_heads * (qk + v) * copies
+    return 3 * fwd * cfg.n_layers
+
+
+def compile_blocks(model: Transformer) -> None:
+    for block in model.layers:
+        block.compile()
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, steps: int, warmup: int) -> tuple[list[float], float]:
+    """Run ``fn`` warmup + steps times; return per-step ms of the timed steps (CUDA events on a
+    GPU, wall clock on CPU) and the warm-up seconds."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        if torch.cuda.is_available():
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+    return times, warm_s
+
+
+def bench_variant(name: str, args: argparse.Namespace, peak: float | None) -> dict:
+    cfg = ModelConfig.preset(name, size=args.size)
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = Transformer(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.compile:
+        compile_blocks(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=args.device == "cuda")
+    B, T = args.batch, args.seq
+    x = torch.randint(0, cfg.vocab_size, (B, T + 1), device=args.device)
+    inp, tgt = x[:, :-1], x[:, 1:]
+
+    def step() -> None:
+        with torch.autocast(args.device, dtype=torch.bfloat16):
+            logits = model(inp).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, warm_s = timed(step, args.steps, args.warmup)
+    ms = statistics.median(times)
+    tokens = B * T
+    flops = 6 * n_params * tokens + attention_flops_per_token(cfg, T) * tokens
+    row = {
+        "variant": name, "params": n_params, "batch": B, "seq": T,
+        "step_ms_median": ms, "step_ms_min": min(times), "tokens_per_s": tokens / (ms / 1e3),
+        "model_tflops_per_step": flops / 1e12,
+        "mfu": (flops / (ms / 1e3) / peak) if peak else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda"
+        else None,
+        "warmup_s_incl_compile": warm_s,
+    }
+    if args.profile and cfg.attention == "latent":
+        row["attention"] = profile_attention(model, cfg, args, ms)
+    torch._dynamo.reset()
+    return row
+
+
+def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Namespace,
+                      step_ms: float) -> dict:
+    """One layer's attention (norm + attention) fwd+bwd alone, and an eager kernel split."""
+    block = model.layers[0]
+    B, T = args.batch, args.seq
+    dev = args.device
+    pos = torch.arange(T, device=dev).expand(B, T)
+    x = torch.randn(B, T, cfg.d_model, device=dev, requires_grad=True)
+    attn, norm = block.attn, block.attn_norm
+
+    def layer(a=attn, n=norm) -> None:
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            out = a(n(x), Rotary(pos, cfg.rope_base), None)
+        out.float().sum().backward()
+
+    compiled = torch.compile(layer) if args.compile else layer
+    times, _ = timed(compiled, args.steps, 3)
+    layer_ms = statistics.median(times)
+
+    # Eager kernel split with the profiler.
+    for _ in range(2):
+        layer()
+    sync()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if dev == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            layer()
+        sync()
+    split = {"attention_kernel": 0.0, "matmul": 0.0, "other": 0.0}
+    top = []
+    for ev in prof.key_averages():
+        if dev == "cuda":
+            t = getattr(ev, "self_device_time_total", None)
+            if t is None:
+                t = getattr(ev, "self_cuda_time_total", 0.0)
+        else:
+            t = ev.self_cpu_time_total
+        if t <= 0:
+            continue
+        key = ev.key.lower()
+        if "attention" in key or "flash" in key or "fmha" in key or "sdpa" in key:
+            split["attention_kernel"] += t
+        elif key.startswith("aten::") and any(k in key for k in ("mm", "matmul", "linear",
+                                                                  "einsum", "bmm")):
+            split["matmul"] += t
+        elif key.startswith("aten::"):
+            split["other"] += t
+        else:
+            continue
+        top.append((t, ev.key))
+    total = sum(split.values()) or 1.0
+    top.sort(reverse=True)
+    return {
+        "layer_fwd_bwd_ms": layer_ms,
+        "all_layers_ms": layer_ms * cfg.n_layers,
+        "share_of_step": layer_ms * cfg.n_layers / step_ms,
+        "eager_split": {k: v / total for k, v in split.items()},
+        "eager_top_ops": [{"op": k, "share": d / total} for d, k in top[:8]],
+        "branches": cfg.latent_branches, "groups": cfg.latent_groups,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="mla,gqa,mlra_4")
+    p.add_argument("--size", default="1b")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak dense bf16 TFLOP/s of the GPU (default: from its name)")
+    p.add_argument("--out", default="benchmarks/train/results.json")
+    p.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test")
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU (--device cpu only smoke-tests it)",
+              file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    peak = peak_flops(name, args.peak_tflops)
+    t0 = time.time()
+    rows = []
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        print(f"... {variant}", file=sys.stderr, flush=True)
+        rows.append(bench_variant(variant, args, peak))
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"\n{name}, torch {torch.__version__}, {args.size} presets, batch {args.batch} x "
+          f"{args.seq}, bf16 autocast, compile={args.compile}")
+    print("| variant | params | step ms | tokens/s | MFU | peak mem GB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "n/a"
+        print(f"| {r['variant']} | {r['params'] / 1e9:.3f}B | {r['step_ms_median']:.1f} | "
+              f"{r['tokens_per_s']:,.0f} | {mfu} | {mem} |")
+    prof = [r for r in rows if "attention" in r]
+    if prof:
+        print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step:")
+        print("| variant | layer ms | x layers ms | share of step | SDPA | matmul | other |")
+        print("|---|---|---|---|---|---|---|")
+        for r in prof:
+            a = r["attention"]
+            s = a["eager_split"]
+            print(f"| {r['variant']} | {a['layer_fwd_bwd_ms']:.2f} | {a['all_layers_ms']:.1f} | "
+                  f"{100 * a['share_of_step']:.0f}% | {100 * s['attention_kernel']:.0f}% | "
+                  f"{100 * s['matmul']:.0f}% | {100 * s['other']:.0f}% |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "device": name, "torch": torch.__version__, "args": vars(args),
+        "peak_flops": peak, "seconds": time.time() - t0, "rows": rows,
+    }, indent=1) + "\n")
+    print(f"\nwrote {out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
