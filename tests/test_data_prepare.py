@@ -137,3 +137,15 @@ def test_resolve_data_directory_without_tokenizer_is_gpt2(tmp_path):
         resolve_data(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="does not exist"):
         resolve_data(str(tmp_path / "nothing"))
+
+
+def test_large_text_file_is_streamed_in_pieces(tmp_path, monkeypatch):
+    import mlra.data.prepare as prep
+
+    monkeypatch.setattr(prep, "_BLOCK_CHARS", 1000)
+    text = "".join(f"Paragraph {i}: " + "words " * (i % 40) + "\n\n" for i in range(400))
+    src = tmp_path / "big.txt"
+    src.write_text(text)
+    res = prepare([str(src)], tmp_path / "out", "byte", progress=False, val_fraction=0.0)
+    assert res.documents == 1 and not res.val_shards
+    assert _decode(res.train_shards) == "<|endoftext|>" + text

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "table: validation perplexity, parameter count, KV cache per token per layer (total "
             "and per device at --tp), training tokens/s. Writes results.md, results.json and "
             "val_curves.png to --out, and each run to --out/VARIANT. Defaults finish in about "
-            "8-10 minutes on a 2-core CPU; a GPU is used when present. Finished runs with the "
+            "7 minutes on a 2-core CPU; a GPU is used when present. Finished runs with the "
             "same settings are reused (--force retrains)."
         ),
     )

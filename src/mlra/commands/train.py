@@ -2,6 +2,18 @@
 
 Options come from (lowest to highest priority): defaults, the saved run config when resuming,
 ``--config FILE`` (JSON or TOML, keys are option names), then the command line.
+
+Examples:
+  mlra train --model mlra_4 --size tiny --steps 500 --out runs/tiny
+  mlra train --out runs/tiny --resume                     # continue after an interruption
+  mlra train --data my_book.txt --out runs/book            # prepares OUT/data, byte tokenizer
+  torchrun --nproc-per-node 8 -m mlra.cli train --size 1b --data fineweb-edu100B/ --out r1b
+
+The run directory holds metrics.jsonl, loss.png, run.json and checkpoints/step_*/ (latest
+named by OUT/latest). --resume continues bitwise-exactly if the model, data, --seq-len,
+--seed and the global batch (batch size x grad accum x processes) are unchanged; the number
+of processes may change as long as the global batch stays the same. A larger --steps on
+resume extends the run (the cosine schedule is then stretched from that point on).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ HELP = {
     "batch_size": "sequences per micro-batch per process (default 16)",
     "grad_accum": "micro-batches per optimizer step (default 1)",
     "seq_len": "tokens per sequence (default: the model's context)",
-    "lr": "peak learning rate (default by size: tiny 3e-3, small 6e-4, 1b 3e-4, paper 1.6e-4)",
+    "lr": "peak learning rate (default by size: tiny 1e-3, small 6e-4, 1b 3e-4, paper 1.6e-4)",
     "min_lr_ratio": "final learning rate as a fraction of the peak (default 0.1)",
     "warmup_steps": "linear warm-up steps (default 2%% of --steps)",
     "weight_decay": "AdamW weight decay (default 0.1)",

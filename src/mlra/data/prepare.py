@@ -94,21 +94,37 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace")
 
 
+_BLOCK_CHARS = 1 << 22  # text files are read in ~4M-character pieces cut at paragraph breaks
+
+
 def iter_documents(
     source: Source, text_field: str = "text"
-) -> Iterator[tuple[str, str | None, int]]:
-    """``(text, forced split or None, bytes consumed)`` for each document of ``source``."""
+) -> Iterator[tuple[str, str | None, int, bool]]:
+    """``(text, forced split or None, bytes consumed, starts a document)`` for the documents of
+    ``source``; a large text file comes as several pieces of one document."""
     if source.kind == "builtin":
         for split in ("train", "validation"):
             for _, text in builtin_documents(split):
-                yield text, ("val" if split == "validation" else "train"), len(text)
+                yield text, ("val" if split == "validation" else "train"), len(text), True
         return
     assert source.path is not None
     if source.kind == "text":
         with _open_text(source.path) as f:
-            text = f.read()
-        yield text, None, source.size
-        return
+            first, carry = True, ""
+            while True:
+                block = f.read(_BLOCK_CHARS)
+                text = carry + block
+                if not block:
+                    if text or first:
+                        yield text, None, len(text.encode()), first
+                    return
+                cut = text.rfind("\n\n")
+                if cut < 0:
+                    carry = text
+                    continue
+                piece, carry = text[:cut + 2], text[cut + 2:]
+                yield piece, None, len(piece.encode()), first
+                first = False
     with _open_text(source.path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -125,7 +141,7 @@ def iter_documents(
             text = record[text_field]
             if not isinstance(text, str):
                 raise DataError(f"{source.path} line {n}: field {text_field!r} is not a string")
-            yield text, None, len(line)
+            yield text, None, len(line.encode()), True
 
 
 def split_chunks(text: str, chunk_chars: int) -> list[str]:
@@ -188,11 +204,11 @@ def _chunks(
     """``(chunk, split, starts_document, bytes)`` over every input."""
     splitter = _Splitter(fraction)
     for source in sources:
-        for text, forced, nbytes in iter_documents(source, text_field):
+        for text, forced, nbytes, starts in iter_documents(source, text_field):
             pieces = split_chunks(text, chunk_chars) if text else []
             for i, piece in enumerate(pieces):
                 split = force_split or forced or splitter()
-                yield piece, split, i == 0, (nbytes if i == len(pieces) - 1 else 0)
+                yield piece, split, starts and i == 0, (nbytes if i == len(pieces) - 1 else 0)
             if not pieces:
                 yield "", "skip", False, nbytes
 

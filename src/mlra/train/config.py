@@ -13,7 +13,7 @@ from mlra.config import SIZES, VARIANTS, ModelConfig
 from mlra.errors import ConfigError
 
 # Peak learning rates by preset size (the paper's 1.6e-4 is for its 2.9B models).
-DEFAULT_LR = {"tiny": 3e-3, "small": 6e-4, "1b": 3e-4, "paper": 1.6e-4}
+DEFAULT_LR = {"tiny": 1e-3, "small": 6e-4, "1b": 3e-4, "paper": 1.6e-4}
 
 # Options that must not change when a run is resumed (they change the model or the data order).
 RESUME_FIXED = ("model", "size", "model_overrides", "data", "val_data", "seq_len", "seed",

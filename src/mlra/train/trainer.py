@@ -149,24 +149,13 @@ class Trainer:
                         f"cannot resume from {self.resume_dir}: it was trained with "
                         f"{key}={saved[key]!r}, this run has {key}={getattr(cfg, key)!r}"
                     )
-        elif self.dist.is_main:
-            has_run = (self.out / ckpt.LATEST).exists() or ckpt.list_checkpoints(self.out)
-            if has_run and not self.overwrite:
-                raise ConfigError(
-                    f"{self.out} already holds a training run; continue it with --resume, or "
-                    "pass --overwrite to start again, or choose another --out"
-                )
-            if has_run:
-                shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
-                (self.out / ckpt.LATEST).unlink(missing_ok=True)
-            (self.out / METRICS_FILE).unlink(missing_ok=True)
-        barrier(self.dist)
+            if self.dist.is_main:
+                ckpt.clean_partial(self.out)
+        else:
+            self._main_first(self._prepare_out_dir, run_elsewhere=False)
 
         # Data: the main process prepares (built-in corpus cache, text files) first.
-        self.source = self._resolve_data() if self.dist.is_main else None
-        barrier(self.dist)
-        if not self.dist.is_main:
-            self.source = self._resolve_data()
+        self.source = self._main_first(self._resolve_data)
         assert self.source is not None
         tok = self.source.tokenizer
         if self.source.note:
@@ -205,6 +194,39 @@ class Trainer:
 
         self._build_model()
         self.metrics = MetricsLog(self.out / METRICS_FILE)
+
+    def _main_first(self, fn: Callable[[], Any], run_elsewhere: bool = True) -> Any:
+        """Run ``fn`` on rank 0, then (if ``run_elsewhere``) on the other ranks. An error on
+        rank 0 is raised on every rank instead of leaving the others waiting forever."""
+        result, error = None, None
+        if self.dist.is_main:
+            try:
+                result = fn()
+            except MlraError as exc:
+                error = exc
+        if self.dist.enabled:
+            flag = torch.tensor([0.0 if error else 1.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            if error is None and flag.item() < 1:
+                raise MlraError("rank 0 failed during set-up (see its error message)")
+        if error is not None:
+            raise error
+        if not self.dist.is_main and run_elsewhere:
+            result = fn()
+        return result
+
+    def _prepare_out_dir(self) -> None:
+        has_run = (self.out / ckpt.LATEST).exists() or ckpt.list_checkpoints(self.out)
+        if has_run and not self.overwrite:
+            raise ConfigError(
+                f"{self.out} already holds a training run; continue it with --resume, or "
+                "pass --overwrite to start again, or choose another --out"
+            )
+        if has_run:
+            shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
+            (self.out / ckpt.LATEST).unlink(missing_ok=True)
+        ckpt.clean_partial(self.out)
+        (self.out / METRICS_FILE).unlink(missing_ok=True)
 
     def _resolve_data(self) -> DataSource:
         cfg = self.cfg
@@ -411,6 +433,8 @@ class Trainer:
         micro = self.loader.next_step()
         loss_sum = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(micro):
+            if self.device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with self._grad_sync(i == len(micro) - 1):
