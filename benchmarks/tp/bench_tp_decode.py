@@ -1,19 +1,27 @@
 #!/usr/bin/env python
 """Tensor-parallel decode: end-to-end decode-step latency and tokens/s at TP 1, 2, 4.
 
-Run under torchrun, one process per GPU (NCCL; NVLink multicast kept off)::
+Run under torchrun, one process per GPU (NCCL; NVLink multicast kept off). One invocation
+measures TP 1 and TP = the number of processes; TP 2 on a 4-GPU machine is a second invocation
+with ``--nproc-per-node 2`` whose rows are merged into the same ``OUT/tp_decode.json``::
 
-    torchrun --standalone --nproc-per-node 2 benchmarks/tp/bench_tp_decode.py \
-        --out "${OUT:-benchmarks/tp/results}"
+    torchrun --standalone --nproc-per-node 2 benchmarks/tp/bench_tp_decode.py --out "$OUT"
 
 For every variant (paper-size MLRA-4, MLA with its latent replicated, GQA, GLA-2; random
-weights, bf16) and every TP degree up to the number of processes, each rank builds its shard
-with :func:`mlra.parallel.make_plan` -- the same :class:`~mlra.parallel.TensorParallelTransformer`
-that ``mlra generate --tp`` runs -- and times one decode step of the whole model (vocab-parallel
-embedding, 24 layers with paged-cache attention through ``mlra.kernels`` and the all-reduces,
-all-gathered head) captured in a CUDA graph and replayed. The rank's paged cache is filled with
-random data instead of a prefill (pages scattered over the pool). Degrees below the number of
-processes run on the first ranks while the others wait.
+weights, bf16) each rank builds its shard with :func:`mlra.parallel.make_plan` -- the same
+:class:`~mlra.parallel.TensorParallelTransformer` that ``mlra generate --tp`` runs -- and times
+one decode step of the whole model (vocab-parallel embedding, 24 layers with paged-cache
+attention through ``mlra.kernels`` and the all-reduces, all-gathered head) captured in a CUDA
+graph and replayed. The rank's paged cache is filled with random data instead of a prefill
+(pages scattered over the pool). TP 1 runs on every rank at once, each rank an independent
+single-GPU replica (no collectives); TP = world uses the default process group.
+
+No process subgroup is ever created. With ``init_process_group(..., device_id=...)`` (eager
+NCCL) ``new_group`` makes every rank *outside* a new group call ``ncclCommSplit`` with
+NOCOLOR on the default communicator -- whatever backend the new group has -- while the members
+of a gloo group call no split at all: the split, a collective over all ranks, never completes
+and the job hangs silently (this script's first GPU runs did, with gloo groups over ranks
+[0]). Only the world gloo group used for coordination is created, by every rank.
 
 Reported per (variant, TP, batch, context): ``step_ms`` (median replay, slowest rank),
 ``tokens_per_s`` = batch / step, ``speedup_vs_tp1``, the bytes one rank must read per step
@@ -23,25 +31,128 @@ logits all-gather), captured and timed separately. Configurations whose cache do
 recorded as skipped; new configurations stop after ``--budget-s``. Results go to
 ``OUT/tp_decode.json`` and ``OUT/tp_decode.md`` after every configuration.
 
+Diagnostics: every rank writes rank-tagged progress lines to stderr at every stage; when a rank
+makes no progress for ``--watchdog-s`` seconds it prints every thread's Python stack (again
+every ``--watchdog-s`` while stuck; a C-level ``faulthandler`` timer does it even when the GIL
+is held).
+
 CPU smoke test (gloo, tiny models, no graphs)::
 
-    torchrun --standalone --nproc-per-node 2 benchmarks/tp/bench_tp_decode.py --device cpu \
-        --size tiny --contexts 64,200 --batches 1,3 --reps 2 --out /tmp/tp_smoke
+    GLOO_SOCKET_IFNAME=lo torchrun --standalone --nproc-per-node 2 \\
+        benchmarks/tp/bench_tp_decode.py --device cpu --size tiny --contexts 64,256 \\
+        --batches 1,4 --reps 3 --out /tmp/tpsmoke
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
+import faulthandler
 import os
-import platform
-import statistics
 import sys
+import threading
 import time
-import traceback
-from datetime import timedelta
 from pathlib import Path
+
+_T0 = time.time()
+_RANK = os.environ.get("RANK", "0")
+
+
+class _Watchdog:
+    """Rank-tagged progress lines on stderr; stacks of every thread when progress stops.
+
+    A daemon thread prints ``WATCHDOG`` with the last stage and ``faulthandler.dump_traceback``
+    when no :meth:`stage` call came for ``seconds`` (repeating while stuck). A
+    ``faulthandler.dump_traceback_later(2 x seconds, repeat=True)`` timer, re-armed by every
+    stage and every thread dump, covers a main thread that holds the GIL in C code.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = time.monotonic()  # time of the last stage
+        self.next_dump = self.last + seconds
+        self.what = "start"
+        self.log = None  # a per-rank file that gets every line and stack dump as well
+        self.early: list[str] = []  # lines printed before the file was known
+        self.lock = threading.Lock()
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        self._arm()
+        threading.Thread(target=self._watch, name="tp-bench-watchdog", daemon=True).start()
+
+    def _arm(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        if self.seconds > 0:
+            faulthandler.dump_traceback_later(2 * self.seconds, repeat=True, file=sys.stderr)
+
+    def configure(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.stage(f"watchdog {seconds:g} s" if seconds > 0 else "watchdog off")
+
+    def log_to(self, path: Path) -> None:
+        """Also append every line and stack dump to ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process)
+        self.log.write("".join(line + "\n" for line in self.early))
+
+    def _print(self, line: str) -> None:
+        line = f"[tp-bench rank {_RANK} +{time.time() - _T0:.1f}s] {line}"
+        print(line, file=sys.stderr, flush=True)
+        if self.log is not None:
+            print(line, file=self.log, flush=True)
+        else:
+            self.early.append(line)
+
+    def stage(self, what: str) -> None:
+        """Log ``what`` (stderr, flushed, tagged with the rank and elapsed time)."""
+        with self.lock:
+            self.last, self.what = time.monotonic(), what
+            self.next_dump = self.last + self.seconds
+            self._arm()
+        self._print(what)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(2.0)
+            if self.seconds <= 0:
+                continue
+            with self.lock:
+                now = time.monotonic()
+                if now < self.next_dump:
+                    continue
+                idle, what = now - self.last, self.what
+                self.next_dump = now + self.seconds  # again after another `seconds`
+                self._arm()
+            self._print(f"WATCHDOG: no progress for {idle:.0f} s since '{what}'; stacks of "
+                        "every thread:")
+            for f in (sys.stderr, self.log):
+                if f is not None:
+                    f.flush()
+                    faulthandler.dump_traceback(file=f, all_threads=True)
+
+
+def _argv_watchdog_s(argv: list[str]) -> float:
+    """``--watchdog-s`` from the command line before argparse runs (default 150)."""
+    for i, a in enumerate(argv):
+        try:
+            if a == "--watchdog-s":
+                return float(argv[i + 1])
+            if a.startswith("--watchdog-s="):
+                return float(a.split("=", 1)[1])
+        except (IndexError, ValueError):
+            break
+    return 150.0
+
+
+WATCHDOG = _Watchdog(_argv_watchdog_s(sys.argv[1:]))
+progress = WATCHDOG.stage
+progress(f"started (pid {os.getpid()}, LOCAL_RANK {os.environ.get('LOCAL_RANK')}, "
+         f"WORLD_SIZE {os.environ.get('WORLD_SIZE')}); importing torch")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import traceback  # noqa: E402
+from datetime import timedelta  # noqa: E402
 
 for _key, _value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                      "NVSHMEM_DISABLE_NVLS": "1"}.items():
@@ -49,6 +160,8 @@ for _key, _value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST"
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+progress(f"torch {torch.__version__} imported; importing mlra")
 
 from mlra import ModelConfig, kernels  # noqa: E402
 from mlra.cache import CacheLayout, PagedKVCache  # noqa: E402
@@ -60,9 +173,14 @@ from mlra.parallel import (  # noqa: E402
     make_plan,
 )
 
+progress("imports done")
+
 VARIANTS = ("mlra_4", "mla", "gqa", "gla_2")
 CONTEXTS = (8192, 32768, 131072, 262144)
 BATCHES = (1, 32, 128)
+ROW_KEY = ("variant", "tp", "batch", "context")
+MERGE_KEYS = ("size", "page_size", "dtype", "note")
+"""A previous result file is merged only when these match this run's."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -142,37 +260,43 @@ def build_shard(cfg: ModelConfig, ctx: TPContext, dtype: torch.dtype) -> TensorP
     return model.eval()
 
 
-class Group:
-    """The ranks taking part in one TP degree: NCCL (or gloo) group for the model, a gloo group
-    with a long timeout for coordination."""
+class Coord:
+    """Coordination of every rank over one gloo group of the whole world (long timeout): every
+    rank runs every configuration in lockstep, so all of them take part in every call."""
 
-    def __init__(self, tp: int, world: int, device: torch.device, backend: str) -> None:
-        ranks = list(range(tp))
-        self.tp = tp
-        self.member = dist.get_rank() < tp
-        if tp == 1:
-            self.group = None
-        elif tp == world:
-            self.group = dist.group.WORLD
-        else:
-            self.group = dist.new_group(ranks, backend=backend)
-        self.coord = dist.new_group(ranks, backend="gloo", timeout=timedelta(minutes=30))
-        self.ctx = (TPContext(dist.get_rank(), tp, device, backend, self.group)
-                    if self.member else None)
+    def __init__(self, world: int, timeout_s: float) -> None:
+        self.world = world
+        self.group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+                      if world > 1 else None)
 
     def agree(self, flag: bool) -> bool:
-        """True on every member when any member passes True."""
+        """True on every rank when any rank passes True."""
         t = torch.tensor([1 if flag else 0])
-        if self.tp > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.coord)
+        if self.group is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
     def gather(self, obj: object) -> list:
-        if self.tp == 1:
+        """Every rank's ``obj``, in rank order."""
+        if self.group is None:
             return [obj]
-        out: list = [None] * self.tp
-        dist.all_gather_object(out, obj, group=self.coord)
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
         return out
+
+    def barrier(self) -> None:
+        """Wait for every rank (a gloo all-reduce of a CPU tensor, like :meth:`agree`)."""
+        self.agree(False)
+
+
+def tp_context(tp: int, rank: int, world: int, device: torch.device, backend: str) -> TPContext:
+    """This rank's context at degree ``tp``: a one-rank replica (TP 1, no collectives) or the
+    whole world over the default process group (no subgroup is ever created)."""
+    if tp == 1:
+        return TPContext(0, 1, device, backend, None)
+    if tp != world:
+        raise ValueError(f"TP {tp} needs its own run with --nproc-per-node {tp}")
+    return TPContext(rank, world, device, backend, dist.group.WORLD)
 
 
 @torch.no_grad()
@@ -251,19 +375,26 @@ def bench_config(model: TensorParallelTransformer, batch: int, context: int, pag
 
 
 def format_table(result: dict) -> str:
+    runs = result.get("runs") or []
     lines = [
-        f"# Tensor-parallel decode, {result['device']} x {result['world_size']}", "",
-        f"torch {result['torch']}, triton {result['triton']}, {result['backend']}, copy "
-        f"bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s (read+write), {result['dtype']}, "
-        f"size {result['size']}, page {result['page_size']}, random weights; {result['note']}",
-        "", f"Command: `{result['command']}`", "",
-        "per rank: weights + cache bytes it reads per step; floor = those bytes / copy "
+        f"# Tensor-parallel decode, {result['device']}", "",
+        f"torch {result['torch']}, triton {result['triton']}, {result['backend']}, "
+        f"{result['dtype']}, size {result['size']}, page {result['page_size']}, random weights; "
+        f"{result['note']}", "",
+        "Runs (TP 1 rows: every rank an independent one-GPU replica, slowest reported):", "",
+    ]
+    for run in runs:
+        lines.append(f"- TP {', '.join(map(str, run['degrees']))} on {run['world_size']} "
+                     f"process(es), copy bandwidth {run['copy_bandwidth_GBps']:.0f} GB/s "
+                     f"(read+write): `{run['command']}`")
+    lines += [
+        "", "per rank: weights + cache bytes it reads per step; floor = those bytes / copy "
         "bandwidth; comm = the step's collectives alone.", "",
         "| variant | TP | batch | context | step ms | tokens/s | vs TP1 | weights GB/rank | "
         "cache GB/rank | floor ms | comm ms | mode |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["results"]:
+    for r in sorted_rows(result["results"]):
         head = f"| {r['variant']} | {r['tp']} | {r['batch']} | {r['context']} |"
         if "step_ms" not in r:
             lines.append(f"{head} {r.get('skipped') or r.get('error')} ||||||||")
@@ -277,11 +408,29 @@ def format_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sorted_rows(rows: list[dict]) -> list[dict]:
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"],
+                                       r["batch"], r["context"], r["tp"]))
+
+
 def _find(rows: list[dict], **key) -> dict | None:
     for r in rows:
         if all(r.get(k) == v for k, v in key.items()) and "step_ms" in r:
             return r
     return None
+
+
+def update_speedups(rows: list[dict]) -> None:
+    """``speedup_vs_tp1`` of every measured row whose TP 1 counterpart is measured (rows may
+    come from several runs)."""
+    for r in rows:
+        r.pop("speedup_vs_tp1", None)
+        if "step_ms" not in r:
+            continue
+        base = _find(rows, variant=r["variant"], tp=1, batch=r["batch"], context=r["context"])
+        if base:
+            r["speedup_vs_tp1"] = base["step_ms"] / r["step_ms"]
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -303,12 +452,36 @@ def targets(rows: list[dict]) -> list[str]:
     return out or ["no batch-1 configuration >= 128K measured"]
 
 
+def merge_previous(path: Path, result: dict, degrees: list[int], fresh: bool) -> None:
+    """Keep the rows and runs of an earlier invocation in ``path`` (other TP degrees, same
+    size / page / dtype / GQA heads), so that TP 2 measured with 2 processes and TP 1 / 4
+    measured with 4 end up in one table. Rows of this run's degrees are replaced."""
+    if fresh or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"not merging {path}: {exc}", flush=True)
+        return
+    differ = [k for k in MERGE_KEYS if old.get(k) != result.get(k)]
+    if differ:
+        print(f"not merging {path}: different {', '.join(differ)} (overwriting it)", flush=True)
+        return
+    result["results"] = [r for r in old.get("results", []) if r.get("tp") not in degrees]
+    result["runs"] = [run for run in old.get("runs", [])
+                      if set(run.get("degrees", [])) - set(degrees)]
+    print(f"merged {len(result['results'])} rows of TP "
+          f"{sorted({r['tp'] for r in result['results']})} from {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/tp/results")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--tp", default="1,2,4", help="degrees (those above the process count and "
-                   "those a variant cannot use are left out)")
+    p.add_argument("--tp", default=None,
+                   help="degrees to measure, each 1 or the number of processes (default both; "
+                   "for TP 2 on 4 GPUs start a second run with --nproc-per-node 2, merged "
+                   "into the same --out)")
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
     p.add_argument("--size", default="paper")
@@ -322,58 +495,97 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the dense per-layer parts of the step (DecodeStep)")
     p.add_argument("--budget-s", type=float, default=420.0,
-                   help="start no new configuration after this many seconds")
+                   help="start no new configuration after this many seconds since start-up")
+    p.add_argument("--watchdog-s", type=float, default=150.0,
+                   help="print every thread's stack when a rank makes no progress for this "
+                   "long (and again every as long while stuck); 0 disables")
+    p.add_argument("--coord-timeout-s", type=float, default=900.0,
+                   help="timeout of the gloo coordination collectives")
+    p.add_argument("--fresh", action="store_true",
+                   help="do not merge the rows of other TP degrees already in OUT/tp_decode.json")
+    p.add_argument("--no-rank-logs", action="store_true",
+                   help="do not copy the progress lines and stack dumps to OUT/logs/rankN.log")
     args = p.parse_args(argv)
-    t_start = time.time()
+    if not args.no_rank_logs:
+        WATCHDOG.log_to(Path(args.out) / "logs" / f"rank{_RANK}.log")
+    WATCHDOG.configure(args.watchdog_s)
 
     cpu = args.device == "cpu"
     backend = "gloo" if cpu else "nccl"
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", "29517"))
+    world = int(os.environ["WORLD_SIZE"])
+    degrees = sorted(set(_ints(args.tp) if args.tp else (1, world)))
+    bad = [t for t in degrees if t not in (1, world)]
+    if bad:  # checked before any process group exists: every rank exits the same way
+        print(f"error: TP {bad} with {world} processes: one run measures TP 1 and TP = the "
+              f"number of processes; run TP {bad[0]} as `torchrun --nproc-per-node {bad[0]} "
+              "...` with the same --out (rows are merged)", file=sys.stderr, flush=True)
+        return 2
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu") if cpu else torch.device(f"cuda:{local}")
     if not cpu:
+        if torch.cuda.device_count() <= local:
+            print(f"error: LOCAL_RANK {local} but {torch.cuda.device_count()} GPU(s) visible",
+                  file=sys.stderr, flush=True)
+            return 2
         torch.cuda.set_device(device)
+        progress(f"cuda device set: {device} ({torch.cuda.get_device_name(device)})")
+    progress(f"init_process_group({backend}"
+             + ("" if cpu else f", device_id={device}") + ") ...")
     dist.init_process_group(backend, timeout=timedelta(seconds=300),
                             **({} if cpu else {"device_id": device}))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     main_rank = rank == 0
+    progress(f"process group ready: rank {rank} of {world}")
+    coord = Coord(world, args.coord_timeout_s)
+    progress("coordination group (gloo, all ranks) ready")
+    coord.barrier()
+    progress("all ranks past the first barrier")
     dtype = torch.float32 if cpu else torch.bfloat16
     contexts, batches = _ints(args.contexts), _ints(args.batches)
-    degrees = [t for t in _ints(args.tp) if t <= world]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    groups = {t: Group(t, world, device, backend) for t in degrees}  # every rank creates all
-    coord_world = dist.new_group(backend="gloo", timeout=timedelta(minutes=30))
     bandwidth = copy_bandwidth(device)
+    progress(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     out_dir = Path(args.out)
     name = torch.cuda.get_device_name(device) if not cpu else (platform.processor() or "cpu")
+    command = ("torchrun --standalone --nproc-per-node "
+               f"{world} benchmarks/tp/bench_tp_decode.py " + " ".join(sys.argv[1:]))
     result = {
         "device": name, "world_size": world, "backend": backend, "torch": torch.__version__,
         "triton": None, "copy_bandwidth_GBps": bandwidth / 1e9, "dtype": str(dtype)[6:],
-        "size": args.size, "page_size": args.page_size,
-        "command": "torchrun --standalone --nproc-per-node "
-                   f"{world} benchmarks/tp/bench_tp_decode.py " + " ".join(sys.argv[1:]),
+        "size": args.size, "page_size": args.page_size, "command": command,
         "note": ("GQA with " + (f"{args.gqa_kv_heads} K/V heads" if args.gqa_kv_heads
                                 else "the preset's K/V heads")
                  + "; MLA at TP > 1 replicates its latent and splits the heads"),
         "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE",
                                                "TORCH_SYMM_MEM_DISABLE_MULTICAST",
                                                "NVSHMEM_DISABLE_NVLS")},
+        "runs": [],
         "results": [],
     }
+    if main_rank:
+        merge_previous(out_dir / "tp_decode.json", result, degrees, args.fresh)
+    result["runs"].append({"command": command, "world_size": world, "degrees": degrees,
+                           "device": name, "copy_bandwidth_GBps": bandwidth / 1e9,
+                           "torch": torch.__version__,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(_T0))})
 
     def save() -> None:
         if not main_rank:
             return
-        result["triton"] = getattr(sys.modules.get("triton"), "__version__", None)
+        triton = getattr(sys.modules.get("triton"), "__version__", None)
+        result["triton"] = result["runs"][-1]["triton"] = triton
+        update_speedups(result["results"])
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "tp_decode.json").write_text(json.dumps(result, indent=2) + "\n")
         (out_dir / "tp_decode.md").write_text(format_table(result))
 
     if main_rank:
-        print(f"{name} x {world} ({backend}): copy bandwidth {bandwidth / 1e9:.0f} GB/s",
-              flush=True)
+        print(f"{name} x {world} ({backend}): copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+              f"TP {degrees}", flush=True)
+    save()
     comm_cache: dict[tuple[int, int], dict] = {}
     for variant in variants:
         cfg = variant_config(variant, args.size, max(contexts), args.gqa_kv_heads or None)
@@ -383,30 +595,37 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{variant}: TP {tp} not possible (allowed "
                           f"{allowed_degrees(cfg)[:6]}...)", flush=True)
                 continue
-            g = groups[tp]
-            if g.member:
-                run_degree(args, g, cfg, variant, tp, contexts, batches, dtype, bandwidth,
-                           comm_cache, result, save, t_start)
-            dist.barrier(group=coord_world)  # idle ranks wait here (gloo, long timeout)
+            ctx = tp_context(tp, rank, world, device, backend)
+            run_degree(args, coord, ctx, main_rank, cfg, variant, contexts, batches, dtype,
+                       bandwidth, comm_cache, result, save)
+            coord.barrier()
     save()
     if main_rank:
         print(format_table(result))
-        print(f"wrote {out_dir / 'tp_decode.json'} in {time.time() - t_start:.0f} s", flush=True)
+        print(f"wrote {out_dir / 'tp_decode.json'} in {time.time() - _T0:.0f} s", flush=True)
+    progress("destroy_process_group ...")
     dist.destroy_process_group()
+    progress("done")
+    WATCHDOG.configure(0)
     return 0
 
 
-def run_degree(args, g: Group, cfg: ModelConfig, variant: str, tp: int, contexts, batches,
-               dtype, bandwidth: float, comm_cache: dict, result: dict, save, t_start) -> None:
-    """Every configuration of one (variant, TP degree), run by the members of ``g``."""
-    ctx = g.ctx
-    main_rank = ctx.rank == 0
+def run_degree(args, coord: Coord, ctx: TPContext, main_rank: bool, cfg: ModelConfig,
+               variant: str, contexts, batches, dtype, bandwidth: float, comm_cache: dict,
+               result: dict, save) -> None:
+    """Every configuration of one (variant, TP degree); every rank runs it (TP 1: as an
+    independent replica), in lockstep through ``coord``."""
+    tp = ctx.world_size
+    progress(f"{variant} TP{tp}: building shard")
     model = build_shard(cfg, ctx, dtype)
     local_cfg = model.shard.config
+    progress(f"{variant} TP{tp}: shard built "
+             f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
     use_graph = not args.no_graph
     for batch in batches:
         key = (tp, batch)
         if key not in comm_cache:
+            progress(f"TP{tp} b={batch}: measuring collectives")
             comm_cache[key] = measure_comm(ctx, cfg, local_cfg.vocab_size, batch, dtype,
                                            args.reps, use_graph)
         for context in contexts:
@@ -415,15 +634,16 @@ def run_degree(args, g: Group, cfg: ModelConfig, variant: str, tp: int, contexts
                          * dtype.itemsize * cfg.n_layers)
             need = batch * math.ceil((context + 1) / args.page_size) * args.page_size * per_token
             reason = None
-            if time.time() - t_start > args.budget_s:
+            if time.time() - _T0 > args.budget_s:
                 reason = "time budget"
             elif ctx.device.type == "cuda":
                 free = torch.cuda.mem_get_info(ctx.device)[0]
                 if need > free - (6 << 30):
                     reason = f"cache {need / 1e9:.0f} GB/rank > free {free / 1e9:.0f} GB - 6 GB"
-            if g.agree(reason is not None):
+            if coord.agree(reason is not None):
                 row["skipped"] = reason or "skipped on another rank"
             else:
+                progress(f"{variant} TP{tp} b={batch} ctx={context}: running")
                 try:
                     got = bench_config(model, batch, context, args.page_size, args.reps,
                                        use_graph, args.compile)
@@ -431,7 +651,7 @@ def run_degree(args, g: Group, cfg: ModelConfig, variant: str, tp: int, contexts
                 except Exception as exc:  # one configuration failing does not end the run
                     traceback.print_exc()
                     got, error = None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                rows = g.gather(got)
+                rows = coord.gather(got)
                 if error or any(r is None for r in rows):
                     row["error"] = error or "failed on another rank"
                 else:
@@ -446,14 +666,11 @@ def run_degree(args, g: Group, cfg: ModelConfig, variant: str, tp: int, contexts
                         bytes_read_per_rank=bytes_read, floor_ms=bytes_read / bandwidth * 1e3,
                         mode=("compile+" if args.compile else "")
                         + ("graph" if mine["cuda_graph"] else "eager"),
-                        kernel=mine["kernel"], warmup_s=mine["warmup_s"], **comm_cache[key],
+                        kernel=mine["kernel"], warmup_s=mine["warmup_s"],
+                        ranks=len(rows), **comm_cache[key],
                     )
                     if "graph_error" in mine:
                         row["graph_error"] = mine["graph_error"]
-                    base = _find(result["results"], variant=variant, tp=1, batch=batch,
-                                 context=context)
-                    if base:
-                        row["speedup_vs_tp1"] = base["step_ms"] / row["step_ms"]
             if ctx.device.type == "cuda":
                 torch.cuda.empty_cache()
             if main_rank:
