@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
 
-import mlra
-from mlra import ModelConfig, Transformer
+# Without CUDA the Triton kernels run in the Triton interpreter. The variable must be set before
+# anything imports the kernel modules (their @triton.jit functions are built at import time), so
+# it is set here for the whole session rather than in test_kernels.py alone. It changes nothing
+# else: on CPU tensors the kernel dispatch uses the PyTorch references.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import mlra  # noqa: E402
+from mlra import ModelConfig, Transformer  # noqa: E402
 
 
 def tiny_config(name: str, **overrides) -> ModelConfig:
