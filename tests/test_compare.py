@@ -34,7 +34,7 @@ def one_thread():
 
 
 TOY = dict(variants=("mha", "mlra_2"), steps=2, batch_size=2, seq_len=32, eval_interval=1,
-           val_tokens=128, warmup_steps=1, progress=False)
+           val_tokens=128, warmup_steps=1, progress=False, workers=1)
 
 
 def test_compare_writes_table_and_reuses_runs(tmp_path, mlra_cache, capsys):
@@ -75,9 +75,12 @@ def test_compare_writes_table_and_reuses_runs(tmp_path, mlra_cache, capsys):
         {"mha": 128, "mlra_2": 80}
 
 
-def test_compare_cli(tmp_path, mlra_cache, capsys):
-    code = main(["compare", "--variants", "gqa", "--steps", "1", "--batch-size", "1",
+def test_compare_cli_with_parallel_workers(tmp_path, mlra_cache, capsys):
+    code = main(["compare", "--variants", "gqa,gla_2", "--steps", "1", "--batch-size", "1",
                  "--seq-len", "16", "--eval-interval", "1", "--val-tokens", "32",
-                 "--out", str(tmp_path / "c"), "--no-progress"])
+                 "--out", str(tmp_path / "c"), "--no-progress", "--workers", "2"])
+    out = capsys.readouterr().out
     assert code == 0
-    assert "| gqa |" in capsys.readouterr().out
+    assert out.index("| gqa |") < out.index("| gla_2 |")  # table in the requested order
+    data = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert data["workers"] == 2 and [r["variant"] for r in data["rows"]] == ["gqa", "gla_2"]

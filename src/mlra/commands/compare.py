@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"TP degree of the per-device KV column (default {d.tp})")
     p.add_argument("--device", default=d.device, help="auto (default), cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--workers", type=int, default=None,
+                   help="variants trained side by side (default: one per CPU core with one "
+                        "thread each on CPU; 1 on GPU)")
     p.add_argument("--force", action="store_true", help="retrain variants already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
         val_tokens=args.val_tokens, seed=args.seed, tp=args.tp, device=args.device,
         compile=args.compile, progress=not args.no_progress, force=args.force,
+        workers=args.workers,
     )
     for name in ("steps", "batch_size", "seq_len", "val_tokens"):
         value = getattr(cc, name)

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from mlra.config import VARIANTS
+from mlra.data.sources import resolve_data
 from mlra.errors import ConfigError
 from mlra.io import atomic_write_text
 from mlra.kv_accounting import kv_elements_per_device, kv_elements_total
 from mlra.train.config import TrainConfig
-from mlra.train.metrics import plot_curves
+from mlra.train.metrics import METRICS_FILE, plot_curves, read_metrics
 from mlra.train.trainer import train
 
 DEFAULT_VARIANTS = ("mha", "gqa", "mla", "gla_2", "mlra_2", "mlra_4")
@@ -56,6 +62,7 @@ class CompareConfig:
     compile: bool = False
     progress: bool = True
     force: bool = False
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -65,6 +72,22 @@ class CompareConfig:
             raise ConfigError("no variants selected")
         if self.tp < 1:
             raise ConfigError(f"--tp must be >= 1, got {self.tp}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+
+    def plan(self) -> tuple[int, int]:
+        """(parallel training processes, torch threads each). On CPU the variants train side
+        by side, one process per core with one thread each: tiny models gain little from a
+        second thread, and single-threaded processes do not collapse when the machine is busy
+        (OpenMP teams spin-wait badly when oversubscribed). On a GPU: one at a time."""
+        on_gpu = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        cores = _cores()
+        if self.workers is not None:
+            workers = self.workers
+        else:
+            workers = 1 if on_gpu else cores
+        workers = max(1, min(workers, len(self.variants)))
+        return workers, max(1, cores // workers)
 
     def train_config(self, variant: str) -> TrainConfig:
         return TrainConfig(
@@ -115,31 +138,114 @@ def _row_from_result(variant: str, result: Any, tp: int, tokens_per_step: int) -
     )
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _train_variant(
+    cc: CompareConfig, variant: str, threads: int | None, quiet: bool
+) -> CompareRow:
+    """Train one variant (in this process or a worker) and record its row."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    tcfg = cc.train_config(variant)
+    if quiet:
+        tcfg.progress = False
+    log = (lambda msg: None) if quiet else print
+    result = train(tcfg, overwrite=True, log=log)
+    seq = tcfg.seq_len or result.model_config.max_seq_len
+    row = _row_from_result(variant, result, cc.tp, tcfg.batch_size * tcfg.grad_accum * seq)
+    atomic_write_text(Path(tcfg.out) / RESULT_FILE, json.dumps(
+        {"config": tcfg.to_dict(), "row": asdict(row)}, indent=1) + "\n")
+    return row
+
+
 def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> list[CompareRow]:
     """Train every variant of ``cc`` (reusing finished identical runs) and write the table."""
     out = Path(cc.out)
     out.mkdir(parents=True, exist_ok=True)
     if cc.eval_interval <= 0:
         raise ConfigError("mlra compare needs validation: --eval-interval must be positive")
-    rows: list[CompareRow] = []
     t_start = time.time()
-    for i, variant in enumerate(cc.variants, 1):
+    rows: dict[str, CompareRow] = {}
+    todo = []
+    for variant in cc.variants:
         tcfg = cc.train_config(variant)
-        run_dir = Path(tcfg.out)
-        cached = _cached_row(run_dir, tcfg, cc.tp)
+        cached = _cached_row(Path(tcfg.out), tcfg, cc.tp)
         if cached is not None and not cc.force:
-            log(f"[{i}/{len(cc.variants)}] {variant}: reusing the finished run in {run_dir}")
-            rows.append(cached)
-            continue
-        log(f"[{i}/{len(cc.variants)}] training {variant} ...")
-        result = train(tcfg, overwrite=True, log=log)
-        seq = tcfg.seq_len or result.model_config.max_seq_len
-        row = _row_from_result(variant, result, cc.tp, tcfg.batch_size * tcfg.grad_accum * seq)
-        atomic_write_text(run_dir / RESULT_FILE, json.dumps(
-            {"config": tcfg.to_dict(), "row": asdict(row)}, indent=1) + "\n")
-        rows.append(row)
-    elapsed = time.time() - t_start
-    write_outputs(rows, cc, elapsed, log)
+            log(f"{variant}: reusing the finished run in {tcfg.out}")
+            rows[variant] = cached
+        else:
+            todo.append(variant)
+    workers, threads = cc.plan()
+    workers = min(workers, max(1, len(todo)))
+    if todo:
+        # Prepare the data once (e.g. the built-in corpus cache) before any worker starts.
+        first = cc.train_config(todo[0])
+        resolve_data(first.data, first.val_data, first.tokenizer, first.gpt2_file,
+                     progress=cc.progress)
+        log(f"training {', '.join(todo)}: {cc.steps} steps each, {workers} at a time with "
+            f"{threads} thread(s) each ...")
+    if workers == 1:
+        for i, variant in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {variant}")
+            rows[variant] = _train_variant(cc, variant, None, quiet=False)
+    elif todo:
+        rows.update(_train_in_workers(cc, todo, workers, threads, t_start, log))
+    ordered = [rows[v] for v in cc.variants]
+    write_outputs(ordered, cc, time.time() - t_start, log, workers=workers, threads=threads)
+    return ordered
+
+
+def _last_step(run_dir: Path) -> int:
+    rows = read_metrics(run_dir / METRICS_FILE)
+    return max((r["step"] for r in rows if r.get("split") == "train"), default=0)
+
+
+def _cost_rank(cc: CompareConfig, variant: str) -> int:
+    mcfg = cc.train_config(variant).model_config()
+    if mcfg.attention == "latent":
+        return 10 * mcfg.latent_branches + mcfg.latent_groups
+    return 0
+
+
+def _train_in_workers(
+    cc: CompareConfig, todo: Sequence[str], workers: int, threads: int, t_start: float,
+    log: Callable[[str], None],
+) -> dict[str, CompareRow]:
+    """Train ``todo`` in ``workers`` spawned processes; one progress bar over all of them
+    (fed from the runs' metrics logs)."""
+    for v in todo:  # stale logs would make the progress bar jump
+        (Path(cc.train_config(v).out) / METRICS_FILE).unlink(missing_ok=True)
+    rows: dict[str, CompareRow] = {}
+    ctx = multiprocessing.get_context("spawn")
+    bar = tqdm(total=cc.steps * len(todo), desc="compare", unit="step", dynamic_ncols=True,
+               disable=not cc.progress, file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # Longest first (more latent branches/groups cost more attention) balances workers.
+        order = sorted(todo, key=lambda v: -_cost_rank(cc, v))
+        futures = {pool.submit(_train_variant, cc, v, threads, True): v for v in order}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                variant = futures[fut]
+                row = fut.result()
+                rows[variant] = row
+                msg = (f"{variant}: validation perplexity {row.val_ppl:.3f} after "
+                       f"{row.train_seconds:.0f} s of training ({time.time() - t_start:.0f} s "
+                       "elapsed)")
+                if bar.disable:
+                    log(msg)
+                else:
+                    bar.write(msg, file=sys.stderr)
+            steps = sum(cc.steps if v in rows else _last_step(Path(cc.train_config(v).out))
+                        for v in todo)
+            bar.update(max(0, steps - bar.n))
+    bar.close()
     return rows
 
 
@@ -170,7 +276,7 @@ def _cached_row(run_dir: Path, tcfg: TrainConfig, tp: int) -> CompareRow | None:
     return row
 
 
-def format_table(rows: Sequence[CompareRow], cc: CompareConfig) -> str:
+def format_table(rows: Sequence[CompareRow], cc: CompareConfig, workers: int = 1) -> str:
     """The comparison as a Markdown table with a short legend."""
     head = ["variant", "val ppl", "val loss", "params", "KV/token/layer",
             f"KV/token/layer/device @TP{cc.tp}", "train tok/s"]
@@ -192,26 +298,30 @@ def format_table(rows: Sequence[CompareRow], cc: CompareConfig) -> str:
         f"TP-{cc.tp} group (d_h = head dim). Tiny models on a small budget: differences of a "
         "few percent in perplexity are within seed noise; the paper's comparison is at 2.9B "
         "parameters and 98B tokens."
+        + (f" Throughput measured with {workers} variants training side by side." if workers > 1
+           else "")
     )
     return "\n".join(lines) + "\n" + legend
 
 
 def write_outputs(
     rows: Sequence[CompareRow], cc: CompareConfig, elapsed: float,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, workers: int = 1, threads: int | None = None,
 ) -> None:
     """``results.md``, ``results.json`` and ``val_curves.png`` in the output directory."""
     out = Path(cc.out)
-    table = format_table(rows, cc)
+    table = format_table(rows, cc, workers)
     device = "cuda" if (cc.device == "auto" and torch.cuda.is_available()) else cc.device
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cc).items()}
     atomic_write_text(out / "results.md", f"# mlra compare\n\n{table}\n")
     atomic_write_text(out / "results.json", json.dumps({
-        "settings": settings, "device": device, "torch_threads": torch.get_num_threads(),
+        "settings": settings, "device": device, "workers": workers,
+        "torch_threads_per_worker": threads or torch.get_num_threads(),
         "seconds": elapsed, "rows": [asdict(r) for r in rows],
     }, indent=1) + "\n")
+    # The step-0 point (~log vocab for every variant) would squash the interesting range.
     drew = plot_curves(
-        {r.variant: r.val_curve for r in rows}, out / "val_curves.png",
+        {r.variant: [p for p in r.val_curve if p[0] > 0] for r in rows}, out / "val_curves.png",
         xlabel="training tokens", ylabel="validation loss (nats/token)",
         title=f"validation loss, {cc.size} presets on {cc.data}",
     )
