@@ -99,10 +99,13 @@ class LatentAttention(Attention):
         v = v.permute(0, 2, 3, 1, 4).reshape(B * nb, H, S, dh)
         if mask is not None:
             mask = mask[:, None].expand(B, nb, *mask.shape[1:]).reshape(B * nb, *mask.shape[1:])
+        # Zero-pad V to the q/k width: the fused SDPA kernels (flash on CPU and GPU) need equal
+        # widths, and the generic fallback is several times slower. The pad columns stay zero.
+        v = torch.nn.functional.pad(v, (0, dr))
         o = torch.nn.functional.scaled_dot_product_attention(
             qf, k, v, attn_mask=mask, is_causal=mask is None, scale=self.cfg.softmax_scale
         )
-        o = o.view(B, nb, H, T, dh).sum(dim=1) * self.out_scale
+        o = o[..., :dh].reshape(B, nb, H, T, dh).sum(dim=1) * self.out_scale
         return o.transpose(1, 2).reshape(B, T, H * dh)
 
     # -- absorbed form ---------------------------------------------------------------------
