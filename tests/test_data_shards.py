@@ -101,3 +101,17 @@ def test_shard_writer_splits_at_shard_size(tmp_path):
     joined = np.concatenate([read_shard(p) for p in paths])
     assert joined.tolist() == list(range(10))
     assert writer.total == 10
+
+
+@pytest.mark.parametrize("tokens", [[1, 70000], [-1, 2], np.array([3, 65536], np.int64),
+                                    [[1, 2]], [1.5, 2.0], [True, False]])
+def test_shard_writer_rejects_ids_that_do_not_fit(tmp_path, tokens):
+    writer = ShardWriter(tmp_path, "train", shard_tokens=4)
+    writer.add([7, 8])
+    with pytest.raises(DataError, match=r"\[0, 65535\]|one-dimensional"):
+        writer.add(tokens)
+    assert writer.total == 2  # nothing of the rejected array was added
+    writer.add([])
+    writer.add(np.array([65535, 0], dtype=np.int64))
+    (path,) = writer.close()
+    assert read_shard(path).tolist() == [7, 8, 65535, 0]

@@ -30,20 +30,28 @@ def _header(n_tokens: int) -> np.ndarray:
     return header
 
 
+def _checked_ids(tokens: np.ndarray | list[int], where: str) -> np.ndarray:
+    """``tokens`` as a 1-D little-endian uint16 array, or :class:`DataError` if any id is not
+    an integer in [0, 65535] (no silent wrap-around)."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise DataError(f"{where}: tokens must be one-dimensional, got shape {arr.shape}")
+    if not arr.size:
+        return np.zeros(0, dtype="<u2")
+    if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > MAX_TOKEN_ID:
+        raise DataError(
+            f"{where}: token ids must be integers in [0, {MAX_TOKEN_ID}] to fit the uint16 shard "
+            "format"
+        )
+    return arr.astype("<u2", copy=False)
+
+
 def write_shard(path: str | Path, tokens: np.ndarray | list[int]) -> Path:
     """Write ``tokens`` (ids in [0, 65535]) as one shard, atomically (tmp + fsync + rename)."""
     path = Path(path)
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise DataError(f"{path}: tokens must be one-dimensional, got shape {arr.shape}")
-    if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > MAX_TOKEN_ID):
-        raise DataError(
-            f"{path}: token ids must be integers in [0, {MAX_TOKEN_ID}] to fit the uint16 shard "
-            "format"
-        )
-    if arr.size >= 2**31:
-        raise DataError(f"{path}: {arr.size} tokens do not fit one shard (int32 token count)")
-    data = arr.astype("<u2", copy=False)
+    data = _checked_ids(tokens, str(path))
+    if data.size >= 2**31:
+        raise DataError(f"{path}: {data.size} tokens do not fit one shard (int32 token count)")
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -138,7 +146,9 @@ class ShardWriter:
         self._buffered = 0
 
     def add(self, tokens: np.ndarray | list[int]) -> None:
-        arr = np.asarray(tokens, dtype=np.uint16)
+        """Append a one-dimensional sequence of token ids in [0, 65535]; an id that does not
+        fit the uint16 shard format raises :class:`DataError` (nothing is added)."""
+        arr = _checked_ids(tokens, f"{self.directory / self.prefix}_*.bin")
         self.total += arr.size
         while arr.size:
             take = min(arr.size, self.shard_tokens - self._buffered)
