@@ -146,6 +146,48 @@ def test_config_json_disagreeing_with_weights(tmp_path: Path) -> None:
         load_checkpoint(directory)
 
 
+
+@pytest.mark.parametrize(
+    ("variant", "field", "value", "message"),
+    [
+        ("gqa", "n_head", "12a", r"field 'n_head' must be a positive integer, got '12a'"),
+        ("gqa", "group_size", 0, r"field 'group_size' must be a positive integer, got 0"),
+        ("gqa", "group_size", -2, r"field 'group_size' must be a positive integer, got -2"),
+        ("gqa", "head_dim", [8], r"field 'head_dim' must be a positive integer, got \[8\]"),
+        ("mha", "n_head", True, r"field 'n_head' must be a positive integer, got True"),
+        ("mlra_4", "block_size", "long", r"field 'block_size' must be a positive integer"),
+        ("mlra_4", "n_embd", 2.5, r"field 'n_embd' must be a positive integer, got 2.5"),
+    ],
+)
+def test_malformed_config_json_field(
+    tmp_path: Path, capsys, variant: str, field: str, value, message: str
+) -> None:
+    state, hf = official_state(variant)
+    hf[field] = value
+    directory = write_official(tmp_path / "c", state, hf, shards=1)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(directory)
+    assert main(["convert", str(directory), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert repr(field) in err and not (tmp_path / "o").exists()
+
+
+def test_group_size_must_divide_n_head(tmp_path: Path) -> None:
+    state, hf = official_state("gqa")
+    hf["group_size"] = hf["n_head"] + 1
+    directory = write_official(tmp_path / "c", state, hf, shards=1)
+    with pytest.raises(CheckpointError, match="group_size=.* does not divide n_head"):
+        load_checkpoint(directory)
+
+
+def test_integral_config_values_in_other_spellings_load(tmp_path: Path) -> None:
+    state, hf = official_state("gqa")
+    hf["n_head"], hf["group_size"] = str(hf["n_head"]), float(hf["group_size"])
+    directory = write_official(tmp_path / "c", state, hf, shards=1)
+    assert load_checkpoint(directory).config.n_heads == int(hf["n_head"])
+
+
 # ------------------------------------------------------------------------- variants
 @pytest.mark.parametrize(
     "variant, message",

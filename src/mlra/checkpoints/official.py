@@ -250,10 +250,10 @@ def infer_config(
     checker.check("vocab_size", vocab)
     checker.check("n_layer", len(layers))
     checker.check("intermediate_size", state[fc1].shape[0])
-    block = hf.get("block_size") or 2048
+    block = checker.get("block_size") or 2048
     common = dict(
         vocab_size=vocab, d_model=d, n_layers=len(layers),
-        intermediate_size=state[fc1].shape[0], max_seq_len=int(block),
+        intermediate_size=state[fc1].shape[0], max_seq_len=block,
     )
     gate_key = next((g for g in ("gated_proj.weight", "c_gated.weight") if g in attn), None)
     layout: dict[str, Any] = {"gate": gate_key}
@@ -289,8 +289,25 @@ class _Checker:
         self.hf, self.source = hf, source
 
     def get(self, field: str) -> int | None:
+        """``config.json``'s ``field`` as a positive int (None when absent or null)."""
         value = self.hf.get(field)
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        if number is None or number <= 0:
+            raise self.fail(
+                f"config.json field {field!r} must be a positive integer, got {value!r}"
+            )
+        return number
 
     def check(self, field: str, found: int) -> None:
         value = self.get(field)
@@ -336,6 +353,8 @@ def _infer_standard(
     kv_rows = attn["kv_proj.weight" if tied else "c_k.weight"][0]
     n_kv = _exact_div(kv_rows, dh, "the number of KV heads", checker)
     group = checker.get("group_size")
+    if group is not None and H % group:
+        raise checker.fail(f"config.json group_size={group} does not divide n_head={H}")
     if group is not None and H // group != n_kv:
         raise checker.fail(
             f"config.json group_size={group} means {H // group} KV heads, but the K/V weights "
