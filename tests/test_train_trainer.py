@@ -197,6 +197,65 @@ def test_resolve_checkpoint_errors(tmp_path):
         ckpt.resolve_checkpoint(tmp_path)
 
 
+def _write_fake(run: Path, step: int, tag: str) -> Path:
+    return ckpt.write_checkpoint(
+        run, step, lambda d: (d / "config.json").write_text("{}"), None,
+        {"step": step, "tag": tag}, {"x": torch.zeros(1)},
+    )
+
+
+def _crash_rewrite(run: Path, step: int, monkeypatch) -> None:
+    """Re-write checkpoint ``step`` and die between moving the old copy aside and renaming
+    the new one into place."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-step_"):
+            raise KeyboardInterrupt  # killed after the old copy became .old-step_*
+        real(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt.os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            _write_fake(run, step, "new")
+
+
+def _tag(path: Path) -> str:
+    return json.loads((path / "trainer_state.json").read_text())["tag"]
+
+
+def test_crash_between_renames_keeps_the_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    _write_fake(run, 2, "old")
+    _write_fake(run, 4, "old")
+    _crash_rewrite(run, 4, monkeypatch)
+    root = run / "checkpoints"
+    assert not (root / "step_000004").exists()
+    assert [p.name[:17] for p in root.iterdir() if p.name.startswith(".old-")] == [
+        ".old-step_000004-"]
+    # resolve_checkpoint moves the surviving copy back instead of failing or going back to 2.
+    found = ckpt.resolve_checkpoint(run)
+    assert found == root / "step_000004" and _tag(found) == "old"
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
+
+    # clean_partial (run on resume) restores it too rather than deleting the only copy.
+    _crash_rewrite(run, 4, monkeypatch)
+    ckpt.clean_partial(run)
+    assert sorted(p.name for p in root.iterdir()) == ["step_000002", "step_000004"]
+    assert _tag(root / "step_000004") == "old"
+
+
+def test_broken_latest_falls_back_to_newest_complete(tmp_path):
+    run = tmp_path / "r"
+    _write_fake(run, 2, "a")
+    _write_fake(run, 4, "b")
+    (run / "checkpoints" / "step_000006").mkdir()  # incomplete, no backup to restore
+    (run / "latest").write_text("checkpoints/step_000006\n")
+    assert ckpt.resolve_checkpoint(run) == run / "checkpoints" / "step_000004"
+    (run / "latest").write_text("checkpoints/step_000008\n")  # missing altogether
+    assert ckpt.resolve_checkpoint(run) == run / "checkpoints" / "step_000004"
+
+
 def test_weight_decay_groups():
     from mlra import ModelConfig, Transformer
 

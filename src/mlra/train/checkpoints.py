@@ -14,7 +14,10 @@ Layout of a run directory::
 
 A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX-*`` (every file fsync'ed), renamed
 to ``step_XXXXXX`` (atomic), then ``latest`` is replaced atomically. A run killed at any moment
-therefore leaves ``latest`` naming a complete checkpoint. No pickles: tensors are safetensors,
+therefore leaves ``latest`` naming a complete checkpoint -- except while a checkpoint of the
+same step is re-written after a resume: its old copy is moved aside (``.old-step_XXXXXX-*``)
+for the rename, and a kill at that moment is repaired by :func:`resolve_checkpoint` and
+:func:`clean_partial`, which move it back. No pickles: tensors are safetensors,
 everything else JSON.
 """
 
@@ -67,8 +70,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """Map ``path`` to a checkpoint/model directory.
 
     A directory holding ``config.json`` (a checkpoint or a saved model) is returned as is; a
-    run directory maps to the checkpoint named by its ``latest`` file, or failing that to its
-    newest complete ``checkpoints/step_*``. Raises :class:`CheckpointError` otherwise.
+    run directory maps to the checkpoint named by its ``latest`` file, or failing that (no
+    ``latest``, or it names a missing/incomplete directory) to its newest complete
+    ``checkpoints/step_*``. Raises :class:`CheckpointError` otherwise.
+
+    If ``latest`` names a missing ``step_N`` whose previous copy survives as
+    ``.old-step_N-*`` (a run killed between the two renames of a re-write), that copy is first
+    moved back to ``step_N``.
     """
     p = Path(path)
     if not p.exists():
@@ -76,14 +84,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / CONFIG_FILE).is_file():
         return p
     latest = p / LATEST
+    broken = None
     if latest.is_file():
         target = p / latest.read_text().strip()
+        if not target.exists() and target.parent.name == CHECKPOINTS:
+            _restore_backup(target)  # a run killed while re-writing this checkpoint
         if (target / CONFIG_FILE).is_file():
             return target
-        raise CheckpointError(f"{latest} names {target}, which is not a complete checkpoint")
+        broken = f"{latest} names {target}, which is not a complete checkpoint"
     found = list_checkpoints(p)
     if found:
         return found[-1][1]
+    if broken:
+        raise CheckpointError(broken)
     raise CheckpointError(
         f"{p} is neither a checkpoint/model directory (no {CONFIG_FILE}) nor a training run "
         f"directory (no {LATEST} file or {CHECKPOINTS}/step_* inside)"
@@ -156,13 +169,44 @@ def prune(run_dir: str | Path, keep_last: int, upto: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_OLD_RE = re.compile(r"^\.old-(step_\d+)-[0-9a-f]+$")
+
+
+def _restore_backup(final: Path) -> bool:
+    """Move a complete ``.old-<name>-*`` backup of the missing checkpoint ``final`` back to
+    ``final``. Safe when several processes race (the losers' renames fail harmlessly) and on
+    read-only storage (nothing happens). True if ``final`` is complete afterwards."""
+    root = final.parent
+    try:
+        backups = sorted(root.glob(f".old-{final.name}-*"))
+    except OSError:
+        return False
+    for backup in backups:
+        if final.exists():
+            break
+        if backup.is_dir() and _is_complete(backup):
+            try:
+                os.replace(backup, final)
+                fsync_dir(root)
+            except OSError:
+                pass
+    return final.is_dir() and _is_complete(final)
+
+
 def clean_partial(run_dir: str | Path) -> None:
-    """Remove temporary directories left by a run killed while writing a checkpoint."""
+    """Tidy up after a run killed while writing a checkpoint: a checkpoint whose re-write was
+    interrupted between its two renames (``step_N`` missing, its previous copy still under
+    ``.old-step_N-*``) is restored; other temporary and backup directories are removed."""
     root = Path(run_dir) / CHECKPOINTS
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        m = _OLD_RE.match(child.name)
+        if m and child.is_dir() and not (root / m.group(1)).exists():
+            _restore_backup(root / m.group(1))
+    for child in root.iterdir():
+        if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def read_trainer_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
