@@ -150,3 +150,20 @@ def test_eval_ppl_on_official_checkpoint(tmp_path: Path, capsys, monkeypatch) ->
     assert main(["eval", "ppl", "--checkpoint", str(directory), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "GPT-2 vocabulary" in err and "--gpt2-file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--device", "foo"], "not a valid torch device"),
+    (["--device", "cuda:7"], "cuda:7"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--block-size", "0"], "--block-size must be positive, got 0"),
+])
+def test_eval_ppl_bad_runtime_args_exit_2_in_one_line(tmp_path: Path, capsys, extra, match):
+    _, directory = _tiny(tmp_path)
+    shard = write_shard(tmp_path / "A.bin", np.random.default_rng(0).integers(0, 256, 100))
+    code = main(["eval", "ppl", "--checkpoint", str(directory), "--data", str(shard),
+                 "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1

@@ -177,12 +177,15 @@ def test_cli_generate_token_ids(byte_checkpoint, capsys):
     (["--ids", "1,400"], "outside the vocabulary"),
     (["--prompt", "x" * 250, "--max-new-tokens", "10"], "context of 256"),
     ([], "at least one --prompt"),
+    (["--prompt", "x", "--device", "foo"], "'foo' is not a valid torch device"),
+    (["--prompt", "x", "--device", "cuda:99"], "cuda:99"),
 ])
 def test_cli_generate_errors_exit_2(byte_checkpoint, capsys, extra, match):
     _, path = byte_checkpoint
     assert main(["generate", "--checkpoint", str(path), *extra]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
 
 
 def test_cli_generate_missing_checkpoint(tmp_path, capsys):

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from mlra.checkpoints import checkpoint_tokenizer
-from mlra.checkpoints.cli import add_checkpoint_args, default_device, load_from_args, parse_dtype
+from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
+from mlra.commands.generate import parse_device
 from mlra.data.tokenizers import GPT2Tokenizer, Tokenizer
 from mlra.errors import ConfigError, DataError
 from mlra.io import atomic_write_text
@@ -111,9 +112,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, default_batch: str) -> None:
 
 
 def _runtime(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
-    device = torch.device(args.device or default_device())
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
+    device = parse_device(args.device)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     return device, parse_dtype(name)
 
@@ -147,13 +148,13 @@ def run_ppl(args: argparse.Namespace) -> int:
         return parallel
     model = _load(args, device)
     cfg = model.config
-    block = args.block_size or min(cfg.max_seq_len, 2048)
+    block = min(cfg.max_seq_len, 2048) if args.block_size is None else args.block_size
     if block < 1:
         raise ConfigError(f"--block-size must be positive, got {block}")
     if block > cfg.max_seq_len:
         print(f"warning: --block-size {block} exceeds the model's context of "
               f"{cfg.max_seq_len} tokens", file=sys.stderr)
-    batch = args.batch_size or (6 if device.type == "cuda" else 1)
+    batch = (6 if device.type == "cuda" else 1) if args.batch_size is None else args.batch_size
     if args.data:
         paths = [Path(p) for p in args.data]
     else:
@@ -210,7 +211,8 @@ def run_tasks_command(args: argparse.Namespace) -> int:
     if tok.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tok.name} ({tok.vocab_size} ids) does not fit the model's "
                         f"vocabulary of {model.config.vocab_size}")
-    lm = MlraLM(model, tok, batch_size=args.batch_size or 8, max_length=args.max_length,
+    batch = 8 if args.batch_size is None else args.batch_size
+    lm = MlraLM(model, tok, batch_size=batch, max_length=args.max_length,
                 autocast_dtype=autocast, progress=not args.no_progress)
     results = run_tasks(lm, names, limit=limit, num_fewshot=args.num_fewshot,
                         tasks_dir=args.tasks_dir, offline=offline, manager=manager)

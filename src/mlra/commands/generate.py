@@ -63,6 +63,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def parse_device(spec: str | None) -> torch.device:
+    """``--device`` -> torch device (default: cuda when available, else cpu); a malformed name,
+    CUDA on a machine without it, or a GPU index beyond the visible GPUs is a
+    :class:`ConfigError`."""
+    try:
+        device = torch.device(spec or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {spec!r} is not a valid torch device (cpu, cuda, cuda:1, "
+                          "...)") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {spec}: this machine has {count} visible GPU"
+                              f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    return device
+
+
 def _parse_ids(text: str) -> list[int]:
     try:
         ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
@@ -107,9 +126,7 @@ def run(args: argparse.Namespace) -> int:
     for text in args.prompt:
         if text == "":
             raise ConfigError("--prompt is empty; give some text to continue")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
+    device = parse_device(args.device)
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     parallel = run_parallel(args, run)  # --tp N / torchrun: this same run() on every rank
     if parallel is not None:
