@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -103,6 +104,28 @@ class _StdStreams:
                 os.close(fd)
 
 
+def _serialise_result(result: Any) -> bytes:
+    """``result`` as ``torch.save`` bytes that ``torch.load(weights_only=True)`` reads back.
+
+    The launcher never unpickles arbitrary objects, so a rank may return only tensors, numbers,
+    str/bytes, None, torch dtypes/devices/sizes and lists, tuples, sets and dicts of them; any
+    other object (a dataclass, say: return ``dataclasses.asdict(x)``) fails this rank with a
+    TypeError naming the offending type."""
+    buf = io.BytesIO()
+    torch.save(result, buf)
+    data = buf.getvalue()
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = found.group(1) if found else type(exc).__name__
+        raise TypeError(
+            f"the rank's result holds {what}, which launch() cannot return: return only tensors, "
+            "numbers, str, None and lists/tuples/dicts of them (e.g. dataclasses.asdict(obj))"
+        ) from None
+    return data
+
+
 def _worker(
     rank: int,
     tp: int,
@@ -133,10 +156,8 @@ def _worker(
     try:
         ctx = init_tp(tp, backend=backend, timeout_s=timeout_s, device=device)
         result = fn(ctx, *args)
-        buf = io.BytesIO()
-        torch.save(result, buf)
         tmp = out / f"result_{rank}.tmp"
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(_serialise_result(result))
         tmp.rename(out / f"result_{rank}.pt")
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher
         report = {
@@ -167,7 +188,10 @@ def launch(
     fresh processes (forked from a ``forkserver`` that has imported torch, or spawned).
     ``backend``: "nccl" on CUDA, "gloo" otherwise by default; ``device``: "cpu" forces CPU
     ranks. ``timeout_s`` bounds every collective; ``deadline_s`` (optional)
-    bounds the whole run. Raises :class:`RankFailedError` when a rank fails.
+    bounds the whole run. Raises :class:`RankFailedError` when a rank fails. Results travel
+    through ``torch.save`` and come back with ``torch.load(weights_only=True)`` (no arbitrary
+    unpickling): ``fn`` may return tensors, numbers, str, None and lists/tuples/dicts of them;
+    any other object fails its rank with a TypeError.
     """
     if not isinstance(tp, int) or tp < 1:
         raise errors.ConfigError(f"tp must be a positive integer, got {tp!r}")
@@ -206,7 +230,7 @@ def launch(
         results = []
         for r in range(tp):
             path = Path(workdir) / f"result_{r}.pt"
-            results.append(torch.load(path, weights_only=False))
+            results.append(torch.load(path, weights_only=True))
         return results
 
 
