@@ -106,3 +106,37 @@ def test_console_script_exit_status(tmp_path):
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--lr must be a positive number" in proc.stderr
+
+
+def _snapshot(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
+    src = tmp_path / "mine.txt"
+    src.write_text(TEXT)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for run, seed in ((a, "1"), (b, "2")):
+        code, _, err = run_cli(capsys, "train", "--data", str(src), "--out", str(run),
+                               "--steps", "2", "--seed", seed, *SMALL)
+        assert code == 0, err
+    before_a, before_b = _snapshot(a), _snapshot(b)
+    # Resuming run a with --out b would prune/overwrite b's checkpoints and metrics.
+    code, _, err = run_cli(capsys, "train", "--resume", str(a), "--out", str(b),
+                           "--steps", "4", "--no-progress")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "already holds another training run" in lines[0]
+    assert _snapshot(b) == before_b
+    # Into an empty folder it continues run a there and leaves a as it was.
+    code, _, err = run_cli(capsys, "train", "--resume", str(a), "--out", str(c),
+                           "--steps", "4", "--no-progress")
+    assert code == 0 and "resumed from" in err, err
+    assert (c / "latest").read_text().strip() == "checkpoints/step_000004"
+    assert _snapshot(a) == before_a
+    # --overwrite replaces run b with the continuation of run a.
+    code, _, err = run_cli(capsys, "train", "--resume", str(a), "--out", str(b),
+                           "--steps", "4", "--overwrite", "--no-progress")
+    assert code == 0, err
+    assert [s.name for s in sorted((b / "checkpoints").iterdir())] == ["step_000004"]
+    rows = read_metrics(b / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [3, 4]

@@ -14,6 +14,8 @@ named by OUT/latest). --resume continues bitwise-exactly if the model, data, --s
 --seed and the global batch (batch size x grad accum x processes) are unchanged; the number
 of processes may change as long as the global batch stays the same. A larger --steps on
 resume extends the run (the cosine schedule is then stretched from that point on).
+--resume PATH --out OTHER continues run PATH into OTHER (PATH is left untouched); OTHER must
+not already hold a run unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -99,17 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue the run in --out (or the run/checkpoint PATH) exactly")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again even if --out already holds a run")
+                   help="start again even if --out already holds a run (with --resume PATH: "
+                        "replace the run in a different --out)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved options as JSON and exit")
     p.set_defaults(func=run)
-
-
-def _run_dir_of(path: Path) -> Path:
-    """The run directory holding a checkpoint path (or the path itself)."""
-    if path.parent.name == ckpt.CHECKPOINTS:
-        return path.parent.parent
-    return path
 
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
@@ -135,7 +131,9 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
             raise CheckpointError(f"nothing to resume: {exc}") from exc
         state, _ = ckpt.read_trainer_state(resume_dir)
         merged.update(state.get("config", {}))
-        merged["out"] = str(_run_dir_of(resume_dir if args.resume else target))
+        # The resumed run's folder, unless --out names another (which must not hold a run;
+        # the trainer checks).
+        merged["out"] = str(ckpt.run_dir_of(resume_dir if args.resume else target))
     merged.update(from_file)
     merged.update(explicit)
     if overrides or "model_overrides" not in merged:

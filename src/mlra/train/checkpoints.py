@@ -66,6 +66,21 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory holding a checkpoint (``RUN/checkpoints/step_N`` -> ``RUN``); any
+    other path is its own run directory."""
+    path = Path(checkpoint)
+    if path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    return path
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already holds a training run (a ``latest`` file or a checkpoint)."""
+    run_dir = Path(run_dir)
+    return (run_dir / LATEST).exists() or bool(list_checkpoints(run_dir))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Map ``path`` to a checkpoint/model directory.
 

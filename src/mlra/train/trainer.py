@@ -149,8 +149,12 @@ class Trainer:
                         f"cannot resume from {self.resume_dir}: it was trained with "
                         f"{key}={saved[key]!r}, this run has {key}={getattr(cfg, key)!r}"
                     )
-            if self.dist.is_main:
-                ckpt.clean_partial(self.out)
+            source_run = ckpt.run_dir_of(self.resume_dir)
+            if source_run.resolve() == self.out.resolve():
+                if self.dist.is_main:
+                    ckpt.clean_partial(self.out)
+            else:  # continuing into another folder: never clobber a run living there
+                self._main_first(lambda: self._prepare_out_dir(source_run), run_elsewhere=False)
         else:
             self._main_first(self._prepare_out_dir, run_elsewhere=False)
 
@@ -215,9 +219,17 @@ class Trainer:
             result = fn()
         return result
 
-    def _prepare_out_dir(self) -> None:
-        has_run = (self.out / ckpt.LATEST).exists() or ckpt.list_checkpoints(self.out)
+    def _prepare_out_dir(self, resumed_from: Path | None = None) -> None:
+        """Make ``self.out`` ready for a fresh run (or for continuing the run in
+        ``resumed_from``): refuse if it holds a run unless ``overwrite``, then clear it."""
+        has_run = ckpt.holds_run(self.out)
         if has_run and not self.overwrite:
+            if resumed_from is not None:
+                raise ConfigError(
+                    f"--out {self.out} already holds another training run; resuming "
+                    f"{resumed_from} into it would replace its checkpoints. Choose an empty "
+                    "--out, leave --out out to continue in place, or pass --overwrite"
+                )
             raise ConfigError(
                 f"{self.out} already holds a training run; continue it with --resume, or "
                 "pass --overwrite to start again, or choose another --out"
