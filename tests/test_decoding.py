@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import mlra
 from mlra.attention import LatentAttention
 from mlra.cache import PagedKVCache
-from mlra.decoding import Decoder, dense_forward
+from mlra.decoding import Decoder, GenerationError, dense_forward
 
 LATENT = ("mla", "gla_2", "gla_4", "mlra_2", "mlra_4")
 NAN = float("nan")
@@ -189,3 +189,42 @@ def test_decoder_rejects_bad_input():
         dec.prefill([sid], [[1, 2]], form="absorbed")
     with pytest.raises(ValueError, match="different model"):
         Decoder(tiny_model("mla"), dec.cache)
+
+
+@pytest.mark.parametrize("bad", [512, -1])
+def test_failed_decode_leaves_the_cache_as_it_was(bad):
+    model = tiny_model("mlra_2")
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, model.config.vocab_size, (9,), generator=g)
+    ref = model(ids[None]).logits[0]
+    dec = _decoder(model, page_size=4)
+    sid = dec.add_sequence()
+    dec.prefill([sid], [ids[:8]])  # 8 tokens: exactly two full pages, the next needs a third
+    free = dec.cache.num_free_pages
+    with pytest.raises(GenerationError, match=f"token id {bad} is outside the vocabulary"):
+        dec.decode([sid], torch.tensor([[bad]]))
+    assert dec.cache.length(sid) == 8 and dec.cache.num_free_pages == free
+    out = dec.decode([sid], ids[8:9][None])[0, 0]
+    assert _rel(out, ref[8]) <= 1e-5
+
+
+def test_a_step_that_raises_is_rolled_back(monkeypatch):
+    model = tiny_model("gqa")
+    dec = _decoder(model, page_size=4)
+    a, b = dec.add_sequence(), dec.add_sequence()
+    dec.prefill([a, b], [[1, 2, 3, 4], [5, 6]])
+    pages = {s: dec.cache.pages(s) for s in (a, b)}
+    free = dec.cache.num_free_pages
+
+    def boom(*args):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(dec, "step", boom)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        dec.decode([a, b], torch.tensor([7, 8]))
+    assert [dec.cache.length(a), dec.cache.length(b)] == [4, 2]
+    assert {s: dec.cache.pages(s) for s in (a, b)} == pages
+    assert dec.cache.num_free_pages == free
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        dec.prefill([a, b], [[1], [999]])
+    assert [dec.cache.length(a), dec.cache.length(b)] == [4, 2]

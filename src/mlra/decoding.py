@@ -20,17 +20,23 @@ Two paths, sharing the model's own attention steps (``query``, ``kv_state``, ``a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from mlra import kernels
 from mlra.attention import Attention, LatentAttention
 from mlra.cache import CacheLayout, PagedKVCache
+from mlra.errors import MlraError
 from mlra.layers import Rotary
 from mlra.model import Transformer
 
 FORMS = ("expanded", "absorbed")
+
+
+class GenerationError(MlraError, ValueError):
+    """A generation request is invalid (empty prompt, token out of range, too long, ...)."""
 
 
 # ----------------------------------------------------------------------------- paged path
@@ -255,6 +261,32 @@ class Decoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        vocab = self.model.config.vocab_size
+        bad = (ids < 0) | (ids >= vocab)
+        if bool(bad.any()):
+            raise GenerationError(f"token id {int(ids[bad][0])} is outside the vocabulary "
+                                  f"[0, {vocab})")
+
+    @contextmanager
+    def _rollback_on_error(self, seq_ids: Sequence[int]) -> Iterator[None]:
+        """Undo the cache bookkeeping of a step that raises: each sequence gets back its
+        length, and the pages it was given are returned (the free list ends as it was). Rows
+        written into those positions are unreachable and overwritten by the next step."""
+        cache = self.cache
+        sids = list(dict.fromkeys(seq_ids))
+        before = {s: (cache._lens[s], len(cache._pages[s])) for s in sids}
+        try:
+            yield
+        except BaseException:
+            for s in reversed(sids):  # reverse of the order reserve() took the pages in
+                length, n_pages = before[s]
+                extra = cache._pages[s][n_pages:]
+                del cache._pages[s][n_pages:]
+                cache._free.extend(reversed(extra))
+                cache._lens[s] = length
+            raise
+
     @torch.no_grad()
     def prefill(
         self,
@@ -275,6 +307,19 @@ class Decoder:
             raise ValueError("one prompt per sequence id")
         if any(len(p) == 0 for p in lists):
             raise ValueError("prompts must not be empty")
+        for p in lists:
+            self._check_ids(p)
+        with self._rollback_on_error(seq_ids):
+            return self._prefill(seq_ids, lists, form, all_logits, chunk_size)
+
+    def _prefill(
+        self,
+        seq_ids: Sequence[int],
+        lists: list[torch.Tensor],
+        form: str,
+        all_logits: bool,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
         lens = [len(p) for p in lists]
         chunk = chunk_size or max(lens)
         vocab_out: list[torch.Tensor] = []
@@ -302,14 +347,17 @@ class Decoder:
     @torch.no_grad()
     def decode(self, seq_ids: Sequence[int], tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` [batch] or [batch, T] (same T for all) through the paged path;
-        returns logits [batch, T, vocab]."""
+        returns logits [batch, T, vocab]. A token outside the vocabulary is a
+        :class:`GenerationError`; if the step fails, the sequences are left as they were."""
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         if tokens.dim() == 1:
             tokens = tokens[:, None]
         B, T = tokens.shape
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
-        self.cache.extend(seq_ids, [T] * B)
-        block_table = self.cache.block_table(seq_ids)
-        seq_lens = self.cache.seq_lens(seq_ids)
-        return self.step(tokens, block_table, seq_lens)
+        self._check_ids(tokens)
+        with self._rollback_on_error(seq_ids):
+            self.cache.extend(seq_ids, [T] * B)
+            block_table = self.cache.block_table(seq_ids)
+            seq_lens = self.cache.seq_lens(seq_ids)
+            return self.step(tokens, block_table, seq_lens)

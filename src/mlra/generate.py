@@ -16,17 +16,12 @@ from pathlib import Path
 import torch
 
 from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError, PagedKVCache
-from mlra.decoding import Decoder
-from mlra.errors import MlraError
+from mlra.decoding import Decoder, GenerationError
 from mlra.model import Transformer
 from mlra.sampling import sample_next, validate_sampling
 
 TokenCallback = Callable[[int, int], None]
 """``callback(prompt_index, token)``, called for every generated token as it is produced."""
-
-
-class GenerationError(MlraError, ValueError):
-    """A generation request is invalid (empty prompt, token out of range, too long, ...)."""
 
 
 # ----------------------------------------------------------------------------- checkpoints
