@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
@@ -115,6 +116,11 @@ def test_vocab_limit_keeps_tokens_inside_a_smaller_tokenizer():
     ([[1]], {"temperature": -1.0}, "temperature"),
     ([[1]], {"top_p": 0.0}, "top_p"),
     ([[1]], {"max_new_tokens": -1}, "max_new_tokens"),
+    ([[1, True]], {}, "not an integer token id"),
+    ([[1, np.bool_(True)]], {}, "not an integer token id"),
+    ([[1, np.float64(2.0)]], {}, "not an integer token id"),
+    (np.array([1, 2, 3]), {}, r"must be \[batch, time\]"),
+    ([np.int64(1), np.int64(2)], {}, "wrap a single prompt"),
 ])
 def test_invalid_requests_are_clear_errors(prompts, kwargs, match):
     model = tiny_model("mla")
@@ -128,6 +134,18 @@ def test_zero_new_tokens_and_tensor_prompts():
     ids = torch.tensor([[4, 5, 6], [7, 8, 9]])
     assert mlra.generate(model, ids, max_new_tokens=2) == mlra.generate(
         model, ids.tolist(), max_new_tokens=2)
+
+
+def test_numpy_prompts_give_the_same_tokens_as_lists():
+    model = tiny_model("mlra_2")
+    lists = [[4, 5, 6], [7, 8, 9]]
+    want = mlra.generate(model, lists, max_new_tokens=3)
+    arr = np.array(lists, dtype=np.int64)
+    assert mlra.generate(model, arr, max_new_tokens=3) == want
+    assert mlra.generate(model, arr.astype(np.uint16), max_new_tokens=3) == want
+    assert mlra.generate(model, list(arr), max_new_tokens=3) == want  # 1-D arrays
+    scalars = [[np.int64(t) for t in lists[0]], [np.int32(t) for t in lists[1]]]
+    assert mlra.generate(model, scalars, max_new_tokens=3) == want
 
 
 # ----------------------------------------------------------------------------- CLI

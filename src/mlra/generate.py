@@ -9,10 +9,13 @@ conditions and give their pages back at once, while the others continue.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError, PagedKVCache
@@ -40,10 +43,25 @@ def load_inference_model(
 
 
 # ----------------------------------------------------------------------------- validation
+def _token(t: object, i: int) -> int:
+    """One token id as an int: Python, NumPy or 0-d tensor integers; never bools or floats."""
+    if isinstance(t, (bool, np.bool_)) or (
+        isinstance(t, (torch.Tensor, np.ndarray)) and t.dtype in (torch.bool, np.bool_)
+    ):
+        raise GenerationError(f"prompt {i} holds {t!r}, not an integer token id")
+    try:
+        return operator.index(t)
+    except TypeError:
+        raise GenerationError(f"prompt {i} holds {t!r}, not an integer token id") from None
+
+
 def check_prompts(prompts: object, vocab_size: int) -> list[list[int]]:
-    """Prompts as lists of ints; :class:`GenerationError` naming the first bad prompt/token."""
-    if isinstance(prompts, torch.Tensor):
-        if prompts.dim() != 2:
+    """Prompts as lists of ints; :class:`GenerationError` naming the first bad prompt/token.
+
+    Accepts a list of token-id sequences (lists, tuples, 1-D tensors or arrays; ids may be
+    NumPy integers) or a 2-D ``[batch, time]`` tensor / NumPy array."""
+    if isinstance(prompts, (torch.Tensor, np.ndarray)):
+        if prompts.ndim != 2:
             raise GenerationError(
                 f"a prompt tensor must be [batch, time], got shape {tuple(prompts.shape)}"
             )
@@ -52,16 +70,19 @@ def check_prompts(prompts: object, vocab_size: int) -> list[list[int]]:
         raise GenerationError("prompts must be a list of token-id lists")
     out: list[list[int]] = []
     for i, p in enumerate(prompts):
-        if isinstance(p, int) or (isinstance(p, torch.Tensor) and p.dim() == 0):
+        if isinstance(p, numbers.Integral) or (
+            isinstance(p, (torch.Tensor, np.ndarray)) and p.ndim == 0
+        ):
             raise GenerationError(
                 "prompts must be a list of token-id lists; wrap a single prompt as [ids]"
             )
-        ids = p.tolist() if isinstance(p, torch.Tensor) else list(p)
+        if isinstance(p, (str, bytes)) or not isinstance(p, Iterable):
+            raise GenerationError(f"prompt {i} is {p!r}, not a sequence of token ids")
+        seq = p.tolist() if isinstance(p, (torch.Tensor, np.ndarray)) else p
+        ids = [_token(t, i) for t in seq]
         if not ids:
             raise GenerationError(f"prompt {i} is empty; give at least one token")
         for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise GenerationError(f"prompt {i} holds {t!r}, not an integer token id")
             if not 0 <= t < vocab_size:
                 raise GenerationError(
                     f"prompt {i} holds token id {t}, outside the vocabulary [0, {vocab_size})"
@@ -74,7 +95,7 @@ def check_prompts(prompts: object, vocab_size: int) -> list[list[int]]:
 @torch.no_grad()
 def generate(
     model: Transformer,
-    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    prompts: Sequence[Sequence[int]] | torch.Tensor | np.ndarray,
     max_new_tokens: int = 32,
     temperature: float = 0.0,
     top_k: int | None = None,
