@@ -107,6 +107,25 @@ def test_vocab_limit_keeps_tokens_inside_a_smaller_tokenizer():
     assert all(t < 10 for t in out[0])
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, None, None), (1.0, None, None),
+                                                       (0.8, 20, None), (1.5, None, 0.9)])
+def test_sample_next_vocab_limit_equals_masking_the_logits(temperature, top_k, top_p):
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    logits[:, 40:] += 10.0  # the likeliest ids lie beyond the limit
+    masked = logits.clone()
+    masked[:, 30:] = float("-inf")
+    before = logits.clone()
+
+    def draws(x, **kw):
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        return [sample_next(x, temperature, top_k, top_p, gens, **kw).tolist() for _ in range(8)]
+
+    got = draws(logits, vocab_limit=30)
+    assert got == draws(masked)  # same ids, same random stream step after step
+    assert max(max(row) for row in got) < 30
+    assert torch.equal(logits, before)  # the caller's logits are not modified
+
+
 @pytest.mark.parametrize("prompts, kwargs, match", [
     ([[1, 2], []], {}, "prompt 1 is empty"),
     ([[1, 512]], {}, "outside the vocabulary"),

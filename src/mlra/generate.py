@@ -183,10 +183,8 @@ def generate(
     committed = 0  # pages promised to active sequences at their full length
 
     def emit(rows: list[int], logits: torch.Tensor) -> None:
-        if vocab_limit is not None:
-            logits = logits.clone()
-            logits[:, vocab_limit:] = float("-inf")
-        tokens = sample_next(logits, temperature, top_k, top_p, [gens[j] for j in rows])
+        tokens = sample_next(logits, temperature, top_k, top_p, [gens[j] for j in rows],
+                             vocab_limit=vocab_limit)
         for j, tok in zip(rows, tokens.tolist(), strict=True):
             outs[j].append(tok)
             if callback is not None:

@@ -42,16 +42,23 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generators: Sequence[torch.Generator | None] | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
     """Next token per row of ``logits`` [batch, vocab] -> int64 [batch].
 
     ``temperature == 0`` is greedy (argmax). Otherwise row ``i`` is drawn from
     softmax(filtered logits / temperature) with ``generators[i]`` (None: the global RNG), so a
-    sequence's draws do not depend on the other rows of the batch.
+    sequence's draws do not depend on the other rows of the batch. ``vocab_limit`` restricts
+    the choice to ids below it without copying ``logits`` (greedy reads a slice; sampling
+    masks its own scaled copy, drawing over the full width so the random stream is the same
+    as for logits masked beforehand).
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+        return (logits if vocab_limit is None else logits[:, :vocab_limit]).argmax(dim=-1)
+    scaled = logits.float() / temperature  # a new tensor: masked in place below
+    if vocab_limit is not None:
+        scaled[:, vocab_limit:] = float("-inf")
+    probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
     gens = list(generators) if generators is not None else [None] * probs.shape[0]
     if len(gens) != probs.shape[0]:
         raise ValueError(f"{len(gens)} generators for {probs.shape[0]} rows")
