@@ -114,3 +114,19 @@ def test_for_model_takes_dtype_and_rounds_to_pages():
     assert cache.pools[0]["rows"].shape == (7, 16, 128 + 16)
     with pytest.raises(ValueError):
         PagedKVCache(tiny_config("mla"), num_pages=0)
+
+
+def test_truncate_undoes_an_extend_exactly():
+    cache = PagedKVCache(tiny_config("mlra_4"), num_pages=6, page_size=4)
+    s = cache.add_sequence()
+    cache.extend([s], [3])
+    free_before, pages_before = list(cache._free), cache.pages(s)
+    cache.extend([s], [6])  # claims two more pages
+    assert cache.length(s) == 9 and len(cache.pages(s)) == 3
+    cache.truncate(s, 3, len(pages_before))
+    assert cache.length(s) == 3 and cache.pages(s) == pages_before
+    assert cache._free == free_before  # the same pages come back first, in the same order
+    cache.truncate(s, 0)
+    assert cache.length(s) == 0 and cache.pages(s) == []
+    with pytest.raises(ValueError, match="cannot truncate"):
+        cache.truncate(s, 1)

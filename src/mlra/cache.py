@@ -249,6 +249,19 @@ class PagedKVCache:
         page = self._pages[seq_id][position // self.page_size]
         return page * self.page_size + position % self.page_size
 
+    def truncate(self, seq_id: int, length: int, num_pages: int | None = None) -> None:
+        """Shorten a sequence to ``length`` tokens and return the pages past ``num_pages``
+        (default: the fewest that hold ``length``) to the front of the free list, so that undoing
+        the last :meth:`extend` leaves the pool exactly as it was."""
+        if not 0 <= length <= self._lens[seq_id]:
+            raise ValueError(f"cannot truncate sequence {seq_id} of {self._lens[seq_id]} tokens "
+                             f"to {length}")
+        keep = -(-length // self.page_size) if num_pages is None else num_pages
+        extra = self._pages[seq_id][keep:]
+        del self._pages[seq_id][keep:]
+        self._free.extend(reversed(extra))
+        self._lens[seq_id] = length
+
     def free(self, seq_id: int) -> None:
         """Forget a sequence and return its pages (they are reused first)."""
         pages = self._pages.pop(seq_id)

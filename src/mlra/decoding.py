@@ -275,16 +275,12 @@ class Decoder:
         written into those positions are unreachable and overwritten by the next step."""
         cache = self.cache
         sids = list(dict.fromkeys(seq_ids))
-        before = {s: (cache._lens[s], len(cache._pages[s])) for s in sids}
+        before = {s: (cache.length(s), len(cache.pages(s))) for s in sids}
         try:
             yield
         except BaseException:
             for s in reversed(sids):  # reverse of the order reserve() took the pages in
-                length, n_pages = before[s]
-                extra = cache._pages[s][n_pages:]
-                del cache._pages[s][n_pages:]
-                cache._free.extend(reversed(extra))
-                cache._lens[s] = length
+                cache.truncate(s, *before[s])
             raise
 
     @torch.no_grad()
