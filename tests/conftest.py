@@ -34,3 +34,26 @@ def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **o
 @pytest.fixture(params=mlra.VARIANTS)
 def variant(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def mlra_cache(tmp_path_factory):
+    """Keep the built-in corpus cache (``MLRA_CACHE``) out of the home directory, shared by the
+    session."""
+    path = tmp_path_factory.getbasetemp() / "mlra-cache"
+    old = os.environ.get("MLRA_CACHE")
+    os.environ["MLRA_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MLRA_CACHE", None)
+    else:
+        os.environ["MLRA_CACHE"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from more, and a busy machine loses a lot."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

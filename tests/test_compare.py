@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -11,26 +10,7 @@ import torch
 from mlra.cli import main
 from mlra.train.compare import CompareConfig, run_compare
 
-
-@pytest.fixture(scope="session")
-def mlra_cache(tmp_path_factory):
-    """Keep the built-in corpus cache out of the home directory (shared by the session)."""
-    path = tmp_path_factory.getbasetemp() / "mlra-cache"
-    old = os.environ.get("MLRA_CACHE")
-    os.environ["MLRA_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MLRA_CACHE", None)
-    else:
-        os.environ["MLRA_CACHE"] = old
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOY = dict(variants=("mha", "mlra_2"), steps=2, batch_size=2, seq_len=32, eval_interval=1,

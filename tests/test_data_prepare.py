@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
@@ -20,19 +19,6 @@ from mlra.data.shards import read_shard
 from mlra.data.sources import resolve_data
 from mlra.data.tokenizers import ByteTokenizer, load_tokenizer
 from mlra.errors import DataError
-
-
-@pytest.fixture(scope="session")
-def mlra_cache(tmp_path_factory):
-    """Keep the built-in corpus cache out of the home directory (shared by the session)."""
-    path = tmp_path_factory.getbasetemp() / "mlra-cache"
-    old = os.environ.get("MLRA_CACHE")
-    os.environ["MLRA_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MLRA_CACHE", None)
-    else:
-        os.environ["MLRA_CACHE"] = old
 
 
 def _decode(paths):

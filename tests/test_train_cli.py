@@ -8,21 +8,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from mlra.cli import main
 from mlra.train.metrics import read_metrics
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXT = "".join(f"Chapter {i}. The latent cache is split into heads across devices.\n\n"
                for i in range(600))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def run_cli(capsys, *argv):

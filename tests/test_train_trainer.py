@@ -20,33 +20,13 @@ from mlra.train.metrics import read_metrics
 from mlra.train.optim import is_decayed, lr_at, param_groups
 from mlra.train.trainer import Trainer, TrainingDiverged, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXT = (
     "Attention lets every token look at the tokens before it. Multi-head latent attention "
     "compresses keys and values into a small latent vector. Low-rank attention splits that "
     "latent into heads so tensor parallel devices each hold a part of the cache.\n\n"
 )
-
-
-@pytest.fixture(scope="session")
-def mlra_cache(tmp_path_factory):
-    """Keep the built-in corpus cache out of the home directory (shared by the session)."""
-    path = tmp_path_factory.getbasetemp() / "mlra-cache"
-    old = os.environ.get("MLRA_CACHE")
-    os.environ["MLRA_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MLRA_CACHE", None)
-    else:
-        os.environ["MLRA_CACHE"] = old
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and a busy CI machine loses a lot."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
