@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from mlra import ModelConfig, Transformer, kernels
-from mlra.cache import CacheLayout, PagedKVCache
+from mlra.bench.paged import random_paged_cache
+from mlra.cache import CacheLayout
 from mlra.decoding import DecodeStep
 
 VARIANTS = ("mlra_4", "mla", "gqa")
@@ -121,15 +122,7 @@ def bench_config(model: Transformer, batch: int, context: int, page: int, reps: 
     cfg = model.config
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    per_seq = math.ceil((context + 1) / page)
-    cache = PagedKVCache(cfg, batch * per_seq, page, dtype=dtype, device=device)
-    for pools in cache.pools:
-        for t in pools.values():
-            t.normal_()
-    # pages scattered over the pool, as after many allocations and frees
-    perm = torch.randperm(batch * per_seq, generator=torch.Generator().manual_seed(0))
-    block_table = perm.view(batch, per_seq).to(torch.int32).to(device)
-    seq_lens = torch.full((batch,), context + 1, dtype=torch.int32, device=device)
+    cache, block_table, seq_lens = random_paged_cache(cfg, batch, context, page, dtype, device)
     ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
 
     decode = DecodeStep(model, cache, compile=compile)

@@ -164,7 +164,8 @@ import torch.distributed as dist  # noqa: E402
 progress(f"torch {torch.__version__} imported; importing mlra")
 
 from mlra import ModelConfig, kernels  # noqa: E402
-from mlra.cache import CacheLayout, PagedKVCache  # noqa: E402
+from mlra.bench.paged import random_paged_cache  # noqa: E402
+from mlra.cache import CacheLayout  # noqa: E402
 from mlra.decoding import DecodeStep  # noqa: E402
 from mlra.parallel import (  # noqa: E402
     TensorParallelTransformer,
@@ -337,14 +338,7 @@ def bench_config(model: TensorParallelTransformer, batch: int, context: int, pag
     """One rank's measurement of one configuration (every member calls it in lockstep)."""
     cfg, device = model.config, model.tp.device
     dtype = next(model.parameters()).dtype
-    per_seq = math.ceil((context + 1) / page)
-    cache = PagedKVCache(cfg, batch * per_seq, page, dtype=dtype, device=device)
-    for pools in cache.pools:
-        for t in pools.values():
-            t.normal_()
-    perm = torch.randperm(batch * per_seq, generator=torch.Generator().manual_seed(0))
-    block_table = perm.view(batch, per_seq).to(torch.int32).to(device)
-    seq_lens = torch.full((batch,), context + 1, dtype=torch.int32, device=device)
+    cache, block_table, seq_lens = random_paged_cache(cfg, batch, context, page, dtype, device)
     ids = torch.randint(0, cfg.vocab_size, (batch, 1), generator=torch.Generator().manual_seed(1))
     ids = ids.to(device)  # same ids on every rank
     decode = DecodeStep(model, cache, compile=compile)
