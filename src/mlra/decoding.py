@@ -244,12 +244,26 @@ class Decoder:
     """
 
     def __init__(
-        self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False
+        self,
+        model: Transformer,
+        cache: PagedKVCache,
+        compile: bool | dict = False,
+        cuda_graphs: bool = False,
     ) -> None:
+        """``compile`` compiles the dense parts of the decode step (:class:`DecodeStep`);
+        ``cuda_graphs`` replays decode steps through CUDA graphs
+        (:class:`~mlra.cuda_graphs.GraphedDecodeStep`; the cache must be on a CUDA device)."""
         if cache.config != model.config:
             raise ValueError("the cache was built for a different model config")
         self.model, self.cache = model, cache
         self.step = DecodeStep(model, cache, compile=compile)
+        if cuda_graphs:
+            if cache.device.type != "cuda":
+                raise ValueError(f"cuda_graphs needs the model and cache on a CUDA device, "
+                                 f"not {cache.device}")
+            from mlra.cuda_graphs import GraphedDecodeStep
+
+            self.step = GraphedDecodeStep(self.step)
 
     def add_sequence(self) -> int:
         return self.cache.add_sequence()

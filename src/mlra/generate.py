@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlra import kernels
 from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError, PagedKVCache
 from mlra.decoding import Decoder, GenerationError
 from mlra.model import Transformer
@@ -109,6 +110,8 @@ def generate(
     page_size: int = DEFAULT_PAGE_SIZE,
     prefill_chunk: int | None = None,
     vocab_limit: int | None = None,
+    cuda_graphs: bool | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` tokens after each prompt; returns the new tokens of
     every prompt, in prompt order.
@@ -124,6 +127,9 @@ def generate(
     - ``prefill_chunk`` bounds the prompt tokens processed at once.
     - ``vocab_limit`` restricts the choice to ids below it (a tokenizer's vocabulary when the
       model's embedding is padded beyond it).
+    - ``cuda_graphs`` replays decode steps through CUDA graphs (default: on when the step runs
+      through the Triton kernels: a bf16/fp16 model on a CUDA device); ``compile`` also
+      compiles the dense parts of the step (``torch.compile``).
 
     Raises :class:`GenerationError` for an empty prompt, a token outside the vocabulary, or a
     prompt plus ``max_new_tokens`` beyond the model's context ``max_seq_len``.
@@ -170,7 +176,11 @@ def generate(
     param = next(model.parameters())
     device = param.device
     cache = PagedKVCache(cfg, num_pages, page_size, dtype=param.dtype, device=device)
-    decoder = Decoder(model, cache)
+    if cuda_graphs is None:  # on where the step runs through the (capturable) Triton kernels
+        cuda_graphs = kernels.triton_decodes(device, param.dtype)
+    if cuda_graphs and device.type != "cuda":
+        raise GenerationError(f"cuda_graphs needs the model on a CUDA device, not {device}")
+    decoder = Decoder(model, cache, compile=compile, cuda_graphs=cuda_graphs)
     gens = [
         torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
         for i in range(len(ids))

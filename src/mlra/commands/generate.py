@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="weights and cache dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="decode eagerly on a GPU (default: decode steps replayed through CUDA "
+                   "graphs, one capture per batch / table-size bucket)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the dense parts of the decode step (fewer kernels; "
+                   "compiles once per shape at start-up)")
     add_tp_arg(p)
     p.set_defaults(func=run)
 
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=stops, callback=stream,
         vocab_limit=None if tokenizer is None else tokenizer.vocab_size,
+        cuda_graphs=args.cuda_graphs and device.type == "cuda", compile=args.compile,
     )
     if stream is not None:
         stream.close()

@@ -42,6 +42,15 @@ def use_triton(t: torch.Tensor) -> bool:
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
+def triton_decodes(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether a cache of ``dtype`` on ``device`` decodes through the Triton kernels (for
+    the shapes they take): the path a CUDA graph can capture (the references synchronise with
+    the host)."""
+    device = torch.device(device)
+    return (device.type == "cuda" and dtype in _KERNEL_DTYPES
+            and os.environ.get("MLRA_DISABLE_TRITON", "0") in ("", "0") and triton_available())
+
+
 def latent_kernel_supports(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: torch.Tensor
                            ) -> bool:
     """Shapes the Triton latent kernel takes (others go to the reference): bf16/fp16 cache,
