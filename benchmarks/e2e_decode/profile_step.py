@@ -1,0 +1,133 @@
+"""Where a batch-1 decode step's time goes: kernels per step, their time, and the idle gaps.
+
+Profiles CUDA-graph replays of one :class:`~mlra.decoding.DecodeStep` of the paper-size model
+(random weights, bf16, random paged cache) with ``torch.profiler`` and prints, per mode
+(graph, compile+graph): wall time per step, kernels per step, the sum of kernel times (the
+rest of the wall time is the GPU idle between kernels), and the kernels grouped by name with
+their share of the step and an estimate of the bytes each group reads (weights only: the GEMMs)
+against the copy bandwidth.
+
+    PYTHONPATH=src python benchmarks/e2e_decode/profile_step.py --out "$OUT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mlra import ModelConfig, Transformer
+from mlra.bench.paged import random_paged_cache
+from mlra.decoding import DecodeStep
+
+
+def build(name: str, context: int, device: torch.device) -> Transformer:
+    cfg = ModelConfig.preset(name, size="paper", max_seq_len=max(context + 2, 2048),
+                             zero_init_output=False)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Transformer(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def short(name: str, width: int = 60) -> str:
+    for key in ("gemv", "gemm", "Kernel2", "splitKreduce", "nvjet", "cutlass"):
+        if key in name:
+            return f"[matmul] {name[:width]}"
+    return name[:width]
+
+
+@torch.no_grad()
+def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: int) -> dict:
+    device = next(model.parameters()).device
+    cfg = model.config
+    cache, table, lens = random_paged_cache(cfg, 1, context, 64, torch.bfloat16, device)
+    ids = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
+    torch._dynamo.reset()  # each mode compiles afresh
+    step = DecodeStep(model, cache, compile=compile)
+    for _ in range(3):
+        step(ids, table, lens)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(ids, table, lens)
+    for _ in range(5):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    wall_ms = start.elapsed_time(end) / reps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for avg in prof.key_averages():  # CUDA activity only: the kernels (and memcpys) replayed
+        if avg.device_time_total > 0:
+            g = groups[short(avg.key)]
+            g[0] += avg.count
+            g[1] += avg.device_time_total / 1e3  # ms
+    kernels = sum(g[0] for g in groups.values()) / reps
+    busy = sum(g[1] for g in groups.values()) / reps
+    table_rows = sorted(((n, c / reps, t / reps) for n, (c, t) in groups.items()),
+                        key=lambda r: -r[2])
+    return {"compile": compile, "wall_ms": wall_ms, "kernels_per_step": kernels,
+            "kernel_ms": busy, "idle_ms": wall_ms - busy,
+            "groups": [{"name": n, "per_step": c, "ms": t} for n, c, t in table_rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="mlra_4")
+    p.add_argument("--context", type=int, default=8192)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--modes", default="graph,compile",
+                   help="comma-separated: graph, compile, or a torch.compile mode such as "
+                   "max-autotune-no-cudagraphs (compiled with that mode)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    model = build(args.variant, args.context, device)
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    results = []
+    lines = [f"# Decode step profile: {args.variant}, batch 1, {args.context} cached tokens, "
+             f"{torch.cuda.get_device_name(device)}", "",
+             f"torch {torch.__version__}; weights {weights / 1e9:.2f} GB; "
+             f"`{' '.join(['python', *sys.argv])}`", ""]
+    for mode in args.modes.split(","):
+        compile = {"graph": False, "compile": True}.get(mode, {"mode": mode})
+        r = profile_mode(model, args.context, compile, args.reps)
+        r["mode"] = mode
+        results.append(r)
+        lines += [f"## {mode}: {r['wall_ms']:.3f} ms per step, {r['kernels_per_step']:.0f} "
+                  f"kernels, kernel time {r['kernel_ms']:.3f} ms, idle {r['idle_ms']:.3f} ms", "",
+                  "| kernel | per step | ms per step | share |", "|---|---|---|---|"]
+        lines += [f"| `{g['name']}` | {g['per_step']:.0f} | {g['ms']:.3f} | "
+                  f"{g['ms'] / r['wall_ms']:.1%} |" for g in r["groups"][: args.top]]
+        lines.append("")
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.md").write_text("\n".join(lines))
+        (out / "profile.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
