@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from mlra import ModelConfig, Transformer, kernels
+from mlra.bench.models import random_model
 from mlra.bench.paged import random_paged_cache
 from mlra.cache import CacheLayout
 from mlra.decoding import DecodeStep
@@ -86,15 +87,7 @@ def build_model(name: str, size: str, max_ctx: int, device: torch.device,
                 dtype: torch.dtype) -> Transformer:
     cfg = ModelConfig.preset(name, size=size, max_seq_len=max(max_ctx + 1, 2048),
                              zero_init_output=False)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Transformer(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    return random_model(cfg, device, dtype)
 
 
 def _time_replays(fn, device: torch.device, reps: int) -> float:
@@ -199,7 +192,7 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/e2e_decode/results")
+    p.add_argument("--out", default=os.environ.get("OUT") or "out/e2e_decode")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))

@@ -22,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mlra import ModelConfig, Transformer
+from mlra.bench.models import random_model
 from mlra.bench.paged import random_paged_cache
 from mlra.decoding import DecodeStep
 
@@ -29,15 +30,7 @@ from mlra.decoding import DecodeStep
 def build(name: str, context: int, device: torch.device) -> Transformer:
     cfg = ModelConfig.preset(name, size="paper", max_seq_len=max(context + 2, 2048),
                              zero_init_output=False)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = Transformer(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    return random_model(cfg, device, torch.bfloat16)
 
 
 def short(name: str, width: int = 60) -> str:

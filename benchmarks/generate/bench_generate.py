@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mlra import ModelConfig, Transformer
+from mlra.bench.models import random_model
 from mlra.generate import generate
 
 MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(cuda_graphs=True),
@@ -30,16 +31,8 @@ MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(cuda_graphs=True),
 
 
 def build(name: str, size: str, device: torch.device, dtype: torch.dtype) -> Transformer:
-    cfg = ModelConfig.preset(name, size=size, zero_init_output=False)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Transformer(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    return random_model(ModelConfig.preset(name, size=size, zero_init_output=False), device,
+                        dtype)
 
 
 def step_times(model, prompts, kw: dict, new_tokens: int, skip: int) -> tuple[float, float]:

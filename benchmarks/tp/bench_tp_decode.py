@@ -470,7 +470,7 @@ def merge_previous(path: Path, result: dict, degrees: list[int], fresh: bool) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/tp/results")
+    p.add_argument("--out", default=os.environ.get("OUT") or "out/tp")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--tp", default=None,
                    help="degrees to measure, each 1 or the number of processes (default both; "

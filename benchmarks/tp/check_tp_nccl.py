@@ -27,28 +27,27 @@ from pathlib import Path
 import torch
 
 from mlra import ModelConfig, Transformer
+from mlra.bench.models import random_model
 from mlra.cache import CacheLayout
 from mlra.generate import generate
 from mlra.parallel import shard_model
 from mlra.parallel.runtime import init_tp, shutdown_tp
 
 
-def build(name: str, size: str, device: torch.device) -> Transformer:
-    cfg = ModelConfig.preset(name, size=size, zero_init_output=False)
-    torch.manual_seed(0)  # the same weights on every rank (same generator, same calls)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = Transformer(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+def variant_config(name: str, size: str, gqa_kv_heads: int) -> ModelConfig:
+    over = {"n_kv_heads": gqa_kv_heads} if name == "gqa" and gqa_kv_heads else {}
+    return ModelConfig.preset(name, size=size, zero_init_output=False, **over)
+
+
+def build(cfg: ModelConfig, device: torch.device) -> Transformer:
+    # the same weights on every rank: same seed, same generator calls
+    return random_model(cfg, device, torch.bfloat16)
 
 
 @torch.no_grad()
-def check(name: str, size: str, ctx, prompt: list[int], new_tokens: int) -> dict:
-    full = build(name, size, ctx.device)
+def check(cfg: ModelConfig, ctx, prompt: list[int], new_tokens: int) -> dict:
+    name = cfg.name
+    full = build(cfg, ctx.device)
     ids = torch.tensor([prompt], device=ctx.device)
     ref_logits = full(ids).logits.float()
     exact = full.float()(ids).logits  # the same weights in fp32: the scale of bf16 rounding
@@ -90,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default="mlra_4")
     p.add_argument("--size", default="paper", help="model size preset (tiny: CPU smoke test)")
+    p.add_argument("--gqa-kv-heads", type=int, default=0,
+                   help="GQA with this many K/V heads (the paper preset's 6 allow TP 1, 2, 3, "
+                   "6; 8 allows TP 4); 0: the preset")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--out", default=None)
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(1)
     rows = []
     for name in args.variants.split(","):
-        vocab = ModelConfig.preset(name, size=args.size).vocab_size
-        prompt = torch.randint(0, vocab, (args.prompt_len,), generator=g).tolist()
-        row = check(name, args.size, ctx, prompt, args.new_tokens)
+        cfg = variant_config(name, args.size, args.gqa_kv_heads)
+        prompt = torch.randint(0, cfg.vocab_size, (args.prompt_len,), generator=g).tolist()
+        row = check(cfg, ctx, prompt, args.new_tokens)
         rows.append(row)
         if ctx.is_main:
             part = ("all equal" if row["tokens_equal"] else

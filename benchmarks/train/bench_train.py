@@ -217,7 +217,7 @@ def main() -> int:
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak dense bf16 TFLOP/s of the GPU (default: from its name)")
-    p.add_argument("--out", default="benchmarks/train/results.json")
+    p.add_argument("--out", default="out/train/results.json")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -370,7 +370,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-lengths", default=BATCH_LENGTHS,
                    help=f"batched sweep lengths (default {BATCH_LENGTHS}); '' to skip")
     p.add_argument("--reps", type=int, default=100, help="timed calls per point (default 100)")
-    p.add_argument("--out", default="benchmarks/decode/results",
+    p.add_argument("--out", default="out/decode",
                    help="directory for decode.json / decode.md / decode.png")
     p.add_argument("--no-flashmla", action="store_true", help="do not time FlashMLA")
     p.add_argument("--no-check", action="store_true", help="skip the reference check")
