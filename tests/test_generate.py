@@ -3,6 +3,7 @@ errors; the ``mlra generate`` command."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -207,6 +208,26 @@ def test_cli_generate_token_ids(byte_checkpoint, capsys):
                  "4"]) == 0
     expected = mlra.generate(model, [[1, 2, 3]], max_new_tokens=4)[0]
     assert capsys.readouterr().out.split() == [str(t) for t in expected]
+
+
+@pytest.mark.parametrize("flags, compile, graphs", [
+    ([], False, False), (["--compile", "--no-cuda-graphs"], True, False)])
+def test_cli_generate_passes_the_decode_options(byte_checkpoint, capsys, monkeypatch, flags,
+                                                 compile, graphs):
+    """--compile reaches generate; on a CPU CUDA graphs are off whatever the flags."""
+    gen = importlib.import_module("mlra.generate")  # the module (mlra.generate is the function)
+    seen, real = {}, gen.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **dict(kwargs, compile=False))  # compiling would only be slow here
+
+    monkeypatch.setattr(gen, "generate", spy)
+    _, path = byte_checkpoint
+    assert main(["generate", "--checkpoint", str(path), "--ids", "1,2", "--max-new-tokens", "2",
+                 "--device", "cpu", *flags]) == 0
+    assert (seen["compile"], seen["cuda_graphs"]) == (compile, graphs)
+    assert len(capsys.readouterr().out.split()) == 2
 
 
 @pytest.mark.parametrize("extra, match", [

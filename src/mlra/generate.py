@@ -129,7 +129,8 @@ def generate(
       model's embedding is padded beyond it).
     - ``cuda_graphs`` replays decode steps through CUDA graphs (default: on when the step runs
       through the Triton kernels: a bf16/fp16 model on a CUDA device); ``compile`` also
-      compiles the dense parts of the step (``torch.compile``).
+      compiles the dense parts of the step (``torch.compile``; on a GPU in max-autotune mode,
+      which takes seconds to tens of seconds per batch size the first time).
 
     Raises :class:`GenerationError` for an empty prompt, a token outside the vocabulary, or a
     prompt plus ``max_new_tokens`` beyond the model's context ``max_seq_len``.
