@@ -1,11 +1,13 @@
-"""Shared pieces of the Triton decode kernels: availability, the interpreter workaround, the
-split-KV heuristic and the log-sum-exp merge of split partial results.
+"""Shared pieces of the Triton decode kernels: availability, the interpreter workaround, launch
+configuration, the split-KV heuristic and workspaces, tile loads and the log-sum-exp merge of
+split partial results.
 
 Import only after checking :func:`triton_available` -- this module imports triton.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -111,6 +113,49 @@ def choose_num_splits(
     return best
 
 
+def resolve_config(config, default):
+    """``default`` (a kernel-config dataclass) with the fields ``config`` sets (not None)."""
+    if config is None:
+        return default
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
+
+
+def num_splits_for(
+    num_splits: int | None, max_seq_len: int | None, block_table: torch.Tensor, page: int,
+    programs: int, block_n: int, ref: torch.Tensor, ctas_per_sm: int,
+) -> int:
+    """``num_splits`` or, when None, the wave model's choice for ``programs`` thread blocks over
+    ``max_seq_len`` tokens (default: the block table's capacity, an upper bound that needs no
+    device synchronisation)."""
+    if num_splits is None:
+        if max_seq_len is None:
+            max_seq_len = block_table.shape[1] * page
+        num_splits = choose_num_splits(programs, max_seq_len, block_n, device_sms(ref),
+                                       ctas_per_sm=ctas_per_sm)
+    return max(1, int(num_splits))
+
+
+def split_workspaces(
+    num_splits: int, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the splits write: ``out`` / ``lse`` themselves for one split, else fp32 buffers
+    ``[num_splits, *out.shape]`` / ``[num_splits, *lse.shape]`` for :func:`finish_splits`."""
+    if num_splits == 1:
+        return out.unsqueeze(0), lse.unsqueeze(0)
+    return (torch.empty(num_splits, *out.shape, dtype=torch.float32, device=out.device),
+            torch.empty(num_splits, *lse.shape, dtype=torch.float32, device=out.device))
+
+
+def finish_splits(o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor) -> None:
+    """Merge the split partials into ``out`` / ``lse`` (nothing to do for one split)."""
+    n = o_ws.shape[0]
+    if n > 1:
+        d = out.shape[-1]
+        merge_splits(o_ws.view(n, -1, d), lse_ws.view(n, -1), out.view(-1, d), lse.view(-1))
+
+
 def tma_possible(cache: torch.Tensor, block_n: int, widths: tuple[int, ...]) -> bool:
     """Whether cache tiles can be loaded by TMA: Hopper or newer (or the interpreter), each tile
     inside one page, power-of-two tile widths, and a pool that is one 2-D row-major array."""
@@ -136,6 +181,21 @@ def make_descriptor(flat: torch.Tensor, block_shape: list[int]):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), block_shape)
+
+
+@triton.jit
+def load_cols(row_ptrs, offs_n, end, offs_c, C: tl.constexpr, C_PAD: tl.constexpr,
+              MASK: tl.constexpr):
+    """Load a [BLOCK_N, C_PAD] tile of columns ``offs_c`` of each row (zeros where masked:
+    rows at or past ``end`` when ``MASK``, columns past ``C``)."""
+    ptrs = row_ptrs[:, None] + offs_c[None, :]
+    if MASK:
+        if C_PAD != C:
+            return tl.load(ptrs, mask=(offs_n < end)[:, None] & (offs_c < C)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(offs_n < end)[:, None], other=0.0)
+    if C_PAD != C:
+        return tl.load(ptrs, mask=(offs_c < C)[None, :], other=0.0)
+    return tl.load(ptrs)
 
 
 @triton.jit

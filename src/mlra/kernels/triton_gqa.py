@@ -16,11 +16,13 @@ import triton.language as tl
 from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
-    choose_num_splits,
-    device_sms,
+    finish_splits,
+    load_cols,
     make_descriptor,
-    merge_splits,
     next_pow2,
+    num_splits_for,
+    resolve_config,
+    split_workspaces,
     tile_pages,
     tma_possible,
 )
@@ -36,18 +38,6 @@ class GQAKernelConfig:
     block_m: int | None = None
     #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
     use_tma: bool | None = None
-
-
-@triton.jit
-def _load_tile(ptrs, offs_n, end, offs_d, D: tl.constexpr, D_PAD: tl.constexpr,
-               MASK: tl.constexpr):
-    if MASK:
-        if D_PAD != D:
-            return tl.load(ptrs, mask=(offs_n < end)[:, None] & (offs_d < D)[None, :], other=0.0)
-        return tl.load(ptrs, mask=(offs_n < end)[:, None], other=0.0)
-    if D_PAD != D:
-        return tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
-    return tl.load(ptrs)
 
 
 @triton.jit
@@ -71,8 +61,8 @@ def _gqa_tile(
         offs_v = tl.arange(0, DV_PAD)
         k_rows = k_ptr + (page * s_kp + slot * s_kr)
         v_rows = v_ptr + (page * s_vp + slot * s_vr)
-        k = _load_tile(k_rows[:, None] + offs_d[None, :], offs_n, end, offs_d, D, D_PAD, MASK)
-        v = _load_tile(v_rows[:, None] + offs_v[None, :], offs_n, end, offs_v, DV, DV_PAD, MASK)
+        k = load_cols(k_rows, offs_n, end, offs_d, D, D_PAD, MASK)
+        v = load_cols(v_rows, offs_n, end, offs_v, DV, DV_PAD, MASK)
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASK:
         s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
@@ -202,12 +192,7 @@ def paged_gqa_decode_triton(
         q = q.contiguous()
     G = Hq // Hkv
     rows = Tq * G
-    cfg = default_gqa_config(D, Dv, rows, page)
-    if config is not None:
-        cfg = GQAKernelConfig(
-            block_n=config.block_n or cfg.block_n, num_warps=config.num_warps or cfg.num_warps,
-            num_stages=config.num_stages or cfg.num_stages, block_m=config.block_m or cfg.block_m,
-            use_tma=config.use_tma)
+    cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page))
     m_blocks = triton.cdiv(rows, cfg.block_m)
     can_tma = (tma_possible(k_cache, cfg.block_n, (D,))
                and tma_possible(v_cache, cfg.block_n, (Dv,))
@@ -223,17 +208,9 @@ def paged_gqa_decode_triton(
                                  [cfg.block_n, Dv])
     else:
         k_desc, v_desc = k_cache, v_cache
-    if num_splits is None:
-        if max_seq_len is None:
-            max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
-        num_splits = choose_num_splits(B * Hkv * m_blocks, max_seq_len, cfg.block_n,
-                                       device_sms(k_cache), ctas_per_sm=2)
-    num_splits = max(1, int(num_splits))
-    if num_splits == 1:
-        o_ws, lse_ws = out.unsqueeze(0), lse.unsqueeze(0)
-    else:
-        o_ws = torch.empty(num_splits, B, Tq, Hq, Dv, dtype=torch.float32, device=dev)
-        lse_ws = torch.empty(num_splits, B, Tq, Hq, dtype=torch.float32, device=dev)
+    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * Hkv * m_blocks,
+                                cfg.block_n, k_cache, ctas_per_sm=2)
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B * Hkv)
     _gqa_decode_kernel[grid](
         q, k_cache, v_cache, k_desc, v_desc, block_table, seq_lens, o_ws, lse_ws,
@@ -248,7 +225,5 @@ def paged_gqa_decode_triton(
         USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if num_splits > 1:
-        merge_splits(o_ws.view(num_splits, -1, Dv), lse_ws.view(num_splits, -1),
-                     out.view(-1, Dv), lse.view(-1))
+    finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

@@ -24,11 +24,13 @@ import triton.language as tl
 from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
-    choose_num_splits,
-    device_sms,
+    finish_splits,
+    load_cols,
     make_descriptor,
-    merge_splits,
     next_pow2,
+    num_splits_for,
+    resolve_config,
+    split_workspaces,
     tile_pages,
     tma_possible,
 )
@@ -49,20 +51,6 @@ class LatentKernelConfig:
     streams_per_program: int | None = None
     #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
     use_tma: bool | None = None
-
-
-@triton.jit
-def _load_cols(row_ptrs, offs_n, end, offs_c, C: tl.constexpr, C_PAD: tl.constexpr,
-               MASK: tl.constexpr):
-    """Load a [BLOCK_N, C_PAD] tile of columns ``offs_c`` of each row (zeros where masked)."""
-    ptrs = row_ptrs[:, None] + offs_c[None, :]
-    if MASK:
-        if C_PAD != C:
-            return tl.load(ptrs, mask=(offs_n < end)[:, None] & (offs_c < C)[None, :], other=0.0)
-        return tl.load(ptrs, mask=(offs_n < end)[:, None], other=0.0)
-    if C_PAD != C:
-        return tl.load(ptrs, mask=(offs_c < C)[None, :], other=0.0)
-    return tl.load(ptrs)
 
 
 @triton.jit
@@ -109,27 +97,27 @@ def _latent_tile(
         offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
         rows = cache_ptr + (page * s_cp + slot * s_cr)
         offs_w = tl.arange(0, W_PAD)
-        kr = _load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
+        kr = load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
         s_rope = tl.dot(qr, tl.trans(kr))
-        lat = _load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
+        lat = load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
     m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale, MASK)
     if NB > 1:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off1, offs_n, end, MASK)
         else:
-            lat = _load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
+            lat = load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
         m1, l1, a1 = _stream_update(q1, lat, s_rope, m1, l1, a1, offs_n, limit, qk_scale, MASK)
     if NB > 2:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off2, offs_n, end, MASK)
         else:
-            lat = _load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
+            lat = load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
         m2, l2, a2 = _stream_update(q2, lat, s_rope, m2, l2, a2, offs_n, limit, qk_scale, MASK)
     if NB > 3:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off3, offs_n, end, MASK)
         else:
-            lat = _load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
+            lat = load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
         m3, l3, a3 = _stream_update(q3, lat, s_rope, m3, l3, a3, offs_n, limit, qk_scale, MASK)
     return m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3
 
@@ -263,19 +251,6 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> Late
                               streams_per_program=1)
 
 
-def _resolve(cfg: LatentKernelConfig | None, default: LatentKernelConfig) -> LatentKernelConfig:
-    if cfg is None:
-        return default
-    return LatentKernelConfig(
-        block_n=cfg.block_n or default.block_n,
-        num_warps=cfg.num_warps or default.num_warps,
-        num_stages=cfg.num_stages or default.num_stages,
-        block_m=cfg.block_m or default.block_m,
-        streams_per_program=cfg.streams_per_program or default.streams_per_program,
-        use_tma=cfg.use_tma if cfg.use_tma is not None else default.use_tma,
-    )
-
-
 def _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset):
     if q_latent.dim() != 5 or q_rope.dim() != 4 or cache.dim() != 3:
         raise ValueError("expected q_latent [B,Tq,NB,Hq,W], q_rope [B,Tq,Hq,R], cache [P,page,row]")
@@ -356,7 +331,7 @@ def paged_latent_decode_triton(
     if cache.stride(-1) != 1:
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]
-    cfg = _resolve(config, default_latent_config(NB, W, R, Tq * Hq, page))
+    cfg = resolve_config(config, default_latent_config(NB, W, R, Tq * Hq, page))
     spp = cfg.streams_per_program
     if spp < 1 or NB % spp:
         raise ValueError(f"streams_per_program={spp} does not divide {NB} streams")
@@ -372,18 +347,11 @@ def paged_latent_decode_triton(
         rope_desc = make_descriptor(flat, [cfg.block_n, R])
     else:
         lat_desc = rope_desc = cache
-    if num_splits is None:
-        if max_seq_len is None:
-            max_seq_len = block_table.shape[1] * page  # an upper bound that needs no sync
-        width = spp * next_pow2(W) + R
-        num_splits = choose_num_splits(B * m_blocks * n_groups, max_seq_len, cfg.block_n,
-                                       device_sms(cache), ctas_per_sm=1 if width >= 512 else 2)
-    num_splits = max(1, int(num_splits))
-    if num_splits == 1:
-        o_ws, lse_ws = out.unsqueeze(0), lse.unsqueeze(0)
-    else:
-        o_ws = torch.empty(num_splits, B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
-        lse_ws = torch.empty(num_splits, B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    width = spp * next_pow2(W) + R
+    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
+                                B * m_blocks * n_groups, cfg.block_n, cache,
+                                ctas_per_sm=1 if width >= 512 else 2)
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
     _latent_decode_kernel[grid](
@@ -399,7 +367,5 @@ def paged_latent_decode_triton(
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if num_splits > 1:
-        merge_splits(o_ws.view(num_splits, -1, W), lse_ws.view(num_splits, -1),
-                     out.view(-1, W), lse.view(-1))
+    finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

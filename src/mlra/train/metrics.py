@@ -76,13 +76,7 @@ def plot_run(rows: Iterable[Mapping[str, Any]], path: str | Path, title: str = "
         ax.plot(*zip(*train, strict=True), label="train", lw=1, alpha=0.8)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation", lw=1.5, ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "step", "loss (nats/token)", title)
     return True
 
 
@@ -98,16 +92,22 @@ def plot_curves(
     for name, points in curves.items():
         if points:
             ax.plot(*zip(*points, strict=True), "o-", label=name, lw=1.5, ms=3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     if log_y:
         ax.set_yscale("log")
+    _finish(plt, fig, ax, path, xlabel, ylabel, title)
+    return True
+
+
+def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, ylabel: str,
+            title: str) -> None:
+    """Labels, grid and legend; write the figure to ``path`` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
     plt.close(fig)
-    return True
 
 
 def _save(fig: Any, path: str | Path) -> None:
