@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ import torch
 from mlra import ModelConfig, Transformer, kernels
 from mlra.bench.models import random_model
 from mlra.bench.paged import random_paged_cache
+from mlra.bench.timing import copy_bandwidth, graphed, median_seconds, synchronize
 from mlra.cache import CacheLayout
 from mlra.decoding import DecodeStep
 
@@ -50,63 +50,11 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(t)) for t in text.split(",") if t.strip())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30, iters: int = 20) -> float:
-    """Bytes moved per second (read + write) by a large device-to-device copy."""
-    if device.type != "cuda":
-        nbytes, iters = 64 << 20, 5
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    _sync(device)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(iters):
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        t = statistics.median(times)
-    else:
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            dst.copy_(src)
-        t = (time.perf_counter() - t0) / iters
-    del src, dst
-    return 2 * nbytes / t
-
-
 def build_model(name: str, size: str, max_ctx: int, device: torch.device,
                 dtype: torch.dtype) -> Transformer:
     cfg = ModelConfig.preset(name, size=size, max_seq_len=max(max_ctx + 1, 2048),
                              zero_init_output=False)
     return random_model(cfg, device, dtype)
-
-
-def _time_replays(fn, device: torch.device, reps: int) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs (device events on CUDA)."""
-    times = []
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(reps):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -126,26 +74,15 @@ def bench_config(model: Transformer, batch: int, context: int, page: int, reps: 
     t0 = time.time()
     for _ in range(3):  # warm-up: Triton / Inductor compilation, cuBLAS heuristics
         step()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.time() - t0
-    eager = _time_replays(step, device, max(3, reps // 4))
-    graph_s, graph_error = None, None
-    if use_graph and device.type == "cuda":
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
-            for _ in range(3):
-                graph.replay()
-            graph_s = _time_replays(graph.replay, device, reps)
-            del graph
-        except Exception as exc:  # record and fall back to eager timing
-            graph_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    eager = median_seconds(step, device, max(3, reps // 4))
+    fn, graph_error = graphed(step, device, use_graph)
+    graph_s = None
+    if fn is not step:
+        for _ in range(3):
+            fn()
+        graph_s = median_seconds(fn, device, reps)
     measured = graph_s if graph_s is not None else eager
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cache_bytes = batch * (context + 1) * cache.bytes_per_token()

@@ -150,7 +150,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import traceback  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
@@ -165,6 +164,7 @@ progress(f"torch {torch.__version__} imported; importing mlra")
 
 from mlra import ModelConfig, kernels  # noqa: E402
 from mlra.bench.paged import random_paged_cache  # noqa: E402
+from mlra.bench.timing import copy_bandwidth, graphed, median_seconds, synchronize  # noqa: E402
 from mlra.cache import CacheLayout  # noqa: E402
 from mlra.decoding import DecodeStep  # noqa: E402
 from mlra.parallel import (  # noqa: E402
@@ -186,60 +186,6 @@ MERGE_KEYS = ("size", "page_size", "dtype", "note")
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(t)) for t in text.split(",") if t.strip())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_s(fn, device: torch.device, reps: int) -> float:
-    """Median seconds of ``fn()`` (CUDA events on GPU, wall clock on CPU)."""
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _graphed(fn, device: torch.device, use_graph: bool):
-    """(callable to time, error or None): ``fn`` captured in a CUDA graph when possible."""
-    if not use_graph or device.type != "cuda":
-        return fn, None
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
-        _sync(device)
-        return graph.replay, None
-    except Exception as exc:  # record and time eagerly
-        _sync(device)
-        return fn, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes moved per second (read + write) by a large device-to-device copy."""
-    nbytes = (2 << 30) if device.type == "cuda" else (64 << 20)
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    return 2 * nbytes / _median_s(lambda: dst.copy_(src), device, 10)
 
 
 def variant_config(name: str, size: str, max_ctx: int, gqa_kv: int | None) -> ModelConfig:
@@ -321,11 +267,11 @@ def measure_comm(ctx: TPContext, cfg: ModelConfig, vocab_local: int, batch: int,
 
     for _ in range(3):
         comm()
-    _sync(ctx.device)
-    fn, err = _graphed(comm, ctx.device, use_graph)
-    t = _median_s(fn, ctx.device, reps)
-    single, _ = _graphed(one, ctx.device, use_graph)
-    t1 = _median_s(single, ctx.device, reps)
+    synchronize(ctx.device)
+    fn, err = graphed(comm, ctx.device, use_graph)
+    t = median_seconds(fn, ctx.device, reps)
+    single, _ = graphed(one, ctx.device, use_graph)
+    t1 = median_seconds(single, ctx.device, reps)
     out = {"comm_ms": t * 1e3, "all_reduce_us": t1 * 1e6}
     if err:
         out["comm_graph_error"] = err
@@ -349,11 +295,11 @@ def bench_config(model: TensorParallelTransformer, batch: int, context: int, pag
     t0 = time.time()
     for _ in range(3):  # Triton / cuBLAS / NCCL warm-up
         step()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.time() - t0
-    eager = _median_s(step, device, max(2, reps // 4))
-    fn, graph_error = _graphed(step, device, use_graph)
-    measured = _median_s(fn, device, reps) if fn is not step else eager
+    eager = median_seconds(step, device, max(2, reps // 4))
+    fn, graph_error = graphed(step, device, use_graph)
+    measured = median_seconds(fn, device, reps) if fn is not step else eager
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     row = {
         "step_s": measured, "eager_s": eager, "cuda_graph": fn is not step,

@@ -1,9 +1,11 @@
-"""Device timing: CUDA events around each call, L2 flushed before each, median of many."""
+"""Device timing: CUDA events around each call (L2 flushed before each in :func:`time_cuda`),
+median of many; wall-clock on the CPU for smoke tests; CUDA-graph capture for timing steps."""
 
 from __future__ import annotations
 
 import gc
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -59,10 +61,66 @@ def time_cuda(
     return Timing(statistics.median(times), q[0], q[-1], reps)
 
 
-def copy_bandwidth(device: torch.device | str = "cuda", nbytes: int = 2 << 30, reps: int = 20
-                   ) -> float:
-    """Measured device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
+def copy_bandwidth(device: torch.device | str = "cuda", nbytes: int | None = None,
+                   reps: int = 20) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s, counting bytes read plus written
+    (default size: 2 GiB on a GPU, 64 MiB elsewhere)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    nbytes = nbytes or ((2 << 30) if cuda else (64 << 20))
     src = torch.randint(0, 2**15, (nbytes // 2,), dtype=torch.int16, device=device)
     dst = torch.empty_like(src)
-    t = time_cuda(lambda: dst.copy_(src), reps=reps, warmup=3)
-    return 2 * nbytes / (t.median_us * 1e-6)
+    if cuda:
+        seconds = time_cuda(lambda: dst.copy_(src), reps=reps, warmup=3).median_us * 1e-6
+    else:
+        seconds = median_seconds(lambda: dst.copy_(src), device, reps)
+    return 2 * nbytes / seconds
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device`` (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Median seconds of whole ``fn()`` calls, launches included (CUDA events on a GPU, wall
+    clock elsewhere); no warm-up."""
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def graphed(fn: Callable[[], object], device: torch.device, use_graph: bool = True
+            ) -> tuple[Callable[[], object], str | None]:
+    """(callable to time, error or None): ``fn`` captured in a CUDA graph (after one warm-up
+    call on a side stream) and the graph's ``replay``; ``fn`` itself off CUDA, without
+    ``use_graph`` or when the capture fails (the error says why)."""
+    if not use_graph or device.type != "cuda":
+        return fn, None
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        synchronize(device)
+        return graph.replay, None
+    except Exception as exc:  # the caller times fn eagerly and records why
+        synchronize(device)
+        return fn, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
