@@ -113,6 +113,18 @@ def choose_num_splits(
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters of a decode kernel (``None`` fields are chosen by heuristics)."""
+
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    block_m: int | None = None
+    #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
+    use_tma: bool | None = None
+
+
 def resolve_config(config, default):
     """``default`` (a kernel-config dataclass) with the fields ``config`` sets (not None)."""
     if config is None:

@@ -16,6 +16,7 @@ import triton.language as tl
 from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
+    KernelConfig,
     finish_splits,
     load_cols,
     make_descriptor,
@@ -29,15 +30,8 @@ from mlra.kernels._triton_common import (
 
 
 @dataclass(frozen=True)
-class GQAKernelConfig:
+class GQAKernelConfig(KernelConfig):
     """Launch parameters of the GQA kernel (``None`` fields are chosen by heuristics)."""
-
-    block_n: int | None = None
-    num_warps: int | None = None
-    num_stages: int | None = None
-    block_m: int | None = None
-    #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
-    use_tma: bool | None = None
 
 
 @triton.jit

@@ -24,6 +24,7 @@ import triton.language as tl
 from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
+    KernelConfig,
     finish_splits,
     load_cols,
     make_descriptor,
@@ -39,18 +40,12 @@ MAX_STREAMS = 4  # streams per launch; more are processed in groups of four
 
 
 @dataclass(frozen=True)
-class LatentKernelConfig:
+class LatentKernelConfig(KernelConfig):
     """Launch parameters of the latent kernel (``None`` fields are chosen by heuristics)."""
 
-    block_n: int | None = None
-    num_warps: int | None = None
-    num_stages: int | None = None
-    block_m: int | None = None
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
-    use_tma: bool | None = None
 
 
 @triton.jit
