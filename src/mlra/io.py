@@ -69,7 +69,8 @@ def save_model(model: Transformer, directory: str | Path, extra: dict | None = N
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    atomic_write(directory / WEIGHTS_FILE,
+                 lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "model": model.config.to_dict(), **(extra or {})}
     atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,33 @@
+"""Hugging Face integration (``pip install 'mlra[hf]'``).
+
+Importing this package registers ``model_type="mlra"`` with ``AutoConfig`` and
+``AutoModelForCausalLM``. Saved directories also load with ``trust_remote_code=True`` without
+importing it first.
+
+- :class:`MlraConfig`: a ``PretrainedConfig`` with every :class:`~mlra.config.ModelConfig` field;
+- :class:`MlraForCausalLM`: ``PreTrainedModel`` + ``GenerationMixin`` around our model;
+- :class:`MlraCache`: the compact decoding cache ``generate`` uses;
+- :func:`export_hf`: write a model and its tokenizer as a transformers directory;
+- :mod:`mlra.hf.peft`: LoRA on the latent up-projection ``wkv_b``.
+"""
+
+from __future__ import annotations
+
+try:
+    import transformers  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mlra.hf needs the optional packages of the hf extra: pip install 'mlra[hf]'"
+    ) from exc
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mlra.hf.cache import MlraCache, MlraLayerCache
+from mlra.hf.config import MODEL_TYPE, MlraConfig
+from mlra.hf.export import export_hf
+from mlra.hf.modeling import MlraForCausalLM
+
+AutoConfig.register(MODEL_TYPE, MlraConfig, exist_ok=True)
+AutoModelForCausalLM.register(MlraConfig, MlraForCausalLM, exist_ok=True)
+
+__all__ = ["MlraCache", "MlraConfig", "MlraForCausalLM", "MlraLayerCache", "export_hf"]
