@@ -37,14 +37,17 @@ def test_byte_round_trip_and_eot():
 
 def test_save_load_byte(tmp_path):
     ByteTokenizer().save(tmp_path)
-    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data = json.loads((tmp_path / "mlra_tokenizer.json").read_text())
     assert data["format"] == "mlra-tokenizer" and data["kind"] == "byte"
     assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
-    assert isinstance(load_tokenizer(tmp_path / "tokenizer.json"), ByteTokenizer)
+    assert isinstance(load_tokenizer(tmp_path / "mlra_tokenizer.json"), ByteTokenizer)
+    # directories written before the rename kept our format under tokenizer.json
+    (tmp_path / "mlra_tokenizer.json").rename(tmp_path / "tokenizer.json")
+    assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
 
 
 def test_load_missing_tokenizer_explains(tmp_path):
-    with pytest.raises(DataError, match="tokenizer.json"):
+    with pytest.raises(DataError, match="mlra_tokenizer.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):

@@ -263,7 +263,7 @@ def test_convert_round_trip_without_the_original(mlra4, tmp_path: Path, capsys) 
     out = tmp_path / "converted"
     assert main(["convert", str(directory), "--out", str(out)]) == 0
     assert "mlra_4" in capsys.readouterr().out
-    assert json.loads((out / "tokenizer.json").read_text())["kind"] == "gpt2"
+    assert json.loads((out / "mlra_tokenizer.json").read_text())["kind"] == "gpt2"
     for f in directory.iterdir():
         f.unlink()
     directory.rmdir()

@@ -150,7 +150,7 @@ def test_checkpoint_layout_keep_last_and_metrics(tmp_path, small_data):
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [6, 8]
     step_dir = run / "checkpoints" / "step_000008"
     names = {p.name for p in step_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer.safetensors",
+    assert {"config.json", "model.safetensors", "mlra_tokenizer.json", "trainer.safetensors",
             "trainer_state.json"} <= names
     assert not any(n.endswith((".pt", ".pkl", ".bin")) for n in names)
     state = json.loads((step_dir / "trainer_state.json").read_text())

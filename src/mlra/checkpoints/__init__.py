@@ -31,6 +31,7 @@ from mlra.data.tokenizers import (
     GPT2Tokenizer,
     Tokenizer,
     get_tokenizer,
+    has_tokenizer,
     load_tokenizer,
 )
 from mlra.errors import CheckpointError, ConfigError, DataError
@@ -135,18 +136,18 @@ def checkpoint_tokenizer(
 ) -> Tokenizer:
     """The tokenizer to use with the checkpoint at ``path``.
 
-    ``spec`` (``byte``, ``gpt2`` or a ``tokenizer.json`` path) wins; otherwise an official
+    ``spec`` (``byte``, ``gpt2`` or a tokenizer file path) wins; otherwise an official
     checkpoint uses GPT-2 BPE (vocabulary from ``gpt2_file`` / ``$MLRA_GPT2_BPE`` / the cache,
-    located when first needed) and our directories the ``tokenizer.json`` saved with them.
+    located when first needed) and our directories the tokenizer saved with them.
     """
     if spec is not None:
         return get_tokenizer(spec, gpt2_file)
     kind, directory = resolve_checkpoint_dir(path)
     if kind == "official":
         return GPT2Tokenizer(gpt2_file)
-    if (directory / TOKENIZER_FILE).is_file():
+    if has_tokenizer(directory):
         return load_tokenizer(directory)
     raise DataError(
         f"{directory} has no {TOKENIZER_FILE}: say which tokenizer its model was trained with "
-        "(--tokenizer byte|gpt2|PATH/tokenizer.json)"
+        f"(--tokenizer byte|gpt2|PATH/{TOKENIZER_FILE})"
     )

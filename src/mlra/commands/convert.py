@@ -1,5 +1,7 @@
 """``mlra convert``: write any supported checkpoint (e.g. a published official one) in our
-format (config.json + model.safetensors + tokenizer.json), loadable without the original."""
+format (config.json + model.safetensors + mlra_tokenizer.json), loadable without the original,
+or with ``--format hf`` as a transformers directory (``AutoModelForCausalLM`` with
+``trust_remote_code=True``, ``AutoTokenizer``, ``pipeline``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from mlra.checkpoints import checkpoint_kind, resolve_checkpoint_dir
 from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
-from mlra.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer
+from mlra.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer, load_tokenizer, tokenizer_file
 from mlra.errors import CheckpointError
 from mlra.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write, save_model
 
@@ -21,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Load a checkpoint -- an official Hugging Face-style directory (variant inferred "
             "from its weights), a training run or one of our model directories -- and write it "
-            "as our model directory: config.json + model.safetensors (+ tokenizer.json). The "
+            "as our model directory: config.json + model.safetensors (+ mlra_tokenizer.json). The "
             "result loads with `mlra.load_checkpoint(DIR)` and every command, without the "
-            "original files."
+            "original files. With --format hf it is a transformers directory instead "
+            "(needs `pip install 'mlra[hf]'`)."
         ),
     )
     add_checkpoint_args(p, positional=True)
@@ -32,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="store the weights in this dtype (default: as loaded, fp32 for official)")
     p.add_argument("--force", action="store_true",
                    help="overwrite a model already in --out")
+    p.add_argument("--format", default="mlra", choices=["mlra", "hf"],
+                   help="mlra: our directory (default); hf: a transformers directory "
+                        "(save_pretrained + remote code + tokenizer.json/tokenizer_config.json) "
+                        "for AutoModelForCausalLM, AutoTokenizer and pipeline")
     p.set_defaults(func=run)
 
 
@@ -44,16 +51,40 @@ def run(args: argparse.Namespace) -> int:
     if (out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists():
         if not args.force:
             raise CheckpointError(f"{out} already holds a model; pass --force to overwrite it")
+    if getattr(args, "format", "mlra") == "hf":
+        return _run_hf(args, kind, source, out)
     model = load_from_args(args, dtype=parse_dtype(args.dtype))
     extra = {"converted_from": str(source), "source_format": kind}
     save_model(model, out, extra=extra)
     if kind == "official":  # the published models use GPT-2 BPE (vocabulary file found later)
         GPT2Tokenizer().save(out)
-    elif (source / TOKENIZER_FILE).is_file():
-        atomic_write(out / TOKENIZER_FILE, lambda p: shutil.copyfile(source / TOKENIZER_FILE, p))
+    elif (found := tokenizer_file(source)) is not None:
+        atomic_write(out / TOKENIZER_FILE, lambda p: shutil.copyfile(found, p))
     cfg = model.config
     print(
         f"wrote {out}: {cfg.name} ({cfg.attention} attention, {cfg.n_layers} layers, "
         f"d_model {cfg.d_model}, {model.num_params() / 1e6:.1f}M parameters)"
     )
+    return 0
+
+
+def _run_hf(args: argparse.Namespace, kind: str, source: Path, out: Path) -> int:
+    """``--format hf``: the model through ``save_pretrained`` and the tokenizer it was trained
+    with (GPT-2 BPE for an official checkpoint) as a Hugging Face tokenizer."""
+    try:
+        from mlra.hf import export_hf
+    except ImportError as exc:
+        raise CheckpointError(f"--format hf: {exc}") from None
+    if tokenizer_file(source) is not None:
+        tokenizer = load_tokenizer(source)
+    elif kind == "official":
+        tokenizer = GPT2Tokenizer().check()
+    else:
+        raise CheckpointError(f"{source} has no tokenizer file: --format hf needs the "
+                              "tokenizer its model was trained with")
+    model = load_from_args(args, dtype=parse_dtype(args.dtype))
+    export_hf(model, out, tokenizer)
+    cfg = model.config
+    print(f"wrote {out}: {cfg.name} as a transformers directory (AutoModelForCausalLM with "
+          f"trust_remote_code=True; {tokenizer.kind} tokenizer for AutoTokenizer)")
     return 0

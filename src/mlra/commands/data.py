@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="text / JSONL / directories -> train and validation shards",
         description=(
             "Tokenize local text into train/validation shards in the official format "
-            "(256 x int32 header, uint16 tokens) plus tokenizer.json and meta.json. A text "
+            "(256 x int32 header, uint16 tokens) plus mlra_tokenizer.json and meta.json. A text "
             "file is one document, a JSONL file one document per line, a directory every "
             "text/JSONL file inside it; 'builtin' is the built-in corpus. Every k-th chunk "
             "(a few KB, cut at paragraph breaks) goes to validation. Nothing is downloaded."
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--tokenizer", default="byte",
                       help="byte (default; needs nothing), gpt2 (tiktoken + a local vocabulary "
                            "file), bpe (trained here with the tokenizers library), or a path "
-                           "to a tokenizer.json")
+                           "to a tokenizer file")
     prep.add_argument("--vocab-size", type=int, default=8192,
                       help="vocabulary of a trained BPE, end-of-text included (default 8192)")
     prep.add_argument("--val-fraction", type=float, default=0.01,

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON document with every prompt's tokens and text")
     p.add_argument("--tokenizer", default=None, metavar="byte|gpt2|PATH",
-                   help="tokenizer (default: the checkpoint's tokenizer.json; GPT-2 BPE for "
+                   help="tokenizer (default: the checkpoint's tokenizer; GPT-2 BPE for "
                    "official checkpoints)")
     p.add_argument("--gpt2-file", default=None, metavar="PATH",
                    help="local GPT-2 vocabulary for --tokenizer gpt2 / official checkpoints")

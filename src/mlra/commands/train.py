@@ -40,7 +40,7 @@ HELP = {
             "*val*.bin; e.g. from `mlra data prepare` or the official FineWeb-Edu shards), "
             ".bin files/globs, or one text/JSONL file (prepared into OUT/data)",
     "val_data": "validation shards (file, glob or directory) if not inside --data",
-    "tokenizer": "byte, gpt2 or a tokenizer.json path (default: the data's tokenizer.json, "
+    "tokenizer": "byte, gpt2 or a tokenizer file path (default: the data's tokenizer, "
                  "else byte for text/builtin, gpt2 for bare shards)",
     "gpt2_file": "local GPT-2 vocabulary (r50k_base.tiktoken or a dir with vocab.bpe + "
                  "encoder.json); also $MLRA_GPT2_BPE",

@@ -29,7 +29,7 @@ import numpy as np
 
 from mlra.data.cache import cache_dir
 from mlra.data.shards import read_header, write_shard
-from mlra.data.tokenizers import Tokenizer
+from mlra.data.tokenizers import Tokenizer, has_tokenizer
 from mlra.errors import DataError
 from mlra.io import atomic_write_text
 
@@ -175,7 +175,7 @@ def builtin_shard(tokenizer: Tokenizer, split: str = "train") -> Path:
     for ids in tokenizer.encode_batch(texts):
         pieces += [eot, np.asarray(ids, dtype=np.uint16)]
     write_shard(path, np.concatenate(pieces))
-    if not (directory / "tokenizer.json").is_file():
+    if not has_tokenizer(directory):
         tokenizer.save(directory)
     return path
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from mlra.data.corpus import builtin_train_shard, builtin_validation_shard
 from mlra.data.prepare import JSONL_SUFFIXES, TEXT_SUFFIXES, prepare
 from mlra.data.tokenizers import (
-    TOKENIZER_FILE,
     GPT2Tokenizer,
     Tokenizer,
     get_tokenizer,
+    has_tokenizer,
     load_tokenizer,
 )
 from mlra.errors import DataError
@@ -72,7 +72,7 @@ def resolve_data(
 
     - ``builtin``: the built-in corpus (byte tokenizer unless ``tokenizer`` says otherwise).
     - a directory: ``*train*.bin`` and ``*val*.bin`` shards, the tokenizer from its
-      ``tokenizer.json`` (``mlra data prepare``), else ``tokenizer``, else GPT-2 (the official
+      ``mlra_tokenizer.json`` (``mlra data prepare``), else ``tokenizer``, else GPT-2 (the official
       FineWeb-Edu shards hold GPT-2 ids; its vocabulary file is only needed to read text).
     - ``.bin`` files or globs, comma-separated: training shards (``val_data`` names validation).
     - a text / JSONL file: prepared into ``prepare_dir`` first (byte tokenizer by default).
@@ -86,7 +86,7 @@ def resolve_data(
         if prepare_dir is None:
             raise DataError(f"{paths[0]} is text: prepare it with `mlra data prepare` first")
         tok_spec = tokenizer or "byte"
-        if (prepare_dir / TOKENIZER_FILE).is_file() and _shards_in(prepare_dir, "train"):
+        if has_tokenizer(prepare_dir) and _shards_in(prepare_dir, "train"):
             note = f"using the shards prepared earlier from {paths[0]} in {prepare_dir}"
         else:
             res = prepare([str(paths[0])], prepare_dir, tok_spec, gpt2_file=gpt2_file,
@@ -105,13 +105,13 @@ def resolve_data(
                 f"{directory} holds no training shards (*train*.bin); make them with "
                 "`mlra data prepare` or pass shard files"
             )
-        if tokenizer is None and (directory / TOKENIZER_FILE).is_file():
+        if tokenizer is None and has_tokenizer(directory):
             tok = load_tokenizer(directory)
         elif tokenizer is not None:
             tok = get_tokenizer(tokenizer, gpt2_file)
         else:
             tok = GPT2Tokenizer(gpt2_file)
-            note = (f"{directory} has no tokenizer.json: assuming GPT-2 token ids (the official "
+            note = (f"{directory} has no tokenizer file: assuming GPT-2 token ids (the official "
                     "shards); pass --tokenizer otherwise")
         name = str(directory)
     else:

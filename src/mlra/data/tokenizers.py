@@ -1,10 +1,13 @@
 """Tokenizers: byte-level (needs nothing), GPT-2 BPE through ``tiktoken`` from a local file,
 and a byte-level BPE trained on the user's corpus with the ``tokenizers`` library.
 
-Every tokenizer writes itself to ``tokenizer.json`` (our small wrapper format, ``"format":
-"mlra-tokenizer"``) with :meth:`Tokenizer.save`; :func:`load_tokenizer` reads it back. A trained
-BPE stores its whole vocabulary there; the GPT-2 tokenizer stores only a reference and finds its
-vocabulary file again at load time (see :func:`gpt2_tokenizer`). Nothing is downloaded.
+Every tokenizer writes itself to ``mlra_tokenizer.json`` (our small wrapper format, ``"format":
+"mlra-tokenizer"``) with :meth:`Tokenizer.save`; :func:`load_tokenizer` reads it back (and the
+same format under ``tokenizer.json``, where directories made before it had its own name kept
+it). A trained BPE stores its whole vocabulary there; the GPT-2 tokenizer stores only a
+reference and finds its vocabulary file again at load time (see :func:`gpt2_tokenizer`).
+:func:`save_hf_tokenizer` writes a Hugging Face ``tokenizer.json`` + ``tokenizer_config.json``
+of the same ids for ``AutoTokenizer``. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import numpy as np
 from mlra.errors import DataError
 from mlra.io import atomic_write_text
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "mlra_tokenizer.json"
+LEGACY_TOKENIZER_FILE = "tokenizer.json"
+"""Where our format lived before it had a name of its own (read, never written)."""
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 FORMAT_NAME = "mlra-tokenizer"
 FORMAT_VERSION = 1
 EOT_TEXT = "<|endoftext|>"
@@ -73,7 +80,7 @@ class Tokenizer:
                 "eot_id": self.eot_id}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``tokenizer.json`` into ``directory`` (atomically); return its path."""
+        """Write ``mlra_tokenizer.json`` into ``directory`` (atomically); return its path."""
         path = Path(directory) / TOKENIZER_FILE
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.to_dict()}
         atomic_write_text(path, json.dumps(meta, indent=1) + "\n")
@@ -196,6 +203,7 @@ class TiktokenTokenizer(Tokenizer):
 
         self.path = Path(path)
         ranks = _load_ranks(self.path)
+        self.ranks = ranks
         self.name = name
         self.eot_id = max(ranks.values()) + 1
         self.vocab_size = self.eot_id + 1
@@ -359,7 +367,7 @@ class BPETokenizer(Tokenizer):
 
 
 # --------------------------------------------------------------------------- loading
-def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer.json") -> Tokenizer:
+def tokenizer_from_dict(data: dict[str, Any], source: str = TOKENIZER_FILE) -> Tokenizer:
     """Rebuild a tokenizer from the JSON written by :meth:`Tokenizer.save`."""
     if data.get("format") not in (None, FORMAT_NAME):
         raise DataError(f"{source} is not an mlra tokenizer file (format {data.get('format')!r})")
@@ -378,21 +386,45 @@ def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer.json") ->
     raise DataError(f"{source}: unknown tokenizer kind {kind!r} (byte, gpt2, tiktoken, bpe)")
 
 
+def _is_hf_tokenizer(data: Any) -> bool:
+    return isinstance(data, dict) and "model" in data and "added_tokens" in data
+
+
+def tokenizer_file(directory: str | Path) -> Path | None:
+    """The tokenizer file of a data or model directory: ``mlra_tokenizer.json``, else a
+    ``tokenizer.json`` (ours from before the rename, or a Hugging Face one); None if neither."""
+    directory = Path(directory)
+    for name in (TOKENIZER_FILE, LEGACY_TOKENIZER_FILE):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tokenizer :func:`load_tokenizer` can read."""
+    return tokenizer_file(directory) is not None
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """The tokenizer saved in ``directory`` (or the ``tokenizer.json`` file itself)."""
+    """The tokenizer saved in ``directory`` (or the file itself): ``mlra_tokenizer.json``, our
+    format under the old name ``tokenizer.json``, or a Hugging Face ``tokenizer.json`` with an
+    ``<|endoftext|>`` token (read as a BPE tokenizer)."""
     path = Path(directory)
     if path.is_dir():
-        path = path / TOKENIZER_FILE
+        path = tokenizer_file(path) or path / TOKENIZER_FILE
     if not path.is_file():
         raise DataError(
             f"no tokenizer found at {path}: a prepared data directory or checkpoint holds "
-            "tokenizer.json (made by `mlra data prepare` / `mlra train`); otherwise choose one "
-            "with --tokenizer byte|gpt2|PATH"
+            f"{TOKENIZER_FILE} (made by `mlra data prepare` / `mlra train`); otherwise choose "
+            "one with --tokenizer byte|gpt2|PATH"
         )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    if _is_hf_tokenizer(data):
+        tk = _import_hf_tokenizers()
+        return BPETokenizer(tk.Tokenizer.from_str(json.dumps(data)), name="hf")
     if not isinstance(data, dict):
         raise DataError(f"{path} is not an mlra tokenizer file")
     return tokenizer_from_dict(data, str(path))
@@ -400,7 +432,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 def get_tokenizer(spec: str | None, gpt2_file: str | Path | None = None) -> Tokenizer:
     """A tokenizer from a command-line spec: ``byte``, ``gpt2`` (vocabulary file located lazily
-    from ``gpt2_file`` / ``$MLRA_GPT2_BPE`` / the cache), or a path to a ``tokenizer.json`` or a
+    from ``gpt2_file`` / ``$MLRA_GPT2_BPE`` / the cache), or a path to a tokenizer file or a
     directory holding one."""
     if spec in (None, "", "byte"):
         return ByteTokenizer()
@@ -419,3 +451,97 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+
+# --------------------------------------------------------------------------- Hugging Face export
+def _byte_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable Latin-1 bytes stand for themselves, the other
+    bytes for the code points from 256 upward, in byte order (GPT-2's convention)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list equivalent to mergeable ``ranks``: each multi-byte token is the merge of
+    the two parts its bytes reduce to under the merges ranked before it."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) < 2:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best = min(
+                ((ranks.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1)),
+            )
+            if best[0] >= rank:
+                break
+            i = best[1]
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _hf_byte_level(vocab: dict[bytes, int], merges: list[tuple[bytes, bytes]], eot_id: int,
+                   use_regex: bool) -> Any:
+    """A ``tokenizers`` byte-level BPE over ``vocab`` with end-of-text at ``eot_id``."""
+    tk = _import_hf_tokenizers()
+    enc = _byte_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(enc[x] for x in b)
+
+    model = tk.models.BPE(vocab={text(k): v for k, v in vocab.items()},
+                          merges=[(text(a), text(b)) for a, b in merges])
+    tok = tk.Tokenizer(model)
+    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
+    tok.decoder = tk.decoders.ByteLevel()
+    tok.add_special_tokens([tk.AddedToken(EOT_TEXT, special=True, normalized=False)])
+    if tok.token_to_id(EOT_TEXT) != eot_id:
+        raise DataError(f"end-of-text landed on id {tok.token_to_id(EOT_TEXT)}, not {eot_id}")
+    return tok
+
+
+def hf_tokenizer(tokenizer: Tokenizer) -> Any:
+    """A ``tokenizers.Tokenizer`` giving the same ids as ``tokenizer`` (byte, GPT-2/tiktoken
+    BPE, trained BPE); raises :class:`DataError` when the kind has no equivalent."""
+    if isinstance(tokenizer, BPETokenizer):
+        return tokenizer._tok
+    if isinstance(tokenizer, ByteTokenizer):
+        return _hf_byte_level({bytes([b]): b for b in range(256)}, [], tokenizer.eot_id,
+                              use_regex=False)
+    if isinstance(tokenizer, GPT2Tokenizer):
+        tokenizer = tokenizer._tok()
+    if isinstance(tokenizer, TiktokenTokenizer):
+        ranks = tokenizer.ranks
+        return _hf_byte_level(ranks, _bpe_merges(ranks), tokenizer.eot_id, use_regex=True)
+    raise DataError(f"no Hugging Face equivalent of the {tokenizer.kind} tokenizer")
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | Path, model_max_length: int) -> Path:
+    """Write ``tokenizer.json`` (Hugging Face ``tokenizers`` format) and
+    ``tokenizer_config.json`` into ``directory`` so ``AutoTokenizer.from_pretrained`` gives the
+    same ids; end-of-text is the BOS, EOS, UNK and padding token. Returns the tokenizer path."""
+    directory = Path(directory)
+    tok = hf_tokenizer(tokenizer)
+    atomic_write_text(directory / HF_TOKENIZER_FILE, tok.to_str())
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT,
+        "pad_token": EOT_TEXT, "add_bos_token": False, "add_eos_token": False,
+        "add_prefix_space": False, "clean_up_tokenization_spaces": False,
+        "model_max_length": int(model_max_length),
+        # our byte and tiktoken encoders read "<|endoftext|>" in a text as plain text
+        "split_special_tokens": not isinstance(tokenizer, BPETokenizer),
+    }
+    atomic_write_text(directory / HF_TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")
+    return directory / HF_TOKENIZER_FILE

@@ -8,7 +8,7 @@ Layout of a run directory::
       checkpoints/step_000200/
         config.json                model config (mlra.io format; mlra.io.load_model works)
         model.safetensors          weights
-        tokenizer.json             the tokenizer the data was made with
+        mlra_tokenizer.json        the tokenizer the data was made with
         trainer.safetensors        AdamW moments and step counts (keyed by parameter name), RNG
         trainer_state.json         step, data position, run config, optimizer hyper-parameters
 
