@@ -3,10 +3,13 @@
 from mlra.checkpoints import load_checkpoint
 from mlra.config import FAMILIES, SIZES, VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
+from mlra.evaluate.registry import register_lm_eval
 from mlra.generate import generate
 from mlra.model import ModelOutput, Transformer
 
 __version__ = "0.1.0"
+
+register_lm_eval()  # lm_eval.simple_evaluate(model="mlra", model_args="checkpoint=DIR")
 
 __all__ = [
     "FAMILIES", "SIZES", "VARIANTS", "CheckpointError", "ConfigError", "DataError", "MlraError",

@@ -9,6 +9,11 @@
 - ``generate_until``: greedy (or sampled) batched generation through :func:`mlra.generate`
   (paged KV cache), cut at the first stop string.
 
+:class:`MlraLM` is registered with lm-eval as model ``mlra`` when ``mlra`` is imported
+(:mod:`mlra.evaluate.registry`): ``lm_eval.simple_evaluate(model="mlra",
+model_args="checkpoint=DIR")``. Two example tasks ship in :data:`EXAMPLE_TASKS_DIR`
+(``mlra_example_choice``, ``mlra_example_text``) and are found without ``--tasks-dir``.
+
 :func:`run_tasks` evaluates tasks zero-shot and reports the paper's metric per task (acc_norm
 where the task has it -- ARC-E/C, OpenBookQA, HellaSwag, PIQA -- else acc: BoolQ, Winogrande).
 lm-eval reads task data through Hugging Face ``datasets``; we run it in offline mode by default
@@ -37,6 +42,10 @@ PAPER_TASKS = (
     "arc_easy", "arc_challenge", "openbookqa", "boolq", "hellaswag", "winogrande", "piqa",
 )
 """The paper's seven zero-shot tasks (Table 4), in its column order."""
+
+EXAMPLE_TASKS_DIR = Path(__file__).parent / "example_tasks"
+"""Task YAMLs with their data, shipped inside the package."""
+EXAMPLE_TASKS = ("mlra_example_choice", "mlra_example_text")
 
 TokenRequest = tuple[Any, list[int], list[int]]
 
@@ -73,6 +82,59 @@ class MlraLM(TemplateLM):
         self.autocast_dtype = autocast_dtype
         self.progress = progress
         self._device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        tokenizer: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | str | None = None,
+        max_length: int | str | None = None,
+        max_gen_toks: int | str = 256,
+        **ignored: Any,
+    ) -> MlraLM:
+        """Load ``checkpoint`` (any directory :func:`mlra.load_checkpoint` accepts) and its
+        tokenizer (or ``tokenizer``: ``byte``, ``gpt2``, a tokenizer file). String values, as
+        lm-eval passes them, are converted. ``max_batch_size`` may come as None from lm-eval;
+        any other unknown argument is an error."""
+        from mlra.checkpoints import checkpoint_tokenizer, load_checkpoint
+
+        unknown = sorted(k for k, v in ignored.items() if v is not None)
+        if unknown:
+            raise DataError(f"unknown mlra model argument(s) {unknown}; known: checkpoint, "
+                            "tokenizer, device, dtype, batch_size, max_length, max_gen_toks")
+        if not checkpoint:
+            raise DataError("the mlra lm-eval model needs model_args checkpoint=DIR")
+        torch_dtype = None
+        if dtype not in (None, "", "auto"):
+            torch_dtype = getattr(torch, str(dtype), None)
+            if not isinstance(torch_dtype, torch.dtype):
+                raise DataError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, ...)")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_checkpoint(checkpoint, device=device, dtype=torch_dtype)
+        size = 8 if batch_size in (None, "", "auto") else int(str(batch_size).split(":")[0])
+        return cls(model, checkpoint_tokenizer(checkpoint, tokenizer), batch_size=size,
+                   max_length=int(max_length) if max_length else None,
+                   max_gen_toks=int(max_gen_toks), progress=False)
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict | None = None
+    ) -> MlraLM:
+        """lm-eval's constructor for ``model_args="checkpoint=DIR,batch_size=4"``."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict | None = None
+    ) -> MlraLM:
+        """lm-eval's constructor for a dict of model arguments (see :meth:`from_checkpoint`)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.from_checkpoint(**{**extra, **arg_dict})
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -314,8 +376,12 @@ def prepare_tasks(
 ) -> Any:
     """An lm-eval ``TaskManager`` that knows ``tasks`` (built-in ones, or YAMLs in
     ``tasks_dir``), after checking that every task's data can be read (offline by default).
-    Raises :class:`DataError` for unknown tasks or missing data -- before any model is run."""
+    Raises :class:`DataError` for unknown tasks or missing data -- before any model is run.
+    The example tasks (:data:`EXAMPLE_TASKS`) need no ``tasks_dir``."""
     from lm_eval.tasks import TaskManager
+
+    if tasks_dir is None and tasks and set(tasks) <= set(EXAMPLE_TASKS):
+        tasks_dir = EXAMPLE_TASKS_DIR
 
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
         raise DataError(f"--tasks-dir {tasks_dir} is not a directory")

@@ -24,7 +24,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_mlra.MlraConfig",
     "AutoModelForCausalLM": "modeling_mlra.MlraForCausalLM",
 }
-"""Where ``trust_remote_code`` finds the classes in a saved directory (see :mod:`mlra.hf.remote`)."""
+"""Where ``trust_remote_code`` finds the classes in a saved directory (:mod:`mlra.hf.remote`)."""
 
 
 def _body(ns: dict[str, Any]) -> None:

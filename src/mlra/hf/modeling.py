@@ -102,8 +102,9 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits (and the mean next-token loss with ``labels``: shifted here; -100, padded
-        targets and targets predicted from padding are ignored). With a ``cache`` (or ``use_cache=True``) the new tokens' state is
-        appended to it and attention reads the cached tokens too; the output carries it."""
+        targets and targets predicted from padding are ignored). With a ``cache`` (or
+        ``use_cache=True``) the new tokens' state is appended to it and attention reads the
+        cached tokens too; the output carries it."""
         unknown = sorted(k for k, v in kwargs.items() if k not in _ACCEPTED and v is not None)
         if unknown:
             raise ValueError(f"MlraForCausalLM.forward got unsupported argument(s) {unknown}")
