@@ -72,7 +72,7 @@ def _latent_reference(cfg, attn, x):
         for b in range(nb):
             j = b * G + g  # latent head (b, g): contiguous block j of the latent
             block = _rms(ckv[:, j * w:(j + 1) * w], attn.kv_norm[j]) * math.sqrt(d / w)
-            up = attn.wkv_b[j][:, (i % Hg) * 2 * dh:(i % Hg + 1) * 2 * dh]  # (w, [k_nope|v])
+            up = attn.wkv_b.weight[j][:, (i % Hg) * 2 * dh:(i % Hg + 1) * 2 * dh]  # (w, [k_nope|v])
             k = torch.cat([block @ up[:, :dh], k_rope], -1)
             v = block @ up[:, dh:]
             out[:, i] += _causal_softmax_attention(q_i, k, v, tau)

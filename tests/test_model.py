@@ -111,7 +111,7 @@ def test_zero_initialised_output_projections():
     normal = Transformer(ModelConfig.preset("mlra_4", size="tiny", zero_init_output=False))
     std = normal.layers[0].attn.wo.weight.std().item()
     assert 0.015 < std < 0.025
-    assert 0.015 < normal.layers[0].attn.wkv_b.std().item() < 0.025
+    assert 0.015 < normal.layers[0].attn.wkv_b.weight.std().item() < 0.025
 
 
 def test_tied_embeddings():

@@ -149,7 +149,7 @@ def test_load_shard_reads_slices_and_rejects_bad_degree(tmp_path):
     ref = _shards(full, 2)[1]
     for (k, v), (k2, v2) in zip(shard.state_dict().items(), ref.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2.float()), k
-    assert shard.layers[0].attn.wkv_b.shape[0] == 1  # one latent head, not the full model
+    assert shard.layers[0].attn.wkv_b.weight.shape[0] == 1  # one latent head, not the full model
     with pytest.raises(ConfigError, match="cannot be split 3 ways"):
         load_shard(tmp_path / "m", TPContext(0, 3, torch.device("cpu"), None))
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -241,7 +241,7 @@ def test_weight_decay_groups():
 
     model = Transformer(ModelConfig.preset("mlra_4", "tiny"))
     names = {n: is_decayed(n, p) for n, p in model.named_parameters()}
-    assert names["layers.0.attn.wq_a.weight"] and names["layers.0.attn.wkv_b"]
+    assert names["layers.0.attn.wq_a.weight"] and names["layers.0.attn.wkv_b.weight"]
     assert names["layers.0.mlp.w_down.weight"]
     assert not names["embed.weight"] and not names["norm.weight"]
     assert not names["layers.0.attn.kv_norm"] and not names["layers.0.attn.q_norm.weight"]

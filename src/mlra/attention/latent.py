@@ -39,6 +39,32 @@ LatentQuery = tuple[torch.Tensor, torch.Tensor]
 """(q_nope [batch, time, heads, head_dim], q_rope [batch, time, heads, rope_dim])."""
 
 
+class UpProjection(nn.Module):
+    """The up-projection ``wkv_b`` (latent heads, w, heads_per_group * 2 * head_dim) as a module,
+    so that adapters can wrap it (``mlra.hf.peft``): every use reads the weight by calling it,
+    ``up(dtype)``. Its state-dict key is the module's own name (``...attn.wkv_b``), the key of
+    the bare parameter it replaces, so checkpoints are unchanged."""
+
+    def __init__(self, latent_heads: int, width: int, out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(latent_heads, width, out))
+        self._register_state_dict_hook(_weight_as_module_key)
+
+    def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.weight if dtype is None else self.weight.to(dtype)
+
+
+def _weight_as_module_key(module, state_dict, prefix, local_metadata) -> None:
+    state_dict[prefix[:-1]] = state_dict.pop(prefix + "weight")
+
+
+def _up_projection_key_as_weight(state_dict, prefix, *args) -> None:
+    """Load pre-hook of the layer holding ``wkv_b`` (a child's hook never sees the key: the
+    parent passes each child only the keys under ``child.``)."""
+    if prefix + "wkv_b" in state_dict:
+        state_dict[prefix + "wkv_b.weight"] = state_dict.pop(prefix + "wkv_b")
+
+
 class LatentAttention(Attention):
     """MLA / GLA / MLRA: a grid of latent heads with a shared decoupled RoPE key."""
 
@@ -53,9 +79,8 @@ class LatentAttention(Attention):
         self.wq_b = nn.Linear(cfg.q_lora_rank, H * (dh + dr), bias=False)
         self.wkv_a = nn.Linear(d, cfg.kv_lora_rank + dr, bias=False)
         self.kv_norm = nn.Parameter(torch.ones(self.n_latent, self.width))
-        self.wkv_b = nn.Parameter(
-            torch.empty(self.n_latent, self.width, self.heads_per_group * 2 * dh)
-        )
+        self.wkv_b = UpProjection(self.n_latent, self.width, self.heads_per_group * 2 * dh)
+        self._register_load_state_dict_pre_hook(_up_projection_key_as_weight)
         scaled = cfg.latent_scaling
         self.q_scale = math.sqrt(d / cfg.q_lora_rank) if scaled else 1.0
         self.kv_scale = math.sqrt(d / self.width) if scaled else 1.0
@@ -65,7 +90,7 @@ class LatentAttention(Attention):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.normal_(self.wkv_b, std=self.cfg.init_std)
+        nn.init.normal_(self.wkv_b.weight, std=self.cfg.init_std)
         nn.init.ones_(self.kv_norm)
 
     # -- projections -----------------------------------------------------------------------
@@ -89,7 +114,7 @@ class LatentAttention(Attention):
         """W_UK and W_UV, each [branches, groups, w, heads_per_group, head_dim]: latent head
         (n, g) maps to the NoPE key / value of head i of group g as ``latent @ W[n, g, :, i]``."""
         dh = self.cfg.head_dim
-        w = self.wkv_b.view(self.branches, self.groups, self.width, self.heads_per_group, 2 * dh)
+        w = self.wkv_b().view(self.branches, self.groups, self.width, self.heads_per_group, 2 * dh)
         return w[..., :dh], w[..., dh:]
 
     # -- training form ---------------------------------------------------------------------
@@ -100,7 +125,7 @@ class LatentAttention(Attention):
         latent, k_rope = state["latent"], state["k_rope"]
         B, T, H, dh = q_nope.shape
         S, nb, dr = latent.shape[1], self.branches, self.cfg.rope_dim
-        kv = torch.einsum("bslw,lwo->bslo", latent, self.wkv_b.to(latent.dtype))
+        kv = torch.einsum("bslw,lwo->bslo", latent, self.wkv_b(latent.dtype))
         kv = kv.reshape(B, S, nb, H, 2 * dh)  # latent l = n*groups + g; head = g*Hg + i
         k = torch.cat([kv[..., :dh], k_rope[:, :, None, None, :].expand(B, S, nb, H, dr)], -1)
         v = kv[..., dh:]

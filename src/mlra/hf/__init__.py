@@ -27,6 +27,11 @@ from mlra.hf.config import MODEL_TYPE, MlraConfig
 from mlra.hf.export import export_hf
 from mlra.hf.modeling import MlraForCausalLM
 
+try:  # LoRA on wkv_b for every LoraConfig (peft is part of the hf extra)
+    import mlra.hf.peft  # noqa: F401
+except ImportError:  # pragma: no cover - peft not installed
+    pass
+
 AutoConfig.register(MODEL_TYPE, MlraConfig, exist_ok=True)
 AutoModelForCausalLM.register(MlraConfig, MlraForCausalLM, exist_ok=True)
 

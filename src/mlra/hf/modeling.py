@@ -18,11 +18,9 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mlra.attention import LatentAttention
 from mlra.hf.cache import MlraCache
 from mlra.hf.config import MlraConfig
-from mlra.layers import Rotary
-from mlra.model import Transformer
+from mlra.model import AttentionContext, Block, Transformer
 
 IGNORE_INDEX = -100
 
@@ -76,6 +74,15 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
         return None
 
     # -- saving ------------------------------------------------------------------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Keys as transformers addresses parameters, by module path: the latent up-projection
+        under ``model.layers.N.attn.wkv_b.weight`` (mlra's own files name it
+        ``layers.N.attn.wkv_b``; the module's state-dict hook, undone here)."""
+        state = super().state_dict(*args, **kwargs)
+        return type(state)(
+            (k + ".weight" if k.endswith(".attn.wkv_b") else k, v) for k, v in state.items()
+        )
+
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """transformers' ``save_pretrained``, plus the two small modules ``auto_map`` names, so
         ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` loads the
@@ -117,33 +124,31 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
             if cache is not None:
                 raise ValueError("pass the cache once, as cache= (past_key_values is its old name)")
             cache = past_key_values
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x_in = input_ids if input_ids is not None else inputs_embeds
-        if input_ids is not None and input_ids.dim() == 1:
+        if inputs_embeds is not None:
+            raise ValueError("inputs_embeds is not supported by MlraForCausalLM; pass input_ids")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if cache is not None and not isinstance(cache, MlraCache):
             raise ValueError(f"MlraForCausalLM uses {_UNSUPPORTED_CACHES}, got "
                              f"{type(cache).__name__}")
         if cache is None and use_cache:
             cache = MlraCache(self.config.n_layers)
-        x = self.model.embed_tokens(input_ids) if input_ids is not None else inputs_embeds
-        B, T = x.shape[:2]
         if attention_mask is not None:
-            attention_mask = attention_mask.to(x.device)
+            attention_mask = attention_mask.to(input_ids.device)
             if attention_mask.dim() != 2:
                 raise ValueError("attention_mask must be [batch, time] (1 = token, 0 = padding)")
         if cache is None:
-            hidden = self._uncached(x, attention_mask, position_ids)
+            hidden = self.model.hidden_states(input_ids, attention_mask, position_ids)
         else:
-            hidden = self._cached(x, cache, attention_mask, position_ids)
+            hidden = self._cached(input_ids, cache, attention_mask, position_ids)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.model.logits(hidden)
         loss = None
         if labels is not None:
             loss = self._loss(logits, labels, attention_mask, logits_to_keep)
-        del x_in
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     def _loss(self, logits, labels, attention_mask, logits_to_keep) -> torch.Tensor:
@@ -156,32 +161,13 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                                ignore_index=IGNORE_INDEX)
 
-    def _uncached(self, x, attention_mask, position_ids) -> torch.Tensor:
-        """The training form over the whole sequence (:meth:`Transformer.hidden_states`)."""
-        model = self.model
-        B, T = x.shape[:2]
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            else:
-                position_ids = torch.arange(T, device=x.device).expand(B, T)
-        from mlra.model import padding_causal_mask
-
-        mask = None if attention_mask is None else padding_causal_mask(attention_mask)
-        rope = Rotary(position_ids, model.config.rope_base)
-        for block in model.layers:
-            x = block(x, rope, mask)
-        return model.norm(x)
-
-    def _cached(self, x, cache: MlraCache, attention_mask, position_ids) -> torch.Tensor:
+    def _cached(self, input_ids, cache: MlraCache, attention_mask, position_ids) -> torch.Tensor:
         """Append the new tokens' compact state to ``cache`` and attend over the whole of it:
         the expanded (training) form for a first prompt, the absorbed form (latent family)
         once tokens are cached, as mlra's own prefill and paged decode do."""
-        model = self.model
-        B, T = x.shape[:2]
+        B, T = input_ids.shape
         past = cache.get_seq_length()
         S = past + T
-        device = x.device
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; with "
                              f"{past} cached tokens it must be ({B}, {S})")
@@ -189,21 +175,9 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
-                position_ids = torch.arange(past, S, device=device).expand(B, T)
-        mask = _cache_mask(attention_mask, B, T, past, device)
-        rope = Rotary(position_ids, model.config.rope_base)
-        for i, block in enumerate(model.layers):
-            h = block.attn_norm(x)
-            attn = block.attn
-            state = cache.append(i, attn.kv_state(h, rope))
-            q = attn.query(h, rope)
-            if past and isinstance(attn, LatentAttention):
-                o = attn.attend_absorbed(q, state, mask)
-            else:
-                o = attn.attend(q, state, mask)
-            x = x + block.reduce(attn.output(o, h))
-            x = x + block.reduce(block.mlp(block.mlp_norm(x)))
-        return model.norm(x)
+                position_ids = torch.arange(past, S, device=input_ids.device).expand(B, T)
+        mask = _cache_mask(attention_mask, B, T, past, input_ids.device)
+        return self.model.run(input_ids, position_ids, CacheContext(cache, mask, absorbed=past > 0))
 
     # -- generation --------------------------------------------------------------------------
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
@@ -224,6 +198,22 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
         if generation_config.use_cache is False:
             return
         model_kwargs["cache"] = MlraCache(self.config.n_layers)
+
+
+class CacheContext(AttentionContext):
+    """The block forward over an :class:`MlraCache`: each block appends its new tokens' state
+    and attends over everything cached, in the absorbed form (families that have one) when
+    ``absorbed``."""
+
+    def __init__(self, cache: MlraCache, mask: torch.Tensor | None, absorbed: bool) -> None:
+        super().__init__(mask)
+        self.cache, self.absorbed = cache, absorbed
+
+    def attend(self, block: Block, q: object, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        full = self.cache.append(block.index, state)
+        if self.absorbed and hasattr(block.attn, "attend_absorbed"):
+            return block.attn.attend_absorbed(q, full, self.mask)
+        return block.attn.attend(q, full, self.mask)
 
 
 def _cache_mask(
