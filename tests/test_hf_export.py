@@ -104,3 +104,15 @@ def test_convert_hf_without_a_tokenizer_is_a_clear_error(tmp_path, capsys):
     save_model(tiny_model("gqa"), src)
     assert main(["convert", str(src), "--out", str(tmp_path / "o"), "--format", "hf"]) == 2
     assert "no tokenizer file" in capsys.readouterr().err
+
+
+def test_readme_hf_snippet_runs(tmp_path, monkeypatch):
+    """The Python tour's Hugging Face snippet, as written, in a fresh directory."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("The Hugging Face route")
+    code = re.search(r"```python\n(.*?)```", readme[start:], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "tiny-hf" / "tokenizer_config.json").is_file()
