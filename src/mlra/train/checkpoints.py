@@ -153,7 +153,8 @@ def write_checkpoint(
         if tokenizer is not None:
             tokenizer.save(tmp)
         flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        atomic_write(tmp / TRAINER_TENSORS, lambda p: save_file(flat, str(p)))
+        atomic_write(tmp / TRAINER_TENSORS,
+                     lambda p: save_file(flat, str(p), metadata={"format": "pt"}))
         # trainer_state.json last: its presence marks the directory complete.
         atomic_write_text(tmp / TRAINER_STATE, json.dumps(state, indent=1) + "\n")
         _fsync_tree(tmp)
