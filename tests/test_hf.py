@@ -240,6 +240,17 @@ def test_beam_search_and_repetition_penalty_match_uncached(name):
                                atol=1e-5)
 
 
+def test_assisted_and_prompt_lookup_decoding_equal_greedy():
+    """Both verify several draft tokens per forward and crop the cache back: greedy tokens."""
+    _, lm = _lm("mla")
+    _, draft = _lm("gqa", seed=1)
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6]])
+    greedy = lm.generate(prompt, max_new_tokens=8, do_sample=False)
+    lookup = lm.generate(prompt, max_new_tokens=8, do_sample=False, prompt_lookup_num_tokens=3)
+    assisted = lm.generate(prompt, max_new_tokens=8, do_sample=False, assistant_model=draft)
+    assert torch.equal(lookup, greedy) and torch.equal(assisted, greedy)
+
+
 def test_lengths_generation_config_scores_and_streamer():
     model, lm = _lm("mla")
     prompt = torch.randint(1, 512, (1, 6))

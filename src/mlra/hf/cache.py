@@ -73,11 +73,14 @@ class MlraLayerCache(CacheLayerMixin):
         self._map(lambda v: v[indices])
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Drop the last ``-tokens_to_remove`` tokens (``transformers`` passes a negative count;
-        a non-negative one is the length to keep, as for its own caches)."""
-        keep = self.get_seq_length() + tokens_to_remove if tokens_to_remove < 0 else (
-            tokens_to_remove)
-        self._map(lambda v: v[:, :keep])
+        """Drop the last ``-tokens_to_remove`` tokens (transformers passes a count <= 0, as to
+        its own caches; 0 changes nothing)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes minus the number of tokens to drop, got "
+                             f"{tokens_to_remove}")
+        if tokens_to_remove:
+            keep = self.get_seq_length() + tokens_to_remove
+            self._map(lambda v: v[:, :keep])
 
     def reset(self) -> None:
         self.state = {}
