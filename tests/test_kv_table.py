@@ -1,4 +1,4 @@
-"""KV-cache accounting reproduces the paper's per-device table (mlra-paper.md 2.1)."""
+"""KV-cache accounting reproduces the paper's per-device table (its section 2.1)."""
 
 from __future__ import annotations
 
