@@ -17,7 +17,7 @@ from mlra.data.tokenizers import ByteTokenizer
 from mlra.generate import GenerationError
 from mlra.io import save_model
 from mlra.sampling import filter_logits, sample_next
-from mlra.train.checkpoints import write_checkpoint
+from mlra.checkpoints.runs import write_checkpoint
 
 LENGTHS = (3, 11, 6, 1)
 

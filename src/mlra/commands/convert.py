@@ -11,7 +11,8 @@ from mlra.checkpoints import checkpoint_kind, resolve_checkpoint_dir
 from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
 from mlra.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer
 from mlra.errors import CheckpointError
-from mlra.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write, save_model
+from mlra.atomic import atomic_write
+from mlra.checkpoints.format import CONFIG_FILE, WEIGHTS_FILE, save_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtyp
 from mlra.commands.generate import parse_device
 from mlra.data.tokenizers import GPT2Tokenizer, Tokenizer
 from mlra.errors import ConfigError, DataError
-from mlra.io import atomic_write_text
+from mlra.atomic import atomic_write_text
 from mlra.parallel.cli import add_tp_arg, load_model, run_parallel
 from mlra.parallel.cli import current as tp_current
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlra.errors import DataError
-from mlra.io import atomic_write_text
+from mlra.atomic import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_NAME = "mlra-tokenizer"

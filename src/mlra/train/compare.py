@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mlra.config import VARIANTS
 from mlra.data.sources import resolve_data
 from mlra.errors import ConfigError
-from mlra.io import atomic_write_text
+from mlra.atomic import atomic_write_text
 from mlra.kv_accounting import kv_elements_per_device, kv_elements_total
 from mlra.train.config import TrainConfig
 from mlra.train.metrics import METRICS_FILE, plot_curves, read_metrics
@@ -263,8 +263,8 @@ def _cached_row(run_dir: Path, tcfg: TrainConfig, tp: int) -> CompareRow | None:
     if row.val_curve:
         row.val_curve = [tuple(p) for p in row.val_curve]  # type: ignore[misc]
     # The KV columns depend on --tp, which does not change the training run.
-    from mlra.io import read_model_config
-    from mlra.train.checkpoints import resolve_checkpoint
+    from mlra.checkpoints.format import read_model_config
+    from mlra.checkpoints.runs import resolve_checkpoint
 
     try:
         mcfg = read_model_config(resolve_checkpoint(run_dir))

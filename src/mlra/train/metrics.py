@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlra.io import atomic_write, atomic_write_text
+from mlra.atomic import atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
