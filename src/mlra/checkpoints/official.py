@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from mlra.checkpoints.format import load_state_checked
 from mlra.checkpoints.safety import StateDict, load_weights_file
 from mlra.config import VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError
-from mlra.checkpoints.format import load_state_checked
 from mlra.model import Transformer
 
 CONFIG_FILE = "config.json"

@@ -45,6 +45,7 @@ from mlra.checkpoints.integrity import checksums, verify_files
 from mlra.errors import CheckpointError, CheckpointWarning, RunInUseError
 
 CHECKPOINTS = "checkpoints"
+RUN_FILE = "run.json"
 LATEST = "latest"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_STATE = "trainer_state.json"
@@ -175,9 +176,9 @@ def write_checkpoint(
     """Write a complete checkpoint of ``step`` atomically and point ``latest`` at it.
 
     ``write_model(directory)`` writes ``config.json`` + ``model.safetensors`` (e.g.
-    :func:`mlra.checkpoints.format.save_model`); ``tokenizer.save(directory)`` the tokenizer; ``state`` goes
-    to ``trainer_state.json`` and ``tensors`` to ``trainer.safetensors``. Then all but the
-    ``keep_last`` newest checkpoints up to this one are deleted (None keeps all).
+    :func:`mlra.checkpoints.format.save_model`); ``tokenizer.save(directory)`` the tokenizer;
+    ``state`` goes to ``trainer_state.json`` and ``tensors`` to ``trainer.safetensors``. Then
+    all but the ``keep_last`` newest checkpoints up to this one are deleted (None keeps all).
     """
     run_dir = Path(run_dir)
     root = make_dirs(run_dir / CHECKPOINTS)

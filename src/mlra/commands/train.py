@@ -28,9 +28,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from mlra.checkpoints import runs as ckpt
 from mlra.config import SIZES, VARIANTS
 from mlra.errors import CheckpointError, ConfigError
-from mlra.checkpoints import runs as ckpt
 from mlra.train.config import TrainConfig, load_config_file, parse_override
 
 HELP = {

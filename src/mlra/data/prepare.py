@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mlra.atomic import atomic_write_text
 from mlra.data.corpus import builtin_documents
 from mlra.data.shards import ShardWriter
 from mlra.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, get_tokenizer
 from mlra.errors import DataError
-from mlra.atomic import atomic_write_text
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".tex", ".html", ".htm", ".py", ".csv"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mlra.errors import DataError
 from mlra.atomic import atomic_write_text
+from mlra.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_NAME = "mlra-tokenizer"

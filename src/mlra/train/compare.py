@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mlra.atomic import atomic_write_text
 from mlra.config import VARIANTS
 from mlra.data.sources import resolve_data
 from mlra.errors import ConfigError
-from mlra.atomic import atomic_write_text
 from mlra.kv_accounting import kv_elements_per_device, kv_elements_total
 from mlra.train.config import TrainConfig
 from mlra.train.metrics import METRICS_FILE, plot_curves, read_metrics

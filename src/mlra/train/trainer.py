@@ -33,6 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from mlra.atomic import atomic_write_text
+from mlra.checkpoints import runs as ckpt
+from mlra.checkpoints.format import (
+    WEIGHTS_FILE,
+    load_state_checked,
+    read_model_config,
+    save_model,
+)
 from mlra.config import ModelConfig
 from mlra.data.loader import (
     Layout,
@@ -42,23 +49,16 @@ from mlra.data.loader import (
     validation_windows,
 )
 from mlra.data.sources import DataSource, resolve_data
-from mlra.devices import parse_device
 from mlra.data.tokenizers import pad_vocab
+from mlra.devices import parse_device
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
-from mlra.checkpoints.format import (
-    WEIGHTS_FILE,
-    load_state_checked,
-    read_model_config,
-    save_model,
-)
 from mlra.model import Transformer
-from mlra.checkpoints import runs as ckpt
 from mlra.train.config import RESUME_FIXED, TrainConfig
 from mlra.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown
 from mlra.train.metrics import METRICS_FILE, MetricsLog, plot_run
 from mlra.train.optim import build_optimizer, lr_at
 
-RUN_FILE = "run.json"
+RUN_FILE = ckpt.RUN_FILE
 
 
 class TrainingDiverged(MlraError):
@@ -615,7 +615,8 @@ class Trainer:
             "config": self.cfg.to_dict(), "model": self.model_config.to_dict(),
             "params": self.n_params, "data": {
                 "name": self.source.name, "train": [str(p) for p in self.source.train],
-                "val": [str(p) for p in self.source.val], "tokenizer": self.source.tokenizer.name,
+                "val": [str(Path(p).resolve()) for p in self.source.val],
+                "tokenizer": self.source.tokenizer.name,
                 "train_tokens": self.train_data.n_tokens, "val_windows": self.val_windows,
             },
             "world_size": self.dist.world_size, "device": str(self.device),
