@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlra",
         description="Multi-Head Low-Rank Attention: models, training, evaluation, decoding.",
+        epilog="examples:\n  mlra compare\n  mlra train --model mlra_4 --steps 500 --out runs/t\n"
+               "  mlra generate --checkpoint runs/t --prompt \"Once upon a time\"\n"
+               "  mlra eval ppl --checkpoint runs/t\n"
+               "Every command's --help ends with examples (mlra COMMAND --help).\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
