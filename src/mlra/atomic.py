@@ -70,6 +70,12 @@ def creation_mode() -> int:
 def make_dirs(directory: str | Path) -> Path:
     """``mkdir -p directory``; a file-system fault is a :class:`FileSystemError`."""
     directory = Path(directory)
+    for part in (directory, *directory.parents):
+        if part.exists() and not part.is_dir():
+            raise FileSystemError(f"cannot create directory {directory}: {part} is a file, not a "
+                                  "directory", errno.ENOTDIR, str(part))
+        if part.is_dir():
+            break
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -90,6 +90,9 @@ class Trainer:
     """One training run. ``resume``: a run directory or checkpoint to continue from (the new
     checkpoints go to ``cfg.out``); ``overwrite`` replaces an existing run in ``cfg.out``."""
 
+    status_interval_s: float = 30.0
+    """Without a progress bar, a status line is logged at most this often (seconds)."""
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -106,7 +109,6 @@ class Trainer:
         self._lock = ckpt.RunLock(self.out)
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._bar: tqdm | None = None
-        self.status_interval_s = 30.0  # seconds between status lines when there is no bar
         self._last_status: float | None = None
         self.loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # tests
 
