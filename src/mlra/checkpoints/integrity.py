@@ -21,10 +21,12 @@ _CHUNK = 1 << 22
 def file_checksum(path: str | Path) -> str:
     """``"sha256:<hex digest>"`` of the file at ``path``."""
     h = hashlib.new(ALGORITHM)
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(view[:n])
     except OSError as exc:
         error = fs_error(exc, path, "read")
         if error is None:
