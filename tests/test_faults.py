@@ -400,6 +400,15 @@ def test_every_help_has_examples():
     assert missing == []
 
 
+def test_readme_python_tour_runs_as_written(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tour = readme.split("## Python tour", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(tour, "README.md (Python tour)", "exec"), scope)  # noqa: S102
+    assert scope["model"].config.name == "mlra_4" and len(scope["new"]) == 2
+
+
 def test_second_compare_reuses_finished_variants(tmp_path, mlra_cache, capsys):
     argv = ["compare", "--variants", "gqa,mla", "--steps", "1", "--batch-size", "1",
             "--seq-len", "16", "--eval-interval", "1", "--val-tokens", "32", "--workers", "2",
