@@ -24,7 +24,7 @@ import torch
 from mlra.checkpoints.format import (
     CONFIG_FILE,
     FORMAT_NAME,
-    load_model_dir,
+    _load_model_dir,
     read_model_config,
     verify_model_dir,
 )
@@ -36,7 +36,7 @@ from mlra.checkpoints.official import (
     resolve_official_config,
     variant_name,
 )
-from mlra.checkpoints.runs import CHECKPOINTS, LATEST, TRAINER_STATE, resolve_checkpoint
+from mlra.checkpoints.runs import CHECKPOINTS, LATEST, TRAINER_TENSORS, resolve_checkpoint
 from mlra.checkpoints.safety import load_weights_file
 from mlra.data.tokenizers import (
     TOKENIZER_FILE,
@@ -71,8 +71,8 @@ def _read_json_object(path: Path) -> dict:
 
 def _ours_without_config(p: Path) -> str | None:
     """What marks ``p`` as one of our directories although it lacks a usable config."""
-    if (p / TRAINER_STATE).is_file():
-        return TRAINER_STATE
+    if (p / TRAINER_TENSORS).is_file():  # (trainer_state.json alone is also Hugging Face's)
+        return TRAINER_TENSORS
     tok = p / TOKENIZER_FILE
     if tok.is_file():
         try:
@@ -195,12 +195,12 @@ def load_checkpoint(
         return shard_model(full, tp, dtype=dtype)  # .bin pickles cannot be read in slices
     _check_request(directory, read_model_config(directory), variant, latent_scaling)
     if sharded:
-        from mlra.parallel.shard import load_shard
+        from mlra.parallel.shard import _load_shard
 
         if verify:
             verify_model_dir(directory)
-        return load_shard(directory, tp, dtype=dtype)  # reads only this rank's slices
-    model = load_model_dir(directory, device="cpu", dtype=dtype, verify=verify)
+        return _load_shard(directory, tp, dtype=dtype)  # reads only this rank's slices
+    model = _load_model_dir(directory, device="cpu", dtype=dtype, verify=verify)
     return model.to(device).eval()
 
 

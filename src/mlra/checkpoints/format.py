@@ -3,7 +3,7 @@
 ``config.json`` holds ``{"format": "mlra", "format_version": 1, "model": {...}, "checksums":
 {"model.safetensors": "sha256:..."}, ...}``. The weights are written first (atomically), then
 the config with their checksum, so a directory with a config always has the weights it
-describes; :func:`load_model_dir` verifies the checksum unless told not to. Directories written
+describes; :func:`_load_model_dir` verifies the checksum unless told not to. Directories written
 before checksums existed load without the check.
 """
 
@@ -76,7 +76,7 @@ def verify_model_dir(directory: str | Path) -> None:
         verify_files(directory, sums, str(directory / CONFIG_FILE))
 
 
-def load_model_dir(
+def _load_model_dir(
     directory: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
