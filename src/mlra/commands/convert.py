@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / TOKENIZER_FILE, lambda p: shutil.copyfile(source / TOKENIZER_FILE, p))
     cfg = model.config
     print(
-        f"wrote {out}: {cfg.name} ({cfg.attention} attention, {cfg.n_layers} layers, "
+        f"wrote {out}: {cfg.name} ({cfg.family} attention, {cfg.n_layers} layers, "
         f"d_model {cfg.d_model}, {model.num_params() / 1e6:.1f}M parameters)"
     )
     return 0
