@@ -1,11 +1,14 @@
-"""Paged decode kernels: Triton on CUDA, the PyTorch references everywhere else.
+"""Paged decode kernels and the fused training attention: Triton on CUDA, the PyTorch
+references everywhere else.
 
 ``paged_latent_decode`` and ``paged_gqa_decode`` take the signatures documented in
 :mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
 (:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
 device, Triton is importable and the shapes are ones the kernels take
 (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
-Importing this package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the
+``latent_train_attention`` (causal training attention of the latent family, differentiable)
+picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
+(:func:`train_kernel_supports`). Importing this package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the
 references (debugging).
 """
 
@@ -18,7 +21,11 @@ from collections.abc import Sequence
 
 import torch
 
-from mlra.kernels.reference import paged_gqa_decode_ref, paged_latent_decode_ref
+from mlra.kernels.reference import (
+    latent_train_attention_ref,
+    paged_gqa_decode_ref,
+    paged_latent_decode_ref,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +110,50 @@ def paged_gqa_decode(
     return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def train_kernel_supports(q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor,
+                          v: torch.Tensor, k_rope: torch.Tensor) -> bool:
+    """Shapes the fused training kernel takes (others go to the reference): one bf16/fp16
+    dtype, power-of-two head, RoPE and value widths in [16, 256], as many keys as queries
+    (causal self-attention), KV heads dividing the query heads, contiguous last dims."""
+    ts = (q_nope, q_rope, k_nope, v, k_rope)
+    B, T, H, D = q_nope.shape
+    return (q_nope.dtype in _KERNEL_DTYPES and all(t.dtype == q_nope.dtype for t in ts)
+            and all(t.stride(-1) == 1 for t in ts)
+            and all(_pow2(d) and d <= 256 for d in (D, q_rope.shape[-1], v.shape[-1]))
+            and k_nope.shape[:2] == (B, T) and k_rope.shape == (B, T, q_rope.shape[-1])
+            and v.shape[:4] == k_nope.shape[:4] and H % k_nope.shape[3] == 0)
+
+
+def latent_train_attention(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    k_nope: torch.Tensor,
+    v: torch.Tensor,
+    k_rope: torch.Tensor,
+    scale: float,
+    out_scale: float,
+) -> torch.Tensor:
+    """Causal training attention of the latent family, differentiable (see
+    :func:`latent_train_attention_ref`): the fused Triton kernel on CUDA, the reference
+    elsewhere. Under CUDA autocast the inputs are cast to the autocast dtype first."""
+    if q_nope.is_cuda and torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+        q_nope, q_rope, k_nope, v, k_rope = (t.to(dt) for t in (q_nope, q_rope, k_nope, v,
+                                                                 k_rope))
+    if use_triton(q_nope) and train_kernel_supports(q_nope, q_rope, k_nope, v, k_rope):
+        from mlra.kernels.triton_latent_train import latent_train_attention_triton
+
+        return latent_train_attention_triton(q_nope, q_rope, k_nope, v, k_rope, scale,
+                                             out_scale)
+    return latent_train_attention_ref(q_nope, q_rope, k_nope, v, k_rope, scale, out_scale)
+
+
 __all__ = [
+    "latent_train_attention", "latent_train_attention_ref", "train_kernel_supports",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
 ]
