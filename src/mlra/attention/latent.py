@@ -22,6 +22,7 @@ from torch import nn
 
 from mlra.attention.base import Attention, KVState
 from mlra.config import ModelConfig
+from mlra.kernels import latent_train_attention, train_kernel_supports
 from mlra.layers import RMSNorm, Rotary, rms_norm
 
 LatentQuery = tuple[torch.Tensor, torch.Tensor]
@@ -91,6 +92,10 @@ class LatentAttention(Attention):
         S, nb, dr = latent.shape[1], self.branches, self.cfg.rope_dim
         kv = torch.einsum("bslw,lwo->bslo", latent, self.wkv_b.to(latent.dtype))
         kv = kv.reshape(B, S, nb, H, 2 * dh)  # latent j = b*groups + g; head = g*Hg + i
+        if mask is None and train_kernel_supports(q_nope, q_rope, kv, k_rope):
+            o = latent_train_attention(q_nope, q_rope, kv, k_rope, self.cfg.softmax_scale,
+                                       self.out_scale)  # the fused kernel (CUDA, causal)
+            return o.reshape(B, T, H * dh)
         k = torch.cat([kv[..., :dh], k_rope[:, :, None, None, :].expand(B, S, nb, H, dr)], -1)
         v = kv[..., dh:]
         qf = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)  # [B, H, T, dh + dr]

@@ -114,42 +114,48 @@ def _pow2(n: int) -> bool:
     return n >= 16 and n & (n - 1) == 0
 
 
-def train_kernel_supports(q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor,
-                          v: torch.Tensor, k_rope: torch.Tensor) -> bool:
-    """Shapes the fused training kernel takes (others go to the reference): one bf16/fp16
-    dtype, power-of-two head, RoPE and value widths in [16, 256], as many keys as queries
-    (causal self-attention), KV heads dividing the query heads, contiguous last dims."""
-    ts = (q_nope, q_rope, k_nope, v, k_rope)
+def _train_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype the training attention computes in: the CUDA autocast dtype when autocast is
+    on, else the query's."""
+    if q.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return q.dtype
+
+
+def train_kernel_supports(q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
+                          k_rope: torch.Tensor) -> bool:
+    """Whether :func:`latent_train_attention` runs the fused Triton kernel on these inputs:
+    a CUDA device with Triton, a bf16/fp16 compute dtype, power-of-two head, RoPE and value
+    widths in [16, 256], as many keys as queries (causal self-attention), KV heads dividing
+    the query heads, contiguous last dims."""
     B, T, H, D = q_nope.shape
-    return (q_nope.dtype in _KERNEL_DTYPES and all(t.dtype == q_nope.dtype for t in ts)
-            and all(t.stride(-1) == 1 for t in ts)
-            and all(_pow2(d) and d <= 256 for d in (D, q_rope.shape[-1], v.shape[-1]))
-            and k_nope.shape[:2] == (B, T) and k_rope.shape == (B, T, q_rope.shape[-1])
-            and v.shape[:4] == k_nope.shape[:4] and H % k_nope.shape[3] == 0)
+    R = q_rope.shape[-1]
+    return (use_triton(q_nope) and _train_dtype(q_nope) in _KERNEL_DTYPES
+            and all(t.stride(-1) == 1 for t in (q_nope, q_rope, kv, k_rope))
+            and all(_pow2(d) and d <= 256 for d in (D, R, kv.shape[-1] - D))
+            and tuple(kv.shape[:2]) == (B, T) and tuple(k_rope.shape) == (B, T, R)
+            and kv.dim() == 5 and H % kv.shape[3] == 0)
 
 
 def latent_train_attention(
     q_nope: torch.Tensor,
     q_rope: torch.Tensor,
-    k_nope: torch.Tensor,
-    v: torch.Tensor,
+    kv: torch.Tensor,
     k_rope: torch.Tensor,
     scale: float,
     out_scale: float,
 ) -> torch.Tensor:
     """Causal training attention of the latent family, differentiable (see
-    :func:`latent_train_attention_ref`): the fused Triton kernel on CUDA, the reference
-    elsewhere. Under CUDA autocast the inputs are cast to the autocast dtype first."""
-    if q_nope.is_cuda and torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-        q_nope, q_rope, k_nope, v, k_rope = (t.to(dt) for t in (q_nope, q_rope, k_nope, v,
-                                                                 k_rope))
-    if use_triton(q_nope) and train_kernel_supports(q_nope, q_rope, k_nope, v, k_rope):
+    :func:`latent_train_attention_ref`): the fused Triton kernel where
+    :func:`train_kernel_supports`, the reference elsewhere. Inputs are cast to the compute
+    dtype (the CUDA autocast dtype under autocast) first."""
+    dt = _train_dtype(q_nope)
+    q_nope, q_rope, kv, k_rope = (t.to(dt) for t in (q_nope, q_rope, kv, k_rope))
+    if train_kernel_supports(q_nope, q_rope, kv, k_rope):
         from mlra.kernels.triton_latent_train import latent_train_attention_triton
 
-        return latent_train_attention_triton(q_nope, q_rope, k_nope, v, k_rope, scale,
-                                             out_scale)
-    return latent_train_attention_ref(q_nope, q_rope, k_nope, v, k_rope, scale, out_scale)
+        return latent_train_attention_triton(q_nope, q_rope, kv, k_rope, scale, out_scale)
+    return latent_train_attention_ref(q_nope, q_rope, kv, k_rope, scale, out_scale)
 
 
 __all__ = [

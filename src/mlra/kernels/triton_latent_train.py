@@ -52,31 +52,39 @@ class TrainKernelConfig:
     fwd_block_m: int = 128
     fwd_block_n: int = 64
     fwd_warps: int = 8
-    fwd_stages: int = 2
-    #: branches per forward program (a divisor of the branch count, at most 4)
+    fwd_stages: int = 3
+    #: branches whose RoPE scores one forward tile shares (a divisor of the branch count, at
+    #: most 4; None = all): each program runs its head's branches in chunks of this size
     branches_per_program: int | None = None
     dq_block_m: int = 128
-    dq_block_n: int = 64
+    dq_block_n: int = 32
     dq_warps: int = 8
     dq_stages: int = 2
-    dkv_block_m: int = 64
+    #: as ``branches_per_program``, for the dQ pass
+    dq_branches_per_program: int | None = None
+    dkv_block_m: int = 32
     dkv_block_n: int = 128
     dkv_warps: int = 8
-    dkv_stages: int = 2
+    dkv_stages: int = 3
 
 
+#: small tiles for the interpreter; chunks of two branches exercise the chunked paths
 INTERPRETER_CONFIG = TrainKernelConfig(
-    fwd_block_m=32, fwd_block_n=16, fwd_warps=4, fwd_stages=1, dq_block_m=32, dq_block_n=16,
-    dq_warps=4, dq_stages=1, dkv_block_m=16, dkv_block_n=32, dkv_warps=4, dkv_stages=1,
+    fwd_block_m=32, fwd_block_n=16, fwd_warps=4, fwd_stages=1, branches_per_program=2,
+    dq_block_m=32, dq_block_n=16, dq_warps=4, dq_stages=1, dq_branches_per_program=2,
+    dkv_block_m=16, dkv_block_n=32, dkv_warps=4, dkv_stages=1,
 )
 
-#: per-branch-count launch configurations on GPUs (``None`` entries: :class:`TrainKernelConfig`)
+#: launch configurations on GPUs by branch count (measured on an H200: see
+#: benchmarks/train/README.md)
 GPU_CONFIGS: dict[int, TrainKernelConfig] = {
-    1: TrainKernelConfig(),
-    2: TrainKernelConfig(fwd_block_m=64, fwd_block_n=64, fwd_warps=4, dq_block_m=64,
-                         dq_block_n=64, dq_warps=4),
-    4: TrainKernelConfig(fwd_block_m=64, fwd_block_n=32, fwd_warps=4, fwd_stages=2,
-                         dq_block_m=64, dq_block_n=32, dq_warps=4, dq_stages=2),
+    1: TrainKernelConfig(fwd_block_m=128, fwd_block_n=64, fwd_warps=8, fwd_stages=3,
+                         dq_block_m=128, dq_block_n=32, dq_warps=8, dq_stages=2,
+                         dkv_block_m=32, dkv_block_n=128, dkv_warps=8, dkv_stages=3),
+    2: TrainKernelConfig(fwd_block_m=128, fwd_block_n=64, fwd_warps=8, fwd_stages=2,
+                         branches_per_program=2, dq_block_m=128, dq_block_n=32, dq_warps=8,
+                         dq_stages=2, dq_branches_per_program=1, dkv_block_m=32,
+                         dkv_block_n=128, dkv_warps=8, dkv_stages=3),
 }
 
 
@@ -160,11 +168,9 @@ def _fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    chunk = tl.program_id(2)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = h // GROUP
-    br0 = chunk * NBC
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, DH)
     offs_r = tl.arange(0, DR)
@@ -174,17 +180,40 @@ def _fwd_kernel(
                 mask=m_ok[:, None], other=0.0)
     qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + offs_r[None, :],
                  mask=m_ok[:, None], other=0.0)
-    kn_base = Kn + b * s_kn_b + hk * s_kn_h + br0 * s_kn_n + offs_d[None, :]
-    v_base = V + b * s_v_b + hk * s_v_h + br0 * s_v_n + offs_v[None, :]
-    kr_base = Kr + b * s_kr_b + offs_r[None, :]
+    o_base = O + b * s_o_b + h * s_o_h + offs_m[:, None] * s_o_t + offs_v[None, :]
+    ob_base = OB + b * s_ob_b + h * s_ob_h + offs_m[:, None] * s_ob_t + offs_v[None, :]
+    for chunk in range(NB // NBC):  # chunks of NBC branches that share the RoPE scores
+        br0 = chunk * NBC
+        o = _fwd_chunk(q, qr, Kn + b * s_kn_b + hk * s_kn_h + br0 * s_kn_n + offs_d[None, :],
+                       V + b * s_v_b + hk * s_v_h + br0 * s_v_n + offs_v[None, :],
+                       Kr + b * s_kr_b + offs_r[None, :], LSE + ((b * NB + br0) * H + h) * T
+                       + offs_m, ob_base + br0 * s_ob_n, s_kn_s, s_kn_n, s_v_s, s_v_n,
+                       s_kr_s, s_ob_n, pid_m, offs_m, m_ok, T, H, qk_scale, NBC, DV, BLOCK_M,
+                       BLOCK_N, STORE_OB)
+        if NBC == NB:
+            tl.store(o_base, (o * out_scale).to(O.dtype.element_ty),
+                     mask=m_ok[:, None])
+    if NBC < NB:  # sum the stored branch outputs of this block (written by this program)
+        tl.debug_barrier()
+        o = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
+        for br in range(NB):
+            o += tl.load(ob_base + br * s_ob_n, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        tl.store(o_base, (o * out_scale).to(O.dtype.element_ty), mask=m_ok[:, None])
 
+
+@triton.jit
+def _fwd_chunk(q, qr, kn_base, v_base, kr_base, lse_base, ob_base, s_kn_s, s_kn_n, s_v_s, s_v_n,
+               s_kr_s, s_ob_n, pid_m, offs_m, m_ok, T, H, qk_scale,
+               NBC: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, STORE_OB: tl.constexpr):
+    """NBC branches of one block of query rows over all its keys; returns the sum of their
+    normalised outputs (and stores their LSE, and their outputs when STORE_OB)."""
     acc0 = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
     m0 = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l0 = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc1, m1, l1 = acc0, m0, l0
     acc2, m2, l2 = acc0, m0, l0
     acc3, m3, l3 = acc0, m0, l0
-
     lo = pid_m * BLOCK_M
     for start_n in range(0, lo, BLOCK_N):  # tiles fully below the diagonal: no masks
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -201,10 +230,6 @@ def _fwd_kernel(
             kn_base + offs_n[:, None] * s_kn_s, v_base + offs_n[:, None] * s_v_s,
             kr_base + offs_n[:, None] * s_kr_s, s_kn_n, s_v_n, offs_m, offs_n, offs_n < T,
             qk_scale, NBC, True)
-
-    lse_base = LSE + ((b * NB + br0) * H + h) * T + offs_m
-    ob_base = OB + b * s_ob_b + h * s_ob_h + br0 * s_ob_n + offs_m[:, None] * s_ob_t \
-        + offs_v[None, :]
     o = _fwd_finish(acc0, m0, l0, lse_base, ob_base, m_ok, STORE_OB)
     if NBC > 1:
         o += _fwd_finish(acc1, m1, l1, lse_base + H * T, ob_base + s_ob_n, m_ok, STORE_OB)
@@ -214,9 +239,7 @@ def _fwd_kernel(
     if NBC > 3:
         o += _fwd_finish(acc3, m3, l3, lse_base + 3 * H * T, ob_base + 3 * s_ob_n, m_ok,
                          STORE_OB)
-    if NBC == NB:
-        o_ptrs = O + b * s_o_b + h * s_o_h + offs_m[:, None] * s_o_t + offs_v[None, :]
-        tl.store(o_ptrs, (o * out_scale).to(O.dtype.element_ty), mask=m_ok[:, None])
+    return o
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,15 +294,17 @@ def _dq_branch(dq, ds_sum, q, do, s_rope, k_ptrs, v_ptrs, lse_ptrs, dl_ptrs, off
 @triton.jit
 def _dq_tile(dq, dqr, q, qr, do, kn_ptrs, v_ptrs, kr_ptrs, lse_ptrs, dl_ptrs, s_kn_n, s_v_n,
              HT, offs_m, offs_n, n_ok, m_ok, qk_scale, out_scale,
-             NB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             NBC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              CAUSAL: tl.constexpr):
+    """NBC branches over one key tile of the dQ pass: the RoPE scores and the RoPE-query
+    gradient (from the branches' summed dS) once."""
     if CAUSAL:
         kr = tl.load(kr_ptrs, mask=n_ok[:, None], other=0.0)
     else:
         kr = tl.load(kr_ptrs)
     s_rope = tl.dot(qr, tl.trans(kr))
     ds_sum = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for br in tl.static_range(NB):
+    for br in tl.static_range(NBC):
         dq, ds_sum = _dq_branch(dq, ds_sum, q, do, s_rope, kn_ptrs + br * s_kn_n,
                                 v_ptrs + br * s_v_n, lse_ptrs + br * HT, dl_ptrs + br * HT,
                                 offs_m, offs_n, n_ok, m_ok, qk_scale, out_scale, CAUSAL)
@@ -294,7 +319,7 @@ def _dq_kernel(
     s_kn_b, s_kn_s, s_kn_n, s_kn_h, s_v_b, s_v_s, s_v_n, s_v_h, s_kr_b, s_kr_s,
     s_do_b, s_do_t, s_do_h,
     T, H, qk_scale, scale, out_scale,
-    NB: tl.constexpr, GROUP: tl.constexpr,
+    NB: tl.constexpr, NBC: tl.constexpr, GROUP: tl.constexpr,
     DH: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -315,28 +340,32 @@ def _dq_kernel(
                  mask=m_ok[:, None], other=0.0)
     do = tl.load(DO + b * s_do_b + h * s_do_h + offs_m[:, None] * s_do_t + offs_v[None, :],
                  mask=m_ok[:, None], other=0.0)
-    kn_base = Kn + b * s_kn_b + hk * s_kn_h + offs_d[None, :]
-    v_base = V + b * s_v_b + hk * s_v_h + offs_v[None, :]
     kr_base = Kr + b * s_kr_b + offs_r[None, :]
     HT = H * T
-    lse_ptrs = LSE + (b * NB * H + h) * T + offs_m
-    dl_ptrs = DELTA + (b * NB * H + h) * T + offs_m
     dq = tl.zeros([BLOCK_M, DH], dtype=tl.float32)
     dqr = tl.zeros([BLOCK_M, DR], dtype=tl.float32)
     lo = pid_m * BLOCK_M
-    for start_n in range(0, lo, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        dq, dqr = _dq_tile(dq, dqr, q, qr, do, kn_base + offs_n[:, None] * s_kn_s,
-                           v_base + offs_n[:, None] * s_v_s, kr_base + offs_n[:, None] * s_kr_s,
-                           lse_ptrs, dl_ptrs, s_kn_n, s_v_n, HT, offs_m, offs_n, offs_n < T,
-                           m_ok, qk_scale, out_scale, NB, BLOCK_M, BLOCK_N, False)
     hi = tl.minimum(lo + BLOCK_M, T)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        dq, dqr = _dq_tile(dq, dqr, q, qr, do, kn_base + offs_n[:, None] * s_kn_s,
-                           v_base + offs_n[:, None] * s_v_s, kr_base + offs_n[:, None] * s_kr_s,
-                           lse_ptrs, dl_ptrs, s_kn_n, s_v_n, HT, offs_m, offs_n, offs_n < T,
-                           m_ok, qk_scale, out_scale, NB, BLOCK_M, BLOCK_N, True)
+    for chunk in range(NB // NBC):  # chunks of NBC branches that share the RoPE scores
+        br0 = chunk * NBC
+        kn_base = Kn + b * s_kn_b + hk * s_kn_h + br0 * s_kn_n + offs_d[None, :]
+        v_base = V + b * s_v_b + hk * s_v_h + br0 * s_v_n + offs_v[None, :]
+        lse_ptrs = LSE + ((b * NB + br0) * H + h) * T + offs_m
+        dl_ptrs = DELTA + ((b * NB + br0) * H + h) * T + offs_m
+        for start_n in range(0, lo, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            dq, dqr = _dq_tile(dq, dqr, q, qr, do, kn_base + offs_n[:, None] * s_kn_s,
+                               v_base + offs_n[:, None] * s_v_s,
+                               kr_base + offs_n[:, None] * s_kr_s, lse_ptrs, dl_ptrs, s_kn_n,
+                               s_v_n, HT, offs_m, offs_n, offs_n < T, m_ok, qk_scale,
+                               out_scale, NBC, BLOCK_M, BLOCK_N, False)
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            dq, dqr = _dq_tile(dq, dqr, q, qr, do, kn_base + offs_n[:, None] * s_kn_s,
+                               v_base + offs_n[:, None] * s_v_s,
+                               kr_base + offs_n[:, None] * s_kr_s, lse_ptrs, dl_ptrs, s_kn_n,
+                               s_v_n, HT, offs_m, offs_n, offs_n < T, m_ok, qk_scale,
+                               out_scale, NBC, BLOCK_M, BLOCK_N, True)
     row = b * T * H + offs_m[:, None] * H + h  # dQ outputs are contiguous [B, T, H, *]
     tl.store(DQn + row * DH + offs_d[None, :], (dq * scale).to(DQn.dtype.element_ty),
              mask=m_ok[:, None])
@@ -369,7 +398,7 @@ def _dkv_step(dk, dv, dkr, k, v, kr, q_ptrs, qr_ptrs, do_ptrs, lse_ptrs, dl_ptrs
 
 @triton.jit
 def _dkv_kernel(
-    Qn, Qr, Kn, V, Kr, DO, LSE, DELTA, DKn, DV_, DKR,
+    Qn, Qr, Kn, V, Kr, DO, LSE, DELTA, DKV, DKR,
     s_qn_b, s_qn_t, s_qn_h, s_qr_b, s_qr_t, s_qr_h,
     s_kn_b, s_kn_s, s_kn_n, s_kn_h, s_v_b, s_v_s, s_v_n, s_v_h, s_kr_b, s_kr_s,
     s_do_b, s_do_t, s_do_h,
@@ -420,40 +449,46 @@ def _dkv_kernel(
                                     do_base + offs_m[:, None] * s_do_t, LSE + stat + offs_m,
                                     DELTA + stat + offs_m, offs_m, offs_n, T, qk_scale,
                                     out_scale, False)
-    # outputs: dK, dV contiguous [B, S, NB, HKV, *]; partial RoPE-key grads [B, S, NB*HKV, DR]
+    # outputs: [dK | dV] packed, contiguous [B, S, NB, HKV, DH + DV]; partial RoPE-key
+    # gradients [B, S, NB * HKV, DR] (summed by the caller)
     row = ((b * T + offs_n[:, None]) * NB + br) * HKV + hk
-    tl.store(DKn + row * DH + offs_d[None, :], (dk * scale).to(DKn.dtype.element_ty),
+    tl.store(DKV + row * (DH + DV) + offs_d[None, :], (dk * scale).to(DKV.dtype.element_ty),
              mask=n_ok[:, None])
-    tl.store(DV_ + row * DV + offs_v[None, :], (dv * out_scale).to(DV_.dtype.element_ty),
-             mask=n_ok[:, None])
+    tl.store(DKV + row * (DH + DV) + DH + offs_v[None, :],
+             (dv * out_scale).to(DKV.dtype.element_ty), mask=n_ok[:, None])
     tl.store(DKR + row * DR + offs_r[None, :], dkr * scale, mask=n_ok[:, None])
 
 
 # ------------------------------------------------------------------------------------------
 # launchers
 # ------------------------------------------------------------------------------------------
-def _shapes(q_nope, q_rope, k_nope, v, k_rope):
+def _shapes(q_nope, q_rope, kv):
     B, T, H, DH = q_nope.shape
-    NB, HKV = k_nope.shape[2], k_nope.shape[3]
-    return B, T, H, DH, q_rope.shape[-1], v.shape[-1], NB, HKV
+    NB, HKV = kv.shape[2], kv.shape[3]
+    return B, T, H, DH, q_rope.shape[-1], kv.shape[-1] - DH, NB, HKV
 
 
-def _strides(q_nope, q_rope, k_nope, v, k_rope) -> list[int]:
-    return [*q_nope.stride()[:3], *q_rope.stride()[:3], *k_nope.stride()[:4], *v.stride()[:4],
-            *k_rope.stride()[:2]]
+def _strides(q_nope, q_rope, kv, k_rope) -> list[int]:
+    s_kv = kv.stride()[:4]
+    return [*q_nope.stride()[:3], *q_rope.stride()[:3], *s_kv, *s_kv, *k_rope.stride()[:2]]
 
 
-def forward(q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor, v: torch.Tensor,
-            k_rope: torch.Tensor, scale: float, out_scale: float,
-            config: TrainKernelConfig | None = None,
+def _chunk(nb: int, per_program: int | None) -> int:
+    """Branches per chunk: the largest divisor of ``nb`` not above the request (default all,
+    at most four)."""
+    c = min(nb, per_program or MAX_BRANCHES_PER_PROGRAM, MAX_BRANCHES_PER_PROGRAM)
+    while nb % c:
+        c -= 1
+    return c
+
+
+def forward(q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, k_rope: torch.Tensor,
+            scale: float, out_scale: float, config: TrainKernelConfig | None = None,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output ``[B, T, H, DV]``, per-branch outputs ``[B, T, NB, H, DV]`` (empty for one
     branch: the backward then uses the output) and log2-domain LSE ``[B, NB, H, T]`` (fp32)."""
-    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, k_nope, v, k_rope)
+    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, kv)
     cfg = config or default_config(NB)
-    nbc = cfg.branches_per_program or min(NB, MAX_BRANCHES_PER_PROGRAM)
-    while NB % nbc:
-        nbc -= 1
     store_ob = NB > 1
     dev = q_nope.device
     o = torch.empty(B, T, H, DV, dtype=q_nope.dtype, device=dev)
@@ -461,26 +496,23 @@ def forward(q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor, v:
         torch.empty(0, dtype=q_nope.dtype, device=dev)
     lse = torch.empty(B, NB, H, T, dtype=torch.float32, device=dev)
     s_ob = ob.stride() if store_ob else (0, 0, 0, 0, 0)
-    grid = (triton.cdiv(T, cfg.fwd_block_m), B * H, NB // nbc)
-    _fwd_kernel[grid](
-        q_nope, q_rope, k_nope, v, k_rope, o, ob, lse,
-        *_strides(q_nope, q_rope, k_nope, v, k_rope), *o.stride()[:3], *s_ob[:4],
+    _fwd_kernel[(triton.cdiv(T, cfg.fwd_block_m), B * H)](
+        q_nope, q_rope, kv, kv[..., DH:], k_rope, o, ob, lse,
+        *_strides(q_nope, q_rope, kv, k_rope), *o.stride()[:3], *s_ob[:4],
         T, H, scale * LOG2E, out_scale,
-        NB=NB, NBC=nbc, GROUP=H // HKV, DH=DH, DR=DR, DV=DV,
+        NB=NB, NBC=_chunk(NB, cfg.branches_per_program), GROUP=H // HKV, DH=DH, DR=DR, DV=DV,
         BLOCK_M=cfg.fwd_block_m, BLOCK_N=cfg.fwd_block_n, STORE_OB=store_ob,
         num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
     )
-    if nbc < NB:
-        o = (ob.float().sum(2) * out_scale).to(q_nope.dtype)
     return o, ob, lse
 
 
-def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor,
-             v: torch.Tensor, k_rope: torch.Tensor, o: torch.Tensor, ob: torch.Tensor,
-             lse: torch.Tensor, scale: float, out_scale: float,
-             config: TrainKernelConfig | None = None) -> tuple[torch.Tensor, ...]:
-    """Gradients (dq_nope, dq_rope, dk_nope, dv, dk_rope), contiguous, in the input dtypes."""
-    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, k_nope, v, k_rope)
+def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
+             k_rope: torch.Tensor, o: torch.Tensor, ob: torch.Tensor, lse: torch.Tensor,
+             scale: float, out_scale: float, config: TrainKernelConfig | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq_nope, dq_rope, dkv, dk_rope), contiguous, in the input dtypes."""
+    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, kv)
     cfg = config or default_config(NB)
     dev = q_nope.device
     if do.stride(-1) != 1:
@@ -494,75 +526,72 @@ def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, k_nop
         do, x, delta, *do.stride()[:3], *s_x[:4], T, H, mult,
         NB=NB, DV=DV, BLOCK_M=64, num_warps=4,
     )
-    strides = _strides(q_nope, q_rope, k_nope, v, k_rope)
+    strides = _strides(q_nope, q_rope, kv, k_rope)
     dq_nope = torch.empty(B, T, H, DH, dtype=q_nope.dtype, device=dev)
     dq_rope = torch.empty(B, T, H, DR, dtype=q_rope.dtype, device=dev)
     _dq_kernel[(triton.cdiv(T, cfg.dq_block_m), B * H)](
-        q_nope, q_rope, k_nope, v, k_rope, do, lse, delta, dq_nope, dq_rope,
+        q_nope, q_rope, kv, kv[..., DH:], k_rope, do, lse, delta, dq_nope, dq_rope,
         *strides, *do.stride()[:3], T, H, scale * LOG2E, scale, out_scale,
-        NB=NB, GROUP=H // HKV, DH=DH, DR=DR, DV=DV,
-        BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n,
+        NB=NB, NBC=_chunk(NB, cfg.dq_branches_per_program), GROUP=H // HKV,
+        DH=DH, DR=DR, DV=DV, BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n,
         num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
-    dk_nope = torch.empty(B, T, NB, HKV, DH, dtype=k_nope.dtype, device=dev)
-    dv = torch.empty(B, T, NB, HKV, DV, dtype=v.dtype, device=dev)
+    dkv = torch.empty(B, T, NB, HKV, DH + DV, dtype=kv.dtype, device=dev)
     dkr_part = torch.empty(B, T, NB * HKV, DR, dtype=torch.float32, device=dev)
     _dkv_kernel[(triton.cdiv(T, cfg.dkv_block_n), B * HKV, NB)](
-        q_nope, q_rope, k_nope, v, k_rope, do, lse, delta, dk_nope, dv, dkr_part,
+        q_nope, q_rope, kv, kv[..., DH:], k_rope, do, lse, delta, dkv, dkr_part,
         *strides, *do.stride()[:3], T, H, HKV, scale * LOG2E, scale, out_scale,
         NB=NB, GROUP=H // HKV, DH=DH, DR=DR, DV=DV,
         BLOCK_M=cfg.dkv_block_m, BLOCK_N=cfg.dkv_block_n,
         num_warps=cfg.dkv_warps, num_stages=cfg.dkv_stages,
     )
     dk_rope = dkr_part.sum(2).to(k_rope.dtype)
-    return dq_nope, dq_rope, dk_nope, dv, dk_rope
+    return dq_nope, dq_rope, dkv, dk_rope
 
 
 # ------------------------------------------------------------------------------------------
 # the differentiable op (a torch.library custom op: opaque to torch.compile)
 # ------------------------------------------------------------------------------------------
 @torch.library.custom_op("mlra::latent_train_attn_fwd", mutates_args=())
-def _attn_fwd(q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor, v: torch.Tensor,
+def _attn_fwd(q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
               k_rope: torch.Tensor, scale: float, out_scale: float
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return forward(q_nope, q_rope, k_nope, v, k_rope, scale, out_scale)
+    return forward(q_nope, q_rope, kv, k_rope, scale, out_scale)
 
 
 @_attn_fwd.register_fake
-def _attn_fwd_fake(q_nope, q_rope, k_nope, v, k_rope, scale, out_scale):
-    B, T, H, _, _, DV, NB, _ = _shapes(q_nope, q_rope, k_nope, v, k_rope)
+def _attn_fwd_fake(q_nope, q_rope, kv, k_rope, scale, out_scale):
+    B, T, H, _, _, DV, NB, _ = _shapes(q_nope, q_rope, kv)
     o = q_nope.new_empty(B, T, H, DV)
     ob = q_nope.new_empty(B, T, NB, H, DV) if NB > 1 else q_nope.new_empty(0)
     return o, ob, q_nope.new_empty(B, NB, H, T, dtype=torch.float32)
 
 
 @torch.library.custom_op("mlra::latent_train_attn_bwd", mutates_args=())
-def _attn_bwd(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor,
-              k_nope: torch.Tensor, v: torch.Tensor, k_rope: torch.Tensor, o: torch.Tensor,
-              ob: torch.Tensor, lse: torch.Tensor, scale: float, out_scale: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(do, q_nope, q_rope, k_nope, v, k_rope, o, ob, lse, scale, out_scale)
+def _attn_bwd(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
+              k_rope: torch.Tensor, o: torch.Tensor, ob: torch.Tensor, lse: torch.Tensor,
+              scale: float, out_scale: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(do, q_nope, q_rope, kv, k_rope, o, ob, lse, scale, out_scale)
 
 
 @_attn_bwd.register_fake
-def _attn_bwd_fake(do, q_nope, q_rope, k_nope, v, k_rope, o, ob, lse, scale, out_scale):
-    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, k_nope, v, k_rope)
+def _attn_bwd_fake(do, q_nope, q_rope, kv, k_rope, o, ob, lse, scale, out_scale):
+    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, kv)
     return (q_nope.new_empty(B, T, H, DH), q_rope.new_empty(B, T, H, DR),
-            k_nope.new_empty(B, T, NB, HKV, DH), v.new_empty(B, T, NB, HKV, DV),
-            k_rope.new_empty(B, T, DR))
+            kv.new_empty(B, T, NB, HKV, DH + DV), k_rope.new_empty(B, T, DR))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q_nope, q_rope, k_nope, v, k_rope, scale, out_scale = inputs
+    q_nope, q_rope, kv, k_rope, scale, out_scale = inputs
     o, ob, lse = output
-    ctx.save_for_backward(q_nope, q_rope, k_nope, v, k_rope, o, ob, lse)
+    ctx.save_for_backward(q_nope, q_rope, kv, k_rope, o, ob, lse)
     ctx.scale, ctx.out_scale = scale, out_scale
 
 
 def _backward(ctx, do, _dob, _dlse):
-    q_nope, q_rope, k_nope, v, k_rope, o, ob, lse = ctx.saved_tensors
-    grads = _attn_bwd(do, q_nope, q_rope, k_nope, v, k_rope, o, ob, lse, ctx.scale,
-                      ctx.out_scale)
+    q_nope, q_rope, kv, k_rope, o, ob, lse = ctx.saved_tensors
+    grads = _attn_bwd(do, q_nope, q_rope, kv, k_rope, o, ob, lse, ctx.scale, ctx.out_scale)
     return (*grads, None, None)
 
 
@@ -570,8 +599,8 @@ _attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def latent_train_attention_triton(
-    q_nope: torch.Tensor, q_rope: torch.Tensor, k_nope: torch.Tensor, v: torch.Tensor,
-    k_rope: torch.Tensor, scale: float, out_scale: float,
+    q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, k_rope: torch.Tensor,
+    scale: float, out_scale: float,
 ) -> torch.Tensor:
     """Fused causal latent attention (differentiable); see the module docstring."""
-    return _attn_fwd(q_nope, q_rope, k_nope, v, k_rope, float(scale), float(out_scale))[0]
+    return _attn_fwd(q_nope, q_rope, kv, k_rope, float(scale), float(out_scale))[0]
