@@ -78,7 +78,7 @@ def test_kernel_matches_reference(case):
     ref = _run(latent_train_attention_ref, q, kv, kr, D, scale, out_scale, grad, torch.float64)
     got = _run(latent_train_attention_triton, q, kv, kr, D, scale, out_scale, grad,
                torch.bfloat16)
-    for name, a, b in zip(("out", "d_q", "d_kv", "d_k_rope"), got, ref):
+    for name, a, b in zip(("out", "d_q", "d_kv", "d_k_rope"), got, ref, strict=True):
         a, b = a.detach(), b.detach()
         assert a.dtype == torch.bfloat16 and a.shape == b.shape, name
         assert torch.isfinite(a).all(), f"{name}: non-finite values"
@@ -104,7 +104,7 @@ def test_kernel_branch_chunking(per_program):
     dq_n, dq_r, dkv, dkr = k.backward(grad.to(torch.bfloat16), *args, o, ob, lse, scale,
                                       out_scale, config=cfg)
     got = [o, torch.cat([dq_n, dq_r], -1), dkv, dkr]
-    for name, a, b in zip(("out", "d_q", "d_kv", "d_k_rope"), got, ref):
+    for name, a, b in zip(("out", "d_q", "d_kv", "d_k_rope"), got, ref, strict=True):
         err = rel_error(a.float(), b.detach().float())
         assert err < TOL, f"{name}: relative error {err:.2e}"
 
@@ -184,7 +184,7 @@ def test_model_attend_fused_matches_sdpa(variant, overrides, monkeypatch):
     fused = run(torch.bfloat16, fused=True)
     attn.to(torch.float32)
     for name, f, s, r in zip(("out", "q_nope", "q_rope", "latent", "k_rope", "wkv_b"),
-                             fused, sdpa, ref):
+                             fused, sdpa, ref, strict=True):
         err_f, err_s = rel_error(f, r), rel_error(s, r)
         assert err_f < TOL and err_f < 2 * err_s + 2e-3, (name, err_f, err_s)
 

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def matmul_tflops() -> float:
@@ -72,7 +71,7 @@ def check(B, T, H, NB, D, R, hkv=None) -> dict:
         outs[name] = (o, qq.grad, kk.grad, rr.grad)
     ref = outs["ref_fp32"]
     for name in ("fused", "ref_bf16"):
-        res[name] = [rel(a, b) for a, b in zip(outs[name], ref)]
+        res[name] = [rel(a, b) for a, b in zip(outs[name], ref, strict=True)]
     return res
 
 
@@ -175,8 +174,8 @@ def main() -> int:
         c = check(B, T, 16, NB, D, R, hkv)
         checks[f"B{B} T{T} NB{NB} Hkv{hkv or 16}"] = c
         print(f"check B={B} T={T} NB={NB} Hkv={hkv or 16}: rel err vs fp32 "
-              f"(o, dq, dkv, dk_rope) fused {['%.1e' % e for e in c['fused']]} "
-              f"bf16-ref {['%.1e' % e for e in c['ref_bf16']]}", flush=True)
+              f"(o, dq, dkv, dk_rope) fused {[f'{e:.1e}' for e in c['fused']]} "
+              f"bf16-ref {[f'{e:.1e}' for e in c['ref_bf16']]}", flush=True)
     result["checks"] = checks
 
     rows = []

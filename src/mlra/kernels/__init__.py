@@ -8,8 +8,9 @@ device, Triton is importable and the shapes are ones the kernels take
 (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
 ``latent_train_attention`` (causal training attention of the latent family, differentiable)
 picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
-(:func:`train_kernel_supports`). Importing this package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the
-references (debugging).
+(:func:`train_kernel_supports`); the model's SDPA path stays the fallback. Importing this
+package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the references (the
+decode references; the SDPA path in training).
 """
 
 from __future__ import annotations
