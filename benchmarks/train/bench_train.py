@@ -60,9 +60,9 @@ def peak_flops(name: str, override: float | None) -> float | None:
 
 def attention_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     """Training FLOPs of the attention scores and weighted sum per token (all layers)."""
-    if cfg.attention == "latent":
+    if cfg.family == "latent":
         qk, v, copies = cfg.head_dim + cfg.rope_dim, cfg.head_dim, cfg.latent_branches
-    elif cfg.attention == "mfa":
+    elif cfg.family == "mfa":
         qk, v, copies = cfg.head_dim, cfg.head_dim, 1
     else:
         qk, v, copies = cfg.head_dim, cfg.head_dim, 1
@@ -165,7 +165,7 @@ def bench_variant(name: str, args: argparse.Namespace, peak: float | None, path:
         else None,
         "warmup_s_incl_compile": warm_s,
     }
-    if args.profile and cfg.attention == "latent":
+    if args.profile and cfg.family == "latent":
         row["attention"] = profile_attention(model, cfg, args, ms)
     torch._dynamo.reset()
     return row
@@ -268,7 +268,7 @@ def main() -> int:
     rows = []
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        latent = ModelConfig.preset(variant, size=args.size).attention == "latent"
+        latent = ModelConfig.preset(variant, size=args.size).family == "latent"
         for path in paths if latent else ["sdpa"]:
             print(f"... {variant} ({path})", file=sys.stderr, flush=True)
             rows.append(bench_variant(variant, args, peak, path))
