@@ -272,6 +272,12 @@ def main() -> int:
         for path in paths if latent else ["sdpa"]:
             print(f"... {variant} ({path})", file=sys.stderr, flush=True)
             rows.append(bench_variant(variant, args, peak, path))
+            r = rows[-1]
+            print(f"    {r['step_ms_median']:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, "
+                  f"peak {r['peak_mem_gb'] or 0:.1f} GB"
+                  + (f", attention layer {r['attention']['layer_fwd_bwd_ms']:.2f} ms, kernel "
+                     f"{r['attention']['kernel_ms']:.2f} ms" if "attention" in r else ""),
+                  file=sys.stderr, flush=True)
             gc.collect()
             if args.device == "cuda":
                 torch.cuda.empty_cache()
