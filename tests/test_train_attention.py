@@ -28,7 +28,10 @@ from mlra.attention.latent import LatentAttention  # noqa: E402
 from mlra.kernels import latent_train_attention, train_kernel_supports  # noqa: E402
 from mlra.kernels.reference import latent_train_attention_ref  # noqa: E402
 from mlra.kernels.testing import rel_error  # noqa: E402
-from mlra.kernels.triton_latent_train import latent_train_attention_triton  # noqa: E402
+from mlra.kernels.train_ops import (  # noqa: E402
+    latent_train_attention_fused,
+    latent_train_attention_up_fused,
+)
 from mlra.layers import Rotary  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -76,7 +79,7 @@ def test_kernel_matches_reference(case):
     scale, out_scale = (D + R) ** -0.5, NB**-0.5
     grad = torch.randn(B, T, H, DV, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     ref = _run(latent_train_attention_ref, q, kv, kr, D, scale, out_scale, grad, torch.float64)
-    got = _run(latent_train_attention_triton, q, kv, kr, D, scale, out_scale, grad,
+    got = _run(latent_train_attention_fused, q, kv, kr, D, scale, out_scale, grad,
                torch.bfloat16)
     for name, a, b in zip(("out", "d_q", "d_kv", "d_k_rope"), got, ref, strict=True):
         a, b = a.detach(), b.detach()
@@ -116,7 +119,7 @@ def test_kernel_sensitive_to_every_input():
     q, kv, kr = _inputs(B, T, H, HKV, NB, D, R, DV, seed=3)
 
     def out(q, kv, kr):
-        return latent_train_attention_triton(q[..., :D], q[..., D:], kv, kr, 0.25, 0.7).float()
+        return latent_train_attention_fused(q[..., :D], q[..., D:], kv, kr, 0.25, 0.7).float()
 
     base = out(q, kv, kr)
     kv2 = kv.clone()
@@ -165,11 +168,9 @@ def test_model_attend_fused_matches_sdpa(variant, overrides, monkeypatch):
         ss = {k: t.detach().to(dtype).requires_grad_() for k, t in st.items()}
         layer = attn.to(dtype)
         if fused and not ON_GPU:  # what attend does on CUDA, through the interpreter
-            dh = cfg.head_dim
-            kv = torch.einsum("bslw,lwo->bslo", ss["latent"], layer.wkv_b)
-            kv = kv.reshape(B, T, attn.branches, cfg.n_heads, 2 * dh)
-            o = latent_train_attention_triton(qq[0], qq[1], kv, ss["k_rope"],
-                                              cfg.softmax_scale, attn.out_scale)
+            o = latent_train_attention_up_fused(qq[0], qq[1], ss["latent"], layer.wkv_b,
+                                                ss["k_rope"], attn.branches, cfg.softmax_scale,
+                                                attn.out_scale)
             o = o.reshape(B, T, -1)
         else:
             o = layer.attend(tuple(qq), ss, None)
@@ -211,3 +212,25 @@ def test_dispatch_and_fallbacks():
         q_, st = attn.query(x, rope), attn.kv_state(x, rope)
         masked = attn.attend(q_, st, mask)
         assert torch.allclose(masked, attn.attend_absorbed(q_, st, mask), atol=1e-5)
+
+
+def test_fused_op_compiles_without_graph_breaks():
+    """torch.compile sees the fused attention as one opaque operator: no graph break, shapes
+    from the fake implementations, and the same forward and gradients as eager."""
+    B, T, H, NB, D, R = 1, 18, 2, 2, 16, 16
+    q, kv, kr = _inputs(B, T, H, H, NB, D, R, D, seed=7)
+
+    def fn(q, kv, kr):
+        return (latent_train_attention_fused(q[..., :D], q[..., D:], kv, kr, 0.2, 0.7) * 2).sum()
+
+    explained = torch._dynamo.explain(fn)(q, kv, kr)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    leaves = [[t.detach().clone().requires_grad_() for t in (q, kv, kr)] for _ in range(2)]
+    eager = fn(*leaves[0])
+    eager.backward()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(*leaves[1])
+    compiled.backward()
+    torch._dynamo.reset()
+    assert torch.allclose(eager.float(), compiled.float())
+    for a, b in zip(leaves[0], leaves[1], strict=True):
+        assert torch.equal(a.grad, b.grad)

@@ -54,13 +54,13 @@ def rel(a, b) -> float:
 def check(B, T, H, NB, D, R, hkv=None) -> dict:
     """Fused kernel and the bf16 reference against an fp32 reference, forward and gradients."""
     from mlra.kernels.reference import latent_train_attention_ref
-    from mlra.kernels.triton_latent_train import latent_train_attention_triton
+    from mlra.kernels.train_ops import latent_train_attention_fused
 
     q, kv, kr = make_inputs(B, T, H, NB, D, R, seed=T, hkv=hkv)
     scale, osc = (D + R) ** -0.5, NB**-0.5
     res = {}
     outs = {}
-    for name, dt, fn in (("fused", torch.bfloat16, latent_train_attention_triton),
+    for name, dt, fn in (("fused", torch.bfloat16, latent_train_attention_fused),
                          ("ref_bf16", torch.bfloat16, latent_train_attention_ref),
                          ("ref_fp32", torch.float32, latent_train_attention_ref)):
         qq, kk, rr = (t.detach().to(dt).requires_grad_() for t in (q, kv, kr))

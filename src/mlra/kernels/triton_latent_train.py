@@ -24,6 +24,10 @@ Backward (FlashAttention-2 split, log2-domain softmax statistics saved per branc
   that read it), ``dV_b``, ``dK_b`` and a partial RoPE-key gradient, summed over heads and
   branches by the caller.
 
+The differentiable op around :func:`forward` / :func:`backward` is
+:func:`mlra.kernels.train_ops.latent_train_attention_fused` (a Triton-free module, so that
+``torch.compile`` sees one opaque operator).
+
 Numerics: bf16 / fp16 operands, fp32 accumulation, softmax statistics in fp32 (log2 domain),
 probabilities rounded to the input dtype for the ``P @ V``, ``dS @ K`` and ``dS^T @ Q`` products.
 """
@@ -547,60 +551,3 @@ def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: t
     )
     dk_rope = dkr_part.sum(2).to(k_rope.dtype)
     return dq_nope, dq_rope, dkv, dk_rope
-
-
-# ------------------------------------------------------------------------------------------
-# the differentiable op (a torch.library custom op: opaque to torch.compile)
-# ------------------------------------------------------------------------------------------
-@torch.library.custom_op("mlra::latent_train_attn_fwd", mutates_args=())
-def _attn_fwd(q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
-              k_rope: torch.Tensor, scale: float, out_scale: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return forward(q_nope, q_rope, kv, k_rope, scale, out_scale)
-
-
-@_attn_fwd.register_fake
-def _attn_fwd_fake(q_nope, q_rope, kv, k_rope, scale, out_scale):
-    B, T, H, _, _, DV, NB, _ = _shapes(q_nope, q_rope, kv)
-    o = q_nope.new_empty(B, T, H, DV)
-    ob = q_nope.new_empty(B, T, NB, H, DV) if NB > 1 else q_nope.new_empty(0)
-    return o, ob, q_nope.new_empty(B, NB, H, T, dtype=torch.float32)
-
-
-@torch.library.custom_op("mlra::latent_train_attn_bwd", mutates_args=())
-def _attn_bwd(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
-              k_rope: torch.Tensor, o: torch.Tensor, ob: torch.Tensor, lse: torch.Tensor,
-              scale: float, out_scale: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(do, q_nope, q_rope, kv, k_rope, o, ob, lse, scale, out_scale)
-
-
-@_attn_bwd.register_fake
-def _attn_bwd_fake(do, q_nope, q_rope, kv, k_rope, o, ob, lse, scale, out_scale):
-    B, T, H, DH, DR, DV, NB, HKV = _shapes(q_nope, q_rope, kv)
-    return (q_nope.new_empty(B, T, H, DH), q_rope.new_empty(B, T, H, DR),
-            kv.new_empty(B, T, NB, HKV, DH + DV), k_rope.new_empty(B, T, DR))
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    q_nope, q_rope, kv, k_rope, scale, out_scale = inputs
-    o, ob, lse = output
-    ctx.save_for_backward(q_nope, q_rope, kv, k_rope, o, ob, lse)
-    ctx.scale, ctx.out_scale = scale, out_scale
-
-
-def _backward(ctx, do, _dob, _dlse):
-    q_nope, q_rope, kv, k_rope, o, ob, lse = ctx.saved_tensors
-    grads = _attn_bwd(do, q_nope, q_rope, kv, k_rope, o, ob, lse, ctx.scale, ctx.out_scale)
-    return (*grads, None, None)
-
-
-_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def latent_train_attention_triton(
-    q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, k_rope: torch.Tensor,
-    scale: float, out_scale: float,
-) -> torch.Tensor:
-    """Fused causal latent attention (differentiable); see the module docstring."""
-    return _attn_fwd(q_nope, q_rope, kv, k_rope, float(scale), float(out_scale))[0]
