@@ -3,23 +3,27 @@
 Contract: :func:`mlra.kernels.reference.latent_train_attention_ref`. Per query head ``h`` and
 branch ``b``, the scores are ``scale * (q_nope . k_nope[b] + q_rope . k_rope)``, causal, one
 softmax per branch; the output is ``out_scale * sum_b softmax_b @ v[b]``. The kernels read each
-branch's NoPE keys / values and the one shared RoPE key ``k_rope [B, S, R]`` where they lie (any
-strides with a contiguous last dim: views into the up-projection's output are not copied).
+branch's NoPE keys / values, packed ``kv [B, S, NB, Hkv, D + Dv]``, and the one shared RoPE key
+``k_rope [B, S, R]`` where they lie (any strides with a contiguous last dim; nothing is
+concatenated or expanded per head or branch).
 
-Forward (one program per block of ``BLOCK_M`` query rows, per head, per chunk of branches):
-per key tile, ``q_rope . k_rope`` is computed once and added to every branch's NoPE scores;
-each branch keeps its own online softmax and accumulator; the branch outputs are summed (times
-``out_scale``) in the program. With all branches in one program (the default) the RoPE scores
-are computed once per tile; ``branches_per_program`` below the branch count trades that for
-fewer registers (the per-branch outputs are then summed by the caller).
+Forward (one program per block of ``BLOCK_M`` query rows and head): the branches are taken in
+chunks of ``branches_per_program``; per key tile, ``q_rope . k_rope`` is computed once for the
+chunk and added to each of its branches' NoPE scores; each branch keeps its own online softmax
+and accumulator; the branch outputs are summed (times ``out_scale``) in the program (in
+registers for one chunk, else from the per-branch outputs it stored). One chunk of all
+branches computes the RoPE scores once per tile; smaller chunks trade that for registers (four
+fp32 accumulators of a 128-row tile do not fit: the H200 default for several branches is
+chunks of two).
 
 Backward (FlashAttention-2 split, log2-domain softmax statistics saved per branch):
 
 - ``delta_b = out_scale * rowsum(dO * O_b)`` from the per-branch outputs the forward stored
   (for one branch, from the output itself: nothing extra is stored);
-- ``dQ`` kernel: per query block, per key tile, the RoPE scores once, then for each branch its
-  probabilities, ``dP_b = out_scale * dO @ V_b^T``, ``dS_b`` and ``dQ_nope += dS_b @ K_b``; the
-  RoPE query gradient uses ``sum_b dS_b`` once per tile;
+- ``dQ`` kernel: per query block, branches in chunks as in the forward; per key tile, the
+  chunk's RoPE scores once, then for each branch its probabilities, ``dP_b = out_scale * dO @
+  V_b^T``, ``dS_b`` and ``dQ_nope += dS_b @ K_b``; the RoPE query gradient uses the chunk's
+  ``sum_b dS_b`` once per tile;
 - ``dK/dV`` kernel: per key block, per branch (and per KV head, looping over the query heads
   that read it), ``dV_b``, ``dK_b`` and a partial RoPE-key gradient, summed over heads and
   branches by the caller.
