@@ -28,7 +28,7 @@ from mlra.cache import PagedKVCache
 from mlra.decoding import Decoder
 from mlra.io import save_model
 from mlra.kv_accounting import kv_rows
-from mlra.parallel import launch, load_shard, make_plan
+from mlra.parallel import launch, make_plan
 from mlra.slicing import rows
 from mlra.train.config import TrainConfig
 from mlra.train.trainer import train
@@ -107,7 +107,7 @@ def test_config_validation_and_parameter_count_come_from_the_family():
 
 def test_toy_family_trains_with_the_library_trainer(tmp_path, mlra_cache):
     cfg = TrainConfig(model="mqa", size="tiny", data="builtin", out=str(tmp_path / "run"),
-                      steps=24, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=3,
+                      steps=24, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=3, device="cpu",
                       eval_interval=12, val_tokens=1024, log_interval=1, progress=False,
                       model_overrides={"family": "toy_tied_nope", "n_layers": 2})
     result = train(cfg, log=lambda m: None)
@@ -145,7 +145,7 @@ def test_toy_family_in_the_kv_table():
 
 
 def _tp_worker(ctx, directory, ids):
-    model = load_shard(directory, ctx)
+    model = mlra.load_checkpoint(directory, tp=ctx)
     with torch.no_grad():
         logits = model(ids).logits
     cache = PagedKVCache.for_model(model, max_tokens=32)

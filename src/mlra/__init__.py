@@ -1,6 +1,7 @@
 """mlra: Multi-Head Low-Rank Attention and the attention variants it is compared with."""
 
 from mlra.checkpoints import load_checkpoint
+from mlra.checkpoints.format import save_model
 from mlra.config import FAMILIES, SIZES, VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
 from mlra.evaluate.registry import register_lm_eval
@@ -14,4 +15,5 @@ register_lm_eval()  # lm_eval.simple_evaluate(model="mlra", model_args="checkpoi
 __all__ = [
     "FAMILIES", "SIZES", "VARIANTS", "CheckpointError", "ConfigError", "DataError", "MlraError",
     "ModelConfig", "ModelOutput", "Transformer", "__version__", "generate", "load_checkpoint",
+    "save_model",
 ]

@@ -1,5 +1,5 @@
 """The published (official) MLRA checkpoints: Hugging Face-style directories written by the
-research code's ``save_pretrained`` (official-implementation.md section 2).
+research code's ``save_pretrained`` (docs/checkpoints.md).
 
 A directory holds ``config.json`` (``model_type`` "gpt2", no variant field) and either one
 ``pytorch_model.bin`` or shards ``pytorch_model-0000N-of-0000M.bin`` listed in
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from mlra.attention import families, family_of, get_family
+from mlra.checkpoints.format import load_state_checked
 from mlra.checkpoints.safety import StateDict, load_weights_file
 from mlra.config import VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError
-from mlra.io import load_state_checked
 from mlra.model import Transformer
 
 CONFIG_FILE = "config.json"
@@ -433,7 +433,7 @@ def resolve_official_config(
     return cfg, convert_state(state, cfg, layout, files, source)
 
 
-def load_official(
+def _load_official(
     directory: str | Path,
     variant: str | None = None,
     latent_scaling: bool | None = None,

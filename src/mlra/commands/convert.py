@@ -9,11 +9,13 @@ import argparse
 import shutil
 from pathlib import Path
 
-from mlra.checkpoints import checkpoint_kind, resolve_checkpoint_dir
-from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
+from mlra.atomic import atomic_write
+from mlra.checkpoints import checkpoint_kind, load_checkpoint, resolve_checkpoint_dir
+from mlra.checkpoints.cli import add_checkpoint_args, checkpoint_options
+from mlra.checkpoints.format import CONFIG_FILE, WEIGHTS_FILE, save_model
 from mlra.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer, load_tokenizer, tokenizer_file
+from mlra.devices import parse_dtype
 from mlra.errors import CheckpointError
-from mlra.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write, save_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "original files. With --format hf it is a transformers directory instead "
             "(needs `pip install 'mlra[hf]'`)."
         ),
+        epilog="examples:\n"
+               "  mlra convert MLRA-4/ --out mlra4-ours          # an official checkpoint\n"
+               "  mlra convert MLA-no-scale/ --variant mla_no_scale --out mla-ns\n"
+               "  mlra convert runs/tiny --out tiny-bf16 --dtype bfloat16\n"
+               "  mlra convert runs/tiny --out tiny-hf --format hf   # for transformers\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(p, positional=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -53,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{out} already holds a model; pass --force to overwrite it")
     if getattr(args, "format", "mlra") == "hf":
         return _run_hf(args, kind, source, out)
-    model = load_from_args(args, dtype=parse_dtype(args.dtype))
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args),
+                            dtype=parse_dtype(args.dtype))
     extra = {"converted_from": str(source), "source_format": kind}
     save_model(model, out, extra=extra)
     if kind == "official":  # the published models use GPT-2 BPE (vocabulary file found later)
@@ -62,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / TOKENIZER_FILE, lambda p: shutil.copyfile(found, p))
     cfg = model.config
     print(
-        f"wrote {out}: {cfg.name} ({cfg.attention} attention, {cfg.n_layers} layers, "
+        f"wrote {out}: {cfg.name} ({cfg.family} attention, {cfg.n_layers} layers, "
         f"d_model {cfg.d_model}, {model.num_params() / 1e6:.1f}M parameters)"
     )
     return 0
@@ -82,7 +91,8 @@ def _run_hf(args: argparse.Namespace, kind: str, source: Path, out: Path) -> int
     else:
         raise CheckpointError(f"{source} has no tokenizer file: --format hf needs the "
                               "tokenizer its model was trained with")
-    model = load_from_args(args, dtype=parse_dtype(args.dtype))
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args),
+                            dtype=parse_dtype(args.dtype))
     export_hf(model, out, tokenizer)
     cfg = model.config
     print(f"wrote {out}: {cfg.name} as a transformers directory (AutoModelForCausalLM with "

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mlra.atomic import atomic_write_text
 from mlra.errors import DataError
-from mlra.io import atomic_write_text
 
 TOKENIZER_FILE = "mlra_tokenizer.json"
 LEGACY_TOKENIZER_FILE = "tokenizer.json"
