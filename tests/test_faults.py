@@ -253,7 +253,7 @@ def test_resume_verifies_every_file_of_the_checkpoint(trained, tmp_path, capsys)
     run = _copy_run(trained, tmp_path / "run")
     step = runs.resolve_checkpoint(run)
     state = json.loads((step / runs.TRAINER_STATE).read_text())
-    assert set(state["checksums"]) == {CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json",
+    assert set(state["checksums"]) == {CONFIG_FILE, WEIGHTS_FILE, "mlra_tokenizer.json",
                                        runs.TRAINER_TENSORS}
     _flip_last_byte(step / runs.TRAINER_TENSORS)
     assert main(["train", "--out", str(run), "--resume", "--steps", "6"]) == 2
