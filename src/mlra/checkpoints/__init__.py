@@ -155,6 +155,7 @@ def _check_request(
                 f"--variant {variant} does not match {directory}: it holds "
                 f"{full_variant_name(cfg)}"
             )
+    # latent_scaling is a latent-family ablation; other families ignore the flag
     if latent_scaling is not None and cfg.family == "latent" and (
         latent_scaling != cfg.latent_scaling
     ):

@@ -120,8 +120,9 @@ class CompareRow:
 
 
 def _unit(mcfg: Any) -> int:
-    """The d_h unit of the KV columns: the head dim of the size's MHA (MFA's heads are 2x)."""
-    return mcfg.head_dim // 2 if mcfg.family == "mfa" else mcfg.head_dim
+    """The d_h unit of the KV columns: the head dim of the size's MHA, d_model / n_heads (MFA's
+    own heads are twice that)."""
+    return mcfg.d_model // mcfg.n_heads
 
 
 def _row_from_result(variant: str, result: Any, tp: int, tokens_per_step: int) -> CompareRow:
@@ -212,7 +213,7 @@ def _last_step(run_dir: Path) -> int:
 
 def _cost_rank(cc: CompareConfig, variant: str) -> int:
     mcfg = cc.train_config(variant).model_config()
-    if mcfg.family == "latent":
+    if mcfg.family == "latent":  # a scheduling hint only: each branch is another attention
         return 10 * mcfg.latent_branches + mcfg.latent_groups
     return 0
 
