@@ -168,7 +168,7 @@ def test_model_attend_fused_matches_sdpa(variant, overrides, monkeypatch):
         ss = {k: t.detach().to(dtype).requires_grad_() for k, t in st.items()}
         layer = attn.to(dtype)
         if fused and not ON_GPU:  # what attend does on CUDA, through the interpreter
-            o = latent_train_attention_up_fused(qq[0], qq[1], ss["latent"], layer.wkv_b,
+            o = latent_train_attention_up_fused(qq[0], qq[1], ss["latent"], layer.wkv_b(),
                                                 ss["k_rope"], attn.branches, cfg.softmax_scale,
                                                 attn.out_scale)
             o = o.reshape(B, T, -1)
@@ -176,7 +176,7 @@ def test_model_attend_fused_matches_sdpa(variant, overrides, monkeypatch):
             o = layer.attend(tuple(qq), ss, None)
         o.backward(grad.to(dtype))
         grads = [o, *(t.grad for t in qq), ss["latent"].grad, ss["k_rope"].grad,
-                 layer.wkv_b.grad]
+                 layer.wkv_b.weight.grad]
         assert all(g is not None for g in grads)
         return [g.detach().double().clone() for g in grads]
 

@@ -191,8 +191,7 @@ def write_checkpoint(
         if tokenizer is not None:
             tokenizer.save(tmp)
         flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        atomic_write(tmp / TRAINER_TENSORS,
-                     lambda p: save_file(flat, str(p), metadata={"format": "pt"}))
+        atomic_write(tmp / TRAINER_TENSORS, lambda p: save_file(flat, str(p)))
         # trainer_state.json last, with the other files' checksums: its presence marks the
         # directory complete.
         state = {**state, "checksums": checksums(tmp, list(_CHECKSUMMED))}
