@@ -118,18 +118,21 @@ def test_a_failing_request_fails_alone(monkeypatch):
 
     monkeypatch.setattr(model, "embed_tokens", embed)
     engine = Engine(model, cache_tokens=128, page_size=4)
-    ids = [engine.add_request([p for p in prompt if p != poison], SamplingParams(max_tokens=6))
-           for prompt in prompts]
+    clean = [[t for t in prompt if t != poison] for prompt in prompts]
+    ids = [engine.add_request(p, SamplingParams(max_tokens=6)) for p in clean]
     bad = engine.add_request([1, poison, 2], SamplingParams(max_tokens=6))
-    finished = {}
+    finished, toks = {}, {}
     while engine.has_work():
         for o in engine.step():
+            toks.setdefault(o.request_id, []).extend(o.tokens)
             if o.finished:
                 finished[o.request_id] = o
     assert finished[bad].finish_reason == "error" and "injected fault" in finished[bad].error
     monkeypatch.setattr(model, "embed_tokens", real)
-    for i, prompt in zip(ids, prompts, strict=True):
-        assert finished[i].finish_reason == "length"
+    for i, p in zip(ids, clean, strict=True):
+        assert finished[i].finish_reason == "length" or poison in toks[i]
+        if poison not in toks[i]:
+            assert toks[i] == _alone(model, p, 6)
     assert engine.pages_used == 0
 
 

@@ -300,9 +300,11 @@ async def _respond(state: ServerState, request: Request, body: Any, subs: list[_
     tok = state.tokenizer
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     eot = None if tok is None else tok.eot_id
-    choices = {s.index: Choice(s.index, tok, stops, eot, s.prompt,
-                               s.text if getattr(body, "echo", False) and s.text else "")
-               for s in subs}
+    choices = {s.index: Choice(s.index, tok, stops, eot, s.prompt) for s in subs}
+    if getattr(body, "echo", False):
+        for s in subs:
+            c = choices[s.index]
+            c.prefix = s.text if s.text is not None else c.decode(s.prompt)
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "created": int(time.time()), "model": state.model_name}
     if body.stream:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx
     config = uvicorn.Config(app, host=options.host, port=options.port,
                             log_level=options.log_level,
                             timeout_graceful_shutdown=int(options.drain_s))
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config)
     loop.start()
     print(f"mlra serve: {options.model_name} ({cfg.name}, {engine.cache.num_pages} pages of "
           f"{engine.cache.page_size} tokens) on http://{options.host}:{options.port}",
@@ -135,6 +136,26 @@ def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx
         raise ServerFailedError(f"could not listen on {options.host}:{options.port} (is the "
                                 "port in use?)")
     return 0
+
+
+def _draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM is the normal way to stop a server: once the open requests are drained the
+        process exits 0 (uvicorn re-raises the signal, which would end it with -15)."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if sig == signal.SIGTERM:
+                self.should_exit = True
+                return
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
+
+
+def _DrainingServer(config):  # noqa: N802 - a class made on first use (uvicorn is optional)
+    return _draining_server_class()(config)
 
 
 def _stop_followers(executor: BroadcastExecutor, loop) -> None:

@@ -42,7 +42,7 @@ class Choice:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def _decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
             return "".join(f" {t}" if i else str(t) for i, t in enumerate(ids))
         return self.tokenizer.decode(ids)
@@ -61,7 +61,7 @@ class Choice:
             self.error = out.error
         if not visible:
             return False
-        text = self._decode(self.tokens)
+        text = self.decode(self.tokens)
         cut = min((text.find(s) for s in self.stops if s in text), default=-1)
         if cut >= 0:
             self.text = text[:cut]
@@ -74,7 +74,7 @@ class Choice:
     def _trim_tokens(self) -> None:
         """Keep the tokens (and their log-probabilities) that make up the cut text."""
         for k in range(len(self.tokens) + 1):
-            if len(self._decode(self.tokens[:k])) >= len(self.text):
+            if len(self.decode(self.tokens[:k])) >= len(self.text):
                 break
         self.tokens = self.tokens[:k]
         self.logprobs = self.logprobs[:k]
