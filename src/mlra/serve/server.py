@@ -75,14 +75,16 @@ def serve(model: torch.nn.Module, tokenizer: Tokenizer | None, options: ServeOpt
                            options.page_size, cuda_graphs=options.cuda_graphs,
                            compile=options.compile)
     tp = ctx is not None and ctx.world_size > 1
+    pids = ctx.gather_objects(os.getpid()) if tp else [os.getpid()]
     if tp and not ctx.is_main:
         follow(Executor(decoder), ctx)
         return 0
     executor = BroadcastExecutor(decoder, ctx) if tp else Executor(decoder)
-    return _serve_main(model, tokenizer, options, executor, ctx if tp else None)
+    return _serve_main(model, tokenizer, options, executor, ctx if tp else None, pids)
 
 
-def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx) -> int:
+def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx,
+                pids: list[int]) -> int:
     import uvicorn
 
     from mlra.serve.app import ServerState, create_app
@@ -109,8 +111,7 @@ def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx
     info: dict[str, Any] = {"model": options.model_name, "pid": os.getpid(),
                             "tp": 1 if ctx is None else ctx.world_size}
     if ctx is not None:
-        info["ranks"] = [{"rank": r, "pid": p}
-                         for r, p in enumerate(ctx.gather_objects(os.getpid()))]
+        info["ranks"] = [{"rank": r, "pid": p} for r, p in enumerate(pids)]
     state = ServerState(loop=loop, metrics=metrics, model_name=options.model_name,
                         max_model_len=cfg.max_seq_len, vocab_size=cfg.vocab_size,
                         tokenizer=tokenizer, chat_template=options.chat_template, info=info)
