@@ -40,8 +40,8 @@ def test_unknown_size_and_field():
         ModelConfig.preset("mla", size="huge")
     with pytest.raises(ConfigError, match="nonsense"):
         ModelConfig.preset("mla", nonsense=1)
-    with pytest.raises(ConfigError, match="attention"):
-        ModelConfig(attention="sparse")
+    with pytest.raises(ConfigError, match="family"):
+        ModelConfig(family="sparse")
 
 
 def test_preset_names_accept_paper_spelling():

@@ -26,7 +26,7 @@ class FixedDistribution(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = ModelConfig(attention="standard", vocab_size=4, d_model=4, n_layers=1,
+        self.config = ModelConfig(family="standard", vocab_size=4, d_model=4, n_layers=1,
                                   n_heads=1, n_kv_heads=1, head_dim=4, intermediate_size=4)
         self.dummy = nn.Parameter(torch.zeros(1))
 

@@ -1,6 +1,7 @@
 """Paged KV cache: fixed-size pages allocated once, a block table and a length per sequence.
 
-Layout (the contract of :mod:`mlra.kernels.reference`):
+Layout (each family's :class:`~mlra.attention.family.CacheLayout`; the contract of
+:mod:`mlra.kernels.reference`):
 
 - latent family (MLA/GLA/MLRA): one pool per layer, ``rows[num_pages, page_size, row]`` with
   row = ``[latent head 0 | ... | latent head L-1 | rope key]``: the latent heads this model
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from mlra.attention import CacheLayout
 from mlra.config import ModelConfig
 from mlra.errors import MlraError
+
+__all__ = ["DEFAULT_PAGE_SIZE", "CacheFullError", "CacheLayout", "PagedKVCache"]
 
 KVState = dict[str, torch.Tensor]
 
@@ -40,82 +43,6 @@ DEFAULT_PAGE_SIZE = 64
 
 class CacheFullError(MlraError, RuntimeError):
     """The cache has no free page left for a request (raise the token budget)."""
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """What one layer caches per token: pool names and per-token shapes, derived from a config.
-
-    For the latent family ``pools`` is ``(("rows", (latent_heads * latent_width + rope_dim,)),)``
-    and :meth:`pack` / :meth:`unpack` convert between that row and the attention's
-    ``{"latent": [..., L, w], "k_rope": [..., r]}`` state.
-    """
-
-    family: str
-    pools: tuple[tuple[str, tuple[int, ...]], ...]
-    latent_heads: int = 0
-    latent_width: int = 0
-    rope_dim: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> CacheLayout:
-        H, dh = cfg.n_heads, cfg.head_dim
-        if cfg.attention == "latent":
-            L, w, r = cfg.n_latent_heads, cfg.latent_head_dim, cfg.rope_dim
-            return cls("latent", (("rows", (L * w + r,)),), L, w, r)
-        if cfg.attention == "standard":
-            kv = (cfg.n_kv_heads, dh)
-            return cls("standard", (("k", kv), ("v", kv)))
-        if cfg.attention == "mfa":
-            return cls("mfa", (("k", (1, dh)), ("v", (1, dh))))
-        if cfg.attention == "gta":
-            return cls("gta", (("kv", (cfg.n_kv_heads, dh)), ("k_rope", (cfg.rope_dim,))),
-                       rope_dim=cfg.rope_dim)
-        if cfg.attention == "tpa":
-            R = cfg.tpa_rank
-            return cls("tpa", (("a_k", (H, R)), ("b_k", (R, dh)), ("a_v", (H, R)),
-                               ("b_v", (R, dh))))
-        raise ValueError(f"no cache layout for attention family {cfg.attention!r}")
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.pools)
-
-    @property
-    def direct_kv(self) -> bool:
-        """True when the pools are K and V themselves (no expansion needed to attend)."""
-        return self.names == ("k", "v")
-
-    @property
-    def elements_per_token(self) -> int:
-        """Cached elements per token per layer."""
-        return sum(math.prod(shape) for _, shape in self.pools)
-
-    @property
-    def latent_offsets(self) -> tuple[int, ...]:
-        """Column of each latent head in a latent-family row."""
-        return tuple(j * self.latent_width for j in range(self.latent_heads))
-
-    @property
-    def rope_offset(self) -> int:
-        """Column of the RoPE key in a latent-family row."""
-        return self.latent_heads * self.latent_width
-
-    def pack(self, state: KVState) -> KVState:
-        """The attention's state (leading dims ``[...]``) as pool entries ``[..., *shape]``."""
-        if self.family == "latent":
-            latent = state["latent"].flatten(-2)
-            return {"rows": torch.cat([latent, state["k_rope"].to(latent.dtype)], dim=-1)}
-        return {name: state[name] for name in self.names}
-
-    def unpack(self, data: KVState) -> KVState:
-        """Inverse of :meth:`pack`."""
-        if self.family == "latent":
-            rows = data["rows"]
-            off = self.rope_offset
-            latent = rows[..., :off].unflatten(-1, (self.latent_heads, self.latent_width))
-            return {"latent": latent, "k_rope": rows[..., off:]}
-        return dict(data)
 
 
 class PagedKVCache:

@@ -3,13 +3,13 @@
 Variants are configuration, not code: the eleven attention variants of the paper are five
 attention *families* (``standard``, ``gta``, ``mfa``, ``tpa``, ``latent``) with different
 settings. MLA, GLA-G and MLRA-B are one ``latent`` family with a (branches x groups) grid of
-latent heads (DESIGN.md section 2).
+latent heads (``docs/design.md``). What a family checks, counts and caches is asked of its
+:class:`~mlra.attention.family.AttentionFamily` (the registry in :mod:`mlra.attention`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from mlra.errors import ConfigError
 
 FAMILIES = ("standard", "gta", "mfa", "tpa", "latent")
+"""The built-in attention families (more can be registered: :func:`mlra.attention.register`)."""
 
 VARIANTS = (
     "mha", "mqa", "gqa", "gta", "mfa", "tpa", "mla", "gla_2", "gla_4", "mlra_2", "mlra_4",
@@ -52,12 +53,12 @@ _SHAPES: dict[str, dict[str, int]] = {
 class ModelConfig:
     """Configuration of a decoder-only LM with one attention variant.
 
-    Fields that do not apply to the chosen ``attention`` family are ignored (and kept at their
-    defaults by the presets). Use :meth:`preset` for the paper's variants.
+    Fields that do not apply to the chosen ``family`` are ignored (and kept at their defaults
+    by the presets). Use :meth:`preset` for the paper's variants.
     """
 
     name: str = "custom"
-    attention: str = "standard"
+    family: str = "standard"
     vocab_size: int = 50304
     d_model: int = 768
     n_layers: int = 12
@@ -95,22 +96,16 @@ class ModelConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field and the constraint it violates."""
-        if self.attention not in FAMILIES:
+        from mlra.attention import families, get_family  # the registry imports this module
+
+        if self.family not in families():
             raise ConfigError(
-                f"attention={self.attention!r} is not a known family; choose one of {FAMILIES}"
+                f"family={self.family!r} is not a known attention family; choose one of "
+                f"{families()}"
             )
+        family = get_family(self.family)
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "head_dim",
-                    "intermediate_size", "max_seq_len"]
-        if self.attention in ("standard", "gta"):
-            positive.append("n_kv_heads")
-        if self.attention in ("latent", "gta"):
-            positive.append("rope_dim")
-        if self.attention in ("latent", "mfa"):
-            positive.append("q_lora_rank")
-        if self.attention == "latent":
-            positive += ["kv_lora_rank", "latent_branches", "latent_groups"]
-        if self.attention == "tpa":
-            positive += ["tpa_rank", "tpa_q_rank"]
+                    "intermediate_size", "max_seq_len", *family.required]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -119,36 +114,14 @@ class ModelConfig:
             raise ConfigError(f"rope_base must be positive, got {self.rope_base}")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
-        if self.attention in ("standard", "mfa", "tpa") and self.head_dim % 2:
-            raise ConfigError(
-                f"head_dim must be even for rotate-half RoPE over the full head, "
-                f"got {self.head_dim}"
-            )
-        if self.attention in ("standard", "gta") and self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
-            )
-        if self.attention in ("latent", "gta") and self.rope_dim % 2:
-            raise ConfigError(f"rope_dim must be even for rotate-half RoPE, got {self.rope_dim}")
-        if self.attention == "gta" and self.rope_dim >= self.head_dim:
-            raise ConfigError(
-                f"rope_dim ({self.rope_dim}) must be smaller than head_dim ({self.head_dim}) for "
-                "GTA: the first head_dim - rope_dim dims of each KV head are the tied K/V state"
-            )
-        if self.attention == "latent":
-            n_latent = self.latent_branches * self.latent_groups
-            if self.kv_lora_rank % n_latent:
-                raise ConfigError(
-                    f"kv_lora_rank ({self.kv_lora_rank}) must be divisible by the number of "
-                    f"latent heads latent_branches*latent_groups = {n_latent}"
-                )
-            if self.n_heads % self.latent_groups:
-                raise ConfigError(
-                    f"n_heads ({self.n_heads}) must be divisible by latent_groups "
-                    f"({self.latent_groups}): each group of query heads reads one latent head"
-                )
+        family.validate(self)
 
     # ------------------------------------------------------------------ derived
+    @property
+    def attention(self) -> str:
+        """Former name of :attr:`family` (read-only; configs saved with it still load)."""
+        return self.family
+
     @property
     def n_latent_heads(self) -> int:
         """Number of latent heads (latent family): branches x groups."""
@@ -167,9 +140,9 @@ class ModelConfig:
     @property
     def softmax_scale(self) -> float:
         """Softmax scale of the attention logits (1/sqrt of the q.k width of the training form)."""
-        if self.attention == "latent":
-            return 1.0 / math.sqrt(self.head_dim + self.rope_dim)
-        return 1.0 / math.sqrt(self.head_dim)
+        from mlra.attention import get_family
+
+        return get_family(self.family).softmax_scale(self)
 
     def num_params(self) -> int:
         """Number of unique parameters (tied embedding counted once), computed analytically."""
@@ -221,6 +194,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from :meth:`to_dict` output; unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
+        if "attention" in data and "family" not in data:  # configs saved before the rename
+            data = {("family" if k == "attention" else k): v for k, v in data.items()}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config field(s) {sorted(unknown)} in model config")
@@ -245,23 +220,11 @@ class ModelConfig:
 
 def _attention_params(cfg: ModelConfig) -> int:
     """Parameters of one attention layer (weights of every projection, norms, gate)."""
-    d, H, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
-    out = H * dh * d + (d * H * dh if cfg.output_gate else 0)
-    if cfg.attention == "standard":
-        return out + d * H * dh + 2 * d * cfg.n_kv_heads * dh
-    if cfg.attention == "gta":
-        return out + d * H * dh + d * cfg.n_kv_heads * dh + d * cfg.rope_dim
-    if cfg.attention == "mfa":
-        qr = cfg.q_lora_rank
-        return out + d * qr + qr + qr * H * dh + 2 * d * dh
-    if cfg.attention == "tpa":
-        R, Rq = cfg.tpa_rank, cfg.tpa_q_rank
-        return out + d * (H * Rq + 2 * H * R + Rq * dh + 2 * R * dh)
-    # latent
-    qr, dc, dr = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.rope_dim
-    heads_per_group = H // cfg.latent_groups
-    up = dc * heads_per_group * 2 * dh
-    return out + d * qr + qr + qr * H * (dh + dr) + d * (dc + dr) + dc + up
+    from mlra.attention import get_family
+
+    out = cfg.n_heads * cfg.head_dim * cfg.d_model
+    gate = cfg.d_model * cfg.attn_out_dim if cfg.output_gate else 0
+    return out + gate + get_family(cfg.family).param_count(cfg)
 
 
 def _variant_config(name: str, size: str) -> ModelConfig:
@@ -273,18 +236,18 @@ def _variant_config(name: str, size: str) -> ModelConfig:
     q_lora = 1024 if paper else _round_to(d / 3, 16)
     common = dict(s, name=name, intermediate_size=1)
     latent = dict(
-        common, attention="latent", rope_dim=dh // 2, kv_lora_rank=4 * dh, q_lora_rank=q_lora
+        common, family="latent", rope_dim=dh // 2, kv_lora_rank=4 * dh, q_lora_rank=q_lora
     )
     table: dict[str, dict[str, Any]] = {
-        "mha": dict(common, attention="standard", n_kv_heads=H),
-        "mqa": dict(common, attention="standard", n_kv_heads=1),
-        "gqa": dict(common, attention="standard", n_kv_heads=kv_groups),
-        "gta": dict(common, attention="gta", n_kv_heads=kv_groups, rope_dim=dh // 2),
+        "mha": dict(common, family="standard", n_kv_heads=H),
+        "mqa": dict(common, family="standard", n_kv_heads=1),
+        "gqa": dict(common, family="standard", n_kv_heads=kv_groups),
+        "gta": dict(common, family="gta", n_kv_heads=kv_groups, rope_dim=dh // 2),
         "mfa": dict(
-            common, attention="mfa", head_dim=2 * dh,
+            common, family="mfa", head_dim=2 * dh,
             q_lora_rank=2048 if paper else _round_to(2 * d / 3, 16),
         ),
-        "tpa": dict(common, attention="tpa", tpa_rank=2, tpa_q_rank=6),
+        "tpa": dict(common, family="tpa", tpa_rank=2, tpa_q_rank=6),
         "mla": dict(latent, q_lora_rank=1536 if paper else d // 2),
         "gla_2": dict(latent, latent_groups=2),
         "gla_4": dict(latent, latent_groups=4),

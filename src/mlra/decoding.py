@@ -1,17 +1,17 @@
 """Prefill and decode over a :class:`~mlra.cache.PagedKVCache`.
 
-Two paths, sharing the model's own attention steps (``query``, ``kv_state``, ``attend``,
-``absorb_query``, ``up_weights``, ``output``) and its ``embed_tokens`` / ``logits`` / block
-``reduce`` hooks, so tensor-parallel shard models run through them unchanged:
+Both paths run the model's one outer loop (:meth:`~mlra.model.Transformer.run`) and its one
+block forward (:meth:`~mlra.model.Block.forward`) under an attention context that writes the
+new tokens' state into the cache and attends over everything cached, so tensor-parallel shard
+models (their ``embed_tokens`` / ``logits`` / ``Block.reduce`` hooks) run through them
+unchanged:
 
-- :func:`decode_step` -- the paged path (one or a few new tokens per sequence). Latent family:
-  absorbed queries per latent head, attention through :func:`mlra.kernels.paged_latent_decode`
-  over the ``[latent heads | rope key]`` rows, W_UV per head, sum over branches times the
-  layer's ``out_scale``; no per-head K or V is ever formed. Other families: through
-  :func:`mlra.kernels.paged_gqa_decode` -- directly on the K/V pools (MHA/MQA/GQA/MFA), or on
-  K/V formed from the cached compact state of the sequences' pages (GTA, TPA). The step is
-  graph-capturable: static shapes, no host synchronisation.
-- :func:`dense_forward` -- the prefill / reference path: writes the new tokens' state, gathers
+- :class:`DecodeStep` / :func:`decode_step` -- the paged path (one or a few new tokens per
+  sequence), :class:`PagedContext`: the family's decode form (absorbed queries per latent head
+  for the latent family, no per-head K or V ever formed; see ``Attention.paged_attend``)
+  through the kernels of :mod:`mlra.kernels`. Graph-capturable: static shapes, no host
+  synchronisation.
+- :func:`dense_forward` -- the prefill / reference path, :class:`DenseCacheContext`: gathers
   each sequence's cached state and attends with an explicit mask, in the expanded (training)
   form or, for the latent family, the absorbed form.
 
@@ -25,12 +25,10 @@ from contextlib import contextmanager
 
 import torch
 
-from mlra import kernels
-from mlra.attention import Attention, LatentAttention
-from mlra.cache import CacheLayout, PagedKVCache
+from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
 from mlra.layers import Rotary
-from mlra.model import Transformer
+from mlra.model import AttentionContext, Block, Transformer
 
 FORMS = ("expanded", "absorbed")
 
@@ -40,54 +38,82 @@ class GenerationError(MlraError, ValueError):
 
 
 # ----------------------------------------------------------------------------- paged path
+class PagedContext(AttentionContext):
+    """Attention of ``T`` new tokens per sequence over the paged cache: each layer writes the
+    new entries at ``slots`` and reads the pages of ``block_table`` up to ``seq_lens``."""
+
+    decode_form = True
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        slots: torch.Tensor,
+        block_table: torch.Tensor,
+        seq_lens: torch.Tensor,
+        pre=None,
+        post=None,
+    ) -> None:
+        super().__init__()
+        self.cache, self.slots = cache, slots
+        self.block_table, self.seq_lens = block_table, seq_lens
+        self.pre = pre or Block.pre
+        self.post = post or Block.post
+
+    def prepare(self, model, rope: Rotary, dtype: torch.dtype) -> None:
+        """Build the RoPE tables once, outside compiled parts."""
+        cfg = model.config
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        for width in {cfg.head_dim, cfg.rope_dim}:
+            rope.tables(width, table_dtype)
+
+    def attend(self, block: Block, q, state) -> torch.Tensor:
+        cache = self.cache
+        pools = cache.pools[block.index]
+        for name, data in state.items():  # packed by Block.pre in the decode form
+            pool = pools[name]
+            pool.view(-1, *pool.shape[2:]).index_copy_(
+                0, self.slots, data.flatten(0, 1).to(pool.dtype))
+        return block.attn.paged_attend(q, pools, cache.layout, self.block_table, self.seq_lens)
+
+
 class DecodeStep:
     """The paged decode step of ``model`` over ``cache``, as a callable (see :func:`decode_step`).
 
-    Per layer it runs three parts: the dense part before attention (norm, projections, absorbed
-    queries; :func:`layer_pre`), the cache write and paged attention kernel(s)
-    (:func:`paged_attention`), and the dense part after it (W_UV, output projection, residuals,
-    MLP; :func:`layer_post`). With ``compile`` (True or ``torch.compile`` keyword arguments) the
-    two dense parts are compiled once and reused by every layer (the kernels stay outside), which
-    fuses the many small element-wise kernels of a decode step; the step remains capturable in a
-    CUDA graph either way. On a GPU, ``compile=True`` means ``mode="max-autotune-no-cudagraphs"``:
-    Inductor then also tunes the small-batch matrix products and fuses them with the norms around
-    them (paper-size MLRA-4, batch 1, H200: 2.76 ms per step against 3.16 ms with the default
-    mode; ``benchmarks/e2e_decode/results/profile``); pass a dict to choose another mode.
+    Each block runs :meth:`~mlra.model.Block.forward` under a :class:`PagedContext`: the dense
+    part before attention (:meth:`~mlra.model.Block.pre`), the cache write and paged attention
+    kernel(s), the dense part after it (:meth:`~mlra.model.Block.post`). With ``compile`` (True
+    or ``torch.compile`` keyword arguments) the two dense parts are compiled once and reused by
+    every layer (the kernels stay outside), which fuses the many small element-wise kernels of
+    a decode step; the step remains capturable in a CUDA graph either way. On a GPU,
+    ``compile=True`` means ``mode="max-autotune-no-cudagraphs"`` (Inductor then also tunes the
+    small-batch matrix products and fuses them with the norms around them; measured in
+    ``benchmarks/e2e_decode``); pass a dict to choose another mode.
     """
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False):
         self.model, self.cache = model, cache
-        self.pre, self.post = layer_pre, layer_post
+        self.pre, self.post = Block.pre, Block.post
         if compile:
             kwargs = dict(compile) if isinstance(compile, dict) else {}
             if not isinstance(compile, dict) and cache.device.type == "cuda":
                 kwargs["mode"] = "max-autotune-no-cudagraphs"
             kwargs.setdefault("dynamic", False)
-            self.pre = torch.compile(layer_pre, **kwargs)
-            self.post = torch.compile(layer_post, **kwargs)
+            self.pre = torch.compile(Block.pre, **kwargs)
+            self.post = torch.compile(Block.post, **kwargs)
 
     def __call__(
         self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
     ) -> torch.Tensor:
         model, cache = self.model, self.cache
-        cfg = model.config
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         device = input_ids.device
         positions = seq_lens.long()[:, None] - T + torch.arange(T, device=device)[None, :]
         page = cache.page_size
         pages = torch.gather(block_table.long(), 1,
                              torch.div(positions, page, rounding_mode="floor"))
         slots = (pages * page + positions % page).flatten()
-        rope = Rotary(positions, cfg.rope_base)
-        x = model.embed_tokens(input_ids)
-        table_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        for width in {cfg.head_dim, cfg.rope_dim}:  # tables built once, outside compiled parts
-            rope.tables(width, table_dtype)
-        for i, block in enumerate(model.layers):
-            h, q, packed = self.pre(block, x, rope, cache.layout)
-            o = paged_attention(block.attn, q, packed, cache, i, slots, block_table, seq_lens)
-            x = self.post(block, x, h, o)
-        return model.logits(model.norm(x))
+        ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
+        return model.logits(model.run(input_ids, positions, ctx))
 
 
 def decode_step(
@@ -108,84 +134,26 @@ def decode_step(
     return DecodeStep(model, cache)(input_ids, block_table, seq_lens)
 
 
-def layer_pre(
-    block: torch.nn.Module, x: torch.Tensor, rope: Rotary, layout: CacheLayout
-) -> tuple[torch.Tensor, object, dict[str, torch.Tensor]]:
-    """Normed input ``h``, the queries (absorbed ``(q_abs, q_rope)`` for the latent family) and
-    the new tokens' cache entries (packed as the cache stores them, ``[B, T, ...]``)."""
-    h = block.attn_norm(x)
-    attn = block.attn
-    q = attn.query(h, rope)
-    if isinstance(attn, LatentAttention):
-        q = attn.absorb_query(q)  # [B,T,NB,G,Hg,w], [B,T,G,Hg,r]
-    return h, q, layout.pack(attn.kv_state(h, rope))
-
-
-def paged_attention(
-    attn: Attention,
-    q: object,
-    packed: dict[str, torch.Tensor],
-    cache: PagedKVCache,
-    layer: int,
-    slots: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-) -> torch.Tensor:
-    """Write the new entries at ``slots`` and attend through the :mod:`mlra.kernels` dispatch.
-
-    Latent family: returns the per-latent-head attention ``z`` [B, T, NB, G, Hg, w] (fp32), one
-    kernel call per query-head group g over the ``branches`` latent heads (b, g) it reads (all
-    of them for MLA/MLRA-B, sharing the RoPE key; one per call for GLA-G). Other families:
-    the head outputs [B, T, H, d_v] (fp32); GTA and TPA cache a compact state, and their K/V
-    are formed here for the pages in the block table only (static shapes: ``batch * pages``
-    pages, re-indexed by a dense table).
-    """
-    pools = cache.pools[layer]
-    for name, data in packed.items():
-        pool = pools[name]
-        pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, data.flatten(0, 1).to(pool.dtype))
-    scale = attn.cfg.softmax_scale
-    if isinstance(attn, LatentAttention):
-        q_abs, q_rope = q
-        G, NB, layout = attn.groups, attn.branches, cache.layout
-        zs = []
-        for g in range(G):
-            offsets = [layout.latent_offsets[b * G + g] for b in range(NB)]
-            z, _ = kernels.paged_latent_decode(
-                q_abs[:, :, :, g].contiguous(), q_rope[:, :, g].contiguous(), pools["rows"],
-                block_table, seq_lens, offsets, layout.rope_offset, scale,
-            )  # [B, T, NB, Hg, w]
-            zs.append(z)
-        return torch.stack(zs, dim=3)
-    if cache.layout.direct_kv:
-        k, v, table = pools["k"], pools["v"], block_table
-    else:
-        B, W = block_table.shape
-        idx = block_table.long()
-        paged = {name: pool[idx].flatten(0, 1) for name, pool in pools.items()}
-        k, v = attn.expand(paged)  # [B * W, page, kv_heads, d]
-        table = torch.arange(B * W, dtype=torch.int32, device=idx.device).view(B, W)
-    out, _ = kernels.paged_gqa_decode(q, k, v, table, seq_lens, scale)
-    return out
-
-
-def layer_post(
-    block: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor
-) -> torch.Tensor:
-    """From the attention result to the block output: W_UV per head, sum over branches times
-    ``out_scale`` (latent family), output projection, ``reduce``, residuals and the MLP -- as
-    ``Block.forward``."""
-    attn = block.attn
-    B, T, _ = x.shape
-    if isinstance(attn, LatentAttention):
-        _, w_uv = attn.up_weights()  # [NB, G, w, Hg, dh]
-        o = torch.einsum("btcgiw,cgwid->btgid", o.to(w_uv.dtype), w_uv) * attn.out_scale
-    o = o.reshape(B, T, attn.cfg.attn_out_dim).to(h.dtype)
-    x = x + block.reduce(attn.output(o, h))
-    return x + block.reduce(block.mlp(block.mlp_norm(x)))
-
-
 # ----------------------------------------------------------------------------- dense path
+class DenseCacheContext(AttentionContext):
+    """Prefill / reference attention: each layer writes the new tokens' state (rows where
+    ``valid``) at ``slots``, gathers every cached token of the sequences (``index``) and
+    attends with ``mask`` in the expanded or absorbed form."""
+
+    def __init__(self, cache: PagedKVCache, slots, valid, index, mask, form: str) -> None:
+        super().__init__(mask)
+        self.cache, self.slots, self.valid, self.index = cache, slots, valid, index
+        self.absorbed = form == "absorbed"
+
+    def attend(self, block: Block, q, state) -> torch.Tensor:
+        i = block.index
+        self.cache.write(i, self.slots, {k: v[self.valid] for k, v in state.items()})
+        full = self.cache.gather(i, self.index)
+        if self.absorbed:
+            return block.attn.attend_absorbed(q, full, self.mask)
+        return block.attn.attend(q, full, self.mask)
+
+
 def dense_forward(
     model: Transformer,
     cache: PagedKVCache,
@@ -197,10 +165,10 @@ def dense_forward(
     """Append ``counts[b]`` tokens (``input_ids[b, :counts[b]]``, right-padded) to each sequence
     and return the final hidden states ``[batch, T, d_model]`` (rows past ``counts[b]`` are
     padding). Attention runs over the gathered cache with an explicit mask, in the expanded
-    form or (latent family only) the absorbed form."""
+    form or (families with an absorbed form: the latent family) the absorbed form."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if form == "absorbed" and model.config.attention != "latent":
+    if form == "absorbed" and not hasattr(model.layers[0].attn, "attend_absorbed"):
         raise ValueError("the absorbed form exists for the latent family (MLA/GLA/MLRA) only")
     B, T = input_ids.shape
     if len(seq_ids) != B or len(counts) != B:
@@ -218,23 +186,8 @@ def dense_forward(
     key_pos = torch.arange(index[0].shape[1], device=device)
     # query (b, t) sees cached keys s <= its position; padded queries see a non-empty prefix
     mask = (key_pos[None, None, :] <= positions[:, :, None]) & index[1][:, None, :]
-    mask = mask[:, None]  # [B, 1, T, S]
-    rope = Rotary(positions, model.config.rope_base)
-    x = model.embed_tokens(input_ids)
-    for i, block in enumerate(model.layers):
-        h = block.attn_norm(x)
-        attn = block.attn
-        state = attn.kv_state(h, rope)
-        cache.write(i, slots, {k: v[valid] for k, v in state.items()})
-        full = cache.gather(i, index)
-        q = attn.query(h, rope)
-        if form == "absorbed":
-            o = attn.attend_absorbed(q, full, mask)
-        else:
-            o = attn.attend(q, full, mask)
-        x = x + block.reduce(attn.output(o, h))
-        x = x + block.reduce(block.mlp(block.mlp_norm(x)))
-    return model.norm(x)
+    ctx = DenseCacheContext(cache, slots, valid, index, mask[:, None], form)
+    return model.run(input_ids, positions, ctx)
 
 
 # ----------------------------------------------------------------------------- driver

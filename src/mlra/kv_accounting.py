@@ -1,23 +1,17 @@
 """KV-cache accounting: elements per token per layer, in total and per device under tensor
-parallelism, and the arithmetic intensity of decoding (mlra-paper.md section 2).
+parallelism, and the arithmetic intensity of decoding (paper, section 2).
 
-Sharding rules (per device, TP degree t):
-
-- MHA/MQA/GQA: K/V heads split, replicated once t exceeds them: 2 * ceil(kv/t) * head_dim.
-- GTA: tied K/V heads split as GQA (head_dim each), the shared RoPE key on every device.
-- MFA: its single K and V head replicated on every device.
-- TPA: A factors (2 * rank per query head) split with the heads, B factors (2 * rank *
-  head_dim) replicated.
-- MLA/GLA/MLRA: the latent heads split across devices (ceil(L/t) per device, one latent once t
-  exceeds them, heads then split within a latent), the RoPE key on every device. MLA has one
-  latent head, hence no reduction at any degree.
+One source of truth: the per-device numbers are what a tensor-parallel rank actually allocates
+-- the cache layout (:class:`~mlra.attention.family.CacheLayout`) of the rank's local config in
+the plan (:func:`mlra.parallel.plans.make_plan`) -- and the decode FLOPs are its family's
+``decode_flops`` of that local config. The sharding rules themselves live with each family.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
+from mlra.attention import CacheLayout, family_of
 from mlra.config import VARIANTS, ModelConfig
 
 TP_DEGREES = (1, 2, 4, 8)
@@ -58,40 +52,27 @@ def kv_elements_total(cfg: ModelConfig) -> int:
     return kv_elements_per_device(cfg, 1)
 
 
-def kv_elements_per_device(cfg: ModelConfig, tp: int) -> int:
-    """Cache elements per token per layer that one device of a TP-``tp`` group holds."""
+def local_config(cfg: ModelConfig, tp: int) -> ModelConfig:
+    """The local config of rank 0 of a TP-``tp`` plan of ``cfg`` (every rank of a plan holds
+    the same cache); ConfigError naming the allowed degrees when ``cfg`` cannot be split so."""
+    from mlra.parallel.plans import make_plan
+
     if tp < 1:
         raise ValueError(f"tp must be >= 1, got {tp}")
-    dh, H = cfg.head_dim, cfg.n_heads
-    if cfg.attention == "standard":
-        return 2 * math.ceil(cfg.n_kv_heads / tp) * dh
-    if cfg.attention == "gta":
-        return math.ceil(cfg.n_kv_heads / tp) * dh + cfg.rope_dim
-    if cfg.attention == "mfa":
-        return 2 * dh
-    if cfg.attention == "tpa":
-        return 2 * cfg.tpa_rank * math.ceil(H / tp) + 2 * cfg.tpa_rank * dh
-    return math.ceil(cfg.n_latent_heads / tp) * cfg.latent_head_dim + cfg.rope_dim
+    return cfg if tp == 1 else make_plan(cfg, tp).shard(0).config
+
+
+def kv_elements_per_device(cfg: ModelConfig, tp: int) -> int:
+    """Cache elements per token per layer that one device of a TP-``tp`` group holds."""
+    return CacheLayout.from_config(local_config(cfg, tp)).elements_per_token
 
 
 def arithmetic_intensity(cfg: ModelConfig, tp: int) -> float:
     """FLOPs per byte of cache read by one device for one decoded token (bf16 cache, absorbed
     decoding for the latent family): e.g. MLA ~1.9h, MLRA-4 at TP 4 ~1.67h."""
-    heads = math.ceil(cfg.n_heads / tp)
-    dh = cfg.head_dim
-    cache_bytes = 2 * kv_elements_per_device(cfg, tp)
-    if cfg.attention in ("standard", "gta", "mfa"):
-        flops = 4 * heads * dh  # q.k and p.v per query head
-    elif cfg.attention == "tpa":
-        flops = heads * (4 * cfg.tpa_rank * dh + 4 * cfg.tpa_rank)
-    else:
-        L, w, dr = cfg.n_latent_heads, cfg.latent_head_dim, cfg.rope_dim
-        heads_per_latent = cfg.n_heads // cfg.latent_groups
-        if tp <= L:
-            flops = math.ceil(L / tp) * heads_per_latent * (2 * (w + dr) + 2 * w)
-        else:
-            flops = math.ceil(heads_per_latent * L / tp) * (2 * (w + dr) + 2 * w)
-    return flops / cache_bytes
+    local = local_config(cfg, tp)
+    cache_bytes = 2 * CacheLayout.from_config(local).elements_per_token
+    return family_of(local).decode_flops(local) / cache_bytes
 
 
 def kv_rows(

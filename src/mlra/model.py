@@ -30,23 +30,77 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class AttentionContext:
+    """Where a block's attention reads its keys from: the default is causal self-attention
+    over the block's own input (training, full forward), optionally with a boolean ``mask``
+    ``[batch, 1, time, src]`` (padding). Caches subclass this (:mod:`mlra.decoding`) to write
+    the new tokens' state and attend over everything cached; the paged decode context also
+    sets ``decode_form`` (queries and outputs in the family's decode form) and may swap
+    :attr:`pre` / :attr:`post` for compiled versions of :meth:`Block.pre` /
+    :meth:`Block.post`."""
+
+    decode_form: bool = False
+
+    def __init__(self, mask: torch.Tensor | None = None) -> None:
+        self.mask = mask
+        self.pre: Callable[..., tuple] = Block.pre
+        self.post: Callable[..., torch.Tensor] = Block.post
+
+    def prepare(self, model: nn.Module, rope: Rotary, dtype: torch.dtype) -> None:
+        """Called once per forward, before the first block (e.g. to build RoPE tables outside
+        compiled regions)."""
+
+    def attend(self, block: Block, q: object, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The attention result of ``block`` for queries ``q`` and the new tokens' ``state``."""
+        return block.attn.attend(q, state, self.mask)
+
+
 class Block(nn.Module):
     """x + reduce(attn(norm(x))), then x + reduce(mlp(norm(x))).
 
+    The one block forward of the library: training, prefill and paged decoding all run
+    :meth:`forward`, which is :meth:`pre`, the context's ``attend``, then :meth:`post`.
     ``reduce`` is the identity on one device; a tensor-parallel plan sets it to an all-reduce
-    over the ranks holding shards of the attention and MLP (every decode path goes through it).
+    over the ranks holding shards of the attention and MLP.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
+        self.index = index
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn: Attention = build_attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.intermediate_size)
         self.reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
 
-    def forward(self, x: torch.Tensor, rope: Rotary, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.reduce(self.attn(self.attn_norm(x), rope, mask))
+    def forward(
+        self, x: torch.Tensor, rope: Rotary, ctx: AttentionContext | None = None
+    ) -> torch.Tensor:
+        ctx = ctx if ctx is not None else AttentionContext()
+        h, q, state = ctx.pre(self, x, rope, ctx.decode_form)
+        o = ctx.attend(self, q, state)
+        return ctx.post(self, x, h, o, ctx.decode_form)
+
+    def pre(
+        self, x: torch.Tensor, rope: Rotary, decode_form: bool = False
+    ) -> tuple[torch.Tensor, object, dict[str, torch.Tensor]]:
+        """The normed input ``h``, the queries and the new tokens' state (in the decode form:
+        absorbed queries for the latent family, state packed as the cache stores it)."""
+        h = self.attn_norm(x)
+        q = self.attn.query(h, rope)
+        state = self.attn.kv_state(h, rope)
+        if decode_form:
+            q, state = self.attn.decode_query(q), self.attn.layout.pack(state)
+        return h, q, state
+
+    def post(
+        self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor, decode_form: bool = False
+    ) -> torch.Tensor:
+        """From the attention result to the block output: (decode form: W_UV and the branch
+        sum for the latent family) the output projection, ``reduce``, residuals, the MLP."""
+        if decode_form:
+            o = self.attn.decode_output(o)
+        x = x + self.reduce(self.attn.output(o.to(h.dtype), h))
         return x + self.reduce(self.mlp(self.mlp_norm(x)))
 
 
@@ -57,7 +111,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
@@ -122,10 +176,19 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         mask = None if attention_mask is None else padding_causal_mask(attention_mask)
-        rope = Rotary(position_ids, self.config.rope_base)
+        return self.run(input_ids, position_ids, AttentionContext(mask))
+
+    def run(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
+    ) -> torch.Tensor:
+        """Embed -> every block under ``ctx`` -> final norm: hidden states [batch, time, d].
+
+        The one outer loop of the library (training, prefill and paged decoding)."""
+        rope = Rotary(positions, self.config.rope_base)
         x = self.embed_tokens(input_ids)
+        ctx.prepare(self, rope, x.dtype)
         for block in self.layers:
-            x = block(x, rope, mask)
+            x = block(x, rope, ctx)
         return self.norm(x)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from mlra.attention import Attention, LatentAttention
+from mlra.attention import Attention, family_of
 from mlra.config import VARIANTS, ModelConfig
 from mlra.layers import Rotary
 from mlra.model import Transformer
@@ -61,22 +61,7 @@ def rel_change(a: torch.Tensor, b: torch.Tensor) -> float:
 def attention_logits(attn: Attention, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
     """Scaled pre-softmax logits of ``attn`` on ``x`` [batch, T, d]: [batch, streams, T, T]
     (streams = query heads, times branches for the latent family), no mask applied."""
-    scale = attn.cfg.softmax_scale
-    if isinstance(attn, LatentAttention):
-        q_nope, q_rope = attn.query(x, rope)
-        state = attn.kv_state(x, rope)
-        B, T, H, dh = q_nope.shape
-        NB, G, Hg, W = attn.branches, attn.groups, attn.heads_per_group, attn.width
-        w_uk, _ = attn.up_weights()  # [NB, G, W, Hg, dh]
-        lat = state["latent"].reshape(B, T, NB, G, W)
-        k_nope = torch.einsum("bscgw,cgwid->bscgid", lat, w_uk.to(lat.dtype))
-        nope = torch.einsum("btgid,bscgid->bcgits", q_nope.reshape(B, T, G, Hg, dh), k_nope)
-        rot = torch.einsum("btgir,bsr->bgits", q_rope.reshape(B, T, G, Hg, -1), state["k_rope"])
-        return ((nope + rot[:, None]) * scale).reshape(B, NB * H, T, T)
-    q = attn.query(x, rope)  # [B, T, H, D]
-    k, _ = attn.expand(attn.kv_state(x, rope))  # [B, T, Hkv, D]
-    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
-    return torch.einsum("bthd,bshd->bhts", q, k) * scale
+    return attn.score_logits(x, rope)
 
 
 def _causal(t: torch.Tensor) -> torch.Tensor:
@@ -148,7 +133,7 @@ def measure_variant(
     rope0 = Rotary(base, cfg.rope_base)
     ref_attn = [(_causal(attention_logits(b.attn, h, rope0)), b.attn(h, rope0))
                 for b, h in zip(model.layers, ref_in, strict=True)]
-    result = VariantResult(name, "partial" if cfg.attention in ("latent", "gta") else "full",
+    result = VariantResult(name, family_of(cfg).rope,
                            THEORY.get(name, "RoPE"))
     for delta in deltas:
         pos = base + delta

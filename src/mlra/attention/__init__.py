@@ -1,29 +1,34 @@
-"""Attention families and the registry that maps a config to its attention class."""
+"""Attention families, one file each, and their registry.
+
+Every family file holds its module and its :class:`AttentionFamily` (config checks, parameter
+count, cache layout, tensor-parallel split, decode arithmetic, published-checkpoint names) and
+registers the family on import; see :mod:`mlra.attention.family` for the contract.
+"""
 
 from __future__ import annotations
 
-from mlra.attention.base import Attention, KVState, scaled_dot_product
-from mlra.attention.factorized import MultiMatrixFactorizationAttention, TensorProductAttention
-from mlra.attention.latent import LatentAttention
-from mlra.attention.standard import GroupedQueryAttention, GroupedTiedAttention
-from mlra.config import ModelConfig
-
-ATTENTION_FAMILIES: dict[str, type[Attention]] = {
-    "standard": GroupedQueryAttention,
-    "gta": GroupedTiedAttention,
-    "mfa": MultiMatrixFactorizationAttention,
-    "tpa": TensorProductAttention,
-    "latent": LatentAttention,
-}
-
-
-def build_attention(cfg: ModelConfig) -> Attention:
-    """The attention layer of ``cfg``'s family."""
-    return ATTENTION_FAMILIES[cfg.attention](cfg)
-
+from mlra.attention.base import Attention, KVAttention, KVState, scaled_dot_product
+from mlra.attention.family import (
+    AttentionFamily,
+    AttentionShard,
+    CacheLayout,
+    build_attention,
+    families,
+    family_of,
+    get_family,
+    register,
+    unregister,
+)
+from mlra.attention.gta import GroupedTiedAttention
+from mlra.attention.latent import LatentAttention, LatentCacheLayout, LatentFamily
+from mlra.attention.mfa import MultiMatrixFactorizationAttention
+from mlra.attention.standard import GroupedQueryAttention
+from mlra.attention.tpa import TensorProductAttention
 
 __all__ = [
-    "ATTENTION_FAMILIES", "Attention", "GroupedQueryAttention", "GroupedTiedAttention",
-    "KVState", "LatentAttention", "MultiMatrixFactorizationAttention", "TensorProductAttention",
-    "build_attention", "scaled_dot_product",
+    "Attention", "AttentionFamily", "AttentionShard", "CacheLayout", "GroupedQueryAttention",
+    "GroupedTiedAttention", "KVAttention", "KVState", "LatentAttention", "LatentCacheLayout",
+    "LatentFamily", "MultiMatrixFactorizationAttention", "TensorProductAttention",
+    "build_attention", "families", "family_of", "get_family", "register", "scaled_dot_product",
+    "unregister",
 ]

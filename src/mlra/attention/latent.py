@@ -1,28 +1,39 @@
 """The latent family: MLA, GLA-G and MLRA-B as one layer with a (branches x groups) grid.
 
 The KV latent (width d_c) is split into ``branches * groups`` latent heads of width
-w = d_c / (branches * groups); latent head j = b * groups + g has its own RMSNorm and scale
-sqrt(d / w). Query heads are split into ``groups`` contiguous groups. Query head h of group g
-attends, once per branch b, to latent head (b, g) with key [k_nope(b, g, h) ; k_rope] and value
-v(b, g, h); branch outputs are summed and scaled by 1/sqrt(branches).
+w = d_c / (branches * groups); latent head l = n * groups + g (branch n, group g) has its own
+RMSNorm and scale sqrt(d / w). Query heads are split into ``groups`` contiguous groups. Query
+head i of group g attends, once per branch n, to latent head (n, g) with key
+[k_nope(n, g, i) ; k_rope] and value v(n, g, i); branch outputs are summed and scaled by
+1/sqrt(branches) (paper, section 3).
 
     MLA = (1, 1), GLA-2 = (1, 2), GLA-4 = (1, 4), MLRA-2 = (2, 2), MLRA-4 = (4, 1).
 
 The up-projection is stored as one tensor ``wkv_b`` of shape (latent heads, w, heads_per_group *
 2 * head_dim) -- the official (block, in, out) layout -- whose last dimension is head-major with
 [k_nope | v] per head. Cache per token: the latent heads (d_c) plus the shared RoPE key.
+
+Einsum axes in this file: b batch, t query positions, s key positions, n branch, g group,
+i query head within its group, w latent width, d head width, r RoPE width, l latent head
+(n * groups + g), o up-projection outputs.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mlra import kernels
 from mlra.attention.base import Attention, KVState
+from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
+from mlra.attention.standard import heads_text
 from mlra.config import ModelConfig
+from mlra.errors import ConfigError
 from mlra.layers import RMSNorm, Rotary, rms_norm
+from mlra.slicing import TensorSlice, divisors, merge, rows
 
 LatentQuery = tuple[torch.Tensor, torch.Tensor]
 """(q_nope [batch, time, heads, head_dim], q_rope [batch, time, heads, rope_dim])."""
@@ -76,7 +87,7 @@ class LatentAttention(Attention):
 
     def up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK and W_UV, each [branches, groups, w, heads_per_group, head_dim]: latent head
-        (b, g) maps to the NoPE key / value of head i of group g as ``latent @ W[b, g, :, i]``."""
+        (n, g) maps to the NoPE key / value of head i of group g as ``latent @ W[n, g, :, i]``."""
         dh = self.cfg.head_dim
         w = self.wkv_b.view(self.branches, self.groups, self.width, self.heads_per_group, 2 * dh)
         return w[..., :dh], w[..., dh:]
@@ -90,7 +101,7 @@ class LatentAttention(Attention):
         B, T, H, dh = q_nope.shape
         S, nb, dr = latent.shape[1], self.branches, self.cfg.rope_dim
         kv = torch.einsum("bslw,lwo->bslo", latent, self.wkv_b.to(latent.dtype))
-        kv = kv.reshape(B, S, nb, H, 2 * dh)  # latent j = b*groups + g; head = g*Hg + i
+        kv = kv.reshape(B, S, nb, H, 2 * dh)  # latent l = n*groups + g; head = g*Hg + i
         k = torch.cat([kv[..., :dh], k_rope[:, :, None, None, :].expand(B, S, nb, H, dr)], -1)
         v = kv[..., dh:]
         qf = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)  # [B, H, T, dh + dr]
@@ -108,7 +119,19 @@ class LatentAttention(Attention):
         o = o[..., :dh].reshape(B, nb, H, T, dh).sum(dim=1) * self.out_scale
         return o.transpose(1, 2).reshape(B, T, H * dh)
 
-    # -- absorbed form ---------------------------------------------------------------------
+    def score_logits(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
+        q_nope, q_rope = self.query(x, rope)
+        state = self.kv_state(x, rope)
+        B, T, H, dh = q_nope.shape
+        nb, G, Hg, W = self.branches, self.groups, self.heads_per_group, self.width
+        w_uk, _ = self.up_weights()  # [nb, G, W, Hg, dh]
+        lat = state["latent"].reshape(B, T, nb, G, W)
+        k_nope = torch.einsum("bsngw,ngwid->bsngid", lat, w_uk.to(lat.dtype))
+        nope = torch.einsum("btgid,bsngid->bngits", q_nope.reshape(B, T, G, Hg, dh), k_nope)
+        rot = torch.einsum("btgir,bsr->bgits", q_rope.reshape(B, T, G, Hg, -1), state["k_rope"])
+        return ((nope + rot[:, None]) * self.cfg.softmax_scale).reshape(B, nb * H, T, T)
+
+    # -- absorbed (decode) form -----------------------------------------------------------------
     def absorb_query(self, q: LatentQuery) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries in latent space: ``q_abs`` [batch, time, branches, groups, Hg, w] and the
         RoPE query [batch, time, groups, Hg, rope]. No per-head K or V is formed."""
@@ -117,25 +140,50 @@ class LatentAttention(Attention):
         G, Hg = self.groups, self.heads_per_group
         w_uk, _ = self.up_weights()
         q_abs = torch.einsum(
-            "btgid,cgwid->btcgiw", q_nope.reshape(B, T, G, Hg, dh), w_uk.to(q_nope.dtype)
+            "btgid,ngwid->btngiw", q_nope.reshape(B, T, G, Hg, dh), w_uk.to(q_nope.dtype)
         )
         return q_abs, q_rope.reshape(B, T, G, Hg, -1)
+
+    def decode_query(self, q: LatentQuery) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.absorb_query(q)
+
+    def paged_attend(self, q, pools, layout, block_table, seq_lens):
+        """Per latent head: MQA of the absorbed queries over the ``[latent heads | rope key]``
+        rows, one kernel call per query-head group g over the ``branches`` latent heads (n, g)
+        it reads (all of them for MLA/MLRA-B, sharing the RoPE key; one per call for GLA-G).
+        Returns ``z`` [B, T, branches, groups, Hg, w] (fp32); no per-head K or V is formed."""
+        q_abs, q_rope = q
+        G, nb = self.groups, self.branches
+        zs = []
+        for g in range(G):
+            offsets = [layout.latent_offsets[n * G + g] for n in range(nb)]
+            z, _ = kernels.paged_latent_decode(
+                q_abs[:, :, :, g].contiguous(), q_rope[:, :, g].contiguous(), pools["rows"],
+                block_table, seq_lens, offsets, layout.rope_offset, self.cfg.softmax_scale,
+            )  # [B, T, nb, Hg, w]
+            zs.append(z)
+        return torch.stack(zs, dim=3)
+
+    def decode_output(self, z: torch.Tensor) -> torch.Tensor:
+        """W_UV per head, then the sum over branches times ``out_scale``."""
+        B, T = z.shape[:2]
+        _, w_uv = self.up_weights()  # [nb, G, w, Hg, dh]
+        o = torch.einsum("btngiw,ngwid->btgid", z.to(w_uv.dtype), w_uv) * self.out_scale
+        return o.reshape(B, T, self.cfg.attn_out_dim)
 
     def attend_absorbed(
         self, q: LatentQuery, state: KVState, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Weight-absorbed attention (the decode form), a pure-PyTorch reference.
-
-        Per latent head (b, g): MQA of the absorbed queries over [k_rope ; latent(b, g)] with
-        value latent(b, g), then W_UV per head, sum over branches times 1/sqrt(branches).
-        """
+        """Weight-absorbed attention (the decode form) over a dense state, a pure-PyTorch
+        reference: per latent head (n, g), MQA of the absorbed queries over
+        [k_rope ; latent(n, g)] with value latent(n, g), then :meth:`decode_output`."""
         latent, k_rope = state["latent"], state["k_rope"]
         B, S = latent.shape[:2]
         q_abs, q_rope = self.absorb_query(q)
         T = q_abs.shape[1]
         f = torch.promote_types(q_abs.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
         lat = latent.reshape(B, S, self.branches, self.groups, self.width).to(f)
-        logits = torch.einsum("btcgiw,bscgw->bcgits", q_abs.to(f), lat)
+        logits = torch.einsum("btngiw,bsngw->bngits", q_abs.to(f), lat)
         logits = logits + torch.einsum("btgir,bsr->bgits", q_rope.to(f), k_rope.to(f))[:, None]
         logits = logits * self.cfg.softmax_scale
         if mask is None:
@@ -143,7 +191,258 @@ class LatentAttention(Attention):
             mask = mask[None, None]
         logits = logits.masked_fill(~mask[:, :, None, None], float("-inf"))
         p = torch.softmax(logits, dim=-1)
-        z = torch.einsum("bcgits,bscgw->btcgiw", p, lat)
-        _, w_uv = self.up_weights()
-        o = torch.einsum("btcgiw,cgwid->btgid", z, w_uv.to(f)) * self.out_scale
-        return o.reshape(B, T, self.cfg.attn_out_dim).to(q_abs.dtype)
+        z = torch.einsum("bngits,bsngw->btngiw", p, lat)
+        return self.decode_output(z).to(q_abs.dtype)
+
+
+# ----------------------------------------------------------------------------- the family
+@dataclass(frozen=True)
+class LatentCacheLayout(CacheLayout):
+    """One pool ``rows`` of ``[latent head 0 | ... | latent head L-1 | rope key]`` per token:
+    the latent heads this model (or tensor-parallel shard) holds, then the shared RoPE key."""
+
+    latent_heads: int = 0
+    latent_width: int = 0
+    rope_dim: int = 0
+
+    @classmethod
+    def of(cls, latent_heads: int, latent_width: int, rope_dim: int) -> LatentCacheLayout:
+        return cls((("rows", (latent_heads * latent_width + rope_dim,)),), latent_heads,
+                   latent_width, rope_dim)
+
+    @property
+    def latent_offsets(self) -> tuple[int, ...]:
+        """Column of each latent head in a row."""
+        return tuple(j * self.latent_width for j in range(self.latent_heads))
+
+    @property
+    def rope_offset(self) -> int:
+        """Column of the RoPE key in a row."""
+        return self.latent_heads * self.latent_width
+
+    def pack(self, state: KVState) -> KVState:
+        latent = state["latent"].flatten(-2)
+        return {"rows": torch.cat([latent, state["k_rope"].to(latent.dtype)], dim=-1)}
+
+    def unpack(self, data: KVState) -> KVState:
+        rows_ = data["rows"]
+        off = self.rope_offset
+        latent = rows_[..., :off].unflatten(-1, (self.latent_heads, self.latent_width))
+        return {"latent": latent, "k_rope": rows_[..., off:]}
+
+
+def latent_split(cfg: ModelConfig, tp: int) -> tuple[int, int, int] | None:
+    """(group splits, branch splits, head splits within a latent head) for ``tp``, or None.
+
+    Groups split first (each rank gets G/t groups with their query heads and all branches);
+    once every group is on its own rank, the branches (each rank gets B/(t/G) latent heads of
+    one group and all of the group's query heads; branch outputs meet in the all-reduce);
+    beyond one latent head per rank, the query heads of a latent head (the latent head is then
+    replicated on the ranks sharing it). MLA (1 x 1) replicates its latent and splits heads."""
+    G, nb = cfg.latent_groups, cfg.latent_branches
+    Hg = cfg.n_heads // G
+    if G % tp == 0:
+        return tp, 1, 1
+    if tp % G == 0 and nb % (tp // G) == 0:
+        return G, tp // G, 1
+    if tp % (G * nb) == 0 and Hg % (tp // (G * nb)) == 0:
+        return G, nb, tp // (G * nb)
+    return None
+
+
+class LatentFamily(AttentionFamily):
+    name = "latent"
+    module = LatentAttention
+    required = ("rope_dim", "q_lora_rank", "kv_lora_rank", "latent_branches", "latent_groups")
+    rope = "partial"
+    official_key = "kv_a_proj_with_mqa.weight"
+    official_order = 10
+    official_renames = {"q_a_proj": "wq_a", "q_a_layernorm": "q_norm", "q_b_proj": "wq_b",
+                        "kv_a_proj_with_mqa": "wkv_a"}
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if cfg.rope_dim % 2:
+            raise ConfigError(f"rope_dim must be even for rotate-half RoPE, got {cfg.rope_dim}")
+        n_latent = cfg.latent_branches * cfg.latent_groups
+        if cfg.kv_lora_rank % n_latent:
+            raise ConfigError(
+                f"kv_lora_rank ({cfg.kv_lora_rank}) must be divisible by the number of "
+                f"latent heads latent_branches*latent_groups = {n_latent}"
+            )
+        if cfg.n_heads % cfg.latent_groups:
+            raise ConfigError(
+                f"n_heads ({cfg.n_heads}) must be divisible by latent_groups "
+                f"({cfg.latent_groups}): each group of query heads reads one latent head"
+            )
+
+    def softmax_scale(self, cfg: ModelConfig) -> float:
+        return 1.0 / math.sqrt(cfg.head_dim + cfg.rope_dim)
+
+    def param_count(self, cfg: ModelConfig) -> int:
+        d, H, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
+        qr, dc, dr = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.rope_dim
+        up = dc * (H // cfg.latent_groups) * 2 * dh
+        return d * qr + qr + qr * H * (dh + dr) + d * (dc + dr) + dc + up
+
+    def variant_name(self, cfg: ModelConfig) -> str:
+        nb, g = cfg.latent_branches, cfg.latent_groups
+        if (nb, g) == (1, 1):
+            return "mla"
+        if nb == 1:
+            return f"gla_{g}"
+        if (nb, g) in ((2, 2), (4, 1)):
+            return f"mlra_{nb}"
+        return f"latent_b{nb}_g{g}"
+
+    def describe(self, cfg: ModelConfig) -> str:
+        nb, G = cfg.latent_branches, cfg.latent_groups
+        return (f"{nb} branch{'es' if nb > 1 else ''} x {G} group{'s' if G > 1 else ''} of latent "
+                f"heads of width {cfg.latent_head_dim}, {cfg.n_heads} query heads")
+
+    def cache_layout(self, cfg: ModelConfig) -> CacheLayout:
+        return LatentCacheLayout.of(cfg.n_latent_heads, cfg.latent_head_dim, cfg.rope_dim)
+
+    def decode_flops(self, cfg: ModelConfig) -> int:
+        """Per latent head, its query heads score [latent ; rope] and sum p . latent."""
+        w, dr = cfg.latent_head_dim, cfg.rope_dim
+        return cfg.n_latent_heads * (cfg.n_heads // cfg.latent_groups) * (2 * (w + dr) + 2 * w)
+
+    def tp_degrees(self, cfg: ModelConfig) -> list[int]:
+        G, nb = cfg.latent_groups, cfg.latent_branches
+        found = set(divisors(G)) | {G * k for k in divisors(nb)}
+        found |= {G * nb * m for m in divisors(cfg.n_heads // G)}
+        return sorted(found)
+
+    def tp_shard(self, cfg: ModelConfig, tp: int, rank: int) -> AttentionShard:
+        """The query down-projection (``wq_a``, ``q_norm``) is replicated; ``wq_b`` rows,
+        ``wkv_b`` head columns, ``wo`` columns and the gate rows follow the rank's query heads;
+        ``wkv_a`` rows, ``kv_norm`` rows and ``wkv_b`` blocks follow its latent heads; the RoPE
+        key rows of ``wkv_a`` are on every rank; the full model's 1/sqrt(branches) is kept
+        through ``output_scale``."""
+        G, nb, H = cfg.latent_groups, cfg.latent_branches, cfg.n_heads
+        dh, dr, w, dc = cfg.head_dim, cfg.rope_dim, cfg.latent_head_dim, cfg.kv_lora_rank
+        Hg = H // G
+        split = latent_split(cfg, tp)
+        assert split is not None, "tp_shard called with a degree outside tp_degrees"
+        tg, tb, tm = split
+        gi, bi, mi = rank // (tb * tm), (rank // tm) % tb, rank % tm
+        Gl, Bl, Hgl = G // tg, nb // tb, Hg // tm
+        g0, b0, i0 = gi * Gl, bi * Bl, mi * Hgl
+        Hl = Gl * Hgl
+        h0 = g0 * Hg + i0
+        latents = [n * G + g for n in range(b0, b0 + Bl) for g in range(g0, g0 + Gl)]
+        lat_rows = merge([(j, j + 1) for j in latents])
+        full_scale = 1.0 / math.sqrt(nb) if cfg.latent_scaling else 1.0
+        over = {
+            "n_heads": Hl, "latent_branches": Bl, "latent_groups": Gl,
+            "kv_lora_rank": Bl * Gl * w,
+            "output_scale": cfg.output_scale if cfg.output_scale is not None else full_scale,
+        }
+        width_rows = tuple((a * w, b * w) for a, b in lat_rows)
+        slices = {
+            "wq_b.weight": rows(0, h0 * (dh + dr), (h0 + Hl) * (dh + dr)),
+            "wkv_a.weight": TensorSlice(((0, merge([*width_rows, (dc, dc + dr)])),)),
+            "kv_norm": TensorSlice(((0, lat_rows),)),
+            "wkv_b": TensorSlice(((0, lat_rows), (2, ((i0 * 2 * dh, (i0 + Hgl) * 2 * dh),)))),
+            "wo.weight": rows(1, h0 * dh, (h0 + Hl) * dh),
+        }
+        if cfg.output_gate:
+            slices["wg.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
+        if tm > 1:
+            strategy = (f"one latent head per rank, replicated on {tm} ranks, its query heads "
+                        "split" if G * nb > 1 else
+                        "latent replicated on every rank, query heads split")
+        elif tb > 1:
+            strategy = (f"{Bl} latent head{'s' if Bl > 1 else ''} of one group per rank "
+                        "(branches split), all the group's query heads; branch outputs summed by "
+                        "the all-reduce")
+        else:
+            strategy = (f"{Gl} group{'s' if Gl > 1 else ''} of query heads per rank with all "
+                        "their latent heads")
+        text = f"latent heads {list(latents)} of {G * nb}, {heads_text(h0, Hl, H)}"
+        return AttentionShard(over, slices, text, strategy)
+
+    # -- published checkpoints ---------------------------------------------------------------
+    def official_infer(self, attn, out_in, checker, layout):
+        kind, norms, ups = _official_blocks(attn, checker)
+        for key in norms + ups + ["q_a_proj.weight", "q_b_proj.weight"]:
+            if key not in attn:
+                raise checker.fail(f"key 'transformer.h.0.attn.{key}' is missing")
+        n_blocks = len(norms)
+        width = attn[norms[0]][0]
+        dc = n_blocks * width
+        dr = attn["kv_a_proj_with_mqa.weight"][0] - dc
+        if dr <= 0:
+            raise checker.fail(
+                f"kv_a_proj_with_mqa has {attn['kv_a_proj_with_mqa.weight'][0]} rows, not more "
+                f"than the latent width {dc}"
+            )
+        q_rows = attn["q_b_proj.weight"][0]  # H * (dn + dr); c_proj takes H * dn
+        H = checker.get("n_head")
+        if H is None:
+            H = checker.exact_div(q_rows - out_in, dr, "n_head from q_b_proj and c_proj")
+        dn = checker.exact_div(out_in, H, "qk_nope_head_dim from c_proj inputs / n_head")
+        if q_rows != H * (dn + dr):
+            raise checker.fail(
+                f"q_b_proj has {q_rows} rows, expected n_head*(nope+rope)={H * (dn + dr)}"
+            )
+        if kind == "raw":
+            out = attn["kv_b_proj"][2]
+            groups = checker.exact_div(H * 2 * dn, out, "latent groups from kv_b_proj width")
+            branches = checker.exact_div(n_blocks, groups, "latent branches (blocks / groups)")
+        else:
+            branches, groups = 1, n_blocks
+        checker.check("n_head", H)
+        checker.check("qk_nope_head_dim", dn)
+        checker.check("qk_rope_head_dim", dr)
+        checker.check("kv_lora_rank", dc)
+        checker.check("q_lora_rank", attn["q_a_proj.weight"][0])
+        layout.update(latent=kind, norms=norms, ups=ups)
+        return dict(
+            family=self.name, n_heads=H, head_dim=dn, rope_dim=dr, kv_lora_rank=dc,
+            q_lora_rank=attn["q_a_proj.weight"][0], latent_branches=branches,
+            latent_groups=groups,
+        )
+
+    def official_extra(self, cfg, layout, take):
+        """``kv_norm`` [latent heads, w] and ``wkv_b`` [latent heads, w, out]. Our layout is
+        the official raw (block, in, out) one; MLA's and GLA-G's Linear (out, in) weights are
+        transposed and stacked. Official latent block j is our latent head j."""
+        n, w = cfg.n_latent_heads, cfg.latent_head_dim
+        out = cfg.n_heads // cfg.latent_groups * 2 * cfg.head_dim
+        norms, ups = layout["norms"], layout["ups"]
+        if layout["latent"] == "raw":
+            norm = torch.stack([take(k, (w,)) for k in norms])
+            up = take(ups[0], (n, w, out))
+        elif layout["latent"] == "linear":  # MLA: one norm over all latent dims, Linear (out, in)
+            norm, up = take(norms[0], (w,)).reshape(1, w), take(ups[0], (out, w)).t()[None]
+        else:  # GLA-G split: per-block Linear
+            norm = torch.stack([take(k, (w,)) for k in norms])
+            up = torch.stack([take(k, (out, w)).t() for k in ups])
+        return {"kv_norm": norm, "wkv_b": up}
+
+
+def _official_blocks(attn, checker) -> tuple[str, list, list]:
+    """(layout, official norm names, official up-projection names) of a published layer."""
+    if "kv_b_proj.weight" in attn:
+        return "linear", ["kv_a_layernorm.weight"], ["kv_b_proj.weight"]
+    if "kv_b_proj_1.weight" in attn:
+        n = 1
+        while f"kv_b_proj_{n + 1}.weight" in attn:
+            n += 1
+        return (
+            "split",
+            [f"kv_a_layernorm_{k}.weight" for k in range(1, n + 1)],
+            [f"kv_b_proj_{k}.weight" for k in range(1, n + 1)],
+        )
+    if "kv_b_proj" in attn:
+        n = attn["kv_b_proj"][0] if len(attn["kv_b_proj"]) == 3 else 0
+        if n == 0:
+            raise checker.fail(
+                f"raw kv_b_proj has shape {tuple(attn['kv_b_proj'])}, expected (blocks, in, out)"
+            )
+        return "raw", [f"kv_a_layernorms.{j}.weight" for j in range(n)], ["kv_b_proj"]
+    raise checker.fail("no kv_b_proj weights in layer 0 of a latent-family checkpoint")
+
+
+register(LatentFamily())

@@ -1,20 +1,25 @@
-"""The standard family: MHA, MQA, GQA (K/V heads = groups) and GTA (grouped-tied attention)."""
+"""The standard family: MHA, MQA and GQA (K/V heads = groups of query heads).
+
+Cache per token: K and V of every K/V head (2 * n_kv_heads * head_dim). Under tensor
+parallelism the query heads split; the K/V heads split too, or are replicated (rank r uses
+K/V head ``r * n_kv // t``) once the degree exceeds them, as serving systems do.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from mlra.attention.base import Attention, KVState, scaled_dot_product
+from mlra.attention.base import KVAttention, KVState
+from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
 from mlra.config import ModelConfig
+from mlra.errors import ConfigError
 from mlra.layers import Rotary
+from mlra.slicing import TensorSlice, divisors, rows
 
 
-class GroupedQueryAttention(Attention):
-    """MHA (n_kv_heads = n_heads), MQA (1) and GQA (between): full-width RoPE on q and k.
-
-    Cache per token: K and V of every KV head (2 * n_kv_heads * head_dim).
-    """
+class GroupedQueryAttention(KVAttention):
+    """MHA (n_kv_heads = n_heads), MQA (1) and GQA (between): full-width RoPE on q and k."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -33,42 +38,113 @@ class GroupedQueryAttention(Attention):
         return {"k": rope.rotate(self.wk(x).view(shape)), "v": self.wv(x).view(shape)}
 
     def expand(self, state: KVState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values [batch, src, kv_heads, head_dim] from a cached state."""
         return state["k"], state["v"]
 
-    def attend(self, q: torch.Tensor, state: KVState, mask: torch.Tensor | None) -> torch.Tensor:
-        k, v = self.expand(state)
-        o = scaled_dot_product(q, k, v, mask, self.cfg.softmax_scale)
-        return o.flatten(2)
+
+def head_split(
+    cfg: ModelConfig, tp: int, rank: int
+) -> tuple[int, int, dict, dict[str, TensorSlice]]:
+    """(first query head, heads per rank, local overrides, output-side slices) of an even split
+    of the query heads: ``wo`` columns and the gate rows follow the rank's heads."""
+    dh, Hl = cfg.head_dim, cfg.n_heads // tp
+    h0 = rank * Hl
+    slices = {"wo.weight": rows(1, h0 * dh, (h0 + Hl) * dh)}
+    if cfg.output_gate:
+        slices["wg.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
+    return h0, Hl, {"n_heads": Hl}, slices
 
 
-class GroupedTiedAttention(GroupedQueryAttention):
-    """GTA: per KV head a tied state t (head_dim - rope_dim) that is both the NoPE key and the
-    first part of the value, a value-only part u (rope_dim), and one shared RoPE key.
+def heads_text(h0: int, n: int, total: int) -> str:
+    """"query heads a-b of N" / "query head a of N"."""
+    return f"query heads {h0}-{h0 + n - 1} of {total}" if n > 1 else f"query head {h0} of {total}"
 
-    K_h = [t_g, k_rope], V_h = [t_g, u_g]. Cache per token: n_kv_heads * head_dim + rope_dim.
-    """
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        Attention.__init__(self, cfg)
-        H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, H * dh, bias=False)
-        self.w_kv = nn.Linear(cfg.d_model, Hkv * dh, bias=False)
-        self.w_rope_k = nn.Linear(cfg.d_model, cfg.rope_dim, bias=False)
+def kv_head_split(cfg: ModelConfig, tp: int, rank: int) -> tuple[int, int, str, str]:
+    """(first K/V head, K/V heads per rank, text, strategy): split, or replicated past their
+    count."""
+    kv = cfg.n_kv_heads
+    if tp <= kv:
+        kvl, k0 = kv // tp, rank * (kv // tp)
+        strategy = "query and K/V heads split"
+    else:
+        kvl, k0 = 1, rank * kv // tp
+        strategy = f"query heads split, each K/V head replicated on {tp // kv} ranks"
+    text = f"K/V heads {k0}-{k0 + kvl - 1} of {kv}" if kvl > 1 else f"K/V head {k0} of {kv}"
+    return k0, kvl, text, strategy
 
-    def query(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.cfg.n_heads, self.cfg.head_dim)
-        nope = self.cfg.head_dim - self.cfg.rope_dim
-        return torch.cat([q[..., :nope], rope.rotate(q[..., nope:])], dim=-1)
 
-    def kv_state(self, x: torch.Tensor, rope: Rotary) -> KVState:
-        B, T, _ = x.shape
-        kv = self.w_kv(x).view(B, T, self.cfg.n_kv_heads, self.cfg.head_dim)
-        return {"kv": kv, "k_rope": rope.rotate(self.w_rope_k(x))}
+def kv_head_degrees(cfg: ModelConfig) -> list[int]:
+    """Degrees that split the query heads evenly and the K/V heads evenly or by replication."""
+    kv = cfg.n_kv_heads
+    return [t for t in divisors(cfg.n_heads) if kv % t == 0 or t % kv == 0]
 
-    def expand(self, state: KVState) -> tuple[torch.Tensor, torch.Tensor]:
-        kv, k_rope = state["kv"], state["k_rope"]
-        nope = self.cfg.head_dim - self.cfg.rope_dim
-        k_rope = k_rope[:, :, None, :].expand(*kv.shape[:3], self.cfg.rope_dim)
-        return torch.cat([kv[..., :nope], k_rope], dim=-1), kv
+
+class StandardFamily(AttentionFamily):
+    name = "standard"
+    module = GroupedQueryAttention
+    required = ("n_kv_heads",)
+    official_key = "c_k.weight"
+    official_order = 50  # MFA checkpoints hold c_k too
+    official_renames = {"c_q": "wq", "c_k": "wk", "c_v": "wv"}
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if cfg.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for rotate-half RoPE over the full head, "
+                              f"got {cfg.head_dim}")
+        if cfg.n_heads % cfg.n_kv_heads:
+            raise ConfigError(f"n_heads ({cfg.n_heads}) must be divisible by n_kv_heads "
+                              f"({cfg.n_kv_heads})")
+
+    def param_count(self, cfg: ModelConfig) -> int:
+        d, dh = cfg.d_model, cfg.head_dim
+        return d * cfg.n_heads * dh + 2 * d * cfg.n_kv_heads * dh
+
+    def variant_name(self, cfg: ModelConfig) -> str:
+        if cfg.n_kv_heads == cfg.n_heads:
+            return "mha"
+        return "mqa" if cfg.n_kv_heads == 1 else "gqa"
+
+    def describe(self, cfg: ModelConfig) -> str:
+        return f"{cfg.n_heads} query heads, {cfg.n_kv_heads} K/V heads of {cfg.head_dim}"
+
+    def cache_layout(self, cfg: ModelConfig) -> CacheLayout:
+        kv = (cfg.n_kv_heads, cfg.head_dim)
+        return CacheLayout((("k", kv), ("v", kv)))
+
+    def tp_degrees(self, cfg: ModelConfig) -> list[int]:
+        return kv_head_degrees(cfg)
+
+    def tp_shard(self, cfg: ModelConfig, tp: int, rank: int) -> AttentionShard:
+        dh = cfg.head_dim
+        h0, Hl, over, slices = head_split(cfg, tp, rank)
+        k0, kvl, kv_text, strategy = kv_head_split(cfg, tp, rank)
+        slices["wq.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
+        slices["wk.weight"] = slices["wv.weight"] = rows(0, k0 * dh, (k0 + kvl) * dh)
+        text = f"{heads_text(h0, Hl, cfg.n_heads)}, {kv_text}"
+        return AttentionShard({**over, "n_kv_heads": kvl}, slices, text, strategy)
+
+    def official_infer(self, attn, out_in, checker, layout):
+        return infer_grouped(attn, out_in, checker, "c_k.weight") | {"family": self.name}
+
+
+def infer_grouped(attn, out_in: int, checker, kv_key: str) -> dict:
+    """n_heads, head_dim, n_kv_heads of a published MHA/MQA/GQA/GTA layer (``n_head`` or
+    ``head_dim`` from config.json, since shapes alone cannot split q's rows)."""
+    if "c_q.weight" not in attn:
+        raise checker.fail("key 'transformer.h.0.attn.c_q.weight' is missing")
+    H, dh = checker.heads_and_dim(attn["c_q.weight"][0])
+    n_kv = checker.exact_div(attn[kv_key][0], dh, "the number of KV heads")
+    group = checker.get("group_size")
+    if group is not None and H % group:
+        raise checker.fail(f"config.json group_size={group} does not divide n_head={H}")
+    if group is not None and H // group != n_kv:
+        raise checker.fail(
+            f"config.json group_size={group} means {H // group} KV heads, but the K/V weights "
+            f"have {n_kv}"
+        )
+    if out_in != H * dh:
+        raise checker.fail(f"attn.c_proj takes {out_in} inputs, expected n_head*head_dim={H * dh}")
+    return dict(n_heads=H, head_dim=dh, n_kv_heads=n_kv)
+
+
+register(StandardFamily())

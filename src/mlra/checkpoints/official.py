@@ -7,25 +7,18 @@ A directory holds ``config.json`` (``model_type`` "gpt2", no variant field) and 
 inferred from the keys and shapes; the tensors are renamed and re-laid-out into our
 :class:`~mlra.model.Transformer`, whose forward then computes what the official model computes.
 
-Layouts converted (official -> ours, per layer):
-
-- latent family: ``q_a_proj`` -> ``wq_a``, ``q_a_layernorm`` -> ``q_norm``, ``q_b_proj`` ->
-  ``wq_b``, ``kv_a_proj_with_mqa`` -> ``wkv_a``; the per-block KV norms -> ``kv_norm``
-  [latent heads, w]; the up-projection -> ``wkv_b`` [latent heads, w, out] (our layout is the
-  official raw (block, in, out) one; MLA's and GLA-2's Linear (out, in) weights are transposed
-  and stacked). Official latent block j is our latent head j = branch * groups + group.
-- standard: ``c_q/c_k/c_v`` -> ``wq/wk/wv``; GTA ``kv_proj`` -> ``w_kv``, ``W_rope_k`` ->
-  ``w_rope_k``; MFA ``c_q`` -> ``wq_a``, ``q_layernorm`` -> ``q_norm``, ``w_q`` -> ``wq_b``;
-  TPA ``c_qkv.W_{A,B}_{q,k,v}`` -> ``w_{a,b}{q,k,v}``.
-- every family: ``c_proj`` -> ``wo``, ``gated_proj``/``c_gated`` -> ``wg``, MLP ``c_fc1`` (silu
-  branch) -> ``w_gate``, ``c_fc2`` -> ``w_up``, ``c_proj`` -> ``w_down``; norms; the tied
-  ``transformer.wte``/``lm_head`` pair -> ``embed`` (both must hold the same values).
+Layouts converted (official -> ours, per layer): each attention family's names live with the
+family (``official_renames``, ``official_infer`` and ``official_extra`` of its
+:class:`~mlra.attention.family.AttentionFamily`: e.g. the latent family's ``q_a_proj`` ->
+``wq_a`` and its per-block KV norms and up-projections -> ``kv_norm`` and ``wkv_b``); common to
+every family: ``c_proj`` -> ``wo``, ``gated_proj``/``c_gated`` -> ``wg``, MLP ``c_fc1`` (silu
+branch) -> ``w_gate``, ``c_fc2`` -> ``w_up``, ``c_proj`` -> ``w_down``; norms; the tied
+``transformer.wte``/``lm_head`` pair -> ``embed`` (both must hold the same values).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mlra.attention import families, family_of, get_family
 from mlra.checkpoints.safety import StateDict, load_weights_file
 from mlra.config import VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError
@@ -49,20 +43,6 @@ _EMBED, _HEAD = "transformer.wte.weight", "lm_head.weight"
 _FINAL_NORMS = ("layernorm.weight", "transformer.layernorm.weight")
 _LAYER_RE = re.compile(r"^transformer\.h\.(\d+)\.")
 
-# Official attention weight names (under transformer.h.{i}.attn., ".weight" implied) -> ours.
-_RENAMES: dict[str, dict[str, str]] = {
-    "standard": {"c_q": "wq", "c_k": "wk", "c_v": "wv"},
-    "gta": {"c_q": "wq", "kv_proj": "w_kv", "W_rope_k": "w_rope_k"},
-    "mfa": {"c_q": "wq_a", "q_layernorm": "q_norm", "w_q": "wq_b", "c_k": "wk", "c_v": "wv"},
-    "tpa": {
-        "c_qkv.W_A_q": "w_aq", "c_qkv.W_A_k": "w_ak", "c_qkv.W_A_v": "w_av",
-        "c_qkv.W_B_q": "w_bq", "c_qkv.W_B_k": "w_bk", "c_qkv.W_B_v": "w_bv",
-    },
-    "latent": {
-        "q_a_proj": "wq_a", "q_a_layernorm": "q_norm", "q_b_proj": "wq_b",
-        "kv_a_proj_with_mqa": "wkv_a",
-    },
-}
 _MLP_RENAMES = {"c_fc1": "w_gate", "c_fc2": "w_up", "c_proj": "w_down"}
 _VARIANT_SUFFIXES = ("_xxl", "_gen", "_normal_initialization", "_normal_init", "_double_heads")
 
@@ -111,20 +91,7 @@ def parse_variant(name: str | None) -> VariantRequest:
 
 def variant_name(cfg: ModelConfig) -> str:
     """The paper's name of the variant ``cfg`` describes (generic for non-paper grids)."""
-    if cfg.attention == "standard":
-        if cfg.n_kv_heads == cfg.n_heads:
-            return "mha"
-        return "mqa" if cfg.n_kv_heads == 1 else "gqa"
-    if cfg.attention != "latent":
-        return cfg.attention
-    b, g = cfg.latent_branches, cfg.latent_groups
-    if (b, g) == (1, 1):
-        return "mla"
-    if b == 1:
-        return f"gla_{g}"
-    if (b, g) in ((2, 2), (4, 1)):
-        return f"mlra_{b}"
-    return f"latent_b{b}_g{g}"
+    return family_of(cfg).variant_name(cfg)
 
 
 def full_variant_name(cfg: ModelConfig) -> str:
@@ -132,7 +99,7 @@ def full_variant_name(cfg: ModelConfig) -> str:
     name = variant_name(cfg)
     if cfg.output_gate:
         name += "_gated"
-    if cfg.attention == "latent" and not cfg.latent_scaling:
+    if cfg.family == "latent" and not cfg.latent_scaling:  # the ablation exists for it only
         name += "_no_scale"
     return name
 
@@ -260,21 +227,16 @@ def infer_config(
     if "c_proj.weight" not in attn:
         raise CheckpointError(f"{source}: key 'transformer.h.0.attn.c_proj.weight' is missing")
     out_in = attn["c_proj.weight"][1]
-    if "kv_a_proj_with_mqa.weight" in attn:
-        fields = _infer_latent(attn, out_in, checker, layout)
-    elif "c_qkv.W_A_q.weight" in attn:
-        fields = _infer_tpa(attn, out_in, checker)
-    elif "w_q.weight" in attn:
-        fields = _infer_mfa(attn, checker)
-    elif "kv_proj.weight" in attn:
-        fields = _infer_standard(attn, out_in, checker, tied=True)
-    elif "c_k.weight" in attn:
-        fields = _infer_standard(attn, out_in, checker, tied=False)
-    else:
+    known = sorted((get_family(n) for n in families() if get_family(n).official_key),
+                   key=lambda f: f.official_order)
+    family = next((f for f in known if f.official_key in attn), None)
+    if family is None:
         raise CheckpointError(
             f"{source}: unrecognised attention keys {sorted(attn)} in layer 0; expected one of "
-            "the official variants (official-implementation.md section 2.1)"
+            "the published variants (paper, section 4: MHA, MQA, GQA, GTA, MFA, TPA, MLA, "
+            "GLA, MLRA)"
         )
+    fields = family.official_infer(attn, out_in, checker, layout)
     try:
         cfg = ModelConfig(**common, **fields, output_gate=gate_key is not None)
     except ConfigError as exc:
@@ -319,11 +281,15 @@ class _Checker:
     def fail(self, message: str) -> CheckpointError:
         return CheckpointError(f"{self.source}: {message}")
 
+    def exact_div(self, a: int, b: int, what: str) -> int:
+        """``a / b``, or a CheckpointError saying which quantity could not be inferred."""
+        if b <= 0 or a % b:
+            raise self.fail(f"cannot infer {what}: {a} is not a multiple of {b}")
+        return a // b
 
-def _exact_div(a: int, b: int, what: str, checker: _Checker) -> int:
-    if b <= 0 or a % b:
-        raise checker.fail(f"cannot infer {what}: {a} is not a multiple of {b}")
-    return a // b
+    def heads_and_dim(self, q_rows: int) -> tuple[int, int]:
+        """(n_head, head_dim) of a query projection with ``q_rows`` rows."""
+        return _heads_and_dim(q_rows, self)
 
 
 def _heads_and_dim(q_rows: int, checker: _Checker) -> tuple[int, int]:
@@ -334,144 +300,14 @@ def _heads_and_dim(q_rows: int, checker: _Checker) -> tuple[int, int]:
             f"({q_rows} rows) into heads"
         )
     if n_head is None:
-        n_head = _exact_div(q_rows, head_dim, "n_head from c_q rows / head_dim", checker)
+        n_head = checker.exact_div(q_rows, head_dim, "n_head from c_q rows / head_dim")
     if head_dim is None:
-        head_dim = _exact_div(q_rows, n_head, "head_dim from c_q rows / n_head", checker)
+        head_dim = checker.exact_div(q_rows, n_head, "head_dim from c_q rows / n_head")
     if n_head * head_dim != q_rows:
         raise checker.fail(
             f"c_q has {q_rows} rows but config.json says n_head={n_head} x head_dim={head_dim}"
         )
     return n_head, head_dim
-
-
-def _infer_standard(
-    attn: dict[str, torch.Size], out_in: int, checker: _Checker, tied: bool
-) -> dict[str, Any]:
-    if "c_q.weight" not in attn:
-        raise checker.fail("key 'transformer.h.0.attn.c_q.weight' is missing")
-    H, dh = _heads_and_dim(attn["c_q.weight"][0], checker)
-    kv_rows = attn["kv_proj.weight" if tied else "c_k.weight"][0]
-    n_kv = _exact_div(kv_rows, dh, "the number of KV heads", checker)
-    group = checker.get("group_size")
-    if group is not None and H % group:
-        raise checker.fail(f"config.json group_size={group} does not divide n_head={H}")
-    if group is not None and H // group != n_kv:
-        raise checker.fail(
-            f"config.json group_size={group} means {H // group} KV heads, but the K/V weights "
-            f"have {n_kv}"
-        )
-    if out_in != H * dh:
-        raise checker.fail(f"attn.c_proj takes {out_in} inputs, expected n_head*head_dim={H * dh}")
-    fields: dict[str, Any] = dict(n_heads=H, head_dim=dh, n_kv_heads=n_kv)
-    if tied:
-        if "W_rope_k.weight" not in attn:
-            raise checker.fail("key 'transformer.h.0.attn.W_rope_k.weight' is missing")
-        fields.update(attention="gta", rope_dim=attn["W_rope_k.weight"][0])
-    else:
-        fields.update(attention="standard")
-    return fields
-
-
-def _infer_mfa(attn: dict[str, torch.Size], checker: _Checker) -> dict[str, Any]:
-    for k in ("c_q.weight", "c_k.weight"):
-        if k not in attn:
-            raise checker.fail(f"key 'transformer.h.0.attn.{k}' is missing")
-    dh = attn["c_k.weight"][0]
-    H = _exact_div(attn["w_q.weight"][0], dh, "n_head from w_q rows / head_dim", checker)
-    checker.check("head_dim", dh)
-    checker.check("n_head", H)
-    checker.check("share_q_dim", attn["c_q.weight"][0])
-    return dict(attention="mfa", n_heads=H, head_dim=dh, q_lora_rank=attn["c_q.weight"][0])
-
-
-def _infer_tpa(attn: dict[str, torch.Size], out_in: int, checker: _Checker) -> dict[str, Any]:
-    names = ("W_A_q", "W_B_q", "W_A_k", "W_B_k")
-    for n in names:
-        if f"c_qkv.{n}.weight" not in attn:
-            raise checker.fail(f"key 'transformer.h.0.attn.c_qkv.{n}.weight' is missing")
-    aq, bq, ak, bk = (attn[f"c_qkv.{n}.weight"][0] for n in names)
-    H = checker.get("n_head")
-    if H is None:  # aq*bq/out_in = (H Rq)(Rq dh)/(H dh) = Rq^2
-        Rq = math.isqrt(aq * bq // out_in)
-        H = _exact_div(aq, max(Rq, 1), "n_head from W_A_q rows / q_rank", checker)
-    Rq = _exact_div(aq, H, "q_rank from W_A_q rows / n_head", checker)
-    R = _exact_div(ak, H, "rank from W_A_k rows / n_head", checker)
-    dh = _exact_div(out_in, H, "head_dim from c_proj inputs / n_head", checker)
-    if bq != Rq * dh or bk != R * dh:
-        raise checker.fail(
-            f"TPA factor shapes disagree: W_B_q {bq} rows, W_B_k {bk} rows for q_rank={Rq}, "
-            f"rank={R}, head_dim={dh}"
-        )
-    checker.check("head_dim", dh)
-    checker.check("rank", R)
-    checker.check("q_rank", Rq)
-    return dict(attention="tpa", n_heads=H, head_dim=dh, tpa_rank=R, tpa_q_rank=Rq)
-
-
-def _latent_blocks(attn: dict[str, torch.Size], checker: _Checker) -> tuple[str, list, list]:
-    """(layout, official norm names, official up-projection names) for the latent family."""
-    if "kv_b_proj.weight" in attn:
-        return "linear", ["kv_a_layernorm.weight"], ["kv_b_proj.weight"]
-    if "kv_b_proj_1.weight" in attn:
-        n = 1
-        while f"kv_b_proj_{n + 1}.weight" in attn:
-            n += 1
-        return (
-            "split",
-            [f"kv_a_layernorm_{k}.weight" for k in range(1, n + 1)],
-            [f"kv_b_proj_{k}.weight" for k in range(1, n + 1)],
-        )
-    if "kv_b_proj" in attn:
-        n = attn["kv_b_proj"][0] if len(attn["kv_b_proj"]) == 3 else 0
-        if n == 0:
-            raise checker.fail(
-                f"raw kv_b_proj has shape {tuple(attn['kv_b_proj'])}, expected (blocks, in, out)"
-            )
-        return "raw", [f"kv_a_layernorms.{j}.weight" for j in range(n)], ["kv_b_proj"]
-    raise checker.fail("no kv_b_proj weights in layer 0 of a latent-family checkpoint")
-
-
-def _infer_latent(
-    attn: dict[str, torch.Size], out_in: int, checker: _Checker, layout: dict[str, Any]
-) -> dict[str, Any]:
-    kind, norms, ups = _latent_blocks(attn, checker)
-    for key in norms + ups + ["q_a_proj.weight", "q_b_proj.weight"]:
-        if key not in attn:
-            raise checker.fail(f"key 'transformer.h.0.attn.{key}' is missing")
-    n_blocks = len(norms)
-    width = attn[norms[0]][0]
-    dc = n_blocks * width
-    dr = attn["kv_a_proj_with_mqa.weight"][0] - dc
-    if dr <= 0:
-        raise checker.fail(
-            f"kv_a_proj_with_mqa has {attn['kv_a_proj_with_mqa.weight'][0]} rows, not more than "
-            f"the latent width {dc}"
-        )
-    q_rows = attn["q_b_proj.weight"][0]  # H * (dn + dr); c_proj takes H * dn
-    H = checker.get("n_head")
-    if H is None:
-        H = _exact_div(q_rows - out_in, dr, "n_head from q_b_proj and c_proj", checker)
-    dn = _exact_div(out_in, H, "qk_nope_head_dim from c_proj inputs / n_head", checker)
-    if q_rows != H * (dn + dr):
-        raise checker.fail(
-            f"q_b_proj has {q_rows} rows, expected n_head*(nope+rope)={H * (dn + dr)}"
-        )
-    if kind == "raw":
-        out = attn["kv_b_proj"][2]
-        groups = _exact_div(H * 2 * dn, out, "latent groups from kv_b_proj width", checker)
-        branches = _exact_div(n_blocks, groups, "latent branches (blocks / groups)", checker)
-    else:
-        branches, groups = 1, n_blocks
-    checker.check("n_head", H)
-    checker.check("qk_nope_head_dim", dn)
-    checker.check("qk_rope_head_dim", dr)
-    checker.check("kv_lora_rank", dc)
-    checker.check("q_lora_rank", attn["q_a_proj.weight"][0])
-    layout.update(latent=kind, norms=norms, ups=ups)
-    return dict(
-        attention="latent", n_heads=H, head_dim=dn, rope_dim=dr, kv_lora_rank=dc,
-        q_lora_rank=attn["q_a_proj.weight"][0], latent_branches=branches, latent_groups=groups,
-    )
 
 
 # ---------------------------------------------------------------------------------- conversion
@@ -513,7 +349,7 @@ def convert_state(
     rename(final, "norm.weight")
     if _HEAD in state:
         _check_tied(take(_HEAD, tuple(ours["embed.weight"].shape)), state[_EMBED], files, source)
-    fam = cfg.attention
+    family = family_of(cfg)
     for i in range(cfg.n_layers):
         src, dst = f"transformer.h.{i}.", f"layers.{i}."
         rename(src + "input_layernorm.weight", dst + "attn_norm.weight")
@@ -523,12 +359,11 @@ def convert_state(
         rename(src + "attn.c_proj.weight", dst + "attn.wo.weight")
         if layout.get("gate"):
             rename(src + "attn." + layout["gate"], dst + "attn.wg.weight")
-        for o, m in _RENAMES[fam].items():
+        for o, m in family.official_renames.items():
             rename(f"{src}attn.{o}.weight", f"{dst}attn.{m}.weight")
-        if fam == "latent":
-            norm, up = _latent_up(cfg, layout, lambda k, s, p=src: take(p + "attn." + k, s))
-            out[dst + "attn.kv_norm"] = norm
-            out[dst + "attn.wkv_b"] = up
+        extra = family.official_extra(cfg, layout, lambda k, s, p=src: take(p + "attn." + k, s))
+        for name, tensor in extra.items():
+            out[dst + "attn." + name] = tensor
     extra = sorted(set(state) - used)
     if extra:
         raise CheckpointError(
@@ -536,20 +371,6 @@ def convert_state(
             f"({len(extra)} unexpected)"
         )
     return out
-
-
-def _latent_up(cfg: ModelConfig, layout: dict[str, Any], take) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kv_norm [latent heads, w], wkv_b [latent heads, w, out]) from the official tensors."""
-    n, w = cfg.n_latent_heads, cfg.latent_head_dim
-    out = cfg.n_heads // cfg.latent_groups * 2 * cfg.head_dim
-    norms, ups = layout["norms"], layout["ups"]
-    if layout["latent"] == "raw":
-        norm = torch.stack([take(k, (w,)) for k in norms])
-        return norm, take(ups[0], (n, w, out))
-    if layout["latent"] == "linear":  # MLA: one norm over all latent dims, Linear (out, in)
-        return take(norms[0], (w,)).reshape(1, w), take(ups[0], (out, w)).t()[None]
-    norm = torch.stack([take(k, (w,)) for k in norms])  # GLA-G split: per-block Linear
-    return norm, torch.stack([take(k, (out, w)).t() for k in ups])
 
 
 def _check_tied(
@@ -603,7 +424,7 @@ def resolve_official_config(
             )
         scaling = latent_scaling
     if scaling is not None and scaling is False:
-        if cfg.attention != "latent":
+        if cfg.family != "latent":  # the no-scale ablation exists for the latent family only
             raise CheckpointError(
                 f"no-scale applies only to MLA/GLA/MLRA checkpoints; {source} is {found}"
             )
@@ -630,11 +451,4 @@ def load_official(
 
 
 def _describe(cfg: ModelConfig) -> str:
-    if cfg.attention == "latent":
-        return (
-            f"{cfg.n_latent_heads} latent heads of width {cfg.latent_head_dim}, "
-            f"{cfg.latent_branches} branch(es) x {cfg.latent_groups} group(s)"
-        )
-    if cfg.attention in ("standard", "gta"):
-        return f"{cfg.n_heads} query heads, {cfg.n_kv_heads} KV heads of {cfg.head_dim}"
-    return f"{cfg.attention} with {cfg.n_heads} heads of {cfg.head_dim}"
+    return family_of(cfg).describe(cfg)

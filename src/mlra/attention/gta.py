@@ -1,0 +1,108 @@
+"""The GTA family (grouped-tied attention): per K/V head a tied state t (head_dim - rope_dim)
+that is both the NoPE key and the first part of the value, a value-only part u (rope_dim), and
+one shared RoPE key: K_h = [t_g, k_rope], V_h = [t_g, u_g].
+
+Cache per token: n_kv_heads * head_dim + rope_dim. Tensor parallelism as GQA, with the shared
+RoPE key on every rank.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlra.attention.base import KVAttention, KVState
+from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
+from mlra.attention.standard import (
+    head_split,
+    heads_text,
+    infer_grouped,
+    kv_head_degrees,
+    kv_head_split,
+)
+from mlra.config import ModelConfig
+from mlra.errors import ConfigError
+from mlra.layers import Rotary
+from mlra.slicing import rows
+
+
+class GroupedTiedAttention(KVAttention):
+    """GTA: tied K-NoPE/V state per K/V head plus a shared rotated key."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, H * dh, bias=False)
+        self.w_kv = nn.Linear(cfg.d_model, Hkv * dh, bias=False)
+        self.w_rope_k = nn.Linear(cfg.d_model, cfg.rope_dim, bias=False)
+
+    def query(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.cfg.n_heads, self.cfg.head_dim)
+        nope = self.cfg.head_dim - self.cfg.rope_dim
+        return torch.cat([q[..., :nope], rope.rotate(q[..., nope:])], dim=-1)
+
+    def kv_state(self, x: torch.Tensor, rope: Rotary) -> KVState:
+        B, T, _ = x.shape
+        kv = self.w_kv(x).view(B, T, self.cfg.n_kv_heads, self.cfg.head_dim)
+        return {"kv": kv, "k_rope": rope.rotate(self.w_rope_k(x))}
+
+    def expand(self, state: KVState) -> tuple[torch.Tensor, torch.Tensor]:
+        kv, k_rope = state["kv"], state["k_rope"]
+        nope = self.cfg.head_dim - self.cfg.rope_dim
+        k_rope = k_rope[:, :, None, :].expand(*kv.shape[:3], self.cfg.rope_dim)
+        return torch.cat([kv[..., :nope], k_rope], dim=-1), kv
+
+
+class GTAFamily(AttentionFamily):
+    name = "gta"
+    module = GroupedTiedAttention
+    required = ("n_kv_heads", "rope_dim")
+    rope = "partial"
+    official_key = "kv_proj.weight"
+    official_order = 40
+    official_renames = {"c_q": "wq", "kv_proj": "w_kv", "W_rope_k": "w_rope_k"}
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if cfg.n_heads % cfg.n_kv_heads:
+            raise ConfigError(f"n_heads ({cfg.n_heads}) must be divisible by n_kv_heads "
+                              f"({cfg.n_kv_heads})")
+        if cfg.rope_dim % 2:
+            raise ConfigError(f"rope_dim must be even for rotate-half RoPE, got {cfg.rope_dim}")
+        if cfg.rope_dim >= cfg.head_dim:
+            raise ConfigError(
+                f"rope_dim ({cfg.rope_dim}) must be smaller than head_dim ({cfg.head_dim}) for "
+                "GTA: the first head_dim - rope_dim dims of each KV head are the tied K/V state"
+            )
+
+    def param_count(self, cfg: ModelConfig) -> int:
+        d, dh = cfg.d_model, cfg.head_dim
+        return d * cfg.n_heads * dh + d * cfg.n_kv_heads * dh + d * cfg.rope_dim
+
+    def describe(self, cfg: ModelConfig) -> str:
+        return f"{cfg.n_heads} query heads, {cfg.n_kv_heads} K/V heads of {cfg.head_dim}"
+
+    def cache_layout(self, cfg: ModelConfig) -> CacheLayout:
+        return CacheLayout((("kv", (cfg.n_kv_heads, cfg.head_dim)), ("k_rope", (cfg.rope_dim,))))
+
+    def tp_degrees(self, cfg: ModelConfig) -> list[int]:
+        return kv_head_degrees(cfg)
+
+    def tp_shard(self, cfg: ModelConfig, tp: int, rank: int) -> AttentionShard:
+        dh = cfg.head_dim
+        h0, Hl, over, slices = head_split(cfg, tp, rank)
+        k0, kvl, kv_text, strategy = kv_head_split(cfg, tp, rank)
+        slices["wq.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
+        slices["w_kv.weight"] = rows(0, k0 * dh, (k0 + kvl) * dh)
+        text = f"{heads_text(h0, Hl, cfg.n_heads)}, {kv_text}"
+        return AttentionShard({**over, "n_kv_heads": kvl}, slices, text,
+                              strategy + ", shared RoPE key on every rank")
+
+    def official_infer(self, attn, out_in, checker, layout):
+        fields = infer_grouped(attn, out_in, checker, "kv_proj.weight")
+        if "W_rope_k.weight" not in attn:
+            raise checker.fail("key 'transformer.h.0.attn.W_rope_k.weight' is missing")
+        return fields | {"family": self.name, "rope_dim": attn["W_rope_k.weight"][0]}
+
+
+register(GTAFamily())
