@@ -110,3 +110,26 @@ def test_remote_tokenizer_routes():
         assert post(url + "/detokenize", {"tokens": ids})[1]["prompt"] == "round trip"
         status, err = post(url + "/detokenize", {"tokens": [1, 9999]})
         assert status == 400 and err["error"]["param"] == "tokens"
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    import socket
+
+    from mlra.cli import main
+    from mlra.io import save_model
+
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    model = tiny_model("mla", vocab_size=260)
+    save_model(model, tmp_path / "m")
+    TOK.save(tmp_path / "m")
+    assert main(["serve", "--checkpoint", str(tmp_path / "m"), "--prefill-chunk", "0"]) == 2
+    assert "--prefill-chunk must be positive" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tmp_path / "m"), "--device", "cpu",
+                     "--port", str(port), "--log-level", "critical"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not listen on 127.0.0.1:{port}" in err and "Traceback" not in err

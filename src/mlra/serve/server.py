@@ -128,6 +128,9 @@ def _serve_main(model, tokenizer, options: ServeOptions, executor: Executor, ctx
           file=sys.stderr, flush=True)
     try:
         server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; say it as a user error below
+        if server.started:
+            raise
     finally:
         loop.stop()
     if loop.fatal is not None:
