@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tokens per cache page (default 64)")
     p.add_argument("--max-batch-size", type=int, default=64, metavar="N",
                    help="most sequences decoded together (default 64)")
-    p.add_argument("--prefill-chunk", type=int, default=512, metavar="N",
+    p.add_argument("--prefill-chunk", type=int, default=2048, metavar="N",
                    help="most prompt tokens prefilled per step, so long prompts do not stall "
-                   "the running requests (default 512)")
+                   "the running requests (default 2048)")
     p.add_argument("--tokenizer", default=None, metavar="byte|gpt2|PATH",
                    help="tokenizer (default: the checkpoint's tokenizer.json; GPT-2 BPE for "
                    "official checkpoints; without one, prompts must be token ids)")

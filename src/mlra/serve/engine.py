@@ -10,7 +10,8 @@ One shared :class:`~mlra.cache.PagedKVCache` holds every running sequence. Each 
 3. decodes one token for every sequence past its prompt (the paged step; CUDA graphs per batch
    bucket on a GPU through :class:`~mlra.decoding.Decoder`);
 4. prefills the next chunk of the prompts being admitted, at most ``prefill_chunk`` prompt
-   tokens per step, so a long prompt does not stall everyone's next token.
+   tokens per step while other sequences decode, so a long prompt does not stall everyone's
+   next token (with none decoding, whole prompts at once).
 
 Requests are never lost: a request whose prompt and ``max_tokens`` cannot fit the whole cache is
 refused by :meth:`Engine.add_request`; every other request eventually runs. A request whose
@@ -131,7 +132,8 @@ class Engine:
     - ``cache_tokens``: the cache's token budget (default: the model's context, or room for
       ``max_batch_size`` full-context sequences when that is given); ``page_size`` tokens a page.
     - ``max_batch_size``: most sequences running together (default: as many as fit).
-    - ``prefill_chunk``: most prompt tokens prefilled per step (default: whole prompts).
+    - ``prefill_chunk``: most prompt tokens prefilled per step while other sequences decode,
+      and most tokens per sequence in one forward (default: whole prompts).
     - ``reserve_full``: admit a request only when its whole length (prompt + ``max_tokens``)
       fits next to the others' whole lengths (never preempts; what offline :func:`mlra.generate`
       uses). Default: admit when the prompt fits and grow page by page, preempting when full.
@@ -361,7 +363,10 @@ class Engine:
     def _prefill(self, outputs: dict[int, StepOutput]) -> None:
         reqs = sorted((r for r in self.running.values() if r.state == PREFILL),
                       key=lambda r: r.admitted)
-        budget = math.inf if self.prefill_chunk is None else self.prefill_chunk
+        # the chunk bounds how long running sequences wait for their next token: with none
+        # decoding, nobody waits and the prompts are prefilled whole (one call, as a batch)
+        decoding = any(r.state == DECODE for r in self.running.values())
+        budget = math.inf if self.prefill_chunk is None or not decoding else self.prefill_chunk
         plan: list[tuple[_Request, int]] = []
         for r in reqs:
             if budget <= 0:
@@ -383,7 +388,8 @@ class Engine:
 
             def call(rs, all_logits=all_logits, size=size):
                 chunks = [r.tokens[r.done:r.done + size[r.id]] for r in rs]
-                return self.executor.prefill([r.id for r in rs], chunks, all_logits)
+                return self.executor.prefill([r.id for r in rs], chunks, all_logits,
+                                             self.prefill_chunk)
 
             ran, logits = self._run_isolated([r for r, _ in group], call, outputs)
             if not ran:

@@ -42,12 +42,14 @@ class Executor:
         self.cache.reserve([self._seq(r) for r in rids], counts)
 
     def prefill(
-        self, rids: Sequence[int], chunks: Sequence[Sequence[int]], all_logits: bool = False
+        self, rids: Sequence[int], chunks: Sequence[Sequence[int]], all_logits: bool = False,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Append ``chunks[i]`` to request ``rids[i]``; logits after each chunk's last token
-        ``[batch, vocab]`` (or every position, ``[batch, max_len, vocab]``)."""
+        ``[batch, vocab]`` (or every position, ``[batch, max_len, vocab]``). ``chunk_size``
+        bounds the tokens per sequence of one forward (memory)."""
         sids = [self._seq(r) for r in rids]
-        return self.decoder.prefill(sids, chunks, all_logits=all_logits)
+        return self.decoder.prefill(sids, chunks, all_logits=all_logits, chunk_size=chunk_size)
 
     def decode(self, rids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         """Append one token per request through the paged decode step; logits ``[batch, vocab]``."""
@@ -87,9 +89,9 @@ class BroadcastExecutor(Executor):
         self._send("reserve", list(rids), list(counts))
         return super().reserve(rids, counts)
 
-    def prefill(self, rids, chunks, all_logits=False):  # noqa: D102
-        self._send("prefill", list(rids), [list(c) for c in chunks], all_logits)
-        return super().prefill(rids, chunks, all_logits)
+    def prefill(self, rids, chunks, all_logits=False, chunk_size=None):  # noqa: D102
+        self._send("prefill", list(rids), [list(c) for c in chunks], all_logits, chunk_size)
+        return super().prefill(rids, chunks, all_logits, chunk_size)
 
     def decode(self, rids, tokens):  # noqa: D102
         self._send("decode", list(rids), list(tokens))

@@ -36,7 +36,7 @@ class ServeOptions:
     cache_tokens: int | None = None
     page_size: int = 64
     max_batch_size: int | None = 64
-    prefill_chunk: int | None = 512
+    prefill_chunk: int | None = 2048
     cuda_graphs: bool | None = None
     compile: bool = False
     chat_template: str | None = None
