@@ -111,7 +111,7 @@ def test_mlra4_is_four_softmaxes_not_mla():
 
 
 def test_block_decomposition_identity():
-    """mlra-paper.md 1.3: MLA's keys and values are sums over latent blocks."""
+    """docs/method.md: MLA's keys and values are sums over latent blocks."""
     cfg, attn, x = _setup("mla")
     rope = Rotary(torch.arange(T)[None])
     c = attn.kv_state(x, rope)["latent"][0, :, 0]  # [T, 512-equivalent]
@@ -202,7 +202,7 @@ def test_tpa_explicit():
 
 
 def test_tpa_xavier_bounds_at_paper_size():
-    """The official init bounds (official-implementation.md 1.2): +-0.0180 (W_Aq), +-0.0311
+    """The official init bounds (docs/method.md, TPA's Xavier bounds): +-0.0180 (W_Aq), +-0.0311
     (W_Ak, W_Av), +-0.0039 (W_B*)."""
     from mlra import ModelConfig
     torch.manual_seed(0)

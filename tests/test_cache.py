@@ -29,7 +29,8 @@ def test_paper_latent_rows_are_latent_heads_then_rope():
     mla = CacheLayout.from_config(mlra.ModelConfig.preset("mla"))
     assert mla.latent_offsets == (0,) and mla.rope_offset == 512
     gta = CacheLayout.from_config(mlra.ModelConfig.preset("gta"))
-    assert dict(gta.pools) == {"kv": (6, 128), "k_rope": (64,)}  # compact, not K and V
+    assert gta.pools == (("rows", (6 * 128 + 64,)),)  # compact rows, not K and V
+    assert gta.latent_offsets == tuple(range(0, 6 * 128, 128)) and gta.rope_offset == 768
     tpa = CacheLayout.from_config(mlra.ModelConfig.preset("tpa"))
     assert dict(tpa.pools) == {"a_k": (24, 2), "b_k": (2, 128), "a_v": (24, 2), "b_v": (2, 128)}
 

@@ -110,8 +110,10 @@ def test_ragged_batch_and_reused_pages_do_not_leak(name):
 @pytest.mark.parametrize("name", mlra.VARIANTS)
 def test_decode_cost_per_cached_token_is_the_attention_only(name):
     """FLOPs of one decode step grow with the context by exactly the attention's q.k and p.v
-    per cached token (plus TPA's factor expansion): projections and MLPs cost the same at any
-    context (nothing is re-fed), and no per-head K/V is formed for the latent family."""
+    per cached token, in each family's decode form: projections and MLPs cost the same at any
+    context (nothing is re-fed), and no per-head K/V is formed for the latent family, GTA (its
+    rows through the latent kernel: [q_nope ; 0] . row + q_rope . k_rope, p . row) or TPA (scores
+    and outputs straight from the cached factors)."""
     model = tiny_model(name)
     cfg = model.config
     page = 8
@@ -128,13 +130,16 @@ def test_decode_cost_per_cached_token_is_the_attention_only(name):
     per_token = (f2 - f1) / (page * 2)
     assert f3 - f2 == f2 - f1  # linear in the context
     H, dh = cfg.n_heads, cfg.head_dim
-    if cfg.attention == "latent":
+    if cfg.family == "latent":
         Hg, w, r = H // cfg.latent_groups, cfg.latent_head_dim, cfg.rope_dim
         per_layer = cfg.latent_groups * (2 * Hg * r + cfg.latent_branches * 4 * Hg * w)
+    elif cfg.family == "gta":
+        per_layer = 4 * H * dh + 2 * H * cfg.rope_dim
+    elif cfg.family == "tpa":  # q . B_k, then . A_k; (p * A_v) . B_v (products counted)
+        R = cfg.tpa_rank
+        per_layer = 2 * H * R * dh + 2 * H * R + 2 * H * R * dh
     else:
         per_layer = 4 * H * dh
-        if cfg.attention == "tpa":
-            per_layer += 2 * 2 * H * cfg.tpa_rank * dh  # K and V from the cached factors
     assert per_token == cfg.n_layers * per_layer
 
 

@@ -1,4 +1,4 @@
-"""KV-cache accounting reproduces the paper's per-device table (mlra-paper.md 2.1)."""
+"""KV-cache accounting reproduces the paper's per-device table (its section 2.1)."""
 
 from __future__ import annotations
 
@@ -53,4 +53,8 @@ def test_cli_preset_rows(capsys):
     assert by[("mla", 1)]["elements_per_token_total"] == 576
     assert by[("mlra_4", 4)]["elements_per_token_per_device"] == 192
     assert main(["kv-table", "--size", "tiny"]) == 0
-    assert "mlra_4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mlra_4" in out
+    # 4 query heads cannot be split 8 ways: no per-device number is invented for TP 8
+    assert "| mha | 8 | 8 | 4 | 2 | - |" in out
+    assert main(["kv-table", "--model", "mha", "--size", "tiny", "--tp", "8"]) == 2

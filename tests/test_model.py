@@ -26,7 +26,7 @@ def test_paper_preset_parameter_count(name):
 
 
 def test_paper_attention_parameter_counts_match_official():
-    # official-implementation.md section 1.6 (attention params over 24 layers, in millions)
+    # the published 2.9B models, docs/checkpoints.md (attention params over 24 layers, in millions)
     expected = {"mha": 906.0, "gqa": 566.2, "mqa": 471.9, "gta": 514.3, "mfa": 943.8,
                 "tpa": 338.6, "mla": 627.6, "gla_2": 495.5, "gla_4": 476.6, "mlra_2": 495.5,
                 "mlra_4": 533.2}

@@ -1,8 +1,8 @@
 """Official (published) checkpoints: every variant written in the official layout loads and
 computes the logits of an independent implementation of the documented formulas.
 
-The reference below works directly on the official state dict (official-implementation.md
-sections 1-2) with plain torch: explicit causal softmaxes, MLRA-4 as four separate attentions,
+The reference below works directly on the official state dict (docs/checkpoints.md
+and docs/method.md) with plain torch: explicit causal softmaxes, MLRA-4 as four separate attentions,
 GLA's per-block up-projections, etc. It never calls the mlra model classes.
 """
 

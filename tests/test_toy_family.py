@@ -107,7 +107,7 @@ def test_config_validation_and_parameter_count_come_from_the_family():
 
 def test_toy_family_trains_with_the_library_trainer(tmp_path, mlra_cache):
     cfg = TrainConfig(model="mqa", size="tiny", data="builtin", out=str(tmp_path / "run"),
-                      steps=24, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=3,
+                      steps=24, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=3, device="cpu",
                       eval_interval=12, val_tokens=1024, log_interval=1, progress=False,
                       model_overrides={"family": "toy_tied_nope", "n_layers": 2})
     result = train(cfg, log=lambda m: None)

@@ -27,7 +27,7 @@ VARIANTS = (
 SIZES = ("tiny", "small", "1b", "paper")
 """Preset sizes: ``tiny`` trains on a laptop CPU, ``paper`` is the paper's 2.9B configuration."""
 
-# The paper's 2.9B configurations (official-implementation.md section 1.6): MLP widths chosen
+# The paper's 2.9B configurations (docs/checkpoints.md): MLP widths chosen
 # by the authors so that every variant lands at 2.872-2.873B parameters.
 _PAPER_INTERMEDIATE = {
     "mha": 8192, "mqa": 10152, "gqa": 9728, "gta": 9960, "mfa": 8024, "tpa": 10760,

@@ -1,10 +1,10 @@
 """CUDA-graph replay of the paged decode step: :class:`GraphedDecodeStep`.
 
 At batch sizes of a few sequences a decode step is hundreds of small kernels whose launch cost
-from Python dwarfs their run time (the paper-size model: about 50 ms eager against about 5 ms
-replayed, ``benchmarks/e2e_decode``). The step is capturable (static shapes, no host
-synchronisation, :class:`~mlra.decoding.DecodeStep`), so each shape is captured once and
-replayed after that.
+from Python dwarfs their run time (eager against replayed steps of the paper-size model are
+measured in ``benchmarks/generate`` and ``benchmarks/e2e_decode``). The step is capturable
+(static shapes, no host synchronisation, :class:`~mlra.decoding.DecodeStep`), so each shape is
+captured once and replayed after that.
 
 Shapes are bucketed so that continuous batching (sequences joining and leaving, block tables
 growing page by page) needs few captures: the batch is padded up to a power of two with copies

@@ -78,11 +78,15 @@ def arithmetic_intensity(cfg: ModelConfig, tp: int) -> float:
 def kv_rows(
     cfgs: dict[str, ModelConfig], unit: int, degrees: tuple[int, ...] = TP_DEGREES
 ) -> list[KVRow]:
-    """Table rows for each named config and TP degree; ``unit`` is the d_h of the table."""
+    """Table rows for each named config and TP degree; ``unit`` is the d_h of the table.
+    Degrees a config cannot be split into (its family's ``tp_degrees``) have no row."""
     rows = []
     for name, cfg in cfgs.items():
         total = kv_elements_total(cfg)
+        allowed = set(family_of(cfg).tp_degrees(cfg))
         for tp in degrees:
+            if tp not in allowed:
+                continue
             per_dev = kv_elements_per_device(cfg, tp)
             rows.append(KVRow(
                 variant=name, tp=tp, head_dim_unit=unit,
@@ -95,5 +99,5 @@ def kv_rows(
 
 
 def paper_decode_rows(degrees: tuple[int, ...] = TP_DEGREES) -> list[KVRow]:
-    """The table of mlra-paper.md section 2.1 (64 heads, d_h 128)."""
+    """The table of the paper's section 2.1 (64 heads, d_h 128)."""
     return kv_rows({name: decode_config(name) for name in VARIANTS}, 128, degrees)

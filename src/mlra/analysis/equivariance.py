@@ -1,5 +1,5 @@
 """Translation equivariance: do attention logits and layer outputs change when every position
-shifts by the same Δ? (mlra-paper.md section 4.)
+shifts by the same Δ? (docs/method.md, translation equivariance.)
 
 Theory. RoPE rotates q at position m and k at position n so that (R_m q)^T (R_n k) =
 q^T R_{n-m} k: a logit that is a sum of such terms and of position-free (NoPE) terms depends

@@ -12,6 +12,7 @@ from mlra.attention.family import (
     AttentionFamily,
     AttentionShard,
     CacheLayout,
+    RowCacheLayout,
     build_attention,
     families,
     family_of,
@@ -28,7 +29,7 @@ from mlra.attention.tpa import TensorProductAttention
 __all__ = [
     "Attention", "AttentionFamily", "AttentionShard", "CacheLayout", "GroupedQueryAttention",
     "GroupedTiedAttention", "KVAttention", "KVState", "LatentAttention", "LatentCacheLayout",
-    "LatentFamily", "MultiMatrixFactorizationAttention", "TensorProductAttention",
+    "LatentFamily", "MultiMatrixFactorizationAttention", "RowCacheLayout", "TensorProductAttention",
     "build_attention", "families", "family_of", "get_family", "register", "scaled_dot_product",
     "unregister",
 ]

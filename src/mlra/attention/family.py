@@ -76,6 +76,44 @@ class CacheLayout:
 
 
 @dataclass(frozen=True)
+class RowCacheLayout(CacheLayout):
+    """One pool ``rows`` of ``[head 0 | ... | head L-1 | rope key]`` per token: ``heads`` state
+    heads of width ``width`` (the attention's ``kv_state[name]``, ``[..., heads, width]``) then
+    the shared RoPE key (``kv_state["k_rope"]``). Read by the latent decode kernel, which scores
+    each head's columns plus the RoPE key and sums the head's columns as values: the latent
+    family's latent heads, GTA's tied K/V heads."""
+
+    name: str = "latent"
+    heads: int = 0
+    width: int = 0
+    rope_dim: int = 0
+
+    @classmethod
+    def of(cls, name: str, heads: int, width: int, rope_dim: int) -> RowCacheLayout:
+        return cls((("rows", (heads * width + rope_dim,)),), name, heads, width, rope_dim)
+
+    @property
+    def latent_offsets(self) -> tuple[int, ...]:
+        """Column of each head in a row."""
+        return tuple(j * self.width for j in range(self.heads))
+
+    @property
+    def rope_offset(self) -> int:
+        """Column of the RoPE key in a row."""
+        return self.heads * self.width
+
+    def pack(self, state: KVState) -> KVState:
+        heads = state[self.name].flatten(-2)
+        return {"rows": torch.cat([heads, state["k_rope"].to(heads.dtype)], dim=-1)}
+
+    def unpack(self, data: KVState) -> KVState:
+        rows = data["rows"]
+        off = self.rope_offset
+        return {self.name: rows[..., :off].unflatten(-1, (self.heads, self.width)),
+                "k_rope": rows[..., off:]}
+
+
+@dataclass(frozen=True)
 class AttentionShard:
     """One rank's part of an attention layer under tensor parallelism.
 

@@ -2,8 +2,11 @@
 that is both the NoPE key and the first part of the value, a value-only part u (rope_dim), and
 one shared RoPE key: K_h = [t_g, k_rope], V_h = [t_g, u_g].
 
-Cache per token: n_kv_heads * head_dim + rope_dim. Tensor parallelism as GQA, with the shared
-RoPE key on every rank.
+Cache per token: n_kv_heads * head_dim + rope_dim, one row ``[kv head 0 | ... | k_rope]``.
+Decoding reads it directly: a K/V head is a latent head of width head_dim whose query is
+[q_nope ; 0] (the value-only part takes no part in the score) with the shared RoPE key, so the
+latent family's kernel serves GTA, one call per K/V head. Tensor parallelism as GQA, with the
+shared RoPE key on every rank.
 """
 
 from __future__ import annotations
@@ -11,8 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlra import kernels
 from mlra.attention.base import KVAttention, KVState
-from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
+from mlra.attention.family import (
+    AttentionFamily,
+    AttentionShard,
+    CacheLayout,
+    RowCacheLayout,
+    register,
+)
 from mlra.attention.standard import (
     head_split,
     heads_text,
@@ -53,6 +63,27 @@ class GroupedTiedAttention(KVAttention):
         k_rope = k_rope[:, :, None, :].expand(*kv.shape[:3], self.cfg.rope_dim)
         return torch.cat([kv[..., :nope], k_rope], dim=-1), kv
 
+    # -- decode form: the compact rows through the latent kernel ----------------------------
+    def decode_query(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([q_nope ; 0] [B, T, kv heads, Hg, head_dim], q_rope [B, T, kv heads, Hg, rope])."""
+        B, T, H, dh = q.shape
+        r, Hkv = self.cfg.rope_dim, self.cfg.n_kv_heads
+        q_lat = torch.nn.functional.pad(q[..., : dh - r], (0, r))
+        return q_lat.view(B, T, Hkv, H // Hkv, dh), q[..., dh - r:].reshape(B, T, Hkv, -1, r)
+
+    def paged_attend(self, q, pools, layout, block_table, seq_lens):
+        """One latent-kernel call per K/V head over its columns of the rows and the RoPE key;
+        returns the head outputs [B, T, kv heads, Hg, head_dim] (fp32)."""
+        q_lat, q_rope = q
+        outs = []
+        for g, offset in enumerate(layout.latent_offsets):
+            z, _ = kernels.paged_latent_decode(
+                q_lat[:, :, g, None].contiguous(), q_rope[:, :, g].contiguous(), pools["rows"],
+                block_table, seq_lens, [offset], layout.rope_offset, self.cfg.softmax_scale,
+            )  # [B, T, 1, Hg, head_dim]
+            outs.append(z[:, :, 0])
+        return torch.stack(outs, dim=2)
+
 
 class GTAFamily(AttentionFamily):
     name = "gta"
@@ -83,7 +114,7 @@ class GTAFamily(AttentionFamily):
         return f"{cfg.n_heads} query heads, {cfg.n_kv_heads} K/V heads of {cfg.head_dim}"
 
     def cache_layout(self, cfg: ModelConfig) -> CacheLayout:
-        return CacheLayout((("kv", (cfg.n_kv_heads, cfg.head_dim)), ("k_rope", (cfg.rope_dim,))))
+        return RowCacheLayout.of("kv", cfg.n_kv_heads, cfg.head_dim, cfg.rope_dim)
 
     def tp_degrees(self, cfg: ModelConfig) -> list[int]:
         return kv_head_degrees(cfg)

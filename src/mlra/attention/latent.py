@@ -21,14 +21,19 @@ i query head within its group, w latent width, d head width, r RoPE width, l lat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mlra import kernels
 from mlra.attention.base import Attention, KVState
-from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
+from mlra.attention.family import (
+    AttentionFamily,
+    AttentionShard,
+    CacheLayout,
+    RowCacheLayout,
+    register,
+)
 from mlra.attention.standard import heads_text
 from mlra.config import ModelConfig
 from mlra.errors import ConfigError
@@ -196,39 +201,8 @@ class LatentAttention(Attention):
 
 
 # ----------------------------------------------------------------------------- the family
-@dataclass(frozen=True)
-class LatentCacheLayout(CacheLayout):
-    """One pool ``rows`` of ``[latent head 0 | ... | latent head L-1 | rope key]`` per token:
-    the latent heads this model (or tensor-parallel shard) holds, then the shared RoPE key."""
-
-    latent_heads: int = 0
-    latent_width: int = 0
-    rope_dim: int = 0
-
-    @classmethod
-    def of(cls, latent_heads: int, latent_width: int, rope_dim: int) -> LatentCacheLayout:
-        return cls((("rows", (latent_heads * latent_width + rope_dim,)),), latent_heads,
-                   latent_width, rope_dim)
-
-    @property
-    def latent_offsets(self) -> tuple[int, ...]:
-        """Column of each latent head in a row."""
-        return tuple(j * self.latent_width for j in range(self.latent_heads))
-
-    @property
-    def rope_offset(self) -> int:
-        """Column of the RoPE key in a row."""
-        return self.latent_heads * self.latent_width
-
-    def pack(self, state: KVState) -> KVState:
-        latent = state["latent"].flatten(-2)
-        return {"rows": torch.cat([latent, state["k_rope"].to(latent.dtype)], dim=-1)}
-
-    def unpack(self, data: KVState) -> KVState:
-        rows_ = data["rows"]
-        off = self.rope_offset
-        latent = rows_[..., :off].unflatten(-1, (self.latent_heads, self.latent_width))
-        return {"latent": latent, "k_rope": rows_[..., off:]}
+LatentCacheLayout = RowCacheLayout
+"""The latent family's cache: rows of ``[latent heads | rope key]`` (a RowCacheLayout)."""
 
 
 def latent_split(cfg: ModelConfig, tp: int) -> tuple[int, int, int] | None:
@@ -300,7 +274,7 @@ class LatentFamily(AttentionFamily):
                 f"heads of width {cfg.latent_head_dim}, {cfg.n_heads} query heads")
 
     def cache_layout(self, cfg: ModelConfig) -> CacheLayout:
-        return LatentCacheLayout.of(cfg.n_latent_heads, cfg.latent_head_dim, cfg.rope_dim)
+        return RowCacheLayout.of("latent", cfg.n_latent_heads, cfg.latent_head_dim, cfg.rope_dim)
 
     def decode_flops(self, cfg: ModelConfig) -> int:
         """Per latent head, its query heads score [latent ; rope] and sum p . latent."""

@@ -1,5 +1,5 @@
-"""``mlra bench decode``: per-device paged decode kernels at the paper's shapes (mlra-paper.md
-section 7.3) against the memory roofline and, for MLA, FlashMLA.
+"""``mlra bench decode``: per-device paged decode kernels at the paper's shapes (its decoding
+latency benchmark) against the memory roofline and, for MLA, FlashMLA.
 
 Each row times one attention call of one layer on one device (no projections, no
 communication), as the paper's figure does: median of many calls timed with CUDA events, L2

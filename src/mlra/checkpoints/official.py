@@ -1,5 +1,5 @@
 """The published (official) MLRA checkpoints: Hugging Face-style directories written by the
-research code's ``save_pretrained`` (official-implementation.md section 2).
+research code's ``save_pretrained`` (docs/checkpoints.md).
 
 A directory holds ``config.json`` (``model_type`` "gpt2", no variant field) and either one
 ``pytorch_model.bin`` or shards ``pytorch_model-0000N-of-0000M.bin`` listed in

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="KV cache per token per layer, total and per device at TP 1/2/4/8",
         description=(
             "Cache elements per token per layer for every variant, in total and per device "
-            "under tensor parallelism (mlra-paper.md section 2.1), with the arithmetic "
+            "under tensor parallelism (the paper's section 2.1), with the arithmetic "
             "intensity of decoding. Without --model/--size: the paper's decoding configuration "
             "(64 query heads, head dim 128, latent 512, rope 64, GQA with 8 KV heads)."
         ),
@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         cfgs = {n: ModelConfig.preset(n, size=size) for n in names}
         rows = kv_rows(cfgs, _SHAPES[size]["head_dim"], degrees)
         title = f"presets at size {size!r} (d_h = {_SHAPES[size]['head_dim']})"
+    if not rows:
+        raise ConfigError(f"no variant can be split into {args.tp} tensor-parallel ways at this "
+                          "size; ask for smaller degrees (--tp 1,2,4)")
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
@@ -70,11 +73,12 @@ def format_table(rows: list[KVRow], degrees: tuple[int, ...], title: str) -> str
     lines = [f"KV cache per token per layer, {title}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, per_tp in by_variant.items():
-        first = per_tp[degrees[0]]
+        first = next(iter(per_tp.values()))
         cells = [name, f"{first.d_h_total:g}"]
-        cells += [f"{per_tp[t].d_h_per_device:g}" for t in degrees]
-        cells += [f"{per_tp[t].arithmetic_intensity:g}" for t in degrees]
+        cells += [f"{per_tp[t].d_h_per_device:g}" if t in per_tp else "-" for t in degrees]
+        cells += [f"{per_tp[t].arithmetic_intensity:g}" if t in per_tp else "-" for t in degrees]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AI: FLOPs per byte of bf16 cache read per decoded token on one device "
-              "(absorbed decoding for MLA/GLA/MLRA)."]
+              "(absorbed decoding for MLA/GLA/MLRA). Per-device numbers are what a rank of the "
+              "tensor-parallel plan allocates; '-': the variant cannot be split that many ways."]
     return "\n".join(lines)
