@@ -105,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if parallel is not None:
         return parallel
 
-    from mlra.checkpoints import checkpoint_tokenizer, resolve_checkpoint_dir
-    from mlra.generate import load_inference_model
+    from mlra.checkpoints import checkpoint_tokenizer, load_checkpoint, resolve_checkpoint_dir
     from mlra.serve.server import ServeOptions, find_chat_template, serve
 
     _, directory = resolve_checkpoint_dir(args.checkpoint)
@@ -119,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"mlra serve: no tokenizer ({exc}); prompts must be token ids", file=sys.stderr)
         tokenizer = None
-    model = load_model(args.checkpoint, load_inference_model, device=device, dtype=dtype,
-                       variant=args.variant)
+    model = load_model(args.checkpoint, load_checkpoint, device=device, dtype=dtype,
+                       variant=args.variant).eval()
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids) does not fit "
                         f"the model's vocabulary of {model.config.vocab_size}")
