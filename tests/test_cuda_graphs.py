@@ -188,3 +188,7 @@ def test_generate_uses_graphs_on_the_triton_path_only(monkeypatch):
     assert calls == []
     with pytest.warns(RuntimeWarning, match="capture failed"):
         assert generate(fp32, prompts, max_new_tokens=6, cuda_graphs=True) == eager
+    # the refused capture left the device's random generator usable
+    assert torch.randn(4, device="cuda").isfinite().all()
+    assert generate(fp32, prompts, max_new_tokens=3, temperature=1.0, seed=0) == \
+        generate(fp32, prompts, max_new_tokens=3, temperature=1.0, seed=0)

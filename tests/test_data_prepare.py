@@ -128,7 +128,7 @@ def test_resolve_data_directory_without_tokenizer_is_gpt2(tmp_path):
 def test_large_text_file_is_streamed_in_pieces(tmp_path, monkeypatch):
     import mlra.data.prepare as prep
 
-    monkeypatch.setattr(prep, "_BLOCK_CHARS", 1000)
+    monkeypatch.setattr(prep, "_BLOCK_BYTES", 1000)
     text = "".join(f"Paragraph {i}: " + "words " * (i % 40) + "\n\n" for i in range(400))
     src = tmp_path / "big.txt"
     src.write_text(text)

@@ -58,7 +58,7 @@ def test_attention_logits_reproduce_the_layer(name):
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     p = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
     state = attn.kv_state(x, rope)
-    if cfg.attention == "latent":
+    if cfg.family == "latent":
         _, w_uv = attn.up_weights()  # [NB, G, w, Hg, dh]
         NB, G = attn.branches, attn.groups
         lat = state["latent"].reshape(1, T, NB, G, attn.width)

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_config, tiny_model
 
 import mlra
+from mlra.checkpoints.runs import write_checkpoint
 from mlra.cli import main
 from mlra.data.tokenizers import ByteTokenizer
 from mlra.generate import GenerationError
 from mlra.io import save_model
 from mlra.sampling import filter_logits, sample_next
-from mlra.train.checkpoints import write_checkpoint
 
 LENGTHS = (3, 11, 6, 1)
 

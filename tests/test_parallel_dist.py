@@ -20,7 +20,7 @@ from mlra import Transformer
 from mlra.cache import PagedKVCache
 from mlra.errors import ConfigError
 from mlra.io import save_model
-from mlra.parallel import RankFailedError, generate_parallel, launch, load_shard, make_plan
+from mlra.parallel import RankFailedError, generate_parallel, launch, make_plan
 
 VARIANTS_BY_WORLD = {
     1: ("mlra_4",),
@@ -38,7 +38,7 @@ def _tp_worker(ctx, jobs):
     absorbed decode) and cache size."""
     out = {}
     for name, directory, ids in jobs:
-        model = load_shard(directory, ctx)
+        model = mlra.load_checkpoint(directory, tp=ctx)
         with torch.no_grad():
             logits = model(ids).logits
         cache = PagedKVCache.for_model(model, max_tokens=64)

@@ -17,7 +17,6 @@ from mlra.parallel import (
     TensorParallelTransformer,
     TPContext,
     allowed_degrees,
-    load_shard,
     make_plan,
     shard_state_dict,
 )
@@ -141,19 +140,21 @@ def test_allowed_degrees_and_error_message():
         make_plan(tiny_config("mlra_2"), 3)
 
 
-def test_load_shard_reads_slices_and_rejects_bad_degree(tmp_path):
+def test_load_checkpoint_tp_reads_slices_and_rejects_bad_degree(tmp_path):
+    from mlra import load_checkpoint
+
     full = _full("gla_2").float()
     save_model(full, tmp_path / "m")
     ctx = TPContext(1, 2, torch.device("cpu"), None)
-    shard = load_shard(tmp_path / "m", ctx)
+    shard = load_checkpoint(tmp_path / "m", tp=ctx)
     ref = _shards(full, 2)[1]
     for (k, v), (k2, v2) in zip(shard.state_dict().items(), ref.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2.float()), k
     assert shard.layers[0].attn.wkv_b.shape[0] == 1  # one latent head, not the full model
     with pytest.raises(ConfigError, match="cannot be split 3 ways"):
-        load_shard(tmp_path / "m", TPContext(0, 3, torch.device("cpu"), None))
+        load_checkpoint(tmp_path / "m", tp=TPContext(0, 3, torch.device("cpu"), None))
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_shard(tmp_path / "nope", ctx)
+        load_checkpoint(tmp_path / "nope", tp=ctx)
 
 
 def test_init_tp_rejects_mismatched_world_size(monkeypatch):

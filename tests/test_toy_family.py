@@ -28,7 +28,7 @@ from mlra.cache import PagedKVCache
 from mlra.decoding import Decoder
 from mlra.io import save_model
 from mlra.kv_accounting import kv_rows
-from mlra.parallel import launch, load_shard, make_plan
+from mlra.parallel import launch, make_plan
 from mlra.slicing import rows
 from mlra.train.config import TrainConfig
 from mlra.train.trainer import train
@@ -145,7 +145,7 @@ def test_toy_family_in_the_kv_table():
 
 
 def _tp_worker(ctx, directory, ids):
-    model = load_shard(directory, ctx)
+    model = mlra.load_checkpoint(directory, tp=ctx)
     with torch.no_grad():
         logits = model(ids).logits
     cache = PagedKVCache.for_model(model, max_tokens=32)

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
+from mlra import load_checkpoint as load_model
+from mlra.checkpoints.runs import resolve_checkpoint
 from mlra.data.prepare import prepare
-from mlra.io import load_model
-from mlra.train.checkpoints import resolve_checkpoint
 from mlra.train.config import TrainConfig
 from mlra.train.metrics import read_metrics
 from mlra.train.trainer import train

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlra import load_checkpoint as load_model
+from mlra.checkpoints import runs as ckpt
 from mlra.data.prepare import prepare
 from mlra.errors import CheckpointError, ConfigError
-from mlra.io import load_model
-from mlra.train import checkpoints as ckpt
 from mlra.train.config import TrainConfig
 from mlra.train.metrics import read_metrics
 from mlra.train.optim import is_decayed, lr_at, param_groups

@@ -6,19 +6,28 @@
 # of this checkout.
 #
 #   bash benchmarks/e2e_decode/before_after.sh BEFORE_SRC OUT_DIR
+#
+# VARIANTS (default mlra_4,mla,gqa) picks the graph-only rows; COMPILED (default mlra_4; empty
+# for none) the variant also timed compiled; TESTS (default: the kernel, CUDA-graph and decoding
+# tests) the GPU tests run afterwards.
 set -uo pipefail
 before=$1
 out=$2
+variants=${VARIANTS:-mlra_4,mla,gqa}
+compiled=${COMPILED-mlra_4}
+tests=${TESTS:-tests/test_kernels.py tests/test_cuda_graphs.py tests/test_decoding.py}
 common=(--contexts 8192,131072 --batches 1 --reps 30 --budget-s 240)
 run() {  # tree label, src dir, extra args
   PYTHONPATH="$2" python benchmarks/e2e_decode/bench_decode.py --out "$out/$1" "${@:3}" \
     "${common[@]}" 2>&1 | tee "$out/$1.log" | grep -E "step|skipped|Error" || true
 }
 export PYTHONUNBUFFERED=1
-run before_graph "$before" --variants mlra_4,mla,gqa --compile-batches ''
-run after_graph "$PWD/src" --variants mlra_4,mla,gqa --compile-batches ''
-run before_compile "$before" --variants mlra_4 --compile-batches 1
-run after_compile "$PWD/src" --variants mlra_4 --compile-batches 1
-PYTHONPATH="$PWD/src" timeout 300 python -m pytest -q -x tests/test_kernels.py \
-  tests/test_cuda_graphs.py tests/test_decoding.py tests/test_toy_family.py 2>&1 \
+run before_graph "$before" --variants "$variants" --compile-batches ''
+run after_graph "$PWD/src" --variants "$variants" --compile-batches ''
+if [ -n "$compiled" ]; then
+  run before_compile "$before" --variants "$compiled" --compile-batches 1
+  run after_compile "$PWD/src" --variants "$compiled" --compile-batches 1
+fi
+# shellcheck disable=SC2086
+PYTHONPATH="$PWD/src" timeout 300 python -m pytest -q -x $tests 2>&1 \
   | tee "$out/gpu_tests.log" | tail -3

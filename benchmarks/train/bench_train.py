@@ -14,11 +14,18 @@ peak bf16 FLOP/s, with model FLOPs = 6 x parameters x tokens + causal attention
 (3 x 2 x 2 x T/2 x heads x (qk width + v width) per token per layer per branch), the PaLM
 definition with the causal half counted.
 
+Attention paths (``--paths``, default ``fused,sdpa``): each latent variant (MLA, GLA, MLRA) is
+run on the fused Triton training attention (the default on a GPU) and on the SDPA path
+(``MLRA_DISABLE_TRITON=1``); other variants once. "vs MLA" divides tokens/s by MLA's on its
+fastest path.
+
 Attention profile (``--profile``, on by default): one layer's ``attn_norm + attention``
 forward+backward alone (compiled, CUDA events) against the whole step, and an eager
-torch.profiler split of that layer's GPU time into the attention kernel (SDPA), matmuls
-(projections, the latent up-projection per branch) and the rest (norms, RoPE, concatenation
-and expansion copies, branch sum).
+torch.profiler split of that layer's GPU time into the attention kernel (SDPA or the fused
+kernel), matmuls (projections, the latent up-projection per branch) and the rest (norms, RoPE,
+concatenation and expansion copies, branch sum). The attention kernel's achieved TFLOP/s (its
+useful FLOPs, see :func:`kernel_flops`, over its profiled GPU time) is printed against the
+measured bf16 matmul rate.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -52,14 +60,35 @@ def peak_flops(name: str, override: float | None) -> float | None:
 
 def attention_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     """Training FLOPs of the attention scores and weighted sum per token (all layers)."""
-    if cfg.attention == "latent":
+    if cfg.family == "latent":
         qk, v, copies = cfg.head_dim + cfg.rope_dim, cfg.head_dim, cfg.latent_branches
-    elif cfg.attention == "mfa":
+    elif cfg.family == "mfa":
         qk, v, copies = cfg.head_dim, cfg.head_dim, 1
     else:
         qk, v, copies = cfg.head_dim, cfg.head_dim, 1
     fwd = 2 * (seq / 2) * cfg.n_heads * (qk + v) * copies
     return 3 * fwd * cfg.n_layers
+
+
+def kernel_flops(cfg: ModelConfig, batch: int, seq: int) -> float:
+    """Useful FLOPs of one layer's causal latent attention, forward + backward: per query-key
+    pair on or below the diagonal and per head, scores 2 x (NB x D + R) (the RoPE part once for
+    all branches), P @ V 2 x NB x Dv; backward: scores again, dV and dP (2 x 2 x NB x Dv), dQ
+    and dK (2 x 2 x (NB x D + R))."""
+    nb, d, r = cfg.latent_branches, cfg.head_dim, cfg.rope_dim
+    pairs = batch * seq * (seq + 1) / 2 * cfg.n_heads
+    qk, pv = nb * d + r, nb * d
+    return 2 * pairs * (qk + pv) + 2 * pairs * (3 * qk + 2 * pv)
+
+
+def matmul_tflops(device: str) -> float | None:
+    """Measured dense bf16 matmul rate (8192^3, median of CUDA-event timings)."""
+    if device != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    times, _ = timed(lambda: a @ b, 20, 5)
+    return 2 * 8192**3 / (statistics.median(times) / 1e3) / 1e12
 
 
 def compile_blocks(model: Transformer) -> None:
@@ -97,7 +126,8 @@ def timed(fn, steps: int, warmup: int) -> tuple[list[float], float]:
     return times, warm_s
 
 
-def bench_variant(name: str, args: argparse.Namespace, peak: float | None) -> dict:
+def bench_variant(name: str, args: argparse.Namespace, peak: float | None, path: str) -> dict:
+    os.environ["MLRA_DISABLE_TRITON"] = "1" if path == "sdpa" else "0"
     cfg = ModelConfig.preset(name, size=args.size)
     torch.manual_seed(0)
     with torch.device(args.device):
@@ -127,7 +157,7 @@ def bench_variant(name: str, args: argparse.Namespace, peak: float | None) -> di
     tokens = B * T
     flops = 6 * n_params * tokens + attention_flops_per_token(cfg, T) * tokens
     row = {
-        "variant": name, "params": n_params, "batch": B, "seq": T,
+        "variant": name, "path": path, "params": n_params, "batch": B, "seq": T,
         "step_ms_median": ms, "step_ms_min": min(times), "tokens_per_s": tokens / (ms / 1e3),
         "model_tflops_per_step": flops / 1e12,
         "mfu": (flops / (ms / 1e3) / peak) if peak else None,
@@ -135,7 +165,7 @@ def bench_variant(name: str, args: argparse.Namespace, peak: float | None) -> di
         else None,
         "warmup_s_incl_compile": warm_s,
     }
-    if args.profile and cfg.attention == "latent":
+    if args.profile and cfg.family == "latent":
         row["attention"] = profile_attention(model, cfg, args, ms)
     torch._dynamo.reset()
     return row
@@ -173,7 +203,7 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
         sync()
     split = {"attention_kernel": 0.0, "matmul": 0.0, "other": 0.0}
     top = []
-    for ev in prof.key_averages():
+    for ev in prof.key_averages():  # operators only (kernels are counted in their operator)
         if dev == "cuda":
             t = getattr(ev, "self_device_time_total", None)
             if t is None:
@@ -183,7 +213,8 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
         if t <= 0:
             continue
         key = ev.key.lower()
-        if "attention" in key or "flash" in key or "fmha" in key or "sdpa" in key:
+        if key.startswith("mlra::") or (key.startswith("aten::") and any(
+                k in key for k in ("attention", "flash", "fmha", "sdpa"))):
             split["attention_kernel"] += t
         elif key.startswith("aten::") and any(k in key for k in ("mm", "matmul", "linear",
                                                                   "einsum", "bmm")):
@@ -195,7 +226,10 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
         top.append((t, ev.key))
     total = sum(split.values()) or 1.0
     top.sort(reverse=True)
+    kernel_ms = split["attention_kernel"] / 1e3 / 3  # profiler times are us, 3 iterations
     return {
+        "kernel_ms": kernel_ms,
+        "kernel_tflops": kernel_flops(cfg, B, T) / (kernel_ms / 1e3) / 1e12 if kernel_ms else None,
         "layer_fwd_bwd_ms": layer_ms,
         "all_layers_ms": layer_ms * cfg.n_layers,
         "share_of_step": layer_ms * cfg.n_layers / step_ms,
@@ -208,6 +242,8 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="mla,gqa,mlra_4")
+    p.add_argument("--paths", default="fused,sdpa",
+                   help="attention paths of the latent variants: fused (Triton), sdpa")
     p.add_argument("--size", default="1b")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=2048)
@@ -227,39 +263,60 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = peak_flops(name, args.peak_tflops)
+    mm = matmul_tflops(args.device)
     t0 = time.time()
     rows = []
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        print(f"... {variant}", file=sys.stderr, flush=True)
-        rows.append(bench_variant(variant, args, peak))
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        latent = ModelConfig.preset(variant, size=args.size).family == "latent"
+        for path in paths if latent else ["sdpa"]:
+            print(f"... {variant} ({path})", file=sys.stderr, flush=True)
+            rows.append(bench_variant(variant, args, peak, path))
+            r = rows[-1]
+            print(f"    {r['step_ms_median']:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, "
+                  f"peak {r['peak_mem_gb'] or 0:.1f} GB"
+                  + (f", attention layer {r['attention']['layer_fwd_bwd_ms']:.2f} ms, kernel "
+                     f"{r['attention']['kernel_ms']:.2f} ms" if "attention" in r else ""),
+                  file=sys.stderr, flush=True)
+            gc.collect()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    os.environ.pop("MLRA_DISABLE_TRITON", None)
+    mla = max((r["tokens_per_s"] for r in rows if r["variant"] == "mla"), default=None)
     print(f"\n{name}, torch {torch.__version__}, {args.size} presets, batch {args.batch} x "
-          f"{args.seq}, bf16 autocast, compile={args.compile}")
-    print("| variant | params | step ms | tokens/s | MFU | peak mem GB |")
-    print("|---|---|---|---|---|---|")
+          f"{args.seq}, bf16 autocast, compile={args.compile}"
+          + (f", bf16 matmul {mm:.0f} TFLOP/s measured" if mm else ""))
+    print("| variant | attention | params | step ms | tokens/s | MFU | peak mem GB | vs MLA |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "n/a"
-        print(f"| {r['variant']} | {r['params'] / 1e9:.3f}B | {r['step_ms_median']:.1f} | "
-              f"{r['tokens_per_s']:,.0f} | {mfu} | {mem} |")
+        vs = f"{r['tokens_per_s'] / mla:.2f}" if mla else "n/a"
+        print(f"| {r['variant']} | {r['path']} | {r['params'] / 1e9:.3f}B | "
+              f"{r['step_ms_median']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | {vs} |")
     prof = [r for r in rows if "attention" in r]
     if prof:
-        print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step:")
-        print("| variant | layer ms | x layers ms | share of step | SDPA | matmul | other |")
-        print("|---|---|---|---|---|---|---|")
+        print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step; eager "
+              "split; attention kernel TFLOP/s (useful FLOPs)"
+              + (f" and its share of the {mm:.0f} TFLOP/s matmul rate:" if mm else ":"))
+        print("| variant | attention | layer ms | x layers ms | share of step | attn kernel | "
+              "matmul | other | kernel ms | kernel TFLOP/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in prof:
             a = r["attention"]
             s = a["eager_split"]
-            print(f"| {r['variant']} | {a['layer_fwd_bwd_ms']:.2f} | {a['all_layers_ms']:.1f} | "
-                  f"{100 * a['share_of_step']:.0f}% | {100 * s['attention_kernel']:.0f}% | "
-                  f"{100 * s['matmul']:.0f}% | {100 * s['other']:.0f}% |")
+            rate = a["kernel_tflops"]
+            rate_s = "n/a" if rate is None else (
+                f"{rate:.0f}" + (f" ({100 * rate / mm:.0f}%)" if mm else ""))
+            print(f"| {r['variant']} | {r['path']} | {a['layer_fwd_bwd_ms']:.2f} | "
+                  f"{a['all_layers_ms']:.1f} | {100 * a['share_of_step']:.0f}% | "
+                  f"{100 * s['attention_kernel']:.0f}% | {100 * s['matmul']:.0f}% | "
+                  f"{100 * s['other']:.0f}% | {a['kernel_ms']:.2f} | {rate_s} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "device": name, "torch": torch.__version__, "args": vars(args),
-        "peak_flops": peak, "seconds": time.time() - t0, "rows": rows,
+        "peak_flops": peak, "matmul_tflops": mm, "seconds": time.time() - t0, "rows": rows,
     }, indent=1) + "\n")
     print(f"\nwrote {out} ({time.time() - t0:.0f} s)")
     return 0

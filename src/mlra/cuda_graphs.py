@@ -99,9 +99,31 @@ class GraphedDecodeStep:
         if captured is not None:
             return captured.replay(padded)[:B].clone()
         out = self.step(*padded)  # the real step, eager: also warms up compile / autotuning
-        if len(self.graphs) < self.max_graphs:
+        if len(self.graphs) < self.max_graphs and self._capturable(padded):
             self._capture(key, padded)
         return out[:B]
+
+    def _capturable(self, padded: tuple[torch.Tensor, ...]) -> bool:
+        """Run the step once more eagerly with host synchronisation made an error: a step that
+        synchronises (the reference kernels read lengths on the host) cannot be captured, and a
+        capture that fails half-way leaves the CUDA generator in capture mode, so that every
+        later random operation on the device raises. The step is idempotent (it writes the same
+        cache entries again), so the probe changes nothing."""
+        old = torch.cuda.get_sync_debug_mode()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            self.step(*padded)
+        except RuntimeError as exc:
+            self._disable(exc)
+            return False
+        finally:
+            torch.cuda.set_sync_debug_mode(old)
+        return True
+
+    def _disable(self, exc: Exception) -> None:
+        self.disabled = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        warnings.warn(f"CUDA graph capture failed, decoding eagerly: {self.disabled}",
+                      RuntimeWarning, stacklevel=4)
 
     def _capture(self, key: tuple[int, int, int], padded: tuple[torch.Tensor, ...]) -> None:
         inputs = tuple(t.clone() for t in padded)
@@ -111,8 +133,6 @@ class GraphedDecodeStep:
             with torch.cuda.graph(graph):
                 output = self.step(*inputs)  # recorded, not run: the cache is not written
         except Exception as exc:  # an uncapturable operation: fall back to eager for good
-            self.disabled = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            warnings.warn(f"CUDA graph capture failed, decoding eagerly: {self.disabled}",
-                          RuntimeWarning, stacklevel=3)
+            self._disable(exc)
             return
         self.graphs[key] = _Captured(graph, inputs, output)

@@ -13,7 +13,6 @@ import math
 import numbers
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,21 +25,6 @@ from mlra.serve.engine import Engine, SamplingParams
 
 TokenCallback = Callable[[int, int], None]
 """``callback(prompt_index, token)``, called for every generated token as it is produced."""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def load_inference_model(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    variant: str | None = None,
-) -> Transformer:
-    """Load a model for inference from any checkpoint directory :func:`mlra.checkpoints.
-    load_checkpoint` accepts (our model directory, a training run, an official checkpoint).
-    The one place generation code loads weights."""
-    from mlra.checkpoints import load_checkpoint
-
-    return load_checkpoint(path, variant=variant, device=device, dtype=dtype).eval()
 
 
 # ----------------------------------------------------------------------------- validation

@@ -73,9 +73,9 @@ class MlraForCausalLM(nn.Module):
         variant: str | None = None,
     ) -> MlraForCausalLM:
         """Load any checkpoint :func:`mlra.checkpoints.load_checkpoint` accepts."""
-        from mlra.generate import load_inference_model
+        from mlra.checkpoints import load_checkpoint
 
-        return cls(load_inference_model(path, device=device, dtype=dtype, variant=variant))
+        return cls(load_checkpoint(path, device=device, dtype=dtype, variant=variant))
 
     # -- HF-style attributes ----------------------------------------------------------------
     @property

@@ -41,10 +41,10 @@ class GroupedTiedAttention(KVAttention):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, H * dh, bias=False)
-        self.w_kv = nn.Linear(cfg.d_model, Hkv * dh, bias=False)
-        self.w_rope_k = nn.Linear(cfg.d_model, cfg.rope_dim, bias=False)
+        d, dh = cfg.d_model, cfg.head_dim
+        self.wq = nn.Linear(d, cfg.attn_out_dim, bias=False)  # every query head
+        self.w_kv = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)  # tied state per K/V head
+        self.w_rope_k = nn.Linear(d, cfg.rope_dim, bias=False)  # the shared RoPE key
 
     def query(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
         B, T, _ = x.shape

@@ -37,6 +37,7 @@ from mlra.attention.family import (
 from mlra.attention.standard import heads_text
 from mlra.config import ModelConfig
 from mlra.errors import ConfigError
+from mlra.kernels import latent_train_attention_up, up_kernel_supports
 from mlra.layers import RMSNorm, Rotary, rms_norm
 from mlra.slicing import TensorSlice, divisors, merge, rows
 
@@ -99,12 +100,19 @@ class LatentAttention(Attention):
 
     # -- training form ---------------------------------------------------------------------
     def attend(self, q: LatentQuery, state: KVState, mask: torch.Tensor | None) -> torch.Tensor:
-        """Expanded form: materialise per-branch K/V and run all branches in one SDPA call
-        (branches stacked on the batch axis)."""
+        """Expanded form. Causal on CUDA: the fused Triton training attention, which reads each
+        branch's K/V and the shared RoPE key as they are (:func:`latent_train_attention_up`: the
+        up-projection inside the operator, recomputed in the backward).
+        Otherwise (masks, CPU): materialise per-branch K/V and run all branches in one SDPA
+        call (branches stacked on the batch axis)."""
         q_nope, q_rope = q
         latent, k_rope = state["latent"], state["k_rope"]
         B, T, H, dh = q_nope.shape
         S, nb, dr = latent.shape[1], self.branches, self.cfg.rope_dim
+        if mask is None and up_kernel_supports(q_nope, q_rope, latent, self.wkv_b, k_rope, nb):
+            o = latent_train_attention_up(q_nope, q_rope, latent, self.wkv_b, k_rope, nb,
+                                          self.cfg.softmax_scale, self.out_scale)
+            return o.reshape(B, T, H * dh)  # the fused kernel (CUDA, causal)
         kv = torch.einsum("bslw,lwo->bslo", latent, self.wkv_b.to(latent.dtype))
         kv = kv.reshape(B, S, nb, H, 2 * dh)  # latent l = n*groups + g; head = g*Hg + i
         k = torch.cat([kv[..., :dh], k_rope[:, :, None, None, :].expand(B, S, nb, H, dr)], -1)

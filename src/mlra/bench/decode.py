@@ -361,7 +361,9 @@ def plot(res: dict, path: Path) -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "decode", help="time the paged decode kernels at the paper's per-device shapes",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mlra bench decode\n  mlra bench decode --variants mla,mlra_4 "
+               "--lengths 1024,8192 --reps 20\n")
     p.add_argument("--variants", default=",".join(SHAPES),
                    help=f"comma-separated shapes (default all: {', '.join(SHAPES)})")
     p.add_argument("--lengths", default=PAPER_LENGTHS,

@@ -1,27 +1,22 @@
 """Command-line options shared by every command that takes a checkpoint.
 
-Use ``add_checkpoint_args(parser)`` when building the sub-parser and ``load_from_args(args)``
-in the command: both ``--variant`` and ``--no-latent-scaling`` then behave the same everywhere.
+Use ``add_checkpoint_args(parser)`` when building the sub-parser and
+``mlra.load_checkpoint(args.checkpoint, **checkpoint_options(args), ...)`` in the command:
+``--variant``, ``--no-latent-scaling`` and ``--no-verify`` then behave the same everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-
-import torch
-
-from mlra.errors import ConfigError
-from mlra.model import Transformer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from typing import Any
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
-    """Add the checkpoint path (``--checkpoint DIR``, or positional ``PATH``), ``--variant`` and
-    ``--no-latent-scaling``."""
+    """Add the checkpoint path (``--checkpoint DIR``, or positional ``PATH``), ``--variant``,
+    ``--no-latent-scaling`` and ``--no-verify``."""
     help_path = (
-        "our model directory, a training run directory, or an official Hugging Face-style "
-        "checkpoint directory (e.g. the published Soughing/MLRA files)"
+        "our model directory, a training run directory (its latest checkpoint), or an official "
+        "Hugging Face-style checkpoint directory (e.g. the published Soughing/MLRA files)"
     )
     if positional:
         parser.add_argument("checkpoint", metavar="PATH", help=help_path)
@@ -39,34 +34,18 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, positional: bool = Fals
         help="official MLA/GLA/MLRA checkpoints of the no-scale ablation (same as the "
         "_no_scale variant suffix)",
     )
-
-
-def default_device() -> str:
-    """``cuda`` when available, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    """``float32``/``bfloat16``/``float16`` -> torch dtype (None stays None)."""
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def load_from_args(
-    args: argparse.Namespace,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> Transformer:
-    """The model named by the options added with :func:`add_checkpoint_args`."""
-    from mlra.checkpoints import load_checkpoint
-
-    return load_checkpoint(
-        args.checkpoint,
-        variant=args.variant,
-        device=device,
-        dtype=dtype,
-        latent_scaling=False if getattr(args, "no_latent_scaling", False) else None,
+    parser.add_argument(
+        "--no-verify", dest="verify", action="store_false",
+        help="skip checking our checkpoints' files against the checksums written with them "
+        "(saves one extra read of the weights)",
     )
+
+
+def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`mlra.load_checkpoint` that the options added by
+    :func:`add_checkpoint_args` set."""
+    return {
+        "variant": args.variant,
+        "latent_scaling": False if getattr(args, "no_latent_scaling", False) else None,
+        "verify": getattr(args, "verify", True),
+    }

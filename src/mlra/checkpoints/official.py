@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from mlra.attention import families, family_of, get_family
+from mlra.checkpoints.format import load_state_checked
 from mlra.checkpoints.safety import StateDict, load_weights_file
 from mlra.config import VARIANTS, ModelConfig
 from mlra.errors import CheckpointError, ConfigError
-from mlra.io import load_state_checked
 from mlra.model import Transformer
 
 CONFIG_FILE = "config.json"
@@ -433,7 +433,7 @@ def resolve_official_config(
     return cfg, convert_state(state, cfg, layout, files, source)
 
 
-def load_official(
+def _load_official(
     directory: str | Path,
     variant: str | None = None,
     latent_scaling: bool | None = None,

@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze", help="analyses of the attention variants (translation equivariance)",
         description="Analyses of the attention variants.",
+        epilog="examples:\n  mlra analyze equivariance\n"
+               "  mlra analyze equivariance --model mla,mlra_4 --deltas 1,1000\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="analysis", metavar="{equivariance}")
     sub.required = True
@@ -30,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "practical consequence: a left-padded batch (positions = column index, pad keys "
             "masked) generates exactly what each prompt generates alone."
         ),
+        epilog="examples:\n  mlra analyze equivariance\n"
+               "  mlra analyze equivariance --model mla,mlra_4 --deltas 1,1000 --seq-len 64\n"
+               "  mlra analyze equivariance --dtype float32 --no-padding-demo\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     eq.add_argument("--model", default="all",
                     help=f"variant(s), comma-separated, or 'all' ({', '.join(VARIANTS)})")

@@ -11,8 +11,11 @@ import mlra.bench
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="GPU benchmarks (decode kernels, ...)",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "bench", help="GPU benchmarks (decode kernels, ...)", description=__doc__,
+        epilog="examples:\n  mlra bench decode --help\n  mlra bench decode\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(mlra.bench.__path__), key=lambda m: m.name):

@@ -20,8 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and per device at --tp), training tokens/s. Writes results.md, results.json and "
             "val_curves.png to --out, and each run to --out/VARIANT. Defaults finish in about "
             "7 minutes on a 2-core CPU; a GPU is used when present. Finished runs with the "
-            "same settings are reused (--force retrains)."
+            "same settings are reused (--force retrains). One comparison writes to --out at "
+            "a time (a second is refused naming the first's pid)."
         ),
+        epilog="examples:\n  mlra compare                                   # six variants, tiny\n"
+               "  mlra compare --variants mla,mlra_4 --steps 200 --out runs/cmp\n"
+               "  mlra compare --variants all --force --no-progress\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, or 'all' (default {','.join(DEFAULT_VARIANTS)})")

@@ -7,11 +7,13 @@ import argparse
 import shutil
 from pathlib import Path
 
-from mlra.checkpoints import checkpoint_kind, resolve_checkpoint_dir
-from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
+from mlra.atomic import atomic_write
+from mlra.checkpoints import checkpoint_kind, load_checkpoint, resolve_checkpoint_dir
+from mlra.checkpoints.cli import add_checkpoint_args, checkpoint_options
+from mlra.checkpoints.format import CONFIG_FILE, WEIGHTS_FILE, save_model
 from mlra.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer
+from mlra.devices import parse_dtype
 from mlra.errors import CheckpointError
-from mlra.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write, save_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "result loads with `mlra.load_checkpoint(DIR)` and every command, without the "
             "original files."
         ),
+        epilog="examples:\n"
+               "  mlra convert MLRA-4/ --out mlra4-ours          # an official checkpoint\n"
+               "  mlra convert MLA-no-scale/ --variant mla_no_scale --out mla-ns\n"
+               "  mlra convert runs/tiny --out tiny-bf16 --dtype bfloat16\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(p, positional=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -44,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if (out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists():
         if not args.force:
             raise CheckpointError(f"{out} already holds a model; pass --force to overwrite it")
-    model = load_from_args(args, dtype=parse_dtype(args.dtype))
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args),
+                            dtype=parse_dtype(args.dtype))
     extra = {"converted_from": str(source), "source_format": kind}
     save_model(model, out, extra=extra)
     if kind == "official":  # the published models use GPT-2 BPE (vocabulary file found later)
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / TOKENIZER_FILE, lambda p: shutil.copyfile(source / TOKENIZER_FILE, p))
     cfg = model.config
     print(
-        f"wrote {out}: {cfg.name} ({cfg.attention} attention, {cfg.n_layers} layers, "
+        f"wrote {out}: {cfg.name} ({cfg.family} attention, {cfg.n_layers} layers, "
         f"d_model {cfg.d_model}, {model.num_params() / 1e6:.1f}M parameters)"
     )
     return 0

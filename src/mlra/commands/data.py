@@ -10,7 +10,12 @@ from mlra.errors import DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="prepare token shards from text; inspect shards")
+    p = subparsers.add_parser(
+        "data", help="prepare token shards from text; inspect shards",
+        epilog="examples:\n  mlra data prepare my_book.txt --out data/book\n"
+               "  mlra data info data/book\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
@@ -22,8 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(256 x int32 header, uint16 tokens) plus tokenizer.json and meta.json. A text "
             "file is one document, a JSONL file one document per line, a directory every "
             "text/JSONL file inside it; 'builtin' is the built-in corpus. Every k-th chunk "
-            "(a few KB, cut at paragraph breaks) goes to validation. Nothing is downloaded."
+            "(a few KB, cut at paragraph breaks) goes to validation. Nothing is downloaded. "
+            "Input must be valid UTF-8 (or --encoding); invalid bytes are refused with their "
+            "offset unless --errors replace. Binary files are refused."
         ),
+        epilog="examples:\n"
+               "  mlra data prepare my_book.txt --out data/book            # byte tokenizer\n"
+               "  mlra data prepare docs/ notes.jsonl --out data/mine --tokenizer bpe\n"
+               "  mlra data prepare old.txt --encoding latin-1 --out data/old\n"
+               "  mlra data prepare scraped.txt --errors replace --out data/scraped\n"
+               "  mlra data prepare train.txt --val-input held_out.txt --out data/split\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prep.add_argument("inputs", nargs="+", metavar="INPUT",
                       help="text/JSONL files (optionally .gz), directories, or 'builtin'")
@@ -40,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--val-input", action="append", default=None, metavar="INPUT",
                       help="use these inputs as the validation set instead (repeatable)")
     prep.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    prep.add_argument("--encoding", default="utf-8",
+                      help="encoding of the input files (default utf-8; e.g. latin-1, cp1252)")
+    prep.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                      help="invalid bytes: strict (default) refuses the file naming the byte "
+                           "offset; replace puts U+FFFD in their place and reports how many")
     prep.add_argument("--shard-tokens", type=int, default=100_000_000,
                       help="tokens per shard (default 1e8, as the official scripts)")
     prep.add_argument("--gpt2-file", default=None,
@@ -48,7 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=run_prepare)
 
-    info = sub.add_parser("info", help="header, token count and id range of shards")
+    info = sub.add_parser(
+        "info", help="header, token count and id range of shards",
+        epilog="examples:\n  mlra data info data/book\n"
+               "  mlra data info fineweb/val_000000.bin --vocab-size 50257 --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     info.add_argument("paths", nargs="+", metavar="PATH", help="shard files or directories")
     info.add_argument("--vocab-size", type=int, default=None,
                       help="also check every id is below this")
@@ -63,12 +87,14 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.inputs, args.out, args.tokenizer, vocab_size=args.vocab_size,
         val_fraction=args.val_fraction, val_inputs=args.val_input, text_field=args.text_field,
         shard_tokens=args.shard_tokens, gpt2_file=args.gpt2_file, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, encoding=args.encoding, errors=args.errors,
     )
     print(result.summary())
-    if not result.val_shards:
-        print("note: the input is too small for a validation split; pass --val-input, or train "
-              "with --eval-interval 0")
+    if result.replaced_bytes:
+        print(f"note: {result.replaced_bytes:,} invalid {args.encoding} byte(s) were replaced "
+              "with U+FFFD (--errors replace)")
+    if result.val_note:
+        print(f"note: {result.val_note}")
     print(f"train on it with: mlra train --data {result.out} --out runs/mine")
     return 0
 

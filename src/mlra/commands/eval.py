@@ -10,20 +10,35 @@ from pathlib import Path
 
 import torch
 
-from mlra.checkpoints import checkpoint_tokenizer
-from mlra.checkpoints.cli import add_checkpoint_args, load_from_args, parse_dtype
-from mlra.commands.generate import parse_device
+from mlra.atomic import atomic_write_text
+from mlra.checkpoints import checkpoint_tokenizer, load_checkpoint
+from mlra.checkpoints.cli import add_checkpoint_args, checkpoint_options
 from mlra.data.tokenizers import GPT2Tokenizer, Tokenizer
+from mlra.devices import parse_device, parse_dtype
 from mlra.errors import ConfigError, DataError
-from mlra.io import atomic_write_text
-from mlra.parallel.cli import add_tp_arg, load_model, run_parallel
-from mlra.parallel.cli import current as tp_current
+from mlra.parallel.cli import add_tp_arg, report_ranks, run_command
+from mlra.parallel.runtime import TPContext
+
+EXAMPLES_PPL = """examples:
+  mlra eval ppl --checkpoint runs/tiny                  # the run's own validation shards
+  mlra eval ppl --checkpoint runs/tiny --data shards/   # validation shards of a prepared dir
+  mlra eval ppl --checkpoint MLRA-4/ --data eval_datasets/ --tokens 1e8
+  mlra eval ppl --checkpoint runs/tiny --tp 2 --device cpu
+"""
+
+EXAMPLES_TASKS = """examples:
+  mlra eval tasks --checkpoint MLRA-4/                       # the paper's seven tasks
+  mlra eval tasks --checkpoint runs/tiny --tasks arc_easy,piqa --limit 100
+  mlra eval tasks --checkpoint runs/tiny --tasks-dir my_tasks/ --tasks my_task
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="perplexity over token shards, zero-shot tasks through lm-eval",
         description="Evaluate a checkpoint: `mlra eval ppl` or `mlra eval tasks`.",
+        epilog=EXAMPLES_PPL + "\n" + EXAMPLES_TASKS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="eval_command", metavar="{ppl,tasks}")
     sub.required = True
@@ -35,13 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "+ uint16 GPT-2 ids, e.g. the published eval_datasets/*.bin) is cut into "
             "consecutive non-overlapping windows of --block-size tokens, without context "
             "carried between windows; the loss is the mean over all predicted tokens. Without "
-            "--data: the built-in corpus's validation split, tokenized with the checkpoint's "
-            "tokenizer."
+            "--data: the validation shards of the training run the checkpoint belongs to (as "
+            "named in its run.json), else the built-in corpus's validation split tokenized with "
+            "the checkpoint's tokenizer. A directory given to --data contributes its "
+            "validation shards only when it also holds training shards (--all-shards: all)."
         ),
+        epilog=EXAMPLES_PPL, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(ppl)
     ppl.add_argument("--data", nargs="+", default=None, metavar="SHARD",
                      help="token shards (.bin) or directories of them; one result per file")
+    ppl.add_argument("--all-shards", action="store_true",
+                     help="also score the training shards (*train*.bin) of a --data directory")
     ppl.add_argument("--tokens", type=_count, default=None, metavar="N",
                      help="evaluate at most N predicted tokens per set (e.g. 1e8, the paper's "
                      "budget); default: the whole set")
@@ -62,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Runs offline: task data must be in the local Hugging Face datasets cache (fill it "
             "once with --allow-download on a machine with network), or come from --tasks-dir."
         ),
+        epilog=EXAMPLES_TASKS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(tasks)
     tasks.add_argument("--tasks", default=None,
@@ -115,8 +136,7 @@ def _runtime(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None
     device = parse_device(args.device)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    return device, parse_dtype(name)
+    return device, parse_dtype(args.dtype, device)
 
 
 def _tokenizer(args: argparse.Namespace) -> Tokenizer:
@@ -126,37 +146,62 @@ def _tokenizer(args: argparse.Namespace) -> Tokenizer:
     return tok
 
 
-def _load(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    if tp_current() is not None:  # --tp N: this rank's shard of the model
-        model = load_model(args.checkpoint, load_from_args, device=device, variant=args.variant,
-                           latent_scaling=False if args.no_latent_scaling else None)
-    else:
-        model = load_from_args(args, device=device)
-    cfg = model.config
-    print(f"model: {cfg.name} ({model.num_params() / 1e6:.1f}M parameters) on {device}",
-          file=sys.stderr)
+def _load(args: argparse.Namespace, ctx: TPContext) -> torch.nn.Module:
+    """The checkpoint's model (this rank's shard under --tp), with a line about it."""
+    if ctx.is_main:
+        print(f"loading {args.checkpoint} ...", file=sys.stderr)
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args), device=ctx.device,
+                            tp=ctx)
+    report_ranks(model, ctx)
+    if ctx.is_main:
+        print(f"model: {model.config.name} ({model.num_params() / 1e6:.1f}M parameters) on "
+              f"{ctx.device}", file=sys.stderr)
     return model
 
 
-def run_ppl(args: argparse.Namespace) -> int:
-    from mlra.evaluate.perplexity import evaluate_shards, format_table
+def _run_validation_shards(checkpoint: str) -> list[Path]:
+    """The validation shards of the training run ``checkpoint`` belongs to (from its
+    ``run.json``), when they still exist; else []."""
+    from mlra.checkpoints import resolve_checkpoint_dir
+    from mlra.checkpoints.runs import RUN_FILE, run_dir_of
 
-    device, autocast = _runtime(args)
-    parallel = run_parallel(args, run_ppl)  # --tp N / torchrun: this same run on every rank
-    if parallel is not None:
-        return parallel
-    model = _load(args, device)
+    _, directory = resolve_checkpoint_dir(checkpoint)
+    run_file = run_dir_of(directory) / RUN_FILE
+    try:
+        val = json.loads(run_file.read_text())["data"]["val"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    paths = [Path(p) for p in val]
+    return paths if paths and all(p.is_file() for p in paths) else []
+
+
+def run_ppl(args: argparse.Namespace) -> int:
+    _runtime(args)  # option errors before any process starts
+    return run_command(args, _ppl)
+
+
+def _ppl(ctx: TPContext, args: argparse.Namespace) -> int:
+    from mlra.evaluate.perplexity import evaluate_shards, expand_data_paths, format_table
+
+    _, autocast = _runtime(args)
+    device = ctx.device
+    model = _load(args, ctx)
     cfg = model.config
     block = min(cfg.max_seq_len, 2048) if args.block_size is None else args.block_size
     if block < 1:
         raise ConfigError(f"--block-size must be positive, got {block}")
+    say = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda msg: None)
     if block > cfg.max_seq_len:
-        print(f"warning: --block-size {block} exceeds the model's context of "
-              f"{cfg.max_seq_len} tokens", file=sys.stderr)
+        say(f"warning: --block-size {block} exceeds the model's context of {cfg.max_seq_len} "
+            "tokens")
     batch = (6 if device.type == "cuda" else 1) if args.batch_size is None else args.batch_size
+    notes: list[str] = []
     if args.data:
-        paths = [Path(p) for p in args.data]
+        paths = expand_data_paths(args.data, include_train=args.all_shards, notes=notes)
+    elif own := _run_validation_shards(args.checkpoint):
+        paths = own
+        notes.append(f"no --data: scoring the validation shards of the run the checkpoint "
+                     f"belongs to ({', '.join(str(p) for p in own)})")
     else:
         from mlra.data.corpus import builtin_validation_shard
 
@@ -164,13 +209,17 @@ def run_ppl(args: argparse.Namespace) -> int:
         if tok.vocab_size > cfg.vocab_size:
             raise DataError(f"tokenizer {tok.name} ({tok.vocab_size} ids) does not fit the "
                             f"model's vocabulary of {cfg.vocab_size}")
-        print(f"no --data: using the built-in corpus's validation split ({tok.name} tokens)",
-              file=sys.stderr)
+        notes.append(f"no --data: using the built-in corpus's validation split ({tok.name} "
+                     "tokens)")
         paths = [builtin_validation_shard(tok)]
+    for note in notes:
+        say(note)
     results = evaluate_shards(
         model, paths, block_size=block, batch_size=batch, max_tokens=args.tokens,
-        autocast_dtype=autocast, progress=not args.no_progress,
+        autocast_dtype=autocast, progress=ctx.is_main and not args.no_progress,
     )
+    if not ctx.is_main:
+        return 0
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "model": cfg.name,
                           "block_size": block, "sets": [r.to_dict() for r in results]},
@@ -207,7 +256,7 @@ def run_tasks_command(args: argparse.Namespace) -> int:
     tok = _tokenizer(args)
     offline = not args.allow_download
     manager = prepare_tasks(names, args.tasks_dir, offline)  # task names and data, before loading
-    model = _load(args, device)
+    model = _load(args, TPContext(0, 1, device, None))
     if tok.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tok.name} ({tok.vocab_size} ids) does not fit the model's "
                         f"vocabulary of {model.config.vocab_size}")

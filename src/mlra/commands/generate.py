@@ -7,12 +7,20 @@ import json
 import sys
 from collections.abc import Callable
 
-import torch
-
+from mlra.checkpoints import load_checkpoint
+from mlra.checkpoints.cli import add_checkpoint_args, checkpoint_options
+from mlra.devices import DTYPES, parse_device, parse_dtype
 from mlra.errors import ConfigError, DataError
-from mlra.parallel.cli import add_tp_arg, cache_report, load_model, run_parallel
+from mlra.parallel.cli import add_tp_arg, cache_report, report_ranks, run_command
+from mlra.parallel.runtime import TPContext
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXAMPLES = """examples:
+  mlra generate --checkpoint runs/tiny --prompt "Once upon a time"
+  mlra generate --checkpoint runs/tiny --prompt "The cat" --prompt "A dog" --json
+  mlra generate --checkpoint MLRA-4/ --prompt "Attention is" --temperature 0.8 --top-p 0.9
+  mlra generate --checkpoint MLA-no-scale/ --variant mla_no_scale --ids 464,3797
+  mlra generate --checkpoint runs/tiny --ids 1,2,3 --tp 2 --device cpu
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,10 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "samples (with --top-k / --top-p). Stops at the tokenizer's end-of-text token "
             "unless --ignore-eos."
         ),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="our model directory, a training run directory (its latest "
-                   "checkpoint), or an official Hugging Face-style checkpoint directory")
+    add_checkpoint_args(p)
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="prompt text (repeat for a batch)")
     p.add_argument("--ids", action="append", default=[], metavar="ID,ID,...",
@@ -52,9 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "official checkpoints)")
     p.add_argument("--gpt2-file", default=None, metavar="PATH",
                    help="local GPT-2 vocabulary for --tokenizer gpt2 / official checkpoints")
-    p.add_argument("--variant", default=None,
-                   help="official checkpoints: the variant, e.g. mla_no_scale (inferred when "
-                   "omitted)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
@@ -68,25 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "compilation takes 5-50 s per batch size at start-up)")
     add_tp_arg(p)
     p.set_defaults(func=run)
-
-
-def parse_device(spec: str | None) -> torch.device:
-    """``--device`` -> torch device (default: cuda when available, else cpu); a malformed name,
-    CUDA on a machine without it, or a GPU index beyond the visible GPUs is a
-    :class:`ConfigError`."""
-    try:
-        device = torch.device(spec or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {spec!r} is not a valid torch device (cpu, cuda, cuda:1, "
-                          "...)") from exc
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device {spec}: this machine has {count} visible GPU"
-                              f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
-    return device
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -124,8 +109,6 @@ class _TextStream:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlra.generate import generate, load_inference_model
-
     if not args.prompt and not args.ids:
         raise ConfigError("give at least one --prompt TEXT (or --ids ID,ID,...)")
     if args.prompt and args.ids:
@@ -133,12 +116,17 @@ def run(args: argparse.Namespace) -> int:
     for text in args.prompt:
         if text == "":
             raise ConfigError("--prompt is empty; give some text to continue")
-    device = parse_device(args.device)
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    parallel = run_parallel(args, run)  # --tp N / torchrun: this same run() on every rank
-    if parallel is not None:
-        return parallel
+    parse_dtype(args.dtype, parse_device(args.device))  # option errors before any process starts
+    return run_command(args, _generate)
 
+
+def _generate(ctx: TPContext, args: argparse.Namespace) -> int:
+    """The work of one rank (the only one without --tp): every rank computes the same tokens,
+    rank 0 prints them."""
+    from mlra.generate import generate
+
+    device = ctx.device
+    dtype = parse_dtype(args.dtype, device)
     tokenizer = None
     if args.prompt:
         from mlra.checkpoints import checkpoint_tokenizer
@@ -147,14 +135,15 @@ def run(args: argparse.Namespace) -> int:
         prompts = [tokenizer.encode(t) for t in args.prompt]
     else:
         prompts = [_parse_ids(t) for t in args.ids]
-    model = load_model(args.checkpoint, load_inference_model, device=device, dtype=dtype,
-                       variant=args.variant)
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args), device=device,
+                            dtype=dtype, tp=ctx)
+    report_ranks(model, ctx)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids) does not fit "
                         f"the model's vocabulary of {model.config.vocab_size}")
     stops = [] if args.ignore_eos or tokenizer is None else [tokenizer.eot_id]
     stream = None
-    if tokenizer is not None and len(prompts) == 1 and not args.json:
+    if tokenizer is not None and len(prompts) == 1 and not args.json and ctx.is_main:
         stream = _TextStream(tokenizer.decode, stops)
     new = generate(
         model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -164,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if stream is not None:
         stream.close()
+    if stream is not None or not ctx.is_main:
         return 0
     results = []
     for i, (p, n) in enumerate(zip(prompts, new, strict=True)):

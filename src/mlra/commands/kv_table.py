@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "intensity of decoding. Without --model/--size: the paper's decoding configuration "
             "(64 query heads, head dim 128, latent 512, rope 64, GQA with 8 KV heads)."
         ),
+        epilog="examples:\n  mlra kv-table\n  mlra kv-table --model mla,mlra_4 --tp 1,8\n"
+               "  mlra kv-table --size tiny --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None,
                    help=f"variant(s), comma-separated, or 'all' ({', '.join(VARIANTS)})")

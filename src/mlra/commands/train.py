@@ -28,9 +28,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from mlra.checkpoints import runs as ckpt
 from mlra.config import SIZES, VARIANTS
 from mlra.errors import CheckpointError, ConfigError
-from mlra.train import checkpoints as ckpt
 from mlra.train.config import TrainConfig, load_config_file, parse_override
 
 HELP = {
@@ -103,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start again even if --out already holds a run (with --resume PATH: "
                         "replace the run in a different --out)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="resume without checking the checkpoint's files against their checksums "
+                   "(saves reading them once more)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved options as JSON and exit")
     p.set_defaults(func=run)
@@ -129,7 +132,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
             resume_dir = ckpt.resolve_checkpoint(target)
         except CheckpointError as exc:
             raise CheckpointError(f"nothing to resume: {exc}") from exc
-        state, _ = ckpt.read_trainer_state(resume_dir)
+        state, _ = ckpt.read_trainer_state(resume_dir, verify=False)  # the trainer verifies
         merged.update(state.get("config", {}))
         # The resumed run's folder, unless --out names another (which must not hold a run;
         # the trainer checks).
@@ -153,5 +156,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mlra.train.trainer import train
 
-    train(cfg, resume=resume_dir, overwrite=args.overwrite)
+    train(cfg, resume=resume_dir, overwrite=args.overwrite, verify=args.verify)
     return 0

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mlra.atomic import atomic_write_text
 from mlra.data.cache import cache_dir
 from mlra.data.shards import read_header, write_shard
 from mlra.data.tokenizers import Tokenizer
 from mlra.errors import DataError
-from mlra.io import atomic_write_text
 
 CORPUS_VERSION = 1
 SPLITS = ("train", "validation")

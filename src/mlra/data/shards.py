@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlra.atomic import atomic_write
 from mlra.errors import DataError
-from mlra.io import atomic_write
 
 MAGIC = 20240520
 VERSION = 1

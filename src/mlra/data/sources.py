@@ -91,7 +91,7 @@ def resolve_data(
         else:
             res = prepare([str(paths[0])], prepare_dir, tok_spec, gpt2_file=gpt2_file,
                           overwrite=True, progress=progress)
-            note = res.summary()
+            note = res.summary() + (f"; {res.val_note}" if res.val_note else "")
         src = resolve_data(str(prepare_dir), val_data, None, gpt2_file)
         src.name, src.note = str(paths[0]), note
         return src

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mlra.atomic import atomic_write_text
 from mlra.errors import DataError
-from mlra.io import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_NAME = "mlra-tokenizer"

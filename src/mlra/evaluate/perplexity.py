@@ -138,17 +138,32 @@ def set_name(path: str | Path) -> str:
     return stem[: -len("_eval")] if stem.endswith("_eval") else stem
 
 
-def expand_data_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Shard paths, with each directory replaced by the ``*.bin`` files in it (sorted)."""
+def expand_data_paths(
+    paths: Sequence[str | Path], include_train: bool = True, notes: list[str] | None = None
+) -> list[Path]:
+    """Shard paths, with each directory replaced by the ``*.bin`` files in it (sorted). With
+    ``include_train=False`` a directory that holds both training (``*train*``) and other
+    shards contributes only the others (a note saying so is appended to ``notes``); files
+    named explicitly are always kept."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("*.bin"))
-            if not found:
-                raise DataError(f"{p} holds no *.bin token shards")
-            out.extend(found)
-        else:
+        if not p.is_dir():
             out.append(p)
+            continue
+        found = sorted(p.glob("*.bin"))
+        if not found:
+            raise DataError(f"{p} holds no *.bin token shards")
+        train = [f for f in found if "train" in f.name]
+        if train and not include_train:
+            rest = [f for f in found if "train" not in f.name]
+            if not rest:
+                raise DataError(f"{p} holds only training shards ({train[0].name}, ...); pass "
+                                "--all-shards to score them")
+            if notes is not None:
+                notes.append(f"{p}: scoring its {len(rest)} validation shard(s), not its "
+                             f"{len(train)} training shard(s) (--all-shards scores those too)")
+            found = rest
+        out.extend(found)
     return out
 
 

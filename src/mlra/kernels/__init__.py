@@ -1,12 +1,16 @@
-"""Paged decode kernels: Triton on CUDA, the PyTorch references everywhere else.
+"""Paged decode kernels and the fused training attention: Triton on CUDA, the PyTorch
+references everywhere else.
 
 ``paged_latent_decode`` and ``paged_gqa_decode`` take the signatures documented in
 :mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
 (:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
 device, Triton is importable and the shapes are ones the kernels take
 (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
-Importing this package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the
-references (debugging).
+``latent_train_attention`` (causal training attention of the latent family, differentiable)
+picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
+(:func:`train_kernel_supports`); the model's SDPA path stays the fallback. Importing this
+package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the references (the
+decode references; the SDPA path in training).
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from collections.abc import Sequence
 
 import torch
 
-from mlra.kernels.reference import paged_gqa_decode_ref, paged_latent_decode_ref
+from mlra.kernels.reference import (
+    latent_train_attention_ref,
+    paged_gqa_decode_ref,
+    paged_latent_decode_ref,
+)
+from mlra.kernels.train_ops import (
+    latent_train_attention_fused,
+    latent_train_attention_up_fused,
+    up_project,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +116,111 @@ def paged_gqa_decode(
     return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+@torch.compiler.assume_constant_result
+def _triton_enabled() -> bool:
+    """Triton importable and not disabled (``MLRA_DISABLE_TRITON``); a constant to
+    ``torch.compile``, which re-reads it only when it recompiles."""
+    return os.environ.get("MLRA_DISABLE_TRITON", "0") in ("", "0") and triton_available()
+
+
+def _train_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype the training attention computes in: the CUDA autocast dtype when autocast is
+    on, else the query's."""
+    if q.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return q.dtype
+
+
+def _supports(q_nope: torch.Tensor, q_rope: torch.Tensor, k_rope: torch.Tensor,
+              kv_shape: tuple[int, ...]) -> bool:
+    B, T, H, D = q_nope.shape
+    R = q_rope.shape[-1]
+    return (q_nope.is_cuda and _triton_enabled() and _train_dtype(q_nope) in _KERNEL_DTYPES
+            and all(t.stride(-1) == 1 for t in (q_nope, q_rope, k_rope))
+            and all(_pow2(d) and d <= 256 for d in (D, R, kv_shape[-1] - D))
+            and len(kv_shape) == 5 and tuple(kv_shape[:2]) == (B, T)
+            and tuple(k_rope.shape) == (B, T, R) and H % kv_shape[3] == 0)
+
+
+def train_kernel_supports(q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor,
+                          k_rope: torch.Tensor) -> bool:
+    """Whether :func:`latent_train_attention` runs the fused Triton kernel on these inputs:
+    a CUDA device with Triton, a bf16/fp16 compute dtype, power-of-two head, RoPE and value
+    widths in [16, 256], as many keys as queries (causal self-attention), KV heads dividing
+    the query heads, contiguous last dims."""
+    return kv.stride(-1) == 1 and _supports(q_nope, q_rope, k_rope, tuple(kv.shape))
+
+
+def _up_kv_shape(q_nope: torch.Tensor, latent: torch.Tensor, w_up: torch.Tensor,
+                 branches: int) -> tuple[int, ...] | None:
+    B, S, L, W = latent.shape
+    d2 = 2 * q_nope.shape[-1]
+    total = L * w_up.shape[-1]
+    if tuple(w_up.shape[:2]) != (L, W) or total % (branches * d2):
+        return None
+    return (B, S, branches, total // (branches * d2), d2)
+
+
+def up_kernel_supports(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
+                       w_up: torch.Tensor, k_rope: torch.Tensor, branches: int) -> bool:
+    """:func:`train_kernel_supports` for :func:`latent_train_attention_up`."""
+    shape = _up_kv_shape(q_nope, latent, w_up, branches)
+    return shape is not None and _supports(q_nope, q_rope, k_rope, shape)
+
+
+def latent_train_attention_up(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    latent: torch.Tensor,
+    w_up: torch.Tensor,
+    k_rope: torch.Tensor,
+    branches: int,
+    scale: float,
+    out_scale: float,
+) -> torch.Tensor:
+    """:func:`latent_train_attention` of ``kv = up_project(latent, w_up, branches)`` (values
+    as wide as the NoPE keys): on the fused path the up-projection runs inside the operator
+    and ``kv`` is recomputed in the backward rather than kept (it is the largest activation
+    of a many-branch layer)."""
+    dt = _train_dtype(q_nope)
+    q_nope, q_rope, latent, w_up, k_rope = (t.to(dt) for t in (q_nope, q_rope, latent, w_up,
+                                                                k_rope))
+    if up_kernel_supports(q_nope, q_rope, latent, w_up, k_rope, branches):
+        return latent_train_attention_up_fused(q_nope, q_rope, latent, w_up, k_rope, branches,
+                                               scale, out_scale)
+    kv = up_project(latent, w_up, branches)
+    d2 = 2 * q_nope.shape[-1]
+    kv = kv.view(*kv.shape[:3], kv.shape[3] // d2, d2)
+    return latent_train_attention_ref(q_nope, q_rope, kv, k_rope, scale, out_scale)
+
+
+def latent_train_attention(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    kv: torch.Tensor,
+    k_rope: torch.Tensor,
+    scale: float,
+    out_scale: float,
+) -> torch.Tensor:
+    """Causal training attention of the latent family, differentiable (see
+    :func:`latent_train_attention_ref`): the fused Triton kernel where
+    :func:`train_kernel_supports`, the reference elsewhere. Inputs are cast to the compute
+    dtype (the CUDA autocast dtype under autocast) first."""
+    dt = _train_dtype(q_nope)
+    q_nope, q_rope, kv, k_rope = (t.to(dt) for t in (q_nope, q_rope, kv, k_rope))
+    if train_kernel_supports(q_nope, q_rope, kv, k_rope):
+        return latent_train_attention_fused(q_nope, q_rope, kv, k_rope, scale, out_scale)
+    return latent_train_attention_ref(q_nope, q_rope, kv, k_rope, scale, out_scale)
+
+
 __all__ = [
+    "latent_train_attention", "latent_train_attention_fused", "latent_train_attention_ref",
+    "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
+    "up_kernel_supports", "up_project",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
 ]

@@ -108,3 +108,32 @@ def paged_gqa_decode_ref(
         lse[b] = torch.logsumexp(logits, dim=-1)
         out[b] = torch.einsum("ths,shd->thd", torch.softmax(logits, dim=-1), v)
     return out, lse
+
+
+def latent_train_attention_ref(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    kv: torch.Tensor,
+    k_rope: torch.Tensor,
+    scale: float,
+    out_scale: float,
+) -> torch.Tensor:
+    """Causal training attention of the latent family (MLA, GLA, MLRA), expanded form.
+
+    q_nope: [B, T, H, D], q_rope: [B, T, H, R]; kv: [B, T, NB, Hkv, D + Dv], each branch's NoPE
+    keys (first D columns) and values (query head h reads KV head h // (H / Hkv)); k_rope:
+    [B, T, R], the one RoPE key shared by all heads and branches. Branch b's scores are
+    ``scale * (q_nope . k_nope[b] + q_rope . k_rope)`` with its own causal softmax; the output
+    is ``out_scale * sum_b softmax_b @ v[b]``, [B, T, H, Dv], in q's dtype (computed in fp32,
+    or fp64 for fp64 inputs).
+    """
+    B, T, H, D = q_nope.shape
+    group = H // kv.shape[3]
+    f = torch.promote_types(q_nope.dtype, torch.float32)
+    kv = kv.to(f).repeat_interleave(group, dim=3)
+    logits = torch.einsum("bthd,bsnhd->bnhts", q_nope.to(f), kv[..., :D])
+    logits = logits + torch.einsum("bthr,bsr->bhts", q_rope.to(f), k_rope.to(f))[:, None]
+    keep = torch.ones(T, T, dtype=torch.bool, device=q_nope.device).tril()
+    logits = (logits * scale).masked_fill(~keep, float("-inf"))
+    o = torch.einsum("bnhts,bsnhd->bthd", torch.softmax(logits, dim=-1), kv[..., D:])
+    return (o * out_scale).to(q_nope.dtype)

@@ -4,10 +4,11 @@ A rank's shard is itself an :class:`~mlra.model.Transformer` built from a local 
 all-reduce as ``Block.reduce`` and a vocab-parallel embedding / head, so the cache, decoder and
 generation code run on it unchanged and each rank's cache holds only its heads::
 
-    from mlra.parallel import launch, load_shard
+    import mlra
+    from mlra.parallel import launch
 
     def run(ctx, directory, ids):
-        model = load_shard(directory, ctx)          # reads only this rank's slices
+        model = mlra.load_checkpoint(directory, tp=ctx)   # reads only this rank's slices
         return model(ids).logits                    # full logits on every rank
 
     logits = launch(run, tp=4, args=("ckpt/", ids))[0]
@@ -20,7 +21,6 @@ then runs ``fn`` in-process). Plans per variant: :mod:`mlra.parallel.plans`.
 from mlra.parallel.api import (
     RankReport,
     generate_parallel,
-    load_checkpoint_shard,
     rank_report,
     shared_seed,
 )
@@ -35,17 +35,12 @@ from mlra.parallel.plans import (
     make_plan,
 )
 from mlra.parallel.runtime import NCCL_SAFE_ENV, TPContext, in_torchrun, init_tp, shutdown_tp
-from mlra.parallel.shard import (
-    TensorParallelTransformer,
-    load_shard,
-    shard_model,
-    shard_state_dict,
-)
+from mlra.parallel.shard import TensorParallelTransformer, shard_model, shard_state_dict
 
 __all__ = [
     "NCCL_SAFE_ENV", "RankFailedError", "RankReport", "RankShard", "TPContext", "TPPlan",
     "TensorParallelTransformer", "TensorSlice", "allowed_degrees", "cache_elements",
     "check_degree", "generate_parallel", "in_torchrun", "init_tp", "launch",
-    "load_checkpoint_shard", "load_shard", "make_plan", "rank_report", "shard_model",
+    "make_plan", "rank_report", "shard_model",
     "shard_state_dict", "shared_seed", "shutdown_tp",
 ]

@@ -4,7 +4,7 @@ Inside a rank (under :func:`~mlra.parallel.launch` or ``torchrun``) a shard mode
 exactly like a full one::
 
     def work(ctx, path, prompts):
-        model = load_checkpoint_shard(path, ctx)
+        model = mlra.load_checkpoint(path, tp=ctx)                # this rank's shard
         return mlra.generate(model, prompts, max_new_tokens=32)   # same call as on one device
 
     tokens = launch(work, tp=4, args=(path, prompts))[0]
@@ -23,54 +23,9 @@ from typing import Any
 
 import torch
 
-from mlra.errors import CheckpointError, ConfigError
 from mlra.parallel.launch import launch
 from mlra.parallel.runtime import TPContext
-from mlra.parallel.shard import TensorParallelTransformer, load_shard, shard_model
-
-
-def load_checkpoint_shard(
-    path: str | Path,
-    ctx: TPContext,
-    variant: str | None = None,
-    dtype: torch.dtype | None = None,
-    latent_scaling: bool | None = None,
-) -> TensorParallelTransformer:
-    """This rank's shard of any checkpoint :func:`mlra.load_checkpoint` accepts (eval mode, on
-    ``ctx.device``).
-
-    Our model directories and training runs are read slice by slice (``safe_open`` /
-    ``get_slice``: no rank ever holds the full model). Official checkpoints are pickled
-    ``.bin`` files that cannot be read partially: each rank loads the full model on the CPU,
-    keeps its slices and frees the rest before anything moves to the device.
-    """
-    from mlra.checkpoints import load_checkpoint, resolve_checkpoint_dir
-    from mlra.checkpoints.official import full_variant_name, parse_variant, variant_name
-    from mlra.io import read_model_config
-
-    kind, directory = resolve_checkpoint_dir(path)
-    if kind == "official":
-        full = load_checkpoint(directory, variant=variant, device="cpu", dtype=dtype,
-                               latent_scaling=latent_scaling)
-        model = shard_model(full, ctx, dtype=dtype)
-        del full
-        return model
-    cfg = read_model_config(directory)
-    if variant is not None:
-        try:
-            base = parse_variant(variant).base
-        except ConfigError as exc:
-            raise CheckpointError(str(exc)) from exc
-        if base != variant_name(cfg):
-            raise CheckpointError(f"--variant {variant} does not match {directory}: it holds "
-                                  f"{full_variant_name(cfg)}")
-    if latent_scaling is not None and cfg.attention == "latent" and (
-        latent_scaling != cfg.latent_scaling
-    ):
-        raise CheckpointError(
-            f"{directory} records latent_scaling={cfg.latent_scaling}; it cannot be overridden"
-        )
-    return load_shard(directory, ctx, dtype=dtype)
+from mlra.parallel.shard import TensorParallelTransformer
 
 
 @dataclass(frozen=True)
@@ -120,9 +75,10 @@ def shared_seed(ctx: TPContext, seed: int | None) -> int | None:
 
 
 def _generate_rank(ctx: TPContext, path: str, prompts: list, kwargs: dict, load: dict):
+    from mlra.checkpoints import load_checkpoint
     from mlra.generate import generate
 
-    model = load_checkpoint_shard(path, ctx, **load)
+    model = load_checkpoint(path, tp=ctx, **load)
     if kwargs.get("temperature", 0.0) > 0:
         kwargs = dict(kwargs, seed=shared_seed(ctx, kwargs.get("seed")))
     outs = generate(model, prompts, **kwargs)

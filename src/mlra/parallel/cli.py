@@ -1,34 +1,40 @@
-"""``--tp N`` for command-line tools: run a command's own ``run(args)`` on every rank.
+"""``--tp N`` for command-line tools, set up once at the top of a command.
 
-A command adds the option with :func:`add_tp_arg`, calls :func:`run_parallel` at the top of its
-``run`` (it returns None when the command should simply go on in this process) and loads its
-model with :func:`load_model`. ``run_parallel`` starts the N local processes itself (or joins
-``torchrun``'s), makes the rank's context current, silences stdout on ranks other than 0 and
-calls the same ``run(args)`` in every rank; ``load_model`` then returns the rank's shard, so
-the rest of the command is unchanged. Every rank computes the same tokens / losses; rank 0
-prints.
+A command adds the option with :func:`add_tp_arg` and hands its work to :func:`run_command`::
+
+    def run(args):                      # checks that need no model
+        ...
+        return run_command(args, _work)
+
+    def _work(ctx, args):               # module level; called once per rank
+        model = mlra.load_checkpoint(args.checkpoint, tp=ctx, device=ctx.device, ...)
+        ...
+        if ctx.is_main:
+            print(result)
+
+:func:`run_command` builds the rank's :class:`TPContext` once -- a single-rank context in this
+process (no ``--tp`` or ``--tp 1``), this process's rank under ``torchrun``, or one per local
+process it starts itself -- and calls ``work(ctx, args)`` exactly once in each rank. Every rank
+computes the same tokens / losses; the work prints only where ``ctx.is_main``. There is no state
+outside ``ctx`` and nothing re-enters the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import copy
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from mlra.devices import parse_device
 from mlra.errors import ConfigError
 from mlra.parallel.launch import launch
-from mlra.parallel.runtime import TPContext, in_torchrun, init_tp
+from mlra.parallel.runtime import TPContext, in_torchrun, init_tp, shutdown_tp
 
-_CURRENT: TPContext | None = None
-
-
-def current() -> TPContext | None:
-    """The TP context of this process while a command runs under :func:`run_parallel`."""
-    return _CURRENT
+Work = Callable[[TPContext, argparse.Namespace], int | None]
 
 
 def add_tp_arg(parser: argparse.ArgumentParser) -> None:
@@ -41,24 +47,27 @@ def add_tp_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_parallel(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int | None:
-    """Run ``run(args)`` on every rank when ``--tp`` > 1 or under torchrun; None otherwise
-    (the caller goes on in this process)."""
-    if _CURRENT is not None:
-        return None  # already inside a rank
+def run_command(args: argparse.Namespace, work: Work) -> int:
+    """Run ``work(ctx, args)`` once per rank of the group ``--tp`` / ``torchrun`` asks for
+    (once, in this process, without either); returns rank 0's exit status."""
     tp = getattr(args, "tp", None)
     if tp is not None and tp < 1:
         raise ConfigError(f"--tp must be a positive integer, got {tp}")
-    if not in_torchrun() and tp in (None, 1):
-        return None
-    cpu = getattr(args, "device", None) == "cpu" or not torch.cuda.is_available()
+    spec = getattr(args, "device", None)
+    cpu = spec == "cpu" or not torch.cuda.is_available()
     if in_torchrun():
-        return _rank_main(None, args, run, cpu)
+        ctx = init_tp(tp, device="cpu" if cpu else None)
+        try:
+            return _run_rank(ctx, work, args, cpu)
+        finally:
+            shutdown_tp()
+    if tp in (None, 1):
+        return int(work(TPContext(0, 1, parse_device(spec), None), args) or 0)
     _check_checkpoint_degree(getattr(args, "checkpoint", None), tp)
     if not cpu and torch.cuda.device_count() < tp:
         raise ConfigError(f"--tp {tp} needs {tp} GPUs, {torch.cuda.device_count()} visible; "
                           "use --device cpu or a smaller --tp")
-    results = launch(_rank_main, tp, args=(args, run, cpu), device="cpu" if cpu else None)
+    results = launch(_run_rank, tp, args=(work, args, cpu), device="cpu" if cpu else None)
     return int(results[0] or 0)
 
 
@@ -68,7 +77,7 @@ def _check_checkpoint_degree(path: str | None, tp: int) -> None:
     if path is None:
         return
     from mlra.checkpoints import resolve_checkpoint_dir
-    from mlra.io import read_model_config
+    from mlra.checkpoints.format import read_model_config
     from mlra.parallel.plans import check_degree
 
     kind, directory = resolve_checkpoint_dir(path)
@@ -76,50 +85,26 @@ def _check_checkpoint_degree(path: str | None, tp: int) -> None:
         check_degree(read_model_config(directory), tp)
 
 
-def _rank_main(
-    ctx: TPContext | None, args: argparse.Namespace, run: Callable, cpu: bool
-) -> int:
-    global _CURRENT
-    if ctx is None:  # under torchrun
-        ctx = init_tp(getattr(args, "tp", None), device="cpu" if cpu else None)
-    _CURRENT = ctx
+def _run_rank(ctx: TPContext, work: Work, args: argparse.Namespace, cpu: bool) -> int:
+    """One rank: its own copy of the options (device = the rank's, a sampling seed shared by
+    every rank), then the work."""
+    args = copy.copy(args)
+    if not cpu:
+        args.device = str(ctx.device)
     if getattr(args, "temperature", 0) and getattr(args, "seed", None) is None:
         from mlra.parallel.api import shared_seed
 
         args.seed = shared_seed(ctx, None)  # every rank must draw the same tokens
-    if not ctx.is_main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the rank
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-    if not cpu:
-        args.device = str(ctx.device)
-    try:
-        return int(run(args) or 0)
-    except BaseException:
-        sys.stderr = sys.__stderr__  # a failing rank's own message must be seen (torchrun)
-        raise
-    finally:
-        sys.stdout.flush()
-        _CURRENT = None
+    return int(work(ctx, args) or 0)
 
 
-def load_model(
-    path: str,
-    fallback: Callable[..., torch.nn.Module],
-    *,
-    device: Any = "cpu",
-    dtype: torch.dtype | None = None,
-    variant: str | None = None,
-    **kwargs: Any,
-) -> torch.nn.Module:
-    """The rank's shard when a TP context is current (and a one-line summary of every rank on
-    rank 0's stderr), else ``fallback(path, device=..., dtype=..., variant=..., **kwargs)``."""
-    ctx = _CURRENT
-    if ctx is None:
-        return fallback(path, device=device, dtype=dtype, variant=variant, **kwargs)
-    from mlra.parallel.api import load_checkpoint_shard, rank_report
+def report_ranks(model: torch.nn.Module, ctx: TPContext) -> None:
+    """Under tensor parallelism (collective): attach every rank's :class:`RankReport` to
+    ``model.tp_reports`` and print a one-line summary per rank on rank 0's stderr."""
+    if ctx.world_size == 1:
+        return
+    from mlra.parallel.api import rank_report
 
-    model = load_checkpoint_shard(path, ctx, variant=variant, dtype=dtype,
-                                  latent_scaling=kwargs.get("latent_scaling"))
     model.tp_reports = ctx.gather_objects(rank_report(model, ctx).to_dict())
     if ctx.is_main:
         print(f"tensor parallel over {ctx.world_size} ranks ({ctx.backend}):", file=sys.stderr)
@@ -127,7 +112,6 @@ def load_model(
             print(f"  rank {r['rank']} on {r['device']}: {r['description']}; "
                   f"{r['params'] / 1e6:.1f}M parameters, KV cache "
                   f"{r['cache_bytes_per_token']} bytes/token", file=sys.stderr)
-    return model
 
 
 def cache_report(model: torch.nn.Module, cached_tokens: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ vocabulary rows), whose ``Block.reduce`` is an all-reduce over the group and who
 ``embed_tokens`` / ``logits`` are vocab-parallel. Caches, decoders and kernels run on it
 unchanged, and its cache holds only the rank's heads.
 
-Loading from one of our model directories (:func:`load_shard`) opens ``model.safetensors`` with
+Loading from one of our model directories (:func:`_load_shard`) opens ``model.safetensors`` with
 ``safetensors.safe_open`` and reads only the rank's slices of each tensor (``get_slice``): no
 rank ever holds the full model, and every rank reads the file itself (no broadcast, no
 rank-0 bottleneck). :func:`shard_model` slices an in-memory full model instead (tests, or a
@@ -33,7 +33,7 @@ Reader = Callable[[tuple[slice, ...]], torch.Tensor]
 
 
 class TensorParallelTransformer(Transformer):
-    """One rank's shard of a full model (build it with :func:`load_shard` /
+    """One rank's shard of a full model (build it with :func:`_load_shard` /
     :func:`shard_model`).
 
     ``config`` is the rank's local config except ``vocab_size``, which is the full model's:
@@ -150,7 +150,7 @@ def shard_model(
     return _build(shard, config, ctx, shard_state_dict(state, shard), "full model", dtype)
 
 
-def load_shard(
+def _load_shard(
     directory: str | Path, ctx: TPContext, dtype: torch.dtype | None = None
 ) -> TensorParallelTransformer:
     """This rank's shard of a model saved with :func:`mlra.io.save_model`, reading only the

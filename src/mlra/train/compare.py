@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mlra.atomic import atomic_write_text
+from mlra.checkpoints.runs import RunLock
 from mlra.config import VARIANTS
 from mlra.data.sources import resolve_data
-from mlra.errors import ConfigError
-from mlra.io import atomic_write_text
+from mlra.errors import ConfigError, MlraError
 from mlra.kv_accounting import kv_elements_per_device, kv_elements_total
-from mlra.train.config import TrainConfig
+from mlra.train.config import PRESENTATION_ONLY, TrainConfig
 from mlra.train.metrics import METRICS_FILE, plot_curves, read_metrics
 from mlra.train.trainer import train
 
@@ -119,8 +120,9 @@ class CompareRow:
 
 
 def _unit(mcfg: Any) -> int:
-    """The d_h unit of the KV columns: the head dim of the size's MHA (MFA's heads are 2x)."""
-    return mcfg.head_dim // 2 if mcfg.attention == "mfa" else mcfg.head_dim
+    """The d_h unit of the KV columns: the head dim of the size's MHA, d_model / n_heads (MFA's
+    own heads are twice that)."""
+    return mcfg.d_model // mcfg.n_heads
 
 
 def _row_from_result(variant: str, result: Any, tp: int, tokens_per_step: int) -> CompareRow:
@@ -164,11 +166,15 @@ def _train_variant(
 
 
 def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> list[CompareRow]:
-    """Train every variant of ``cc`` (reusing finished identical runs) and write the table."""
-    out = Path(cc.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train every variant of ``cc`` (reusing finished identical runs) and write the table.
+    The output directory is locked for the duration (one comparison writes to it at a time)."""
     if cc.eval_interval <= 0:
         raise ConfigError("mlra compare needs validation: --eval-interval must be positive")
+    with RunLock(cc.out):
+        return _run_compare(cc, log)
+
+
+def _run_compare(cc: CompareConfig, log: Callable[[str], None]) -> list[CompareRow]:
     t_start = time.time()
     rows: dict[str, CompareRow] = {}
     todo = []
@@ -207,7 +213,7 @@ def _last_step(run_dir: Path) -> int:
 
 def _cost_rank(cc: CompareConfig, variant: str) -> int:
     mcfg = cc.train_config(variant).model_config()
-    if mcfg.attention == "latent":
+    if mcfg.family == "latent":  # a scheduling hint only: each branch is another attention
         return 10 * mcfg.latent_branches + mcfg.latent_groups
     return 0
 
@@ -249,13 +255,21 @@ def _train_in_workers(
     return rows
 
 
+def _result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run that change its result: all but the presentation-only ones
+    (whether a progress bar was drawn -- the variants trained side by side draw none, so a
+    comparison that kept it would never reuse them)."""
+    plain = json.loads(json.dumps(config))
+    return {k: v for k, v in plain.items() if k not in PRESENTATION_ONLY}
+
+
 def _cached_row(run_dir: Path, tcfg: TrainConfig, tp: int) -> CompareRow | None:
     path = run_dir / RESULT_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-        if data["config"] != json.loads(json.dumps(tcfg.to_dict())):
+        if _result_settings(data["config"]) != _result_settings(tcfg.to_dict()):
             return None
         row = CompareRow(**data["row"])
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -263,12 +277,12 @@ def _cached_row(run_dir: Path, tcfg: TrainConfig, tp: int) -> CompareRow | None:
     if row.val_curve:
         row.val_curve = [tuple(p) for p in row.val_curve]  # type: ignore[misc]
     # The KV columns depend on --tp, which does not change the training run.
-    from mlra.io import read_model_config
-    from mlra.train.checkpoints import resolve_checkpoint
+    from mlra.checkpoints.format import read_model_config
+    from mlra.checkpoints.runs import resolve_checkpoint
 
     try:
         mcfg = read_model_config(resolve_checkpoint(run_dir))
-    except Exception:
+    except MlraError:
         return None
     dh = _unit(mcfg)
     row.kv_per_token_per_layer_per_device = kv_elements_per_device(mcfg, tp)

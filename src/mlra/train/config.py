@@ -19,6 +19,9 @@ DEFAULT_LR = {"tiny": 1e-3, "small": 6e-4, "1b": 3e-4, "paper": 1.6e-4}
 RESUME_FIXED = ("model", "size", "model_overrides", "data", "val_data", "seq_len", "seed",
                 "shuffle", "tokenizer")
 
+# Options that change only what is shown, never the trained weights or the metrics.
+PRESENTATION_ONLY = ("progress",)
+
 
 @dataclass
 class TrainConfig:

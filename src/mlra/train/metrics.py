@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlra.io import atomic_write, atomic_write_text
+from mlra.atomic import atomic_write, atomic_write_text, fs_error, make_dirs
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -30,10 +30,16 @@ class MetricsLog:
         atomic_write_text(self.path, text)
 
     def log(self, row: Mapping[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(dict(row)) + "\n")
-            f.flush()
+        make_dirs(self.path.parent)
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(dict(row)) + "\n")
+                f.flush()
+        except OSError as exc:
+            error = fs_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from exc
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

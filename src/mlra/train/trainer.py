@@ -32,6 +32,14 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from mlra.atomic import atomic_write_text
+from mlra.checkpoints import runs as ckpt
+from mlra.checkpoints.format import (
+    WEIGHTS_FILE,
+    load_state_checked,
+    read_model_config,
+    save_model,
+)
 from mlra.config import ModelConfig
 from mlra.data.loader import (
     Layout,
@@ -42,16 +50,15 @@ from mlra.data.loader import (
 )
 from mlra.data.sources import DataSource, resolve_data
 from mlra.data.tokenizers import pad_vocab
+from mlra.devices import parse_device
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
-from mlra.io import WEIGHTS_FILE, load_state_checked, read_model_config, save_model
 from mlra.model import Transformer
-from mlra.train import checkpoints as ckpt
 from mlra.train.config import RESUME_FIXED, TrainConfig
 from mlra.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown
 from mlra.train.metrics import METRICS_FILE, MetricsLog, plot_run
 from mlra.train.optim import build_optimizer, lr_at
 
-RUN_FILE = "run.json"
+RUN_FILE = ckpt.RUN_FILE
 
 
 class TrainingDiverged(MlraError):
@@ -79,22 +86,12 @@ class TrainResult:
         return None if self.final_val_loss is None else math.exp(self.final_val_loss)
 
 
-def _device(spec: str, info_local_rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
-        return torch.device("cuda", info_local_rank)
-    try:
-        return torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {spec!r} is not a valid torch device") from exc
-
-
 class Trainer:
     """One training run. ``resume``: a run directory or checkpoint to continue from (the new
     checkpoints go to ``cfg.out``); ``overwrite`` replaces an existing run in ``cfg.out``."""
+
+    status_interval_s: float = 30.0
+    """Without a progress bar, a status line is logged at most this often (seconds)."""
 
     def __init__(
         self,
@@ -102,13 +99,17 @@ class Trainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         log: Callable[[str], None] | None = None,
+        verify: bool = True,
     ) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out or f"runs/{cfg.model}-{cfg.size}")
         self.resume = resume
         self.overwrite = overwrite
+        self.verify = verify
+        self._lock = ckpt.RunLock(self.out)
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._bar: tqdm | None = None
+        self._last_status: float | None = None
         self.loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # tests
 
     # ------------------------------------------------------------------ logging
@@ -122,9 +123,9 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         cfg = self.cfg
-        probe = _device(cfg.device, 0)
+        probe = parse_device(cfg.device, 0)
         self.dist = setup_distributed(probe.type)
-        self.device = _device(cfg.device, self.dist.local_rank)
+        self.device = parse_device(cfg.device, self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -135,13 +136,16 @@ class Trainer:
             else contextlib.nullcontext()
         )
         self.precision = "bf16 autocast" if use_bf16 else "fp32"
+        # One writer per run directory: a second `mlra train` into it is refused at once.
+        self._main_first(self._lock.acquire, run_elsewhere=False)
 
         self.resume_dir: Path | None = None
         self.resume_state: dict[str, Any] | None = None
         self.resume_tensors: dict[str, torch.Tensor] | None = None
         if self.resume is not None:
             self.resume_dir = ckpt.resolve_checkpoint(self.resume)
-            self.resume_state, self.resume_tensors = ckpt.read_trainer_state(self.resume_dir)
+            self.resume_state, self.resume_tensors = ckpt.read_trainer_state(
+                self.resume_dir, verify=self.verify)
             saved = self.resume_state.get("config", {})
             for key in RESUME_FIXED:
                 if key in saved and saved[key] != getattr(cfg, key):
@@ -485,6 +489,7 @@ class Trainer:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
+            self._lock.release()
             if hasattr(self, "dist"):
                 teardown(self.dist)
 
@@ -511,9 +516,9 @@ class Trainer:
         val_curve: list[tuple[int, float]] = [
             (r["step"], r["loss"]) for r in self.metrics.rows() if r.get("split") == "val"
         ] if main else []
-        val_loss: float | None = val_curve[-1][1] if val_curve else None
+        val_step, val_loss = val_curve[-1] if val_curve else (None, None)
         if cfg.eval_interval and start == 0:
-            val_loss = self._eval_and_log(0, val_curve)
+            val_step, val_loss = 0, self._eval_and_log(0, val_curve)
         self._bar = tqdm(
             total=cfg.steps, initial=start, desc=cfg.model, unit="step", dynamic_ncols=True,
             disable=not (main and cfg.progress), file=sys.stderr,
@@ -536,6 +541,8 @@ class Trainer:
             window_tokens += tokens
             last_loss = loss
             self._bar.update(1)
+            if self._bar.disable and main:
+                self._status(step, loss)
             if step % cfg.log_interval == 0 or step == cfg.steps:
                 tps = window_tokens / max(window_time, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -548,9 +555,10 @@ class Trainer:
                 self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 window_time, window_tokens = 0.0, 0
             if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
-                val_loss = self._eval_and_log(step, val_curve)
+                val_step, val_loss = step, self._eval_and_log(step, val_curve)
             if (ckpt_every and step % ckpt_every == 0) or step == cfg.steps:
-                checkpoint_path = self.save_checkpoint(step, val_loss)
+                checkpoint_path = self.save_checkpoint(
+                    step, val_loss if val_step == step else None)
                 if main:
                     plot_run(self.metrics.rows(), self.out / "loss.png", title=self._title())
         self._bar.close()
@@ -559,15 +567,34 @@ class Trainer:
             if not plot_run(self.metrics.rows(), self.out / "loss.png", title=self._title()):
                 self.log("note: matplotlib is not installed, so no loss.png was drawn "
                          "(pip install 'mlra[plot]')")
-            tail = f"; validation loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})" \
-                if val_loss is not None else ""
-            self.log(f"done: step {step}{tail}; checkpoint {checkpoint_path or self.out}")
+            if val_loss is not None and val_step == step:
+                tail = f"validation loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})"
+            elif val_loss is not None:
+                tail = (f"no validation loss measured at step {step} (the last, "
+                        f"{val_loss:.4f}, is of step {val_step})")
+            else:
+                tail = "no validation loss measured"
+            self.log(f"done: step {step}; {tail}; checkpoint {checkpoint_path or self.out}")
         return TrainResult(
             out=self.out, step=step, params=self.n_params, model_config=self.model_config,
             train_tokens=train_tokens, tokens_per_s=train_tokens / max(train_time, 1e-9),
-            train_seconds=train_time, final_train_loss=last_loss, final_val_loss=val_loss,
+            train_seconds=train_time, final_train_loss=last_loss,
+            final_val_loss=val_loss if val_step == step else None,
             val_curve=val_curve, checkpoint=checkpoint_path,
         )
+
+    def _status(self, step: int, loss: float) -> None:
+        """Without a progress bar: one line every :attr:`status_interval_s` seconds."""
+        now = time.monotonic()
+        if self._last_status is None:
+            self._last_status = now
+            return
+        if now - self._last_status < self.status_interval_s:
+            return
+        self._last_status = now
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.log(f"step {step}/{self.cfg.steps}: loss {loss:.4f}, lr {lr:.2e}, "
+                 f"{self.loader.samples * self.seq_len:,} tokens seen")
 
     def _eval_and_log(self, step: int, curve: list[tuple[int, float]]) -> float:
         loss = self.evaluate()
@@ -586,13 +613,12 @@ class Trainer:
         return f"{self.cfg.model} ({self.cfg.size}) on {Path(self.source.name).name}"
 
     def _write_run_file(self) -> None:
-        from mlra.io import atomic_write_text
-
         info = {
             "config": self.cfg.to_dict(), "model": self.model_config.to_dict(),
             "params": self.n_params, "data": {
                 "name": self.source.name, "train": [str(p) for p in self.source.train],
-                "val": [str(p) for p in self.source.val], "tokenizer": self.source.tokenizer.name,
+                "val": [str(Path(p).resolve()) for p in self.source.val],
+                "tokenizer": self.source.tokenizer.name,
                 "train_tokens": self.train_data.n_tokens, "val_windows": self.val_windows,
             },
             "world_size": self.dist.world_size, "device": str(self.device),
@@ -603,6 +629,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False,
-          log: Callable[[str], None] | None = None) -> TrainResult:
-    """Run one training job (library entry point of ``mlra train``)."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, log=log).run()
+          log: Callable[[str], None] | None = None, verify: bool = True) -> TrainResult:
+    """Run one training job (library entry point of ``mlra train``); ``verify=False`` skips
+    the checksum check of the checkpoint resumed from."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, log=log, verify=verify).run()

@@ -1,16 +1,19 @@
-"""Training checkpoints: atomic directories, ``OUT/latest``, keep-last-N, and resolution of a
-run directory to its newest complete checkpoint.
+"""The run directory of ``mlra train``: atomic checkpoint directories, ``OUT/latest``,
+keep-last-N, resolution of a run directory to its newest complete checkpoint, and the lock
+that keeps a second writer out.
 
 Layout of a run directory::
 
     OUT/
       latest                       "checkpoints/step_000200" -- newest COMPLETE checkpoint
       checkpoints/step_000200/
-        config.json                model config (mlra.io format; mlra.io.load_model works)
+        config.json                model config + weights checksum (mlra.checkpoints.format)
         model.safetensors          weights
         tokenizer.json             the tokenizer the data was made with
         trainer.safetensors        AdamW moments and step counts (keyed by parameter name), RNG
-        trainer_state.json         step, data position, run config, optimizer hyper-parameters
+        trainer_state.json         step, data position, run config, optimizer hyper-parameters,
+                                   checksums of the other four files
+      .lock                        held (flock) by the process writing the run
 
 A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX-*`` (every file fsync'ed), renamed
 to ``step_XXXXXX`` (atomic), then ``latest`` is replaced atomically. A run killed at any moment
@@ -18,7 +21,7 @@ therefore leaves ``latest`` naming a complete checkpoint -- except while a check
 same step is re-written after a resume: its old copy is moved aside (``.old-step_XXXXXX-*``)
 for the rename, and a kill at that moment is repaired by :func:`resolve_checkpoint` and
 :func:`clean_partial`, which move it back. No pickles: tensors are safetensors,
-everything else JSON.
+everything else JSON. Every file's checksum is recorded and verified on resume.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +39,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mlra.errors import CheckpointError
-from mlra.io import CONFIG_FILE, atomic_write, atomic_write_text, fsync_dir
+from mlra.atomic import atomic_write, atomic_write_text, fs_error, fsync_dir, make_dirs
+from mlra.checkpoints.format import CONFIG_FILE, WEIGHTS_FILE
+from mlra.checkpoints.integrity import checksums, verify_files
+from mlra.errors import CheckpointError, CheckpointWarning, RunInUseError
 
 CHECKPOINTS = "checkpoints"
+RUN_FILE = "run.json"
 LATEST = "latest"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_STATE = "trainer_state.json"
+TOKENIZER_FILE = "tokenizer.json"
+_CHECKSUMMED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TRAINER_TENSORS)
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -87,7 +96,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     A directory holding ``config.json`` (a checkpoint or a saved model) is returned as is; a
     run directory maps to the checkpoint named by its ``latest`` file, or failing that (no
     ``latest``, or it names a missing/incomplete directory) to its newest complete
-    ``checkpoints/step_*``. Raises :class:`CheckpointError` otherwise.
+    ``checkpoints/step_*``. Falling back to an older checkpoint than the newest one the run
+    holds warns (:class:`~mlra.errors.CheckpointWarning`) naming both. Raises
+    :class:`CheckpointError` when nothing usable is found.
 
     If ``latest`` names a missing ``step_N`` whose previous copy survives as
     ``.old-step_N-*`` (a run killed between the two renames of a re-write), that copy is first
@@ -99,23 +110,50 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / CONFIG_FILE).is_file():
         return p
     latest = p / LATEST
-    broken = None
+    broken, wanted = None, None
     if latest.is_file():
         target = p / latest.read_text().strip()
         if not target.exists() and target.parent.name == CHECKPOINTS:
             _restore_backup(target)  # a run killed while re-writing this checkpoint
         if (target / CONFIG_FILE).is_file():
             return target
+        wanted = target
         broken = f"{latest} names {target}, which is not a complete checkpoint"
     found = list_checkpoints(p)
     if found:
-        return found[-1][1]
+        chosen = found[-1][1]
+        newer = [d for d in _step_dirs(p) if d[0] > found[-1][0]]
+        if wanted is None and newer:
+            wanted = newer[-1][1]
+        if wanted is not None:
+            warnings.warn(
+                f"{wanted} is incomplete ({_missing(wanted)}); using the older checkpoint "
+                f"{chosen}", CheckpointWarning, stacklevel=2,
+            )
+        return chosen
     if broken:
         raise CheckpointError(broken)
     raise CheckpointError(
         f"{p} is neither a checkpoint/model directory (no {CONFIG_FILE}) nor a training run "
         f"directory (no {LATEST} file or {CHECKPOINTS}/step_* inside)"
     )
+
+
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoints/step_*`` directory, complete or not, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    dirs = [(int(m.group(1)), c) for c in root.iterdir()
+            if (m := _STEP_RE.match(c.name)) and c.is_dir()]
+    return sorted(dirs)
+
+
+def _missing(directory: Path) -> str:
+    if not directory.exists():
+        return "it does not exist"
+    absent = [n for n in (CONFIG_FILE, TRAINER_STATE) if not (directory / n).is_file()]
+    return f"{', '.join(absent)} missing" if absent else "unreadable"
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -138,35 +176,39 @@ def write_checkpoint(
     """Write a complete checkpoint of ``step`` atomically and point ``latest`` at it.
 
     ``write_model(directory)`` writes ``config.json`` + ``model.safetensors`` (e.g.
-    :func:`mlra.io.save_model`); ``tokenizer.save(directory)`` the tokenizer; ``state`` goes
-    to ``trainer_state.json`` and ``tensors`` to ``trainer.safetensors``. Then all but the
-    ``keep_last`` newest checkpoints up to this one are deleted (None keeps all).
+    :func:`mlra.checkpoints.format.save_model`); ``tokenizer.save(directory)`` the tokenizer;
+    ``state`` goes to ``trainer_state.json`` and ``tensors`` to ``trainer.safetensors``. Then
+    all but the ``keep_last`` newest checkpoints up to this one are deleted (None keeps all).
     """
     run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
+    root = make_dirs(run_dir / CHECKPOINTS)
     name = step_dir_name(step)
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    final = root / name
     try:
+        tmp.mkdir()
         write_model(tmp)
         if tokenizer is not None:
             tokenizer.save(tmp)
         flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         atomic_write(tmp / TRAINER_TENSORS, lambda p: save_file(flat, str(p)))
-        # trainer_state.json last: its presence marks the directory complete.
+        # trainer_state.json last, with the other files' checksums: its presence marks the
+        # directory complete.
+        state = {**state, "checksums": checksums(tmp, list(_CHECKSUMMED))}
         atomic_write_text(tmp / TRAINER_STATE, json.dumps(state, indent=1) + "\n")
         _fsync_tree(tmp)
-        final = root / name
         old = None
         if final.exists():  # re-written after resuming from an earlier step
             old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        error = fs_error(exc, tmp, "write checkpoint") if isinstance(exc, Exception) else None
+        if error is None:
+            raise
+        raise error from exc
     atomic_write_text(run_dir / LATEST, f"{CHECKPOINTS}/{name}\n")
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -224,8 +266,11 @@ def clean_partial(run_dir: str | Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def read_trainer_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``trainer_state.json`` and ``trainer.safetensors`` of a checkpoint."""
+def read_trainer_state(
+    directory: str | Path, verify: bool = True
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``trainer_state.json`` and ``trainer.safetensors`` of a checkpoint; with ``verify``,
+    every file of the checkpoint is first checked against the checksums the state records."""
     directory = Path(directory)
     state_path, tensor_path = directory / TRAINER_STATE, directory / TRAINER_TENSORS
     for p in (state_path, tensor_path):
@@ -235,10 +280,75 @@ def read_trainer_state(directory: str | Path) -> tuple[dict[str, Any], dict[str,
             )
     try:
         state = json.loads(state_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{state_path} is not valid JSON: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path} does not hold a JSON object")
+    if verify and state.get("checksums"):
+        verify_files(directory, state["checksums"], str(state_path))
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{tensor_path} is corrupt or truncated: {exc}") from exc
     return state, tensors
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory: ``RUN/.lock``, held with ``fcntl.flock`` for as
+    long as the process writes to the run (use as a context manager, or :meth:`acquire` /
+    :meth:`release`). The kernel drops the lock when the process dies, so a lock left by a
+    killed process never blocks; the file only records the holder's pid for the message a
+    second writer gets (:class:`~mlra.errors.RunInUseError`). Where ``fcntl`` does not exist
+    (Windows) the lock is a no-op."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        make_dirs(self.run_dir)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            error = fs_error(exc, self.path, "create the lock file")
+            if error is None:
+                raise
+            raise error from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUseError(
+                f"{self.run_dir} is in use: another mlra process (pid {holder}) is writing to "
+                "it; wait for it to finish, stop it, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
