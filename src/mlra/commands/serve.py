@@ -10,8 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
+from mlra.checkpoints.cli import add_checkpoint_args, checkpoint_options
+from mlra.devices import parse_device, parse_dtype
 from mlra.errors import ConfigError, DataError
-from mlra.parallel.cli import add_tp_arg, current, load_model, run_parallel
+from mlra.parallel.cli import add_tp_arg, report_ranks, run_command
+from mlra.parallel.runtime import TPContext, in_torchrun
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Needs the 'serve' extra: pip install 'mlra[serve]'."
         ),
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="our model directory, a training run directory or an official "
-                   "checkpoint directory")
+    add_checkpoint_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -52,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-template", default=None, metavar="FILE",
                    help="Jinja chat template for /v1/chat/completions (default: the checkpoint's "
                    "chat_template.jinja or tokenizer_config.json, if any)")
-    p.add_argument("--variant", default=None, help="official checkpoints: the variant")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -90,24 +90,24 @@ def _forward_sigterm_to_rank0() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlra.commands.generate import DTYPES, parse_device
-
     _check_extra()
     for name in ("port", "page_size", "max_batch_size", "prefill_chunk", "cache_tokens"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "port" else 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    device = parse_device(args.device)
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    if current() is None and args.tp not in (None, 1):
+    parse_dtype(args.dtype, parse_device(args.device))  # option errors before any process
+    if args.tp not in (None, 1) and not in_torchrun():
         _forward_sigterm_to_rank0()
-    parallel = run_parallel(args, run)
-    if parallel is not None:
-        return parallel
+    return run_command(args, _serve)
 
+
+def _serve(ctx: TPContext, args: argparse.Namespace) -> int:
+    """One rank: rank 0 serves, the others follow its engine's steps."""
     from mlra.checkpoints import checkpoint_tokenizer, load_checkpoint, resolve_checkpoint_dir
     from mlra.serve.server import ServeOptions, find_chat_template, serve
 
+    device = ctx.device
+    dtype = parse_dtype(args.dtype, device)
     _, directory = resolve_checkpoint_dir(args.checkpoint)
     try:
         tokenizer = checkpoint_tokenizer(args.checkpoint, args.tokenizer, args.gpt2_file)
@@ -116,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         if args.tokenizer is not None:
             raise
-        print(f"mlra serve: no tokenizer ({exc}); prompts must be token ids", file=sys.stderr)
+        if ctx.is_main:
+            print(f"mlra serve: no tokenizer ({exc}); prompts must be token ids",
+                  file=sys.stderr)
         tokenizer = None
-    model = load_model(args.checkpoint, load_checkpoint, device=device, dtype=dtype,
-                       variant=args.variant).eval()
+    model = load_checkpoint(args.checkpoint, **checkpoint_options(args), device=device,
+                            dtype=dtype, tp=ctx).eval()
+    report_ranks(model, ctx)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise DataError(f"tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids) does not fit "
                         f"the model's vocabulary of {model.config.vocab_size}")
@@ -132,4 +135,4 @@ def run(args: argparse.Namespace) -> int:
         chat_template=find_chat_template(directory, args.chat_template),
         drain_s=args.drain_seconds, log_level=args.log_level,
     )
-    return serve(model, tokenizer, options, current())
+    return serve(model, tokenizer, options, ctx if ctx.world_size > 1 else None)
