@@ -16,6 +16,15 @@ from mlra.errors import ConfigError, DataError
 from mlra.parallel.cli import add_tp_arg, report_ranks, run_command
 from mlra.parallel.runtime import TPContext, in_torchrun
 
+EXAMPLES = """examples:
+  mlra serve --checkpoint runs/book --port 8000
+  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "book", "prompt": "Once upon a time", "max_tokens": 40}'
+  mlra serve --checkpoint runs/book --cache-tokens 65536 --max-batch-size 128
+  mlra serve --checkpoint MLRA-4/ --gpt2-file r50k_base.tiktoken --tp 4
+  mlra serve --checkpoint runs/tiny --tp 2 --device cpu
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -28,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "through a continuous-batching engine. SIGTERM drains the open requests, then exits. "
             "Needs the 'serve' extra: pip install 'mlra[serve]'."
         ),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
