@@ -2,8 +2,9 @@
 
 Prompts of different lengths share one cache without padding (ragged pages: each sequence
 holds only its own tokens), so a batch gives exactly the tokens each prompt gives alone.
-Sequences are admitted while the token budget allows (continuous batching), stop on their own
-conditions and give their pages back at once, while the others continue.
+A thin client of the serving engine (:class:`mlra.serve.Engine`, one decode path): sequences
+are admitted while the token budget holds their whole length (continuous batching), stop on
+their own conditions and give their pages back at once, while the others continue.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from mlra import kernels
-from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError, PagedKVCache
-from mlra.decoding import Decoder, GenerationError
+from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError
+from mlra.decoding import GenerationError
 from mlra.model import Transformer
-from mlra.sampling import sample_next, validate_sampling
+from mlra.sampling import validate_sampling
+from mlra.serve.engine import Engine, SamplingParams
 
 TokenCallback = Callable[[int, int], None]
 """``callback(prompt_index, token)``, called for every generated token as it is produced."""
@@ -158,58 +158,30 @@ def generate(
             f"prompt {i} needs {need[i] * page_size} cache tokens, the budget holds "
             f"{num_pages * page_size}; raise cache_tokens"
         )
-    param = next(model.parameters())
-    device = param.device
-    cache = PagedKVCache(cfg, num_pages, page_size, dtype=param.dtype, device=device)
-    if cuda_graphs is None:  # on where the step runs through the (capturable) Triton kernels
-        cuda_graphs = kernels.triton_decodes(device, param.dtype)
-    if cuda_graphs and device.type != "cuda":
-        raise GenerationError(f"cuda_graphs needs the model on a CUDA device, not {device}")
-    decoder = Decoder(model, cache, compile=compile, cuda_graphs=cuda_graphs)
-    gens = [
-        torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
-        for i in range(len(ids))
-    ]
+    engine = Engine(
+        model, cache_tokens=num_pages * page_size, page_size=page_size,
+        max_batch_size=max_batch_size, prefill_chunk=prefill_chunk, reserve_full=True,
+        vocab_limit=vocab_limit, cuda_graphs=cuda_graphs, compile=compile,
+    )
+    index = {
+        engine.add_request(p, SamplingParams(
+            max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=None if seed is None else seed + i, stop_token_ids=stops,
+        )): i
+        for i, p in enumerate(ids)
+    }
     was_training = model.training
     model.eval()
-
-    pending = deque(range(len(ids)))
-    active: dict[int, int] = {}  # prompt index -> sequence id in the cache
-    committed = 0  # pages promised to active sequences at their full length
-
-    def emit(rows: list[int], logits: torch.Tensor) -> None:
-        tokens = sample_next(logits, temperature, top_k, top_p, [gens[j] for j in rows],
-                             vocab_limit=vocab_limit)
-        for j, tok in zip(rows, tokens.tolist(), strict=True):
-            outs[j].append(tok)
-            if callback is not None:
-                callback(j, tok)
-
-    def finished(j: int) -> bool:
-        return len(outs[j]) >= max_new_tokens or (bool(outs[j]) and outs[j][-1] in stops)
-
     try:
-        while pending or active:
-            admit: list[int] = []
-            while pending and committed + need[pending[0]] <= num_pages and (
-                max_batch_size is None or len(active) + len(admit) < max_batch_size
-            ):
-                j = pending.popleft()
-                admit.append(j)
-                committed += need[j]
-            if admit:
-                sids = [cache.add_sequence() for _ in admit]
-                active.update(zip(admit, sids, strict=True))
-                logits = decoder.prefill(sids, [ids[j] for j in admit], chunk_size=prefill_chunk)
-                emit(admit, logits)
-            else:
-                rows = list(active)
-                last = torch.tensor([[outs[j][-1]] for j in rows], device=device)
-                logits = decoder.decode([active[j] for j in rows], last)[:, -1]
-                emit(rows, logits)
-            for j in [j for j in active if finished(j)]:
-                cache.free(active.pop(j))
-                committed -= need[j]
+        while engine.has_work():
+            for out in engine.step():
+                j = index[out.request_id]
+                if out.finish_reason == "error":
+                    raise GenerationError(f"prompt {j} failed: {out.error}")
+                for tok in out.tokens:
+                    outs[j].append(tok)
+                    if callback is not None:
+                        callback(j, tok)
     finally:
         model.train(was_training)
     return outs
