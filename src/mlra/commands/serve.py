@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="most prompt tokens prefilled per step, so long prompts do not stall "
                    "the running requests (default 2048)")
     p.add_argument("--tokenizer", default=None, metavar="byte|gpt2|PATH",
-                   help="tokenizer (default: the checkpoint's tokenizer.json; GPT-2 BPE for "
+                   help="tokenizer (default: the checkpoint's tokenizer; GPT-2 BPE for "
                    "official checkpoints; without one, prompts must be token ids)")
     p.add_argument("--gpt2-file", default=None, metavar="PATH",
                    help="local GPT-2 vocabulary for --tokenizer gpt2 / official checkpoints")
