@@ -22,6 +22,7 @@ run() {  # tree label, src dir, extra args
     "${common[@]}" 2>&1 | tee "$out/$1.log" | grep -E "step|skipped|Error" || true
 }
 export PYTHONUNBUFFERED=1
+mkdir -p "$out"
 run before_graph "$before" --variants "$variants" --compile-batches ''
 run after_graph "$PWD/src" --variants "$variants" --compile-batches ''
 if [ -n "$compiled" ]; then
