@@ -23,17 +23,10 @@ from mlra.attention.family import (
     RowCacheLayout,
     register,
 )
-from mlra.attention.standard import (
-    head_split,
-    heads_text,
-    infer_grouped,
-    kv_head_degrees,
-    kv_head_split,
-)
+from mlra.attention.standard import grouped_kv_shard, infer_grouped, kv_head_degrees
 from mlra.config import ModelConfig
 from mlra.errors import ConfigError
 from mlra.layers import Rotary
-from mlra.slicing import rows
 
 
 class GroupedTiedAttention(KVAttention):
@@ -120,14 +113,8 @@ class GTAFamily(AttentionFamily):
         return kv_head_degrees(cfg)
 
     def tp_shard(self, cfg: ModelConfig, tp: int, rank: int) -> AttentionShard:
-        dh = cfg.head_dim
-        h0, Hl, over, slices = head_split(cfg, tp, rank)
-        k0, kvl, kv_text, strategy = kv_head_split(cfg, tp, rank)
-        slices["wq.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
-        slices["w_kv.weight"] = rows(0, k0 * dh, (k0 + kvl) * dh)
-        text = f"{heads_text(h0, Hl, cfg.n_heads)}, {kv_text}"
-        return AttentionShard({**over, "n_kv_heads": kvl}, slices, text,
-                              strategy + ", shared RoPE key on every rank")
+        return grouped_kv_shard(cfg, tp, rank, ("w_kv.weight",),
+                                ", shared RoPE key on every rank")
 
     def official_infer(self, attn, out_in, checker, layout):
         fields = infer_grouped(attn, out_in, checker, "kv_proj.weight")

@@ -73,6 +73,21 @@ def kv_head_split(cfg: ModelConfig, tp: int, rank: int) -> tuple[int, int, str, 
     return k0, kvl, text, strategy
 
 
+def grouped_kv_shard(
+    cfg: ModelConfig, tp: int, rank: int, kv_weights: tuple[str, ...], note: str = ""
+) -> AttentionShard:
+    """Query heads split (``wq`` rows, ``wo`` columns), the K/V heads split or replicated
+    (rows of each of ``kv_weights``); ``note`` is added to the strategy."""
+    dh = cfg.head_dim
+    h0, Hl, over, slices = head_split(cfg, tp, rank)
+    k0, kvl, kv_text, strategy = kv_head_split(cfg, tp, rank)
+    slices["wq.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
+    for name in kv_weights:
+        slices[name] = rows(0, k0 * dh, (k0 + kvl) * dh)
+    text = f"{heads_text(h0, Hl, cfg.n_heads)}, {kv_text}"
+    return AttentionShard({**over, "n_kv_heads": kvl}, slices, text, strategy + note)
+
+
 def kv_head_degrees(cfg: ModelConfig) -> list[int]:
     """Degrees that split the query heads evenly and the K/V heads evenly or by replication."""
     kv = cfg.n_kv_heads
@@ -115,13 +130,7 @@ class StandardFamily(AttentionFamily):
         return kv_head_degrees(cfg)
 
     def tp_shard(self, cfg: ModelConfig, tp: int, rank: int) -> AttentionShard:
-        dh = cfg.head_dim
-        h0, Hl, over, slices = head_split(cfg, tp, rank)
-        k0, kvl, kv_text, strategy = kv_head_split(cfg, tp, rank)
-        slices["wq.weight"] = rows(0, h0 * dh, (h0 + Hl) * dh)
-        slices["wk.weight"] = slices["wv.weight"] = rows(0, k0 * dh, (k0 + kvl) * dh)
-        text = f"{heads_text(h0, Hl, cfg.n_heads)}, {kv_text}"
-        return AttentionShard({**over, "n_kv_heads": kvl}, slices, text, strategy)
+        return grouped_kv_shard(cfg, tp, rank, ("wk.weight", "wv.weight"))
 
     def official_infer(self, attn, out_in, checker, layout):
         return infer_grouped(attn, out_in, checker, "c_k.weight") | {"family": self.name}
