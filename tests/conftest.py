@@ -31,6 +31,19 @@ def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **o
     return Transformer(tiny_config(name, **overrides)).to(dtype).eval()
 
 
+def poison_embeddings(monkeypatch, model, token: int) -> None:
+    """Make ``model`` raise RuntimeError("injected fault") in any forward that embeds ``token``
+    (a fault inside the model, for tests of fault isolation)."""
+    real = model.embed_tokens
+
+    def embed(ids):
+        if bool((ids == token).any()):
+            raise RuntimeError("injected fault")
+        return real(ids)
+
+    monkeypatch.setattr(model, "embed_tokens", embed)
+
+
 @pytest.fixture(params=mlra.VARIANTS)
 def variant(request) -> str:
     return request.param

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import tiny_model
+from conftest import poison_embeddings, tiny_model
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -59,14 +59,7 @@ def served(model, chat_template=None):
 def test_a_request_raising_in_the_model_is_a_500_and_the_server_goes_on(monkeypatch):
     model = tiny_model("mlra_4", vocab_size=260)
     poison = TOK.encode("#")[0]
-    real = model.embed_tokens
-
-    def embed(ids):
-        if bool((ids == poison).any()):
-            raise RuntimeError("injected fault")
-        return real(ids)
-
-    monkeypatch.setattr(model, "embed_tokens", embed)
+    poison_embeddings(monkeypatch, model, poison)
     with served(model) as (url, engine):
         status, body = post(url + "/v1/completions", {"prompt": "bad # prompt", "max_tokens": 4,
                                                       "temperature": 0})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import poison_embeddings, tiny_model
 
 import mlra
 from mlra.cache import CacheFullError
@@ -109,14 +109,7 @@ def test_a_failing_request_fails_alone(monkeypatch):
     model = tiny_model("mlra_4")
     prompts = _prompts(model.config.vocab_size)[:3]
     poison = 7
-    real = model.embed_tokens
-
-    def embed(ids):
-        if bool((ids == poison).any()):
-            raise RuntimeError("injected fault")
-        return real(ids)
-
-    monkeypatch.setattr(model, "embed_tokens", embed)
+    poison_embeddings(monkeypatch, model, poison)
     engine = Engine(model, cache_tokens=128, page_size=4)
     clean = [[t for t in prompt if t != poison] for prompt in prompts]
     ids = [engine.add_request(p, SamplingParams(max_tokens=6)) for p in clean]
@@ -128,7 +121,7 @@ def test_a_failing_request_fails_alone(monkeypatch):
             if o.finished:
                 finished[o.request_id] = o
     assert finished[bad].finish_reason == "error" and "injected fault" in finished[bad].error
-    monkeypatch.setattr(model, "embed_tokens", real)
+    monkeypatch.undo()  # the model computes again
     for i, p in zip(ids, clean, strict=True):
         assert finished[i].finish_reason == "length" or poison in toks[i]
         if poison not in toks[i]:

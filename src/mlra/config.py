@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,10 @@ class ModelConfig:
         """Width of the concatenated head outputs entering the output projection."""
         return self.n_heads * self.head_dim
 
-    @property
+    @cached_property
     def softmax_scale(self) -> float:
-        """Softmax scale of the attention logits (1/sqrt of the q.k width of the training form)."""
+        """Softmax scale of the attention logits (1/sqrt of the q.k width of the training form),
+        asked of the family once per config (every decode step of every layer reads it)."""
         from mlra.attention import get_family
 
         return get_family(self.family).softmax_scale(self)

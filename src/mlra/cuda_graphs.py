@@ -84,6 +84,7 @@ class GraphedDecodeStep:
         self.step, self.min_width, self.max_graphs = step, min_width, max_graphs
         self.graphs: dict[tuple[int, int, int], _Captured] = {}
         self.disabled: str | None = None
+        self.probed = False  # one probe per step: every shape runs the same operations
 
     def __call__(
         self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
@@ -99,7 +100,7 @@ class GraphedDecodeStep:
         if captured is not None:
             return captured.replay(padded)[:B].clone()
         out = self.step(*padded)  # the real step, eager: also warms up compile / autotuning
-        if len(self.graphs) < self.max_graphs and self._capturable(padded):
+        if len(self.graphs) < self.max_graphs and (self.probed or self._capturable(padded)):
             self._capture(key, padded)
         return out[:B]
 
@@ -108,7 +109,8 @@ class GraphedDecodeStep:
         synchronises (the reference kernels read lengths on the host) cannot be captured, and a
         capture that fails half-way leaves the CUDA generator in capture mode, so that every
         later random operation on the device raises. The step is idempotent (it writes the same
-        cache entries again), so the probe changes nothing."""
+        cache entries again), so the probe changes nothing. The first shape is probed only:
+        the kernels a step dispatches to depend on the model and cache, not the batch shape."""
         old = torch.cuda.get_sync_debug_mode()
         try:
             torch.cuda.set_sync_debug_mode("error")
@@ -118,6 +120,7 @@ class GraphedDecodeStep:
             return False
         finally:
             torch.cuda.set_sync_debug_mode(old)
+        self.probed = True
         return True
 
     def _disable(self, exc: Exception) -> None:
