@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="train several attention variants on one budget and tabulate ppl, params, KV, speed",
         description=(
-            "Train each variant with the same seed, data and token budget, then print one "
+            "Train each variant with the same seed(s), data and token budget, then print one "
             "table: validation perplexity, parameter count, KV cache per token per layer (total "
             "and per device at --tp), training tokens/s. Writes results.md, results.json and "
             "val_curves.png to --out, and each run to --out/VARIANT. Defaults finish in about "
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="examples:\n  mlra compare                                   # six variants, tiny\n"
                "  mlra compare --variants mla,mlra_4 --steps 200 --out runs/cmp\n"
+               "  mlra compare --seeds 3                         # mean ± spread over 3 seeds\n"
                "  mlra compare --variants all --force --no-progress\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-tokens", type=int, default=d.val_tokens,
                    help=f"fixed validation slice in tokens (default {d.val_tokens})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="seeds per variant: --seed, --seed+1, ... (default 1); with 2 or more "
+                        "the table shows mean ± std and range of val ppl and says which gaps "
+                        "exceed the measured seed noise (N times the training time)")
     p.add_argument("--tp", type=int, default=d.tp,
                    help=f"TP degree of the per-device KV column (default {d.tp})")
     p.add_argument("--device", default=d.device, help="auto (default), cpu or cuda")
@@ -73,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
         val_tokens=args.val_tokens, seed=args.seed, tp=args.tp, device=args.device,
         compile=args.compile, progress=not args.no_progress, force=args.force,
-        workers=args.workers,
+        workers=args.workers, seeds=args.seeds,
     )
-    for name in ("steps", "batch_size", "seq_len", "val_tokens"):
+    for name in ("steps", "batch_size", "seq_len", "val_tokens", "seeds"):
         value = getattr(cc, name)
         if value is not None and value < 1:
             from mlra.errors import ConfigError
