@@ -20,13 +20,16 @@ unchanged:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 
+from mlra import kernels
 from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
+from mlra.fused_step import fused_post, fused_pre, fused_supported
 from mlra.layers import Rotary
 from mlra.model import AttentionContext, Block, Transformer
 
@@ -88,12 +91,23 @@ class DecodeStep:
     ``compile=True`` means ``mode="max-autotune-no-cudagraphs"`` (Inductor then also tunes the
     small-batch matrix products and fuses them with the norms around them; measured in
     ``benchmarks/e2e_decode``); pass a dict to choose another mode.
+
+    ``fused`` (default: wherever the Triton decode kernels run, i.e. a CUDA cache of bf16 or
+    fp16) runs each block through the fused decode forms of :mod:`mlra.fused_step` instead
+    (a few launches per layer, nothing to compile); families without a fused form, and every
+    model when ``fused=False``, take the module-by-module forms (compiled if asked).
     """
 
-    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False):
+    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False,
+                 fused: bool | None = None):
         self.model, self.cache = model, cache
         self.pre, self.post = Block.pre, Block.post
-        if compile:
+        if fused is None:  # default: on wherever the decode kernels run (CUDA, Triton)
+            fused = kernels.triton_decodes(cache.device, cache.dtype)
+        self.fused = bool(fused) and all(fused_supported(b) for b in model.layers)
+        if self.fused:
+            self.post = fused_post
+        elif compile:
             kwargs = dict(compile) if isinstance(compile, dict) else {}
             if not isinstance(compile, dict) and cache.device.type == "cuda":
                 kwargs["mode"] = "max-autotune-no-cudagraphs"
@@ -113,6 +127,8 @@ class DecodeStep:
                              torch.div(positions, page, rounding_mode="floor"))
         slots = (pages * page + positions % page).flatten()
         ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
+        if self.fused:
+            ctx.pre = functools.partial(fused_pre, ctx)
         return model.logits(model.run(input_ids, positions, ctx))
 
 
@@ -207,14 +223,16 @@ class Decoder:
         cache: PagedKVCache,
         compile: bool | dict = False,
         cuda_graphs: bool = False,
+        fused: bool | None = None,
     ) -> None:
-        """``compile`` compiles the dense parts of the decode step (:class:`DecodeStep`);
+        """``compile`` compiles the dense parts of the decode step and ``fused`` picks its fused
+        forms (:class:`DecodeStep`);
         ``cuda_graphs`` replays decode steps through CUDA graphs
         (:class:`~mlra.cuda_graphs.GraphedDecodeStep`; the cache must be on a CUDA device)."""
         if cache.config != model.config:
             raise ValueError("the cache was built for a different model config")
         self.model, self.cache = model, cache
-        self.step = DecodeStep(model, cache, compile=compile)
+        self.step = DecodeStep(model, cache, compile=compile, fused=fused)
         if cuda_graphs:
             if cache.device.type != "cuda":
                 raise ValueError(f"cuda_graphs needs the model and cache on a CUDA device, "

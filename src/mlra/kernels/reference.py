@@ -137,3 +137,131 @@ def latent_train_attention_ref(
     logits = (logits * scale).masked_fill(~keep, float("-inf"))
     o = torch.einsum("bnhts,bsnhd->bthd", torch.softmax(logits, dim=-1), kv[..., D:])
     return (o * out_scale).to(q_nope.dtype)
+
+
+# ----------------------------------------------------------------------------- decode-step ops
+# The small-batch operations of a decode step around the attention kernel. Each reference is
+# written with the model's own operations in the model's order, so that a decode step built
+# from them equals the module-by-module step (exactly in fp32); the Triton kernels fuse them.
+def skinny_linear_ref(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    in_scale: float = 1.0,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """``h @ W.T`` for each weight, ``h = rms_norm(x, norm_weight, eps) * in_scale`` (or ``x``).
+
+    ``swiglu``: ``weights`` is (gate, up) and the one output is ``silu(h Wg.T) * (h Wu.T)``.
+    ``residual``: added to the (single) output. Outputs keep ``x``'s leading dimensions."""
+    from mlra.layers import rms_norm  # a building block, not a model
+
+    if swiglu and len(weights) != 2:
+        raise ValueError("swiglu takes (gate, up) weights")
+    if residual is not None and (swiglu or len(weights) != 1):
+        raise ValueError("a residual is added to a single plain output")
+    h = x
+    if norm_weight is not None:
+        h = rms_norm(x, norm_weight, eps)
+        if in_scale != 1.0:
+            h = h * in_scale
+    if swiglu:
+        outs = (torch.nn.functional.silu(torch.nn.functional.linear(h, weights[0]))
+                * torch.nn.functional.linear(h, weights[1]),)
+    else:
+        outs = tuple(torch.nn.functional.linear(h, w) for w in weights)
+    if residual is not None:
+        outs = (residual + outs[0],)
+    return outs
+
+
+def rotate_half_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of ``x [..., heads, r]`` with per-token tables ``[..., r]``."""
+    from mlra.layers import apply_rotary
+
+    return apply_rotary(x, cos[..., None, :], sin[..., None, :])
+
+
+def latent_decode_prepare_ref(
+    q: torch.Tensor,
+    c_kv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_norm: torch.Tensor,
+    kv_scale: float,
+    w_up: torch.Tensor,
+    pool: torch.Tensor,
+    slots: torch.Tensor,
+    branches: int,
+    head_dim: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent family's step between the projections and the attention kernel.
+
+    ``q`` [B, T, H * (d + r)] (per head [nope | rope]); ``c_kv`` [B, T, L * w + r] (the
+    latent heads then the RoPE key, unnormed); ``cos``/``sin`` [B, T, r]; ``kv_norm`` [L, w];
+    ``w_up`` [L, w, Hg * 2 * d] (per query head of a group [W_UK | W_UV]); ``pool``
+    [pages, page, L * w + r]; ``slots`` [B * T] rows of the flattened pool.
+
+    Writes each new token's cache row ``[rms_norm(latent head l) * kv_norm[l] * kv_scale ... |
+    rope(k_rope)]`` at its slot and returns the absorbed queries ``q_abs`` [B, T, branches,
+    groups, Hg, w] and the rotated RoPE queries [B, T, groups, Hg, r], as
+    ``LatentAttention.absorb_query`` forms them."""
+    from mlra.layers import rms_norm
+
+    B, T = q.shape[:2]
+    L, w = kv_norm.shape
+    r = cos.shape[-1]
+    d = head_dim
+    H = q.shape[-1] // (d + r)
+    groups = L // branches
+    Hg = H // groups
+    latent = c_kv[..., : L * w].reshape(B, T, L, w)
+    latent = rms_norm(latent, kv_norm, eps) * kv_scale
+    k_rope = rotate_half_ref(c_kv[..., L * w:][:, :, None], cos, sin)[:, :, 0]
+    row = torch.cat([latent.flatten(-2), k_rope.to(latent.dtype)], dim=-1)
+    pool.view(-1, pool.shape[-1]).index_copy_(0, slots, row.flatten(0, 1).to(pool.dtype))
+    qh = q.view(B, T, H, d + r)
+    q_rope = rotate_half_ref(qh[..., d:], cos, sin)
+    w_uk = w_up.view(branches, groups, w, Hg, 2 * d)[..., :d]
+    q_abs = torch.einsum("btgid,ngwid->btngiw", qh[..., :d].reshape(B, T, groups, Hg, d),
+                         w_uk.to(q.dtype))
+    return q_abs, q_rope.reshape(B, T, groups, Hg, r)
+
+
+def latent_up_output_ref(
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
+) -> torch.Tensor:
+    """Head outputs [B, T, H * d] (``w_up``'s dtype) from the attention result ``z`` [B, T,
+    branches, groups, Hg, w]: W_UV per latent head and query head, summed over branches,
+    times ``out_scale`` (``LatentAttention.decode_output``)."""
+    B, T, nb, G, Hg, w = z.shape
+    w_uv = w_up.view(nb, G, w, Hg, 2 * head_dim)[..., head_dim:]
+    o = torch.einsum("btngiw,ngwid->btgid", z.to(w_uv.dtype), w_uv) * out_scale
+    return o.reshape(B, T, G * Hg * head_dim)
+
+
+def gqa_decode_prepare_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    head_dim: int,
+) -> torch.Tensor:
+    """The standard family's step between the projections and the attention kernel: RoPE on
+    ``q`` [B, T, H * d] and ``k`` [B, T, Hkv * d], the new ``k``/``v`` rows written at
+    ``slots`` of the pools [pages, page, Hkv, d]; returns the rotated ``q`` [B, T, H, d]."""
+    B, T = q.shape[:2]
+    q = rotate_half_ref(q.view(B, T, -1, head_dim), cos, sin)
+    k = rotate_half_ref(k.view(B, T, -1, head_dim), cos, sin)
+    v = v.view(B, T, -1, head_dim)
+    for pool, new in ((k_pool, k), (v_pool, v)):
+        pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, new.flatten(0, 1).to(pool.dtype))
+    return q

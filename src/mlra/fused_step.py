@@ -1,0 +1,83 @@
+"""The fused forms of :meth:`~mlra.model.Block.pre` and :meth:`~mlra.model.Block.post` for
+paged decode steps: each layer as a handful of kernel launches instead of dozens.
+
+Per layer (latent family): the attention norm and every projection reading its output in one
+launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
+one, the attention kernel (and its split merge), ``W_UV`` with the branch sum in one, the output
+projection with the residual in one, the MLP norm with gate and up in one, the down projection
+with the residual in one. The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write
+launch. The operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references
+elsewhere: on a CPU a fused step computes what the module-by-module step computes).
+
+Families or options without a fused form (GTA, MFA, TPA, an output gate) keep the
+module-by-module forms; :func:`fused_supported` says which.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mlra import kernels
+from mlra.layers import Rotary
+from mlra.model import Block, _identity
+
+
+def fused_supported(block: Block) -> bool:
+    """Whether ``block`` has a fused decode form: latent family (MLA/GLA/MLRA) or standard
+    family (MHA/MQA/GQA), no output gate."""
+    cfg = block.attn.cfg
+    if cfg.output_gate:
+        return False
+    return cfg.family == "latent" or (cfg.family == "standard" and block.attn.layout.direct_kv)
+
+
+def _tables(rope: Rotary, width: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return rope.tables(width, dtype)
+
+
+def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: bool = True):
+    """:meth:`Block.pre` of a paged decode step, the new tokens' cache entries written here (at
+    ``ctx.slots`` of the block's pools), so the returned state is empty."""
+    attn, cfg = block.attn, block.attn.cfg
+    pools = ctx.cache.pools[block.index]
+    norm = block.attn_norm
+    if cfg.family == "latent":
+        c_q, c_kv = kernels.skinny_linear(x, [attn.wq_a.weight, attn.wkv_a.weight],
+                                          norm_weight=norm.weight, eps=norm.eps)
+        (q,) = kernels.skinny_linear(c_q, [attn.wq_b.weight], norm_weight=attn.q_norm.weight,
+                                     eps=attn.q_norm.eps, in_scale=attn.q_scale)
+        cos, sin = _tables(rope, cfg.rope_dim, x)
+        query = kernels.latent_decode_prepare(
+            q, c_kv, cos, sin, attn.kv_norm, attn.kv_scale, attn.wkv_b(), pools["rows"],
+            ctx.slots, attn.branches, cfg.head_dim, cfg.norm_eps)
+        return x, query, {}
+    q, k, v = kernels.skinny_linear(x, [attn.wq.weight, attn.wk.weight, attn.wv.weight],
+                                    norm_weight=norm.weight, eps=norm.eps)
+    cos, sin = _tables(rope, cfg.head_dim, x)
+    q = kernels.gqa_decode_prepare(q, k, v, cos, sin, pools["k"], pools["v"], ctx.slots,
+                                   cfg.head_dim)
+    return x, q, {}
+
+
+def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
+               decode_form: bool = True) -> torch.Tensor:
+    """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
+    MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
+    attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
+    if cfg.family == "latent":
+        o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
+    else:
+        o = attn.decode_output(o)
+    o = o.to(x.dtype)
+    local = block.reduce is _identity
+    if local:
+        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
+    else:
+        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
+    norm = block.mlp_norm
+    (act,) = kernels.skinny_linear(x, [mlp.w_gate.weight, mlp.w_up.weight],
+                                   norm_weight=norm.weight, eps=norm.eps, swiglu=True)
+    if local:
+        return kernels.skinny_linear(act, [mlp.w_down.weight], residual=x)[0]
+    return x + block.reduce(kernels.skinny_linear(act, [mlp.w_down.weight])[0])
