@@ -35,7 +35,7 @@ SHAPES = {
     "q/k/v (gqa)": (3072, (3072, 768, 768), True, False, False),
 }
 SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_stages=st, num_warps=nw)
-         for bn, bk, wv, st, nw in itertools.product((32, 64, 128), (128, 256), (2, 4, 8), (4,),
+         for bn, bk, wv, st, nw in itertools.product((32, 64), (128, 256), (2, 4, 8), (4,),
                                                      (4,))]
 
 
@@ -60,6 +60,14 @@ def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
         times.append(a.elapsed_time(b) / 1e3 / calls)
     times.sort()
     return times[len(times) // 2]
+
+
+def save(out: Path, lines: list[str], results: list[dict], dev: torch.device, bw: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "skinny.md").write_text("\n".join(lines) + "\n")
+    (out / "skinny.json").write_text(json.dumps({"device": torch.cuda.get_device_name(dev),
+                                                 "copy_bandwidth_GBps": bw / 1e9,
+                                                 "results": results}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,16 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
         del wsets
         torch.cuda.empty_cache()
+        if args.out:
+            save(Path(args.out), lines, results, dev, bw)
     lines.append(f"\n{time.time() - t0:.0f} s")
-    text = "\n".join(lines) + "\n"
-    print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "skinny.md").write_text(text)
-        (out / "skinny.json").write_text(json.dumps({"device": torch.cuda.get_device_name(dev),
-                                                     "copy_bandwidth_GBps": bw / 1e9,
-                                                     "results": results}, indent=2))
+        save(Path(args.out), lines, results, dev, bw)
+    print("\n".join(lines))
     return 0
 
 
