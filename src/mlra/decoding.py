@@ -29,7 +29,7 @@ import torch
 from mlra import kernels
 from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
-from mlra.fused_step import fused_post, fused_pre, fused_supported
+from mlra.fused_step import fused_attend, fused_post, fused_pre, fused_supported
 from mlra.layers import Rotary
 from mlra.model import AttentionContext, Block, Transformer
 
@@ -129,6 +129,7 @@ class DecodeStep:
         ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
         if self.fused:
             ctx.pre = functools.partial(fused_pre, ctx)
+            ctx.attend = functools.partial(fused_attend, ctx)
         return model.logits(model.run(input_ids, positions, ctx))
 
 

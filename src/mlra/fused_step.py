@@ -3,7 +3,7 @@ paged decode steps: each layer as a handful of kernel launches instead of dozens
 
 Per layer (latent family): the attention norm and every projection reading its output in one
 launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
-one, the attention kernel (and its split merge), ``W_UV`` with the branch sum in one, the output
+one, the attention kernel, ``W_UV`` with the split merge and the branch sum in one, the output
 projection with the residual in one, the MLP norm with gate and up in one, the down projection
 with the residual in one. The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write
 launch. The operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references
@@ -60,12 +60,30 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
     return x, q, {}
 
 
+def fused_attend(ctx, block: Block, q, state) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The context's attention; for one group of latent heads (MLA, MLRA-B) the kernel's
+    split-KV partials unmerged, so that :func:`fused_post` merges them inside its W_UV launch
+    (the cache entries were written by :func:`fused_pre`)."""
+    attn = block.attn
+    if attn.cfg.family != "latent" or attn.groups != 1 or attn.branches > 4:
+        return type(ctx).attend(ctx, block, q, state)
+    q_abs, q_rope = q
+    layout = ctx.cache.layout
+    o_ws, lse_ws = kernels.paged_latent_decode(
+        q_abs[:, :, :, 0], q_rope[:, :, 0], ctx.cache.pools[block.index]["rows"],
+        ctx.block_table, ctx.seq_lens, layout.latent_offsets, layout.rope_offset,
+        attn.cfg.softmax_scale, keep_splits=True)
+    return o_ws.unsqueeze(4), lse_ws.unsqueeze(4)  # [splits, B, T, branches, groups=1, ...]
+
+
 def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
                decode_form: bool = True) -> torch.Tensor:
     """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
     MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
     attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
-    if cfg.family == "latent":
+    if isinstance(o, tuple):  # split partials from fused_attend
+        o = kernels.latent_merge_up_output(*o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
+    elif cfg.family == "latent":
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
         o = attn.decode_output(o)
