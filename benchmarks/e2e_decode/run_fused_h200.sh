@@ -6,7 +6,7 @@ export PYTHONPATH=$PWD/src
 OUT=${OUT:-out}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv
 timeout 150 python -m pytest tests/test_step_kernels.py -x -q 2>&1 | tail -5
-timeout ${SKINNY_S:-200} python benchmarks/e2e_decode/bench_skinny.py --rows 1,8,32 --sweep \
+timeout ${SKINNY_S:-240} python benchmarks/e2e_decode/bench_skinny.py --rows 1,8,32 --sweep \
   --out "$OUT/skinny" > "$OUT/skinny.log" 2>&1; tail -3 "$OUT/skinny.log"
 timeout 200 python benchmarks/e2e_decode/bench_decode.py --variants mlra_4,mla,gqa \
   --contexts 8192,131072 --batches 1 --modes fused,graph --reps 30 --out "$OUT/e2e" 2>&1 \
