@@ -33,6 +33,7 @@ SHAPES = {
     "gate/up swiglu (mlra_4)": (3072, (9880, 9880), True, False, True),
     "down + residual (mlra_4)": (9880, (3072,), False, True, False),
     "q/k/v (gqa)": (3072, (3072, 768, 768), True, False, False),
+    "final norm + head": (3072, (50304,), True, False, False),
 }
 SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=4, num_stages=st)
          for (bn, bk), wv, st in itertools.product(
