@@ -27,9 +27,16 @@ from contextlib import contextmanager
 import torch
 
 from mlra import kernels
+from mlra.attention import get_family
 from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
-from mlra.fused_step import fused_attend, fused_post, fused_pre, fused_supported
+from mlra.fused_step import (
+    fused_attend,
+    fused_logits,
+    fused_post,
+    fused_pre,
+    fused_supported,
+)
 from mlra.layers import Rotary
 from mlra.model import AttentionContext, Block, Transformer
 
@@ -63,11 +70,12 @@ class PagedContext(AttentionContext):
         self.post = post or Block.post
 
     def prepare(self, model, rope: Rotary, dtype: torch.dtype) -> None:
-        """Build the RoPE tables once, outside compiled parts."""
+        """Build the RoPE tables once, outside compiled parts (the one width the family
+        rotates: the decoupled RoPE width where it has one, else the head width)."""
         cfg = model.config
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        for width in {cfg.head_dim, cfg.rope_dim}:
-            rope.tables(width, table_dtype)
+        partial = get_family(cfg.family).rope == "partial"
+        rope.tables(cfg.rope_dim if partial else cfg.head_dim, table_dtype)
 
     def attend(self, block: Block, q, state) -> torch.Tensor:
         cache = self.cache
@@ -127,10 +135,14 @@ class DecodeStep:
                              torch.div(positions, page, rounding_mode="floor"))
         slots = (pages * page + positions % page).flatten()
         ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
-        if self.fused:
-            ctx.pre = functools.partial(fused_pre, ctx)
-            ctx.attend = functools.partial(fused_attend, ctx)
-        return model.logits(model.run(input_ids, positions, ctx))
+        if not self.fused:
+            return model.logits(model.run(input_ids, positions, ctx))
+        ctx.pre = functools.partial(fused_pre, ctx)
+        ctx.attend = functools.partial(fused_attend, ctx)
+        if type(model).logits is not Transformer.logits:  # e.g. vocab-parallel heads
+            return model.logits(model.run(input_ids, positions, ctx))
+        hidden = model.run(input_ids, positions, ctx, final_norm=False)
+        return fused_logits(model, hidden)
 
 
 def decode_step(

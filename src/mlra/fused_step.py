@@ -99,3 +99,11 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     if local:
         return kernels.skinny_linear(act, [mlp.w_down.weight], residual=x)[0]
     return x + block.reduce(kernels.skinny_linear(act, [mlp.w_down.weight])[0])
+
+
+def fused_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The final norm and the tied output head of ``model`` in one small-batch launch
+    (:meth:`Transformer.logits` of ``model.norm(hidden)``)."""
+    norm = model.norm
+    return kernels.skinny_linear(hidden, [model.embed.weight], norm_weight=norm.weight,
+                                 eps=norm.eps)[0]
