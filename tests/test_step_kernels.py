@@ -197,6 +197,19 @@ def test_gqa_prepare_matches_reference(heads):
         assert torch.isnan(flat).sum() == flat.numel() - slots.numel() * Hkv * d
 
 
+@needs_triton
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_decode_slots_match_reference(T):
+    from mlra.kernels.reference import decode_slots_ref
+    from mlra.kernels.triton_step import decode_slots_triton
+
+    table = torch.randperm(40, generator=_gen(T))[:30].view(3, 10).to(torch.int32).to(DEVICE)
+    lens = torch.tensor([T, 70, 159], dtype=torch.int32, device=DEVICE)
+    pos, slots = decode_slots_triton(lens, table, T, 16)
+    ref_pos, ref_slots = decode_slots_ref(lens, table, T, 16)
+    assert torch.equal(pos, ref_pos) and torch.equal(slots, ref_slots)
+
+
 FUSED_VARIANTS = ["mla", "gla_2", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
 
 

@@ -127,13 +127,8 @@ class DecodeStep:
         self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
     ) -> torch.Tensor:
         model, cache = self.model, self.cache
-        T = input_ids.shape[1]
-        device = input_ids.device
-        positions = seq_lens.long()[:, None] - T + torch.arange(T, device=device)[None, :]
-        page = cache.page_size
-        pages = torch.gather(block_table.long(), 1,
-                             torch.div(positions, page, rounding_mode="floor"))
-        slots = (pages * page + positions % page).flatten()
+        positions, slots = kernels.decode_slots(seq_lens, block_table, input_ids.shape[1],
+                                                cache.page_size)
         ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
         if not self.fused:
             return model.logits(model.run(input_ids, positions, ctx))

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from mlra.kernels.reference import (
+    decode_slots_ref,
     gqa_decode_prepare_ref,
     latent_decode_prepare_ref,
     latent_merge_up_output_ref,
@@ -210,6 +211,17 @@ def latent_merge_up_output(
 
         return latent_merge_up_output_triton(o_ws, lse_ws, w_up, out_scale, head_dim)
     return latent_merge_up_output_ref(o_ws, lse_ws, w_up, out_scale, head_dim)
+
+
+def decode_slots(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cache rows of a decode step's new tokens (see :func:`decode_slots_ref`)."""
+    if use_triton(seq_lens) and block_table.stride(-1) == 1:
+        from mlra.kernels.triton_step import decode_slots_triton
+
+        return decode_slots_triton(seq_lens, block_table, new_tokens, page_size)
+    return decode_slots_ref(seq_lens, block_table, new_tokens, page_size)
 
 
 def gqa_decode_prepare(

@@ -284,3 +284,15 @@ def gqa_decode_prepare_ref(
     for pool, new in ((k_pool, k), (v_pool, v)):
         pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, new.flatten(0, 1).to(pool.dtype))
     return q
+
+
+def decode_slots_ref(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``[B, T]`` (int64) of the ``T = new_tokens`` new tokens of each sequence
+    (``seq_lens`` counts them) and their rows in the flattened paged pools ``[B * T]``."""
+    t = torch.arange(new_tokens, device=seq_lens.device)
+    positions = seq_lens.long()[:, None] - new_tokens + t[None, :]
+    pages = torch.gather(block_table.long(), 1,
+                         torch.div(positions, page_size, rounding_mode="floor"))
+    return positions, (pages * page_size + positions % page_size).flatten()

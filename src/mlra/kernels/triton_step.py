@@ -6,7 +6,8 @@
 - :func:`latent_up_output_triton`: ``W_UV`` per latent head and query head, summed over
   branches, scaled; :func:`latent_merge_up_output_triton` the same from the attention
   kernel's split partials, merged on the fly;
-- :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots.
+- :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots;
+- :func:`decode_slots_triton`: the new tokens' positions and cache rows.
 
 Contracts: the references of the same names in :mod:`mlra.kernels.reference`. Import only
 after checking :func:`mlra.kernels.triton_available`.
@@ -235,3 +236,28 @@ def gqa_decode_prepare_triton(
         H=H, D=D, num_warps=2,
     )
     return out
+
+
+@triton.jit
+def _slots_kernel(lens_ptr, bt_ptr, pos_ptr, slot_ptr, stride_bt, T, PAGE: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.arange(0, BLOCK_T)
+    mask = t < T
+    pos = tl.load(lens_ptr + b).to(tl.int64) - T + t
+    page = tl.load(bt_ptr + b * stride_bt + pos // PAGE, mask=mask, other=0).to(tl.int64)
+    tl.store(pos_ptr + b * T + t, pos, mask=mask)
+    tl.store(slot_ptr + b * T + t, page * PAGE + pos % PAGE, mask=mask)
+
+
+def decode_slots_triton(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`mlra.kernels.reference.decode_slots_ref`."""
+    B, T = seq_lens.shape[0], new_tokens
+    positions = torch.empty(B, T, dtype=torch.int64, device=seq_lens.device)
+    slots = torch.empty(B * T, dtype=torch.int64, device=seq_lens.device)
+    if B and T:
+        _slots_kernel[(B,)](seq_lens, block_table, positions, slots, block_table.stride(0), T,
+                            PAGE=page_size, BLOCK_T=next_pow2(T), num_warps=1)
+    return positions, slots
