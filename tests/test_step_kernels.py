@@ -29,6 +29,7 @@ from mlra.kernels.reference import (  # noqa: E402
     skinny_linear_ref,
 )
 from mlra.kernels.testing import rel_error  # noqa: E402
+from mlra.layers import rope_inv_freq  # noqa: E402
 from mlra.model import Transformer  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -104,13 +105,12 @@ def _latent_case(seed, B, T, nb, G, Hg, w, d, r, pages=6, page=16):
     L, H = nb * G, G * Hg
     q = _randn(B, T, H * (d + r), g=g)
     c_kv = _randn(B, T, L * w + r, g=g)
-    ang = torch.rand(B, T, r // 2, generator=g) * 6.0
-    ang = torch.cat([ang, ang], -1).to(DEVICE)
+    positions = torch.randint(0, 200_000, (B, T), generator=g).to(DEVICE)
     kv_norm = _randn(L, w, g=g, scale=0.2) + 1.0
     w_up = _randn(L, w, Hg * 2 * d, g=g, scale=w ** -0.5)
     pool = torch.full((pages, page, L * w + r), float("nan"), dtype=BF, device=DEVICE)
     slots = torch.randperm(pages * page, generator=g)[: B * T].to(DEVICE)
-    return q, c_kv, ang.cos(), ang.sin(), kv_norm, w_up, pool, slots
+    return q, c_kv, positions, rope_inv_freq(r, 10000.0, DEVICE), kv_norm, w_up, pool, slots
 
 
 LATENT = ([(2, 1, 4, 1, 24, 128, 128, 64), (1, 2, 1, 1, 24, 512, 128, 64),
@@ -124,11 +124,11 @@ def test_latent_prepare_and_up_output_match_reference(shape):
     from mlra.kernels.triton_step import latent_decode_prepare_triton, latent_up_output_triton
 
     B, T, nb, G, Hg, w, d, r = shape
-    q, c_kv, cos, sin, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
+    q, c_kv, pos, inv_freq, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
     ref_pool = pool.float().clone()
-    q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, cos, sin, kv_norm, 1.3, w_up, pool,
-                                                 slots, nb, d, 1e-6)
-    e_abs, e_rope = latent_decode_prepare_ref(q.float(), c_kv.float(), cos, sin,
+    q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, pos, inv_freq, kv_norm, 1.3, w_up,
+                                                 pool, slots, nb, d, 1e-6)
+    e_abs, e_rope = latent_decode_prepare_ref(q.float(), c_kv.float(), pos, inv_freq,
                                               kv_norm.float(), 1.3, w_up.float(), ref_pool,
                                               slots, nb, d, 1e-6)
     assert q_abs.shape == e_abs.shape and q_rope.shape == e_rope.shape
@@ -181,15 +181,15 @@ def test_gqa_prepare_matches_reference(heads):
     g = _gen(11)
     B, T, pages, page = 3, 2, 5, 16
     q, k, v = (_randn(B, T, n * d, g=g) for n in (H, Hkv, Hkv))
-    ang = torch.rand(B, T, d // 2, generator=g) * 6.0
-    ang = torch.cat([ang, ang], -1).to(DEVICE)
+    pos = torch.randint(0, 200_000, (B, T), generator=g).to(DEVICE)
+    inv_freq = rope_inv_freq(d, 10000.0, DEVICE)
     pools = [torch.full((pages, page, Hkv, d), float("nan"), dtype=BF, device=DEVICE)
              for _ in range(2)]
     ref_pools = [p.float().clone() for p in pools]
     slots = torch.randperm(pages * page, generator=g)[: B * T].to(DEVICE)
-    out = gqa_decode_prepare_triton(q, k, v, ang.cos(), ang.sin(), *pools, slots, d)
-    ref = gqa_decode_prepare_ref(q.float(), k.float(), v.float(), ang.cos(), ang.sin(),
-                                 *ref_pools, slots, d)
+    out = gqa_decode_prepare_triton(q, k, v, pos, inv_freq, *pools, slots, d)
+    ref = gqa_decode_prepare_ref(q.float(), k.float(), v.float(), pos, inv_freq, *ref_pools,
+                                 slots, d)
     assert rel_error(out.float(), ref) < TOL
     for p, e in zip(pools, ref_pools, strict=True):
         flat, ref_flat = p.view(-1, Hkv, d), e.view(-1, Hkv, d)

@@ -87,6 +87,10 @@ class PagedContext(AttentionContext):
         return block.attn.paged_attend(q, pools, cache.layout, self.block_table, self.seq_lens)
 
 
+def _no_tables(model, rope: Rotary, dtype: torch.dtype) -> None:
+    """A paged context's ``prepare`` when nothing needs RoPE tables."""
+
+
 class DecodeStep:
     """The paged decode step of ``model`` over ``cache``, as a callable (see :func:`decode_step`).
 
@@ -134,6 +138,7 @@ class DecodeStep:
             return model.logits(model.run(input_ids, positions, ctx))
         ctx.pre = functools.partial(fused_pre, ctx)
         ctx.attend = functools.partial(fused_attend, ctx)
+        ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
         if type(model).logits is not Transformer.logits:  # e.g. vocab-parallel heads
             return model.logits(model.run(input_ids, positions, ctx))
         hidden = model.run(input_ids, positions, ctx, final_norm=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from mlra import kernels
-from mlra.layers import Rotary
+from mlra.layers import Rotary, rope_inv_freq
 from mlra.model import Block, _identity
 
 
@@ -31,9 +31,15 @@ def fused_supported(block: Block) -> bool:
     return cfg.family == "latent" or (cfg.family == "standard" and block.attn.layout.direct_kv)
 
 
-def _tables(rope: Rotary, width: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return rope.tables(width, dtype)
+_INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}
+
+
+def _inv_freq(width: int, base: float, device: torch.device) -> torch.Tensor:
+    """RoPE frequencies on ``device``, made once (the kernels compute the angles)."""
+    key = (width, float(base), device)
+    if key not in _INV_FREQ:
+        _INV_FREQ[key] = rope_inv_freq(width, base, device)
+    return _INV_FREQ[key]
 
 
 def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: bool = True):
@@ -47,16 +53,16 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
                                           norm_weight=norm.weight, eps=norm.eps)
         (q,) = kernels.skinny_linear(c_q, [attn.wq_b.weight], norm_weight=attn.q_norm.weight,
                                      eps=attn.q_norm.eps, in_scale=attn.q_scale)
-        cos, sin = _tables(rope, cfg.rope_dim, x)
+        inv_freq = _inv_freq(cfg.rope_dim, rope.base, x.device)
         query = kernels.latent_decode_prepare(
-            q, c_kv, cos, sin, attn.kv_norm, attn.kv_scale, attn.wkv_b(), pools["rows"],
-            ctx.slots, attn.branches, cfg.head_dim, cfg.norm_eps)
+            q, c_kv, rope.positions, inv_freq, attn.kv_norm, attn.kv_scale, attn.wkv_b(),
+            pools["rows"], ctx.slots, attn.branches, cfg.head_dim, cfg.norm_eps)
         return x, query, {}
     q, k, v = kernels.skinny_linear(x, [attn.wq.weight, attn.wk.weight, attn.wv.weight],
                                     norm_weight=norm.weight, eps=norm.eps)
-    cos, sin = _tables(rope, cfg.head_dim, x)
-    q = kernels.gqa_decode_prepare(q, k, v, cos, sin, pools["k"], pools["v"], ctx.slots,
-                                   cfg.head_dim)
+    inv_freq = _inv_freq(cfg.head_dim, rope.base, x.device)
+    q = kernels.gqa_decode_prepare(q, k, v, rope.positions, inv_freq, pools["k"], pools["v"],
+                                   ctx.slots, cfg.head_dim)
     return x, q, {}
 
 

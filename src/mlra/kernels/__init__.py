@@ -169,7 +169,7 @@ def _pow2_width(n: int) -> bool:
 
 
 def latent_decode_prepare(
-    q: torch.Tensor, c_kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, c_kv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     kv_norm: torch.Tensor, kv_scale: float, w_up: torch.Tensor, pool: torch.Tensor,
     slots: torch.Tensor, branches: int, head_dim: int, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,13 +177,13 @@ def latent_decode_prepare(
     :func:`latent_decode_prepare_ref`)."""
     if (use_triton(q) and q.dtype in _KERNEL_DTYPES and pool.is_contiguous()
             and w_up.stride(-1) == 1 and _pow2_width(head_dim)
-            and _pow2_width(cos.shape[-1]) and kv_norm.is_contiguous()):
+            and _pow2_width(2 * inv_freq.shape[0]) and kv_norm.is_contiguous()):
         from mlra.kernels.triton_step import latent_decode_prepare_triton
 
-        return latent_decode_prepare_triton(q, c_kv, cos, sin, kv_norm, kv_scale, w_up, pool,
-                                            slots, branches, head_dim, eps)
-    return latent_decode_prepare_ref(q, c_kv, cos, sin, kv_norm, kv_scale, w_up, pool, slots,
-                                     branches, head_dim, eps)
+        return latent_decode_prepare_triton(q, c_kv, positions, inv_freq, kv_norm, kv_scale,
+                                            w_up, pool, slots, branches, head_dim, eps)
+    return latent_decode_prepare_ref(q, c_kv, positions, inv_freq, kv_norm, kv_scale, w_up,
+                                     pool, slots, branches, head_dim, eps)
 
 
 def latent_up_output(
@@ -225,7 +225,8 @@ def decode_slots(
 
 
 def gqa_decode_prepare(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, head_dim: int,
 ) -> torch.Tensor:
     """RoPE and cache write of the standard family's decode step (see
@@ -234,8 +235,10 @@ def gqa_decode_prepare(
             and k_pool.is_contiguous() and v_pool.is_contiguous()):
         from mlra.kernels.triton_step import gqa_decode_prepare_triton
 
-        return gqa_decode_prepare_triton(q, k, v, cos, sin, k_pool, v_pool, slots, head_dim)
-    return gqa_decode_prepare_ref(q, k, v, cos, sin, k_pool, v_pool, slots, head_dim)
+        return gqa_decode_prepare_triton(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                         head_dim)
+    return gqa_decode_prepare_ref(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                  head_dim)
 
 
 def _pow2(n: int) -> bool:

@@ -21,29 +21,35 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import next_pow2
 
+TWO_PI = 6.283185307179586
+
 
 @triton.jit
-def _rope(src_ptr, cos_ptr, sin_ptr, R: tl.constexpr):
-    """Rotate-half RoPE of the ``R`` values at ``src_ptr`` (fp32)."""
+def _rope(src_ptr, pos, inv_ptr, R: tl.constexpr):
+    """Rotate-half RoPE of the ``R`` values at ``src_ptr`` (fp32) at position ``pos``: the
+    angles ``pos * inv_freq`` in float64 (exact for large positions, as the reference's tables),
+    reduced to one turn in float64, then cos / sin in fp32."""
     j = tl.arange(0, R)
     half: tl.constexpr = R // 2
+    angle = pos.to(tl.float64) * tl.load(inv_ptr + tl.where(j < half, j, j - half))
+    turns = tl.floor(angle / TWO_PI + 0.5)
+    angle = (angle - turns * TWO_PI).to(tl.float32)
     x = tl.load(src_ptr + j).to(tl.float32)
     partner = tl.load(src_ptr + tl.where(j < half, j + half, j - half)).to(tl.float32)
     rotated = tl.where(j < half, -partner, partner)
-    return x * tl.load(cos_ptr + j) + rotated * tl.load(sin_ptr + j)
+    return x * tl.cos(angle) + rotated * tl.sin(angle)
 
 
 @triton.jit
 def _latent_prepare_kernel(
-    q_ptr, c_ptr, cos_ptr, sin_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
+    q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
     kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
 ):
     m = tl.program_id(0)
     p = tl.program_id(1)
-    cos_m = cos_ptr + m * R
-    sin_m = sin_ptr + m * R
+    pos = tl.load(pos_ptr + m)
     if p == 0:  # the cache row of token m
         dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
         offs = tl.arange(0, W_PAD)
@@ -56,7 +62,7 @@ def _latent_prepare_kernel(
             normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
             y = normed.to(x.dtype).to(tl.float32) * kv_scale
             tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
-        k_rope = _rope(c_ptr + m * stride_cm + L * W, cos_m, sin_m, R)
+        k_rope = _rope(c_ptr + m * stride_cm + L * W, pos, inv_ptr, R)
         tl.store(dst + L * W + tl.arange(0, R), k_rope.to(pool_ptr.dtype.element_ty))
     else:  # absorbed query of head h for branch n, widths [wb * BW, (wb + 1) * BW)
         p = p - 1
@@ -77,13 +83,13 @@ def _latent_prepare_kernel(
         row = ((m * NB + n) * G + g) * HG + i
         tl.store(qabs_ptr + row * W + offs_w, q_abs.to(qabs_ptr.dtype.element_ty), mask=mask_w)
         if (n == 0) & (wb == 0):
-            q_rope = _rope(q_head + D, cos_m, sin_m, R)
+            q_rope = _rope(q_head + D, pos, inv_ptr, R)
             tl.store(qrope_ptr + ((m * G + g) * HG + i) * R + tl.arange(0, R),
                      q_rope.to(qrope_ptr.dtype.element_ty))
 
 
 def latent_decode_prepare_triton(
-    q: torch.Tensor, c_kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, c_kv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     kv_norm: torch.Tensor, kv_scale: float, w_up: torch.Tensor, pool: torch.Tensor,
     slots: torch.Tensor, branches: int, head_dim: int, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +97,12 @@ def latent_decode_prepare_triton(
     B, T = q.shape[:2]
     M = B * T
     L, W = kv_norm.shape
-    R, D = cos.shape[-1], head_dim
+    R, D = 2 * inv_freq.shape[0], head_dim
     H = q.shape[-1] // (D + R)
     G = L // branches
     HG = H // G
     q2, c2 = q.reshape(M, -1), c_kv.reshape(M, -1)
-    cos2, sin2 = cos.reshape(M, R).contiguous(), sin.reshape(M, R).contiguous()
+    pos = positions.reshape(M).contiguous()
     q_abs = torch.empty(B, T, branches, G, HG, W, dtype=q.dtype, device=q.device)
     q_rope = torch.empty(B, T, G, HG, R, dtype=q.dtype, device=q.device)
     if M == 0:
@@ -104,7 +110,7 @@ def latent_decode_prepare_triton(
     bw = min(128, next_pow2(W))
     wb = triton.cdiv(W, bw)
     _latent_prepare_kernel[(M, 1 + H * branches * wb)](
-        q2, c2, cos2, sin2, kv_norm, w_up, pool, slots, q_abs, q_rope,
+        q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
         float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb,
@@ -196,29 +202,29 @@ def latent_merge_up_output_triton(
 
 @triton.jit
 def _gqa_prepare_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kp_ptr, vp_ptr, slot_ptr, qo_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, inv_ptr, kp_ptr, vp_ptr, slot_ptr, qo_ptr,
     stride_qm, stride_km, stride_vm, stride_kp, stride_vp,
     H: tl.constexpr, D: tl.constexpr,
 ):
     m = tl.program_id(0)
     p = tl.program_id(1)
-    cos_m = cos_ptr + m * D
-    sin_m = sin_ptr + m * D
+    pos = tl.load(pos_ptr + m)
     offs = tl.arange(0, D)
     if p < H:
-        q = _rope(q_ptr + m * stride_qm + p * D, cos_m, sin_m, D)
+        q = _rope(q_ptr + m * stride_qm + p * D, pos, inv_ptr, D)
         tl.store(qo_ptr + (m * H + p) * D + offs, q.to(qo_ptr.dtype.element_ty))
     else:
         j = p - H
         slot = tl.load(slot_ptr + m).to(tl.int64)
-        k = _rope(k_ptr + m * stride_km + j * D, cos_m, sin_m, D)
+        k = _rope(k_ptr + m * stride_km + j * D, pos, inv_ptr, D)
         tl.store(kp_ptr + slot * stride_kp + j * D + offs, k.to(kp_ptr.dtype.element_ty))
         v = tl.load(v_ptr + m * stride_vm + j * D + offs)
         tl.store(vp_ptr + slot * stride_vp + j * D + offs, v.to(vp_ptr.dtype.element_ty))
 
 
 def gqa_decode_prepare_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, head_dim: int,
 ) -> torch.Tensor:
     """Triton implementation of :func:`mlra.kernels.reference.gqa_decode_prepare_ref`."""
@@ -226,12 +232,12 @@ def gqa_decode_prepare_triton(
     M, D = B * T, head_dim
     H, Hkv = q.shape[-1] // D, k.shape[-1] // D
     q2, k2, v2 = q.reshape(M, -1), k.reshape(M, -1), v.reshape(M, -1)
-    cos2, sin2 = cos.reshape(M, D).contiguous(), sin.reshape(M, D).contiguous()
+    pos = positions.reshape(M).contiguous()
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device)
     if M == 0:
         return out
     _gqa_prepare_kernel[(M, H + Hkv)](
-        q2, k2, v2, cos2, sin2, k_pool, v_pool, slots, out,
+        q2, k2, v2, pos, inv_freq, k_pool, v_pool, slots, out,
         q2.stride(0), k2.stride(0), v2.stride(0), k_pool.stride(1), v_pool.stride(1),
         H=H, D=D, num_warps=2,
     )
