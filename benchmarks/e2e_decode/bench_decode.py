@@ -59,14 +59,14 @@ def build_model(name: str, size: str, max_ctx: int, device: torch.device,
 
 @torch.no_grad()
 def bench_config(model: Transformer, batch: int, context: int, page: int, reps: int,
-                 bandwidth: float, use_graph: bool, compile: bool = False) -> dict:
+                 bandwidth: float, use_graph: bool, mode: str = "graph") -> dict:
     cfg = model.config
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     cache, block_table, seq_lens = random_paged_cache(cfg, batch, context, page, dtype, device)
     ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
 
-    decode = DecodeStep(model, cache, compile=compile)
+    decode = DecodeStep(model, cache, compile=mode == "compile", fused=mode == "fused")
 
     def step() -> torch.Tensor:
         return decode(ids, block_table, seq_lens)
@@ -99,7 +99,9 @@ def bench_config(model: Transformer, batch: int, context: int, page: int, reps: 
     }
     if graph_error:
         row["graph_error"] = graph_error
-    row["mode"] = ("compile+" if compile else "") + ("graph" if graph_s is not None else "eager")
+    prefix = {"compile": "compile+", "fused": "fused+"}.get(mode, "")
+    row["mode"] = prefix + ("graph" if graph_s is not None else "eager")
+    row["fused"] = decode.fused
     row["warmup_s"] = round(warmup_s, 1)
     return row
 
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=40, help="timed graph replays per config")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-graph", action="store_true", help="time eager steps only")
+    p.add_argument("--modes", default="fused,graph,compile",
+                   help="decode-step forms to time: fused (the fused per-layer kernels, the "
+                   "default on a GPU), graph (module by module), compile (module by module, "
+                   "dense parts compiled); all replayed as CUDA graphs")
     p.add_argument("--compile-batches", default="1",
                    help="batch sizes also measured with the dense per-layer parts compiled by "
                    "torch.compile (comma-separated; '' for none)")
@@ -167,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
 
     compile_batches = _ints(args.compile_batches)
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"fused", "graph", "compile"}
+    if unknown:
+        p.error(f"unknown modes {sorted(unknown)}; choose from fused, graph, compile")
+
     def run_one(model: Transformer, variant: str, batch: int, context: int,
-                compiled: bool) -> dict:
+                mode: str) -> dict:
         row = {"variant": variant, "batch": batch, "context": context,
-               "mode": "compile+graph" if compiled else "graph"}
+               "mode": {"compile": "compile+graph", "fused": "fused+graph"}.get(mode, "graph")}
         if time.time() - t_start > args.budget_s:
             row["skipped"] = "time budget"
             return row
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 return row
         try:
             row = bench_config(model, batch, context, args.page_size, args.reps, bandwidth,
-                               not args.no_graph, compile=compiled)
+                               not args.no_graph, mode=mode)
         except Exception as exc:
             traceback.print_exc()
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -202,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(variant, args.size, max(contexts), device, dtype)
         for batch in batches:
             for context in contexts:
-                for compiled in (False, True) if batch in compile_batches else (False,):
-                    row = run_one(model, variant, batch, context, compiled)
+                for mode in modes:
+                    if mode == "compile" and batch not in compile_batches:
+                        continue
+                    row = run_one(model, variant, batch, context, mode)
                     result["results"].append(row)
                     save()
         del model

@@ -41,13 +41,14 @@ def short(name: str, width: int = 60) -> str:
 
 
 @torch.no_grad()
-def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: int) -> dict:
+def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: int,
+                 fused: bool = False, batch: int = 1) -> dict:
     device = next(model.parameters()).device
     cfg = model.config
-    cache, table, lens = random_paged_cache(cfg, 1, context, 64, torch.bfloat16, device)
-    ids = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
+    cache, table, lens = random_paged_cache(cfg, batch, context, 64, torch.bfloat16, device)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
     torch._dynamo.reset()  # each mode compiles afresh
-    step = DecodeStep(model, cache, compile=compile)
+    step = DecodeStep(model, cache, compile=compile, fused=fused)
     for _ in range(3):
         step(ids, table, lens)
     torch.cuda.synchronize()
@@ -89,22 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=8192)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--modes", default="graph,compile",
-                   help="comma-separated: graph, compile, or a torch.compile mode such as "
-                   "max-autotune-no-cudagraphs (compiled with that mode)")
+    p.add_argument("--modes", default="fused,graph,compile",
+                   help="comma-separated: fused (the fused per-layer kernels), graph, compile, "
+                   "or a torch.compile mode such as max-autotune-no-cudagraphs")
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device("cuda")
     model = build(args.variant, args.context, device)
     weights = sum(t.numel() * t.element_size() for t in model.parameters())
     results = []
-    lines = [f"# Decode step profile: {args.variant}, batch 1, {args.context} cached tokens, "
+    lines = [f"# Decode step profile: {args.variant}, batch {args.batch}, {args.context} "
+             "cached tokens, "
              f"{torch.cuda.get_device_name(device)}", "",
              f"torch {torch.__version__}; weights {weights / 1e9:.2f} GB; "
              f"`{' '.join(['python', *sys.argv])}`", ""]
     for mode in args.modes.split(","):
-        compile = {"graph": False, "compile": True}.get(mode, {"mode": mode})
-        r = profile_mode(model, args.context, compile, args.reps)
+        compile = {"graph": False, "compile": True, "fused": False}.get(mode, {"mode": mode})
+        r = profile_mode(model, args.context, compile, args.reps, fused=mode == "fused",
+                         batch=args.batch)
         r["mode"] = mode
         results.append(r)
         lines += [f"## {mode}: {r['wall_ms']:.3f} ms per step, {r['kernels_per_step']:.0f} "

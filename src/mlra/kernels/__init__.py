@@ -6,6 +6,9 @@ references everywhere else.
 (:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
 device, Triton is importable and the shapes are ones the kernels take
 (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
+The decode-step operations around the attention kernel (``skinny_linear``,
+``latent_decode_prepare``, ``latent_up_output``, ``gqa_decode_prepare``) dispatch the same way
+(:mod:`mlra.kernels.triton_skinny`, :mod:`mlra.kernels.triton_step`).
 ``latent_train_attention`` (causal training attention of the latent family, differentiable)
 picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
 (:func:`train_kernel_supports`); the model's SDPA path stays the fallback. Importing this
@@ -23,9 +26,15 @@ from collections.abc import Sequence
 import torch
 
 from mlra.kernels.reference import (
+    decode_slots_ref,
+    gqa_decode_prepare_ref,
+    latent_decode_prepare_ref,
+    latent_merge_up_output_ref,
     latent_train_attention_ref,
+    latent_up_output_ref,
     paged_gqa_decode_ref,
     paged_latent_decode_ref,
+    skinny_linear_ref,
 )
 from mlra.kernels.train_ops import (
     latent_train_attention_fused,
@@ -89,15 +98,21 @@ def paged_latent_decode(
     latent_offsets: Sequence[int],
     rope_offset: int,
     scale: float,
+    keep_splits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
-    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
+    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`).
+    ``keep_splits``: the split-KV partials ``[splits, ...]`` unmerged (one split from the
+    reference), for :func:`latent_merge_up_output`."""
+    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache) and not (
+            keep_splits and q_latent.shape[2] > 4):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
         return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
-                                          latent_offsets, rope_offset, scale)
-    return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
-                                   latent_offsets, rope_offset, scale)
+                                          latent_offsets, rope_offset, scale,
+                                          keep_splits=keep_splits)
+    out, lse = paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
+                                       latent_offsets, rope_offset, scale)
+    return (out[None], lse[None]) if keep_splits else (out, lse)
 
 
 def paged_gqa_decode(
@@ -114,6 +129,119 @@ def paged_gqa_decode(
 
         return paged_gqa_decode_triton(q, k_cache, v_cache, block_table, seq_lens, scale)
     return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
+
+
+SKINNY_MAX_ROWS = 64
+"""The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel."""
+
+
+def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
+    """Shapes the Triton small-batch matrix product takes: bf16/fp16, at most
+    :data:`SKINNY_MAX_ROWS` rows, weights of one dtype with contiguous rows (``x`` of that
+    dtype or fp32)."""
+    rows = x.numel() // max(1, x.shape[-1])
+    dtype = weights[0].dtype if weights else x.dtype
+    return (dtype in _KERNEL_DTYPES and x.dtype in (dtype, torch.float32)
+            and rows <= SKINNY_MAX_ROWS
+            and all(w.dtype == dtype and w.dim() == 2 and w.stride(-1) == 1
+                    and w.shape[1] == x.shape[-1] for w in weights))
+
+
+def skinny_linear(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    in_scale: float = 1.0,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`)."""
+    if use_triton(x) and skinny_supports(x, weights) and len(weights) <= 3:
+        from mlra.kernels.triton_skinny import skinny_linear_triton
+
+        return skinny_linear_triton(x, weights, norm_weight=norm_weight, eps=eps,
+                                    in_scale=in_scale, residual=residual, swiglu=swiglu)
+    return skinny_linear_ref(x, weights, norm_weight=norm_weight, eps=eps, in_scale=in_scale,
+                             residual=residual, swiglu=swiglu)
+
+
+def _pow2_width(n: int) -> bool:
+    return n >= 2 and n & (n - 1) == 0
+
+
+def latent_decode_prepare(
+    q: torch.Tensor, c_kv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
+    kv_norm: torch.Tensor, kv_scale: float, w_up: torch.Tensor, pool: torch.Tensor,
+    slots: torch.Tensor, branches: int, head_dim: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cache write, RoPE and query absorption of the latent family's decode step (see
+    :func:`latent_decode_prepare_ref`)."""
+    if (use_triton(q) and q.dtype in _KERNEL_DTYPES and pool.is_contiguous()
+            and w_up.stride(-1) == 1 and _pow2_width(head_dim)
+            and _pow2_width(2 * inv_freq.shape[0]) and kv_norm.is_contiguous()):
+        from mlra.kernels.triton_step import latent_decode_prepare_triton
+
+        return latent_decode_prepare_triton(q, c_kv, positions, inv_freq, kv_norm, kv_scale,
+                                            w_up, pool, slots, branches, head_dim, eps)
+    return latent_decode_prepare_ref(q, c_kv, positions, inv_freq, kv_norm, kv_scale, w_up,
+                                     pool, slots, branches, head_dim, eps)
+
+
+def latent_up_output(
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
+) -> torch.Tensor:
+    """W_UV and the branch sum of the latent family's decode step (see
+    :func:`latent_up_output_ref`)."""
+    if use_triton(z) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
+            and _pow2_width(head_dim):
+        from mlra.kernels.triton_step import latent_up_output_triton
+
+        return latent_up_output_triton(z, w_up, out_scale, head_dim)
+    return latent_up_output_ref(z, w_up, out_scale, head_dim)
+
+
+def latent_merge_up_output(
+    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """The split merge, W_UV and the branch sum of the latent family's decode step in one
+    (see :func:`latent_merge_up_output_ref`)."""
+    if use_triton(o_ws) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
+            and _pow2_width(head_dim) and o_ws.is_contiguous() and lse_ws.is_contiguous():
+        from mlra.kernels.triton_step import latent_merge_up_output_triton
+
+        return latent_merge_up_output_triton(o_ws, lse_ws, w_up, out_scale, head_dim)
+    return latent_merge_up_output_ref(o_ws, lse_ws, w_up, out_scale, head_dim)
+
+
+def decode_slots(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cache rows of a decode step's new tokens (see :func:`decode_slots_ref`)."""
+    if use_triton(seq_lens) and block_table.stride(-1) == 1:
+        from mlra.kernels.triton_step import decode_slots_triton
+
+        return decode_slots_triton(seq_lens, block_table, new_tokens, page_size)
+    return decode_slots_ref(seq_lens, block_table, new_tokens, page_size)
+
+
+def gqa_decode_prepare(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, head_dim: int,
+) -> torch.Tensor:
+    """RoPE and cache write of the standard family's decode step (see
+    :func:`gqa_decode_prepare_ref`)."""
+    if (use_triton(q) and q.dtype in _KERNEL_DTYPES and _pow2_width(head_dim)
+            and k_pool.is_contiguous() and v_pool.is_contiguous()):
+        from mlra.kernels.triton_step import gqa_decode_prepare_triton
+
+        return gqa_decode_prepare_triton(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                         head_dim)
+    return gqa_decode_prepare_ref(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                  head_dim)
 
 
 def _pow2(n: int) -> bool:
