@@ -46,7 +46,8 @@ class CompareConfig:
     """Settings shared by every variant of a comparison. The defaults take about 7 minutes on
     an idle 2-core CPU (measured: 250 steps of all six variants in 4.3 min). The learning rate
     1e-3 is one that every variant trains well with at this size: the latent variants stall on
-    the unigram plateau at 2e-3 for hundreds of steps, while MHA/GQA would prefer 2e-3."""
+    the unigram plateau at 2e-3 for hundreds of steps, while MHA/GQA would prefer 2e-3
+    (the sweep: benchmarks/quality/README.md)."""
 
     variants: Sequence[str] = DEFAULT_VARIANTS
     size: str = "tiny"
