@@ -206,12 +206,13 @@ class PagedKVCache:
         ``width`` defaults to the most pages any of the sequences holds."""
         rows = [self._pages[s] for s in seq_ids]
         width = max((len(r) for r in rows), default=0) if width is None else width
-        table = torch.zeros(len(rows), max(width, 1), dtype=torch.int32)
         for i, r in enumerate(rows):
             if len(r) > width:
                 raise ValueError(f"sequence {seq_ids[i]} holds {len(r)} pages > width {width}")
-            table[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
-        return table.to(self.device)
+        w = max(width, 1)
+        # one host tensor from padded lists (a per-row tensor costs more at decode batch sizes)
+        table = torch.tensor([r + [0] * (w - len(r)) for r in rows], dtype=torch.int32)
+        return table.view(len(rows), w).to(self.device)
 
     def seq_lens(self, seq_ids: Sequence[int]) -> torch.Tensor:
         """int32 ``[batch]`` tokens in the cache per sequence."""

@@ -253,8 +253,11 @@ class Decoder:
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         vocab = self.model.config.vocab_size
-        bad = (ids < 0) | (ids >= vocab)
-        if bool(bad.any()):
+        if ids.numel() == 0:
+            return
+        lo, hi = torch.aminmax(ids)
+        if int(lo) < 0 or int(hi) >= vocab:
+            bad = (ids < 0) | (ids >= vocab)
             raise GenerationError(f"token id {int(ids[bad][0])} is outside the vocabulary "
                                   f"[0, {vocab})")
 
@@ -335,13 +338,14 @@ class Decoder:
         """Append ``tokens`` [batch] or [batch, T] (same T for all) through the paged path;
         returns logits [batch, T, vocab]. A token outside the vocabulary is a
         :class:`GenerationError`; if the step fails, the sequences are left as they were."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens[:, None]
         B, T = tokens.shape
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
-        self._check_ids(tokens)
+        self._check_ids(tokens)  # where they are: host tokens cost no device synchronisation
+        tokens = tokens.to(self.cache.device)
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
             block_table = self.cache.block_table(seq_ids)
