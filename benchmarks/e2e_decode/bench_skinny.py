@@ -33,10 +33,11 @@ SHAPES = {
     "gate/up swiglu (mlra_4)": (3072, (9880, 9880), True, False, True),
     "down + residual (mlra_4)": (9880, (3072,), False, True, False),
     "q/k/v (gqa)": (3072, (3072, 768, 768), True, False, False),
+    "final norm + head": (3072, (50304,), True, False, False),
 }
-SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=nw, num_stages=st)
-         for (bn, bk), wv, nw, st in itertools.product(
-             ((16, 512), (32, 256), (64, 128), (32, 512), (64, 256)), (1, 2, 4), (4, 8), (3,))]
+SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=4, num_stages=st)
+         for (bn, bk), wv, st in itertools.product(
+             ((8, 512), (16, 256), (16, 512), (32, 256), (64, 128)), (1, 2, 4, 8), (2, 4))]
 
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
