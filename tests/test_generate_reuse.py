@@ -245,19 +245,20 @@ def test_generate_benchmark_smoke(tmp_path):
 # ----------------------------------------------------------------------------- GPU
 @gpu
 def test_second_call_captures_no_graph():
+    """Batch 8 first (the cache it needs also holds batch 1), then batch 1 twice and batch 8
+    again: one new graph for the new batch bucket, none on the repeated calls, same tokens."""
     model = tiny_model("mlra_4", dtype=torch.bfloat16, max_seq_len=1024).cuda()
     vocab = model.config.vocab_size
     one, eight = _prompts(vocab, (40,), seed=6), _prompts(vocab, (40,) * 8, seed=7)
-    first = mlra.generate(model, one, max_new_tokens=12)
+    first_eight = mlra.generate(model, eight, max_new_tokens=12)
     step = kept_decoder(model).step
     assert isinstance(step, GraphedDecodeStep) and step.disabled is None
     captured = step.captures
     assert captured >= 1
+    first = mlra.generate(model, one, max_new_tokens=12)  # a new batch bucket: its own graph
+    assert kept_decoder(model).step is step and step.captures == captured + 1
     assert mlra.generate(model, one, max_new_tokens=12) == first
-    assert kept_decoder(model).step is step and step.captures == captured
-    mlra.generate(model, eight, max_new_tokens=12)  # a new batch bucket: its own graph
-    assert step.captures == captured + 1
-    assert mlra.generate(model, one, max_new_tokens=12) == first
-    mlra.generate(model, eight, max_new_tokens=12)
-    assert step.captures == captured + 1 and kept_decoder(model).step is step
+    assert mlra.generate(model, eight, max_new_tokens=12) == first_eight
+    assert kept_decoder(model).step is step and step.captures == captured + 1
     assert first == _fresh(model, one, max_new_tokens=12)
+    assert first_eight == _fresh(model, eight, max_new_tokens=12)
