@@ -127,12 +127,19 @@ def bare_step_seconds(model, batch: int, context: int, reps: int) -> float:
         cache.reset()
 
 
+def triton_cache_entries() -> int:
+    """Kernels in Triton's on-disk cache (a cold start compiles those it lacks)."""
+    path = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    return sum(1 for _ in path.iterdir()) if path.is_dir() else 0
+
+
 def run_config(variant: str, size: str, batch: int, compile: bool, args) -> dict:
     """Every number of one (variant, batch, compile) configuration, in this process."""
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     row: dict = {"variant": variant, "batch": batch, "compile": compile,
-                 "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+                 "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+                 "triton_cache_entries_before": triton_cache_entries()}
     t0 = time.perf_counter()
     max_len = max(2048, args.prompt_len + args.new_tokens + 1)
     cfg = ModelConfig.preset(variant, size=size, max_seq_len=max_len, zero_init_output=False)
@@ -209,20 +216,21 @@ def format_table(result: dict) -> str:
         f"`{result['command']}`", "",
         "| variant | batch | compile | step path | cold TTFT ms | cold first step ms | "
         "warm TTFT ms | warm first step ms | graphs captured (1st / 2nd call) | per token ms "
-        "| step ms | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step ms | ratio | Triton cache entries before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
         head = f"| {r['variant']} | {r['batch']} | {'on' if r['compile'] else 'off'} |"
         if "error" in r or "skipped" in r:
-            lines.append(f"{head} {r.get('error') or r.get('skipped')} |||||||||")
+            lines.append(f"{head} {r.get('error') or r.get('skipped')} ||||||||||")
             continue
         c, w = r["cold"], r["warm"]
         lines.append(
             f"{head} {r['step_path']} | {c['ttft_ms']:.1f} | {_fmt(c['first_step_ms'], '.1f')} "
             f"| {w['ttft_ms']:.1f} | {_fmt(w['first_step_ms'], '.1f')} | "
             f"{r['graphs_captured_first_call']} / {r['graphs_captured_second_call']} | "
-            f"{r['per_token_ms']:.3f} | {r['step_ms']:.3f} | {r['ratio']:.3f} |")
+            f"{r['per_token_ms']:.3f} | {r['step_ms']:.3f} | {r['ratio']:.3f} | "
+            f"{r['triton_cache_entries_before']} |")
     return "\n".join(lines) + "\n"
 
 
