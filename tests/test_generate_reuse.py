@@ -239,6 +239,7 @@ def test_generate_benchmark_smoke(tmp_path):
         assert r["cold"]["ttft_ms"] > 0 and r["warm"]["ttft_ms"] > 0
         assert r["per_token_ms"] > 0 and r["step_ms"] > 0
         assert r["ratio"] == pytest.approx(r["per_token_ms"] / r["step_ms"])
+        assert r["new_bucket"]["batch"] == 2 * r["batch"] and r["new_bucket"]["first_step_ms"]
     assert "| mlra_4 | 2 |" in (tmp_path / "bench_generate.md").read_text()
 
 

@@ -21,7 +21,9 @@ of prompt 0 (the sampled ids reach the host every step, so consecutive stamps ar
 - ``step_ms``: the bare step at the same batch and context (``prompt_len + new_tokens / 2``):
   the very CUDA graph ``generate`` replays, replayed back to back (CUDA events; off CUDA or
   without graphs, the step called directly);
-- ``ratio`` = per_token / step (target <= 1.1).
+- ``ratio`` = per_token / step (target <= 1.1);
+- ``new_bucket``: then one call at twice the batch (a batch bucket the process has not seen):
+  its TTFT and first step, what a user waits for when the batch size changes.
 
     PYTHONPATH=src python benchmarks/e2e_decode/bench_generate.py --out "$OUT/generate"
 
@@ -175,6 +177,13 @@ def run_config(variant: str, size: str, batch: int, compile: bool, args) -> dict
     row["step_ms"] = bare_step_seconds(model, batch, context, args.reps) * 1e3
     row["ratio"] = row["per_token_ms"] / row["step_ms"]
     row["host_gap_ms"] = row["per_token_ms"] - row["step_ms"]
+    # a batch bucket this process has not seen (twice the batch): what a user waits for when
+    # the batch size changes in a warm process (the cache grows: a new decoder, probe, capture)
+    g = torch.Generator().manual_seed(batch + 1)
+    more = torch.randint(0, cfg.vocab_size, (2 * bucket(batch), args.prompt_len),
+                         generator=g).tolist()
+    _, stamps, total = _timed_call(model, more, min(args.new_tokens, 8), compile)
+    row["new_bucket"] = {"batch": len(more), **_call_summary(stamps, total)}
     del model, decoder, again
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -216,20 +225,22 @@ def format_table(result: dict) -> str:
         f"`{result['command']}`", "",
         "| variant | batch | compile | step path | cold TTFT ms | cold first step ms | "
         "warm TTFT ms | warm first step ms | graphs captured (1st / 2nd call) | per token ms "
-        "| step ms | ratio | Triton cache entries before |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step ms | ratio | new bucket: batch, TTFT / first step ms | Triton cache entries "
+        "before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
         head = f"| {r['variant']} | {r['batch']} | {'on' if r['compile'] else 'off'} |"
         if "error" in r or "skipped" in r:
-            lines.append(f"{head} {r.get('error') or r.get('skipped')} ||||||||||")
+            lines.append(f"{head} {r.get('error') or r.get('skipped')} |||||||||||")
             continue
-        c, w = r["cold"], r["warm"]
+        c, w, nb = r["cold"], r["warm"], r["new_bucket"]
         lines.append(
             f"{head} {r['step_path']} | {c['ttft_ms']:.1f} | {_fmt(c['first_step_ms'], '.1f')} "
             f"| {w['ttft_ms']:.1f} | {_fmt(w['first_step_ms'], '.1f')} | "
             f"{r['graphs_captured_first_call']} / {r['graphs_captured_second_call']} | "
             f"{r['per_token_ms']:.3f} | {r['step_ms']:.3f} | {r['ratio']:.3f} | "
+            f"{nb['batch']}: {nb['ttft_ms']:.1f} / {_fmt(nb['first_step_ms'], '.1f')} | "
             f"{r['triton_cache_entries_before']} |")
     return "\n".join(lines) + "\n"
 
