@@ -91,6 +91,23 @@ def test_skinny_linear_matches_reference(case, split):
             assert rel_error(o.float(), e) < TOL
 
 
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 3])
+def test_skinny_linear_rounds_an_fp32_input_like_the_reference(rows):
+    """fp32 head outputs feed the bf16 output projection directly (no cast launch)."""
+    from mlra.kernels.triton_skinny import skinny_linear_triton
+
+    g = _gen(rows)
+    x = torch.randn(rows, 96, generator=g).to(DEVICE)
+    w = _randn(40, 96, g=g)
+    r = _randn(rows, 40, g=g)
+    (out,) = skinny_linear_triton(x, [w], residual=r)
+    (same,) = skinny_linear_triton(x.to(BF), [w], residual=r)
+    (ref,) = skinny_linear_ref(x, [w], residual=r)
+    assert out.dtype == BF and rel_error(out.float(), same.float()) < 1e-2
+    assert rel_error(out.float(), ref.float()) < TOL
+
+
 def test_skinny_reference_checks_its_arguments():
     x = torch.randn(2, 8)
     w = torch.randn(4, 8)

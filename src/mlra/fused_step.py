@@ -92,8 +92,7 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     elif cfg.family == "latent":
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
-        o = attn.decode_output(o)
-    o = o.to(x.dtype)
+        o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
     local = block.reduce is _identity
     if local:
         (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)

@@ -137,10 +137,13 @@ SKINNY_MAX_ROWS = 64
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
     """Shapes the Triton small-batch matrix product takes: bf16/fp16, at most
-    :data:`SKINNY_MAX_ROWS` rows, weights of ``x``'s dtype with contiguous rows."""
+    :data:`SKINNY_MAX_ROWS` rows, weights of one dtype with contiguous rows (``x`` of that
+    dtype or fp32)."""
     rows = x.numel() // max(1, x.shape[-1])
-    return (x.dtype in _KERNEL_DTYPES and rows <= SKINNY_MAX_ROWS
-            and all(w.dtype == x.dtype and w.dim() == 2 and w.stride(-1) == 1
+    dtype = weights[0].dtype if weights else x.dtype
+    return (dtype in _KERNEL_DTYPES and x.dtype in (dtype, torch.float32)
+            and rows <= SKINNY_MAX_ROWS
+            and all(w.dtype == dtype and w.dim() == 2 and w.stride(-1) == 1
                     and w.shape[1] == x.shape[-1] for w in weights))
 
 

@@ -157,14 +157,15 @@ def skinny_linear_ref(
     """``h @ W.T`` for each weight, ``h = rms_norm(x, norm_weight, eps) * in_scale`` (or ``x``).
 
     ``swiglu``: ``weights`` is (gate, up) and the one output is ``silu(h Wg.T) * (h Wu.T)``.
-    ``residual``: added to the (single) output. Outputs keep ``x``'s leading dimensions."""
+    ``residual``: added to the (single) output. ``x`` is first cast to the weights' dtype;
+    outputs keep its leading dimensions."""
     from mlra.layers import rms_norm  # a building block, not a model
 
     if swiglu and len(weights) != 2:
         raise ValueError("swiglu takes (gate, up) weights")
     if residual is not None and (swiglu or len(weights) != 1):
         raise ValueError("a residual is added to a single plain output")
-    h = x
+    h = x.to(weights[0].dtype)
     if norm_weight is not None:
         h = rms_norm(x, norm_weight, eps)
         if in_scale != 1.0:

@@ -87,6 +87,7 @@ def _skinny_kernel(
         mask_k = kk < k_hi
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        xv = xv.to(w1_ptr.dtype.element_ty)  # an fp32 input is rounded as the reference does
         w = tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if SWIGLU:
@@ -217,7 +218,8 @@ def skinny_linear_triton(
         raise ValueError(f"skinny_linear_triton takes at most {MAX_ROWS} rows, got {M}")
     ws_in = list(weights)
     n_w = 1 if swiglu else len(ws_in)
-    outs = [torch.empty(M, w.shape[0], dtype=x.dtype, device=x.device) for w in ws_in[:n_w]]
+    dtype = ws_in[0].dtype
+    outs = [torch.empty(M, w.shape[0], dtype=dtype, device=x.device) for w in ws_in[:n_w]]
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
     block_m = 1 if M == 1 else max(16, next_pow2(M))
