@@ -210,14 +210,16 @@ class PagedKVCache:
             if len(r) > width:
                 raise ValueError(f"sequence {seq_ids[i]} holds {len(r)} pages > width {width}")
         w = max(width, 1)
-        # one host tensor from padded lists (a per-row tensor costs more at decode batch sizes)
+        # one host tensor from padded lists (a per-row tensor costs more at decode batch sizes);
+        # a copy from pageable memory is staged before it returns, so non_blocking only skips
+        # waiting for the device (a blocking copy would wait for the stream every step)
         table = torch.tensor([r + [0] * (w - len(r)) for r in rows], dtype=torch.int32)
-        return table.view(len(rows), w).to(self.device)
+        return table.view(len(rows), w).to(self.device, non_blocking=True)
 
     def seq_lens(self, seq_ids: Sequence[int]) -> torch.Tensor:
         """int32 ``[batch]`` tokens in the cache per sequence."""
-        return torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32,
-                            device=self.device)
+        lens = torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32)
+        return lens.to(self.device, non_blocking=True)  # staged: see block_table
 
     # -- data -------------------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, state: KVState) -> None:

@@ -358,7 +358,7 @@ class Decoder:
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
         self._check_ids(tokens)  # where they are: host tokens cost no device synchronisation
-        tokens = tokens.to(self.cache.device)
+        tokens = tokens.to(self.cache.device, non_blocking=True)  # staged: no device wait
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
             block_table = self.cache.block_table(seq_ids)
