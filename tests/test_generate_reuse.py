@@ -215,6 +215,43 @@ def test_graph_inputs_are_padded_in_place_over_a_larger_batch():
         load_padded(static, ids, torch.zeros(3, 17, dtype=torch.int32), lens)
 
 
+def test_block_tables_follow_every_page_change():
+    """The host rows kept for block tables stay equal to the page lists through appends,
+    rollbacks (truncate), frees, page reuse and reset."""
+    cache = PagedKVCache.for_model(tiny_model("mla"), 40 * 4, 4)
+    g = torch.Generator().manual_seed(0)
+    live: list[int] = []
+
+    def expect(sids):
+        width = max((len(cache.pages(s)) for s in sids), default=0)
+        want = torch.zeros(len(sids), max(width, 1), dtype=torch.int32)
+        for i, s in enumerate(sids):
+            want[i, : len(cache.pages(s))] = torch.tensor(cache.pages(s), dtype=torch.int32)
+        return want
+
+    for _ in range(300):
+        op = int(torch.randint(0, 6, (1,), generator=g))
+        if op == 0 or not live:
+            live.append(cache.add_sequence())
+        elif op in (1, 2):
+            s = live[int(torch.randint(0, len(live), (1,), generator=g))]
+            n = int(torch.randint(1, 9, (1,), generator=g))
+            if cache.num_free_pages * 4 >= n + 4:
+                cache.extend([s], [n])
+        elif op == 3:
+            s = live[int(torch.randint(0, len(live), (1,), generator=g))]
+            cache.truncate(s, int(torch.randint(0, cache.length(s) + 1, (1,), generator=g)))
+        elif op == 4:
+            cache.free(live.pop(int(torch.randint(0, len(live), (1,), generator=g))))
+        else:
+            cache.reset()
+            live.clear()
+        if live:
+            assert torch.equal(cache.block_table(live), expect(live))
+            assert torch.equal(cache.block_table(live[:1], width=40), torch.nn.functional.pad(
+                expect(live[:1]), (0, 40 - expect(live[:1]).shape[1])))
+
+
 # ----------------------------------------------------------------------------- benchmark
 def _bench():
     path = Path(__file__).parents[1] / "benchmarks" / "e2e_decode" / "bench_generate.py"
