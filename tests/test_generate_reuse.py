@@ -134,6 +134,24 @@ def test_rebuilt_when_weights_dtype_settings_or_size_change():
     assert kept_decoder(model) is grown
 
 
+def test_inference_mode_and_plain_calls_do_not_share_a_cache():
+    """A cache made under torch.inference_mode cannot be written outside it (and the other
+    way round is kept apart too): alternating calls each get a decoder of their mode."""
+    model = tiny_model("mla")
+    with torch.inference_mode():
+        inside = mlra.generate(model, [[1, 2, 3]], max_new_tokens=4)
+        dec = kept_decoder(model)
+    assert mlra.generate(model, [[1, 2, 3]], max_new_tokens=4) == inside
+    assert kept_decoder(model) is not dec
+    with torch.inference_mode():
+        assert mlra.generate(model, [[1, 2, 3]], max_new_tokens=4) == inside
+        built_inside = tiny_model("mla")  # inference tensors: no version counters
+        first = mlra.generate(built_inside, [[1, 2, 3]], max_new_tokens=4)
+        dec = kept_decoder(built_inside)
+        assert mlra.generate(built_inside, [[1, 2, 3]], max_new_tokens=4) == first == inside
+        assert kept_decoder(built_inside) is dec
+
+
 def test_released_explicitly_and_with_the_model():
     model = tiny_model("gla_2")
     mlra.generate(model, [[1, 2, 3]], max_new_tokens=3)

@@ -9,10 +9,11 @@ the graphs the first call captured instead of capturing them again.
 - Kept per model, weakly: the decoder reaches the model through a weak proxy, so dropping the
   model frees it, its cache and its graphs (nothing is attached to the model itself: copying or
   pickling the model copies none of it).
-- Used again only while it fits the call: the same page size, graph and compile settings, a
-  cache of at least the pages the call needs, and the model's parameters and buffers unchanged
-  since the last call (the same tensors -- address, dtype, device, shape -- and no in-place
-  update: their version counters). Otherwise it is dropped, its memory first, and a new one
+- Used again only while it fits the call: the same page size, graph and compile settings, the
+  same inference mode (a cache made under ``torch.inference_mode`` cannot be written outside
+  it), a cache of at least the pages the call needs, and the model's parameters and buffers
+  unchanged since the last call (the same tensors -- address, dtype, device, shape -- and no
+  in-place update: their version counters). Otherwise it is dropped, its memory first, and a new one
   built; one that grows keeps the larger of the two sizes.
 - A call holds it alone: a concurrent call on the same model (another thread) builds a decoder
   of its own for that call, as every call did before decoders were kept.
@@ -55,7 +56,16 @@ def fingerprint(model: torch.nn.Module) -> tuple:
     address, dtype, device, shape and version counter (bumped by in-place updates)."""
     tensors = itertools.chain(model.parameters(), model.buffers())
     return (model.config, tuple(
-        (t.data_ptr(), t.dtype, t.device, tuple(t.shape), t._version) for t in tensors))
+        (t.data_ptr(), t.dtype, t.device, tuple(t.shape), _version(t)) for t in tensors))
+
+
+def _version(t: torch.Tensor) -> int:
+    """The version counter; -1 for an inference tensor (it has none; graphs read the tensor's
+    memory, so an in-place update still reaches them)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def kept_decoder(model: torch.nn.Module) -> Decoder | None:
@@ -77,7 +87,8 @@ def release_decoder(model: torch.nn.Module | None = None) -> None:
 
 
 def _settings(page_size: int, cuda_graphs: bool, compile: bool | dict) -> tuple:
-    return (page_size, cuda_graphs, dict(compile) if isinstance(compile, dict) else bool(compile))
+    return (page_size, cuda_graphs, dict(compile) if isinstance(compile, dict) else bool(compile),
+            torch.is_inference_mode_enabled())
 
 
 def _checkout(model: torch.nn.Module, num_pages: int, page_size: int, cuda_graphs: bool,
