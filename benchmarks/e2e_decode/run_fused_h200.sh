@@ -6,9 +6,9 @@
 export PYTHONPATH=$PWD/src
 OUT=${OUT:-out}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
-timeout 120 python -m pytest tests/test_step_kernels.py -x -q 2>&1 | tail -3
+timeout 90 python -m pytest tests/test_step_kernels.py -x -q 2>&1 | tail -3
 mkdir -p "$OUT/skinny"
-timeout ${SKINNY_S:-170} python benchmarks/e2e_decode/bench_skinny.py --rows 1,8,32 --sweep \
+timeout ${SKINNY_S:-150} python benchmarks/e2e_decode/bench_skinny.py --rows 1,8,32 --sweep \
   --sweep-rows 1,8 --out "$OUT/skinny" > "$OUT/skinny/log.txt" 2>&1 || true
 tail -2 "$OUT/skinny/log.txt"
 export MLRA_SKINNY_TUNED=$OUT/skinny/skinny_tuned.json
