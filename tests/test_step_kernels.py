@@ -9,6 +9,7 @@ bf16 inputs; tolerances are relative L2 errors (bf16 outputs carry ~4e-3 of roun
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -106,6 +107,26 @@ def test_skinny_linear_rounds_an_fp32_input_like_the_reference(rows):
     (ref,) = skinny_linear_ref(x, [w], residual=r)
     assert out.dtype == BF and rel_error(out.float(), same.float()) < 1e-2
     assert rel_error(out.float(), ref.float()) < TOL
+
+
+@needs_triton
+def test_tuned_launch_parameters_are_looked_up_by_device_and_nearest_shape(tmp_path,
+                                                                            monkeypatch):
+    from mlra.kernels import triton_skinny as ts
+
+    key = ts.tuning_key(1, 3072, [9880, 9880], True)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"GPU-X": {key: {"block_n": 16, "block_k": 512}}}))
+    monkeypatch.setenv(ts.TUNED_ENV, str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-X")
+    cuda = torch.device("cuda")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) == {"block_n": 16, "block_k": 512}
+    assert ts.tuned_config(cuda, 1, 3072, [9448, 9448], True)["block_n"] == 16  # nearest N
+    assert ts.tuned_config(cuda, 1, 3072, [9448], False) is None  # another kind
+    assert ts.tuned_config(cuda, 16, 3072, [9880, 9880], True) is None  # another row count
+    assert ts.tuned_config(torch.device("cpu"), 1, 3072, [9880, 9880], True) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-Y")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) is None
 
 
 def test_skinny_reference_checks_its_arguments():
