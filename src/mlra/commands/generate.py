@@ -67,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode eagerly on a GPU (default: decode steps replayed through CUDA "
                    "graphs, one capture per batch / table-size bucket)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the dense parts of the decode step (fewer, fused kernels: "
-                   "about 40%% less time per token at batch 1 on a GPU; max-autotune "
-                   "compilation takes 5-50 s per batch size at start-up)")
+                   help="torch.compile the dense parts of the decode step of variants without "
+                   "fused decode kernels (GTA, MFA, TPA, output gate; MHA/MQA/GQA and the "
+                   "latent family decode through fused kernels on a GPU without it); "
+                   "max-autotune compilation takes 5-50 s per batch size at start-up")
     add_tp_arg(p)
     p.set_defaults(func=run)
 
