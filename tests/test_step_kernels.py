@@ -20,7 +20,7 @@ if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mlra.cache import PagedKVCache  # noqa: E402
-from mlra.config import ModelConfig  # noqa: E402
+from mlra.config import VARIANTS, ModelConfig  # noqa: E402
 from mlra.decoding import Decoder  # noqa: E402
 from mlra.kernels.reference import (  # noqa: E402
     gqa_decode_prepare_ref,
@@ -248,7 +248,7 @@ def test_decode_slots_match_reference(T):
     assert torch.equal(pos, ref_pos) and torch.equal(slots, ref_slots)
 
 
-FUSED_VARIANTS = ["mla", "gla_2", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
+FUSED_VARIANTS = ["mla", "gla_2", "gla_4", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
 
 
 def _decode_logits(model, fused, dtype, device):
@@ -262,14 +262,17 @@ def _decode_logits(model, fused, dtype, device):
     return dec.step.fused, steps
 
 
-@pytest.mark.parametrize("name", FUSED_VARIANTS + ["gta", "tpa"])
-def test_fused_step_equals_module_step_fp32(name):
-    """On a CPU the fused forms run the references: the same numbers as the module forms."""
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("ablation", [{}, {"latent_scaling": False}, {"output_gate": True}],
+                         ids=["default", "no-latent-scaling", "output-gate"])
+def test_fused_step_equals_module_step_fp32(name, ablation):
+    """On a CPU the fused forms run the references: the same numbers as the module forms, for
+    every variant and ablation (those without a fused form run the module forms)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False)
+    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False, **ablation)
     model = Transformer(cfg).float().eval()
     used, fused = _decode_logits(model, True, torch.float32, "cpu")
-    assert used == (name in FUSED_VARIANTS)
+    assert used == (name in FUSED_VARIANTS and not ablation.get("output_gate"))
     _, plain = _decode_logits(model, False, torch.float32, "cpu")
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
