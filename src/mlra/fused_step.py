@@ -31,6 +31,11 @@ def fused_supported(block: Block) -> bool:
     return cfg.family == "latent" or (cfg.family == "standard" and block.attn.layout.direct_kv)
 
 
+MERGE_IN_UP = False
+"""Merge the attention kernel's split partials inside the W_UV launch (one launch fewer per
+layer). Off: at batch 1 every W_UV program re-reads its head's partials of all splits, which
+measured slower on the H200 (27 us per layer at 8K) than the merge kernel plus W_UV."""
+
 _INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}
 
 
@@ -71,7 +76,7 @@ def fused_attend(ctx, block: Block, q, state) -> torch.Tensor | tuple[torch.Tens
     split-KV partials unmerged, so that :func:`fused_post` merges them inside its W_UV launch
     (the cache entries were written by :func:`fused_pre`)."""
     attn = block.attn
-    if attn.cfg.family != "latent" or attn.groups != 1 or attn.branches > 4:
+    if not MERGE_IN_UP or attn.cfg.family != "latent" or attn.groups != 1 or attn.branches > 4:
         return type(ctx).attend(ctx, block, q, state)
     q_abs, q_rope = q
     layout = ctx.cache.layout

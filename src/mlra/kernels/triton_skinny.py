@@ -59,7 +59,7 @@ def _skinny_kernel(
     eps, in_scale,
     NUM_W: tl.constexpr, SWIGLU: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -76,6 +76,10 @@ def _skinny_kernel(
         if pid_n >= T1 + T2:
             w_ptr, o_ptr, N, sw, so, t = w3_ptr, o3_ptr, N3, sw3, so3, pid_n - T1 - T2
 
+    if ALIGNED:  # rows start on 16-byte boundaries: vector loads (e.g. K = 9880)
+        sw = tl.multiple_of(sw, 8)
+        sw2 = tl.multiple_of(sw2, 8)
+        stride_xm = tl.multiple_of(stride_xm, 8)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_n = t * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -300,6 +304,7 @@ def skinny_linear_triton(
         NUM_W=n_w, SWIGLU=swiglu, HAS_NORM=norm_weight is not None,
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
+        ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
         num_warps=cfg.num_warps,
     )
     return tuple(o.view(*lead, -1) for o in outs)
