@@ -131,8 +131,10 @@ def paged_gqa_decode(
     return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
-SKINNY_MAX_ROWS = 64
-"""The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel."""
+SKINNY_MAX_ROWS = 16
+"""The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel (the
+kernel takes up to 64; from 32 rows cuBLAS measured faster on the H200, see
+``benchmarks/e2e_decode/results/fused_h200``)."""
 
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
