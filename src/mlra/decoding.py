@@ -139,7 +139,7 @@ class DecodeStep:
         ctx.pre = functools.partial(fused_pre, ctx)
         ctx.attend = functools.partial(fused_attend, ctx)
         ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
-        if type(model).logits is not Transformer.logits:  # e.g. vocab-parallel heads
+        if getattr(model.logits, "__func__", None) is not Transformer.logits:  # e.g. TP heads
             return model.logits(model.run(input_ids, positions, ctx))
         hidden = model.run(input_ids, positions, ctx, final_norm=False)
         return fused_logits(model, hidden)
