@@ -278,6 +278,19 @@ def test_fused_step_equals_module_step_fp32(name, ablation):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_step_through_a_weak_proxy_of_the_model():
+    """generate() keeps its decoder with a weak proxy of the model: the fused head still
+    applies (the proxy's type is not the model's)."""
+    import weakref
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("mlra_4", "tiny", zero_init_output=False)).eval()
+    _, direct = _decode_logits(model, True, torch.float32, "cpu")
+    _, proxied = _decode_logits(weakref.proxy(model), True, torch.float32, "cpu")
+    for a, b in zip(direct, proxied, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_fused_forms_are_skipped_for_an_output_gate():
     cfg = ModelConfig.preset("mlra_4", "tiny", output_gate=True)
     model = Transformer(cfg).eval()
