@@ -3,7 +3,7 @@ paged decode steps: each layer as a handful of kernel launches instead of dozens
 
 Per layer (latent family): the attention norm and every projection reading its output in one
 launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
-one, the attention kernel, ``W_UV`` with the split merge and the branch sum in one, the output
+one, the attention kernel and its split merge, ``W_UV`` with the branch sum in one, the output
 projection with the residual in one, the MLP norm with gate and up in one, the down projection
 with the residual in one. The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write
 launch. The operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references
