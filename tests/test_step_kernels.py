@@ -58,7 +58,8 @@ if ON_GPU:  # the paper's projections: q/kv down, wq_b, wo + residual, gate/up, 
 else:
     SKINNY = [(1, 96, (40,), False, False, False), (3, 200, (64, 48, 30), True, False, False),
               (5, 160, (72,), False, True, False), (2, 128, (100, 100), True, False, True),
-              (17, 64, (24,), True, True, False)]
+              (17, 64, (24,), True, True, False), (1, 160, (50, 20), True, False, False),
+              (1, 128, (70, 70), True, False, True), (1, 64, (30,), False, True, False)]
 
 
 @needs_triton

@@ -34,9 +34,9 @@ SHAPES = {
     "down + residual (mlra_4)": (9880, (3072,), False, True, False),
     "q/k/v (gqa)": (3072, (3072, 768, 768), True, False, False),
 }
-SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_stages=st, num_warps=nw)
-         for bn, bk, wv, st, nw in itertools.product((32, 64), (128, 256), (2, 4, 8), (4,),
-                                                     (4,))]
+SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=nw, num_stages=st)
+         for (bn, bk), wv, nw, st in itertools.product(
+             ((16, 512), (32, 256), (64, 128), (32, 512), (64, 256)), (1, 2, 4), (4, 8), (3,))]
 
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--rows", default="1,8,32", help="batch rows (comma-separated)")
     p.add_argument("--sweep", action="store_true", help="also time every config of SWEEP")
+    p.add_argument("--sweep-rows", default="1", help="rows the sweep runs for")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         t_ours = graph_time(ours)
         t_ref = graph_time(ref)
         best = (t_ours, None)
-        if args.sweep:
+        if args.sweep and str(M) in args.sweep_rows.split(","):
             for cfg in SWEEP:
                 try:
                     t = graph_time(lambda i, cfg=cfg: ours(i, cfg))

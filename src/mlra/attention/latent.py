@@ -201,7 +201,7 @@ class LatentAttention(Attention):
                 block_table, seq_lens, offsets, layout.rope_offset, self.cfg.softmax_scale,
             )  # [B, T, nb, Hg, w]
             zs.append(z)
-        return torch.stack(zs, dim=3)
+        return zs[0].unsqueeze(3) if G == 1 else torch.stack(zs, dim=3)
 
     def decode_output(self, z: torch.Tensor) -> torch.Tensor:
         """W_UV per head, then the sum over branches times ``out_scale``."""

@@ -3,8 +3,9 @@
 
 One kernel, :func:`_skinny_kernel`, covers the projections of a decode step:
 
-- an optional RMSNorm of ``x`` in the prologue (each program recomputes the row statistics:
-  ``x`` is a few kilobytes, the weights are megabytes), times the norm weight and a scale;
+- an optional RMSNorm of ``x`` folded into the product (``x * g`` streamed, the per-row
+  ``1 / rms`` applied in the epilogue from sums of squares gathered by the same loads), times a
+  scale;
 - up to three weights reading the same input in one launch (e.g. the query and KV down
   projections, or the q/k/v projections), each with its own output;
 - SwiGLU: gate and up tiles read side by side, ``silu(gate) * up`` in the epilogue;
@@ -45,20 +46,6 @@ class SkinnyConfig:
     waves: float | None = None
 
 
-@triton.jit
-def _norm_rstd(x_ptr, stride_xm, offs_m, mask_m, K, eps, BLOCK_M: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """1 / rms of each row of ``x`` (fp32)."""
-    ss = tl.zeros([BLOCK_M], dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs_k
-        xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
-                     mask=mask_m[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
-        ss += tl.sum(xv * xv, axis=1)
-    return 1.0 / tl.sqrt(ss / K + eps)
-
-
 @triton.jit(do_not_specialize=["N1", "N2", "N3", "T1", "T2"])
 def _skinny_kernel(
     x_ptr, g_ptr, res_ptr, ws_ptr, cnt_ptr,
@@ -70,6 +57,9 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
+    folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
+    from the same loads (per K range, summed with the partials under split-K)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_cols = tl.num_programs(0) * BLOCK_N  # workspace row width
@@ -87,11 +77,9 @@ def _skinny_kernel(
     offs_n = t * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_kb = tl.arange(0, BLOCK_K)
-    if HAS_NORM:
-        rstd = _norm_rstd(x_ptr, stride_xm, offs_m, mask_m, K, eps, BLOCK_M, BLOCK_K)
-
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    ss = tl.zeros([BLOCK_M], dtype=tl.float32)
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(k_lo + K_SPLIT, K)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
@@ -99,49 +87,67 @@ def _skinny_kernel(
         mask_k = kk < k_hi
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        if HAS_NORM:  # RMSNorm as the reference rounds it: normed in x's dtype, then * g
-            g = tl.load(g_ptr + kk, mask=mask_k, other=0.0).to(tl.float32)
-            xn = (xv.to(tl.float32) * rstd[:, None]).to(xv.dtype).to(tl.float32)
-            xv = (xn * g[None, :] * in_scale).to(xv.dtype)
-        xv = xv.to(w1_ptr.dtype.element_ty)
         w = tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.dot(xv, tl.trans(w))
         if SWIGLU:
             w2 = tl.load(w2_ptr + offs_n[:, None] * sw2 + kk[None, :],
                          mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            acc2 += tl.dot(xv, tl.trans(w2))
+        if HAS_NORM:
+            xf = xv.to(tl.float32)
+            ss += tl.sum(xf * xf, axis=1)
+            xv = xf * tl.load(g_ptr + kk, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+        if BLOCK_M == 1:  # one row: a weight-streaming dot product per output
+            xf = xv.to(tl.float32)
+            acc += tl.sum(w.to(tl.float32) * xf, axis=1)[None, :]
+            if SWIGLU:
+                acc2 += tl.sum(w2.to(tl.float32) * xf, axis=1)[None, :]
+        else:
+            xb = xv.to(w1_ptr.dtype.element_ty)
+            acc += tl.dot(xb, tl.trans(w))
+            if SWIGLU:
+                acc2 += tl.dot(xb, tl.trans(w2))
 
     if SPLIT_K > 1:
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         part = offs_m[:, None] * n_cols + cols[None, :]
         plane = BLOCK_M * n_cols
+        ss_ptr = ws_ptr + (2 * SPLIT_K) * plane + pid_n * SPLIT_K * BLOCK_M
         tl.store(ws_ptr + pid_k * plane + part, acc)
         if SWIGLU:
             tl.store(ws_ptr + (SPLIT_K + pid_k) * plane + part, acc2)
+        if HAS_NORM:
+            tl.store(ss_ptr + pid_k * BLOCK_M + offs_m, ss)
         tl.debug_barrier()  # every thread's partial is written before the arrival is counted
         arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:  # the last program of this tile reduces and finishes
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            ss = tl.zeros([BLOCK_M], dtype=tl.float32)
             for s in range(SPLIT_K):
                 acc += tl.load(ws_ptr + s * plane + part, cache_modifier=".cg")
                 if SWIGLU:
                     acc2 += tl.load(ws_ptr + (SPLIT_K + s) * plane + part,
                                     cache_modifier=".cg")
-            _finish(acc, acc2, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n, mask_m, mask_n,
-                    SWIGLU, HAS_RES)
+                if HAS_NORM:
+                    ss += tl.load(ss_ptr + s * BLOCK_M + offs_m, cache_modifier=".cg")
+            _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs_m,
+                    offs_n, mask_m, mask_n, SWIGLU, HAS_NORM, HAS_RES)
             tl.store(cnt_ptr + pid_n, 0)  # ready for the next launch
     else:
-        _finish(acc, acc2, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n, mask_m, mask_n,
-                SWIGLU, HAS_RES)
+        _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n,
+                mask_m, mask_n, SWIGLU, HAS_NORM, HAS_RES)
 
 
 @triton.jit
-def _finish(acc, acc2, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n, mask_m, mask_n,
-            SWIGLU: tl.constexpr, HAS_RES: tl.constexpr):
-    """The epilogue: SwiGLU, residual, store in the output's dtype."""
+def _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n,
+            mask_m, mask_n, SWIGLU: tl.constexpr, HAS_NORM: tl.constexpr,
+            HAS_RES: tl.constexpr):
+    """The epilogue: the folded norm, SwiGLU, residual, store in the output's dtype."""
     mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_NORM:
+        rstd = in_scale / tl.sqrt(ss / K + eps)
+        acc = acc * rstd[:, None]
+        acc2 = acc2 * rstd[:, None]
     out = acc
     if SWIGLU:
         out = acc / (1.0 + tl.exp(-acc)) * acc2
@@ -169,11 +175,13 @@ def _counters(device: torch.device, tiles: int) -> torch.Tensor:
 
 
 def default_skinny_config(M: int, K: int, tiles: int, swiglu: bool, sms: int) -> SkinnyConfig:
-    """Tiles of 64 outputs x 128 inputs; split K until about four programs per
+    """One row: tiles of 32 outputs x 256 inputs (a dot product per output, no tensor cores);
+    more rows: 32 x 128 tiles through ``tl.dot``. K is split until about two programs per
     multiprocessor exist (a weight of a few megabytes then still streams from every SM)."""
-    block_k = 128 if K >= 128 else max(16, next_pow2(K))
-    return SkinnyConfig(block_n=64 if M <= 16 else 32, block_k=block_k, split_k=None,
-                        num_warps=4, num_stages=4, waves=4.0)
+    block_k = 256 if M == 1 else 128
+    block_k = min(block_k, max(16, next_pow2(K)))
+    return SkinnyConfig(block_n=32, block_k=block_k, split_k=None, num_warps=4, num_stages=3,
+                        waves=2.0)
 
 
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
@@ -212,7 +220,7 @@ def skinny_linear_triton(
     outs = [torch.empty(M, w.shape[0], dtype=x.dtype, device=x.device) for w in ws_in[:n_w]]
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
-    block_m = max(16, next_pow2(M))
+    block_m = 1 if M == 1 else max(16, next_pow2(M))
     base = default_skinny_config(M, K, 0, swiglu, device_sms(x))
     cfg = base if config is None else dataclasses.replace(
         base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -222,8 +230,8 @@ def skinny_linear_triton(
     tiles = sum(tiles_each)
     split, k_split = _split(K, cfg.block_k, tiles, device_sms(x), cfg.waves, cfg.split_k)
     if split > 1:
-        planes = split * (2 if swiglu else 1)
-        ws = torch.empty(planes * block_m * tiles * bn, dtype=torch.float32, device=x.device)
+        ws = torch.empty(2 * split * block_m * tiles * bn + tiles * split * block_m,
+                         dtype=torch.float32, device=x.device)
         cnt = _counters(x.device, tiles)
     else:
         ws = cnt = x2  # unused

@@ -50,8 +50,8 @@ def _latent_prepare_kernel(
             x = tl.load(c_ptr + m * stride_cm + l * W + offs, mask=mask, other=0.0)
             xf = x.to(tl.float32)
             rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / W + eps)
-            g = tl.load(kvn_ptr + l * W + offs, mask=mask, other=0.0)
-            normed = (xf * rstd).to(x.dtype).to(tl.float32) * g.to(tl.float32)
+            weight = tl.load(kvn_ptr + l * W + offs, mask=mask, other=0.0)
+            normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
             y = normed.to(x.dtype).to(tl.float32) * kv_scale
             tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
         k_rope = _rope(c_ptr + m * stride_cm + L * W, cos_m, sin_m, R)
