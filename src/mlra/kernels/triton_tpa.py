@@ -157,7 +157,7 @@ def default_tpa_config(d: int, rows: int, page: int) -> TPAKernelConfig:
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
         return TPAKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
-    return TPAKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m)
+    return TPAKernelConfig(block_n=64, num_warps=4, num_stages=2, block_m=block_m)
 
 
 def _check_inputs(q, a_k, b_k, a_v, b_v, block_table, seq_lens) -> None:
