@@ -9,6 +9,7 @@ bf16 inputs; tolerances are relative L2 errors (bf16 outputs carry ~4e-3 of roun
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -19,15 +20,17 @@ if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mlra.cache import PagedKVCache  # noqa: E402
-from mlra.config import ModelConfig  # noqa: E402
+from mlra.config import VARIANTS, ModelConfig  # noqa: E402
 from mlra.decoding import Decoder  # noqa: E402
 from mlra.kernels.reference import (  # noqa: E402
     gqa_decode_prepare_ref,
     latent_decode_prepare_ref,
+    latent_merge_up_output_ref,
     latent_up_output_ref,
     skinny_linear_ref,
 )
 from mlra.kernels.testing import rel_error  # noqa: E402
+from mlra.layers import rope_inv_freq  # noqa: E402
 from mlra.model import Transformer  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -89,6 +92,43 @@ def test_skinny_linear_matches_reference(case, split):
             assert rel_error(o.float(), e) < TOL
 
 
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 3])
+def test_skinny_linear_rounds_an_fp32_input_like_the_reference(rows):
+    """fp32 head outputs feed the bf16 output projection directly (no cast launch)."""
+    from mlra.kernels.triton_skinny import skinny_linear_triton
+
+    g = _gen(rows)
+    x = torch.randn(rows, 96, generator=g).to(DEVICE)
+    w = _randn(40, 96, g=g)
+    r = _randn(rows, 40, g=g)
+    (out,) = skinny_linear_triton(x, [w], residual=r)
+    (same,) = skinny_linear_triton(x.to(BF), [w], residual=r)
+    (ref,) = skinny_linear_ref(x, [w], residual=r)
+    assert out.dtype == BF and rel_error(out.float(), same.float()) < 1e-2
+    assert rel_error(out.float(), ref.float()) < TOL
+
+
+@needs_triton
+def test_tuned_launch_parameters_are_looked_up_by_device_and_nearest_shape(tmp_path,
+                                                                            monkeypatch):
+    from mlra.kernels import triton_skinny as ts
+
+    key = ts.tuning_key(1, 3072, [9880, 9880], True)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"GPU-X": {key: {"block_n": 16, "block_k": 512}}}))
+    monkeypatch.setenv(ts.TUNED_ENV, str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-X")
+    cuda = torch.device("cuda")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) == {"block_n": 16, "block_k": 512}
+    assert ts.tuned_config(cuda, 1, 3072, [9448, 9448], True)["block_n"] == 16  # nearest N
+    assert ts.tuned_config(cuda, 1, 3072, [9448], False) is None  # another kind
+    assert ts.tuned_config(cuda, 16, 3072, [9880, 9880], True) is None  # another row count
+    assert ts.tuned_config(torch.device("cpu"), 1, 3072, [9880, 9880], True) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-Y")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) is None
+
+
 def test_skinny_reference_checks_its_arguments():
     x = torch.randn(2, 8)
     w = torch.randn(4, 8)
@@ -103,13 +143,12 @@ def _latent_case(seed, B, T, nb, G, Hg, w, d, r, pages=6, page=16):
     L, H = nb * G, G * Hg
     q = _randn(B, T, H * (d + r), g=g)
     c_kv = _randn(B, T, L * w + r, g=g)
-    ang = torch.rand(B, T, r // 2, generator=g) * 6.0
-    ang = torch.cat([ang, ang], -1).to(DEVICE)
+    positions = torch.randint(0, 200_000, (B, T), generator=g).to(DEVICE)
     kv_norm = _randn(L, w, g=g, scale=0.2) + 1.0
     w_up = _randn(L, w, Hg * 2 * d, g=g, scale=w ** -0.5)
     pool = torch.full((pages, page, L * w + r), float("nan"), dtype=BF, device=DEVICE)
     slots = torch.randperm(pages * page, generator=g)[: B * T].to(DEVICE)
-    return q, c_kv, ang.cos(), ang.sin(), kv_norm, w_up, pool, slots
+    return q, c_kv, positions, rope_inv_freq(r, 10000.0, DEVICE), kv_norm, w_up, pool, slots
 
 
 LATENT = ([(2, 1, 4, 1, 24, 128, 128, 64), (1, 2, 1, 1, 24, 512, 128, 64),
@@ -123,11 +162,11 @@ def test_latent_prepare_and_up_output_match_reference(shape):
     from mlra.kernels.triton_step import latent_decode_prepare_triton, latent_up_output_triton
 
     B, T, nb, G, Hg, w, d, r = shape
-    q, c_kv, cos, sin, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
+    q, c_kv, pos, inv_freq, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
     ref_pool = pool.float().clone()
-    q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, cos, sin, kv_norm, 1.3, w_up, pool,
-                                                 slots, nb, d, 1e-6)
-    e_abs, e_rope = latent_decode_prepare_ref(q.float(), c_kv.float(), cos, sin,
+    q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, pos, inv_freq, kv_norm, 1.3, w_up,
+                                                 pool, slots, nb, d, 1e-6)
+    e_abs, e_rope = latent_decode_prepare_ref(q.float(), c_kv.float(), pos, inv_freq,
                                               kv_norm.float(), 1.3, w_up.float(), ref_pool,
                                               slots, nb, d, 1e-6)
     assert q_abs.shape == e_abs.shape and q_rope.shape == e_rope.shape
@@ -147,6 +186,30 @@ def test_latent_prepare_and_up_output_match_reference(shape):
 
 
 @needs_triton
+@pytest.mark.parametrize("splits", [1, 3, 37])
+def test_merge_up_output_matches_reference(splits):
+    """Split partials merged inside the W_UV kernel: empty splits (lse -inf, NaN partials, as
+    a split past a sequence's end leaves them) never leak."""
+    from mlra.kernels.triton_step import latent_merge_up_output_triton
+
+    B, T, nb, G, Hg, w, d = 2, 2, 4, 1, 3, 24, 16
+    if ON_GPU:
+        Hg, w, d = 24, 128, 128
+    g = _gen(splits)
+    o_ws = torch.randn(splits, B, T, nb, G, Hg, w, generator=g).to(DEVICE)
+    lse = (torch.randn(splits, B, T, nb, G, Hg, generator=g) * 3).to(DEVICE)
+    if splits > 1:  # the last split of batch row 1 is empty
+        lse[-1, 1] = float("-inf")
+        o_ws[-1, 1] = float("nan")
+    w_up = _randn(nb * G, w, Hg * 2 * d, g=g, scale=w ** -0.5)
+    out = latent_merge_up_output_triton(o_ws, lse, w_up, 0.5, d)
+    clean = o_ws.nan_to_num(0.0)
+    ref = latent_merge_up_output_ref(clean, lse, w_up.float(), 0.5, d)
+    assert not torch.isnan(out).any()
+    assert rel_error(out.float(), ref) < TOL
+
+
+@needs_triton
 @pytest.mark.parametrize("heads", [(24, 6, 128), (4, 2, 16)] if ON_GPU else [(4, 2, 16),
                                                                               (3, 1, 8)])
 def test_gqa_prepare_matches_reference(heads):
@@ -156,15 +219,15 @@ def test_gqa_prepare_matches_reference(heads):
     g = _gen(11)
     B, T, pages, page = 3, 2, 5, 16
     q, k, v = (_randn(B, T, n * d, g=g) for n in (H, Hkv, Hkv))
-    ang = torch.rand(B, T, d // 2, generator=g) * 6.0
-    ang = torch.cat([ang, ang], -1).to(DEVICE)
+    pos = torch.randint(0, 200_000, (B, T), generator=g).to(DEVICE)
+    inv_freq = rope_inv_freq(d, 10000.0, DEVICE)
     pools = [torch.full((pages, page, Hkv, d), float("nan"), dtype=BF, device=DEVICE)
              for _ in range(2)]
     ref_pools = [p.float().clone() for p in pools]
     slots = torch.randperm(pages * page, generator=g)[: B * T].to(DEVICE)
-    out = gqa_decode_prepare_triton(q, k, v, ang.cos(), ang.sin(), *pools, slots, d)
-    ref = gqa_decode_prepare_ref(q.float(), k.float(), v.float(), ang.cos(), ang.sin(),
-                                 *ref_pools, slots, d)
+    out = gqa_decode_prepare_triton(q, k, v, pos, inv_freq, *pools, slots, d)
+    ref = gqa_decode_prepare_ref(q.float(), k.float(), v.float(), pos, inv_freq, *ref_pools,
+                                 slots, d)
     assert rel_error(out.float(), ref) < TOL
     for p, e in zip(pools, ref_pools, strict=True):
         flat, ref_flat = p.view(-1, Hkv, d), e.view(-1, Hkv, d)
@@ -172,7 +235,20 @@ def test_gqa_prepare_matches_reference(heads):
         assert torch.isnan(flat).sum() == flat.numel() - slots.numel() * Hkv * d
 
 
-FUSED_VARIANTS = ["mla", "gla_2", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
+@needs_triton
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_decode_slots_match_reference(T):
+    from mlra.kernels.reference import decode_slots_ref
+    from mlra.kernels.triton_step import decode_slots_triton
+
+    table = torch.randperm(40, generator=_gen(T))[:30].view(3, 10).to(torch.int32).to(DEVICE)
+    lens = torch.tensor([T, 70, 159], dtype=torch.int32, device=DEVICE)
+    pos, slots = decode_slots_triton(lens, table, T, 16)
+    ref_pos, ref_slots = decode_slots_ref(lens, table, T, 16)
+    assert torch.equal(pos, ref_pos) and torch.equal(slots, ref_slots)
+
+
+FUSED_VARIANTS = ["mla", "gla_2", "gla_4", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
 
 
 def _decode_logits(model, fused, dtype, device):
@@ -186,14 +262,17 @@ def _decode_logits(model, fused, dtype, device):
     return dec.step.fused, steps
 
 
-@pytest.mark.parametrize("name", FUSED_VARIANTS + ["gta", "tpa"])
-def test_fused_step_equals_module_step_fp32(name):
-    """On a CPU the fused forms run the references: the same numbers as the module forms."""
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("ablation", [{}, {"latent_scaling": False}, {"output_gate": True}],
+                         ids=["default", "no-latent-scaling", "output-gate"])
+def test_fused_step_equals_module_step_fp32(name, ablation):
+    """On a CPU the fused forms run the references: the same numbers as the module forms, for
+    every variant and ablation (those without a fused form run the module forms)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False)
+    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False, **ablation)
     model = Transformer(cfg).float().eval()
     used, fused = _decode_logits(model, True, torch.float32, "cpu")
-    assert used == (name in FUSED_VARIANTS)
+    assert used == (name in FUSED_VARIANTS and not ablation.get("output_gate"))
     _, plain = _decode_logits(model, False, torch.float32, "cpu")
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -27,9 +27,16 @@ from contextlib import contextmanager
 import torch
 
 from mlra import kernels
+from mlra.attention import get_family
 from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
-from mlra.fused_step import fused_post, fused_pre, fused_supported
+from mlra.fused_step import (
+    fused_attend,
+    fused_logits,
+    fused_post,
+    fused_pre,
+    fused_supported,
+)
 from mlra.layers import Rotary
 from mlra.model import AttentionContext, Block, Transformer
 
@@ -63,11 +70,12 @@ class PagedContext(AttentionContext):
         self.post = post or Block.post
 
     def prepare(self, model, rope: Rotary, dtype: torch.dtype) -> None:
-        """Build the RoPE tables once, outside compiled parts."""
+        """Build the RoPE tables once, outside compiled parts (the one width the family
+        rotates: the decoupled RoPE width where it has one, else the head width)."""
         cfg = model.config
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        for width in {cfg.head_dim, cfg.rope_dim}:
-            rope.tables(width, table_dtype)
+        partial = get_family(cfg.family).rope == "partial"
+        rope.tables(cfg.rope_dim if partial else cfg.head_dim, table_dtype)
 
     def attend(self, block: Block, q, state) -> torch.Tensor:
         cache = self.cache
@@ -77,6 +85,10 @@ class PagedContext(AttentionContext):
             pool.view(-1, *pool.shape[2:]).index_copy_(
                 0, self.slots, data.flatten(0, 1).to(pool.dtype))
         return block.attn.paged_attend(q, pools, cache.layout, self.block_table, self.seq_lens)
+
+
+def _no_tables(model, rope: Rotary, dtype: torch.dtype) -> None:
+    """A paged context's ``prepare`` when nothing needs RoPE tables."""
 
 
 class DecodeStep:
@@ -119,17 +131,18 @@ class DecodeStep:
         self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
     ) -> torch.Tensor:
         model, cache = self.model, self.cache
-        T = input_ids.shape[1]
-        device = input_ids.device
-        positions = seq_lens.long()[:, None] - T + torch.arange(T, device=device)[None, :]
-        page = cache.page_size
-        pages = torch.gather(block_table.long(), 1,
-                             torch.div(positions, page, rounding_mode="floor"))
-        slots = (pages * page + positions % page).flatten()
+        positions, slots = kernels.decode_slots(seq_lens, block_table, input_ids.shape[1],
+                                                cache.page_size)
         ctx = PagedContext(cache, slots, block_table, seq_lens, self.pre, self.post)
-        if self.fused:
-            ctx.pre = functools.partial(fused_pre, ctx)
-        return model.logits(model.run(input_ids, positions, ctx))
+        if not self.fused:
+            return model.logits(model.run(input_ids, positions, ctx))
+        ctx.pre = functools.partial(fused_pre, ctx)
+        ctx.attend = functools.partial(fused_attend, ctx)
+        ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
+        if type(model).logits is not Transformer.logits:  # e.g. vocab-parallel heads
+            return model.logits(model.run(input_ids, positions, ctx))
+        hidden = model.run(input_ids, positions, ctx, final_norm=False)
+        return fused_logits(model, hidden)
 
 
 def decode_step(
@@ -253,8 +266,11 @@ class Decoder:
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         vocab = self.model.config.vocab_size
-        bad = (ids < 0) | (ids >= vocab)
-        if bool(bad.any()):
+        if ids.numel() == 0:
+            return
+        lo, hi = torch.aminmax(ids)
+        if int(lo) < 0 or int(hi) >= vocab:
+            bad = (ids < 0) | (ids >= vocab)
             raise GenerationError(f"token id {int(ids[bad][0])} is outside the vocabulary "
                                   f"[0, {vocab})")
 
@@ -335,13 +351,14 @@ class Decoder:
         """Append ``tokens`` [batch] or [batch, T] (same T for all) through the paged path;
         returns logits [batch, T, vocab]. A token outside the vocabulary is a
         :class:`GenerationError`; if the step fails, the sequences are left as they were."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens[:, None]
         B, T = tokens.shape
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
-        self._check_ids(tokens)
+        self._check_ids(tokens)  # where they are: host tokens cost no device synchronisation
+        tokens = tokens.to(self.cache.device, non_blocking=True)  # staged: no device wait
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
             block_table = self.cache.block_table(seq_ids)

@@ -61,13 +61,8 @@ class Rotary:
         """cos and sin of shape [batch, time, width] for a rotated width ``width``."""
         key = (width, dtype)
         if key not in self._tables:
-            pos = self.positions
-            inv_freq = self.base ** (
-                -torch.arange(0, width, 2, device=pos.device, dtype=torch.float64) / width
-            )
-            angles = pos.to(torch.float64)[..., None] * inv_freq
-            angles = torch.cat([angles, angles], dim=-1)
-            self._tables[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            inv_freq = rope_inv_freq(width, self.base, self.positions.device)
+            self._tables[key] = rope_tables(self.positions, inv_freq, dtype)
         return self._tables[key]
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +72,21 @@ class Rotary:
         if x.dim() == 4:
             cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         return apply_rotary(x, cos, sin)
+
+
+def rope_inv_freq(width: int, base: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The ``width / 2`` RoPE frequencies ``base ** (-2i / width)`` (float64)."""
+    return base ** (-torch.arange(0, width, 2, device=device, dtype=torch.float64) / width)
+
+
+def rope_tables(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin ``[..., 2 * len(inv_freq)]`` of ``positions``: angles in float64 (exact for
+    large positions), rounded to ``dtype``."""
+    angles = positions.to(torch.float64)[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

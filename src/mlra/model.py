@@ -179,9 +179,11 @@ class Transformer(nn.Module):
         return self.run(input_ids, position_ids, AttentionContext(mask))
 
     def run(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+        final_norm: bool = True,
     ) -> torch.Tensor:
-        """Embed -> every block under ``ctx`` -> final norm: hidden states [batch, time, d].
+        """Embed -> every block under ``ctx`` -> final norm: hidden states [batch, time, d]
+        (without the final norm if ``final_norm`` is False: a caller that fuses it).
 
         The one outer loop of the library (training, prefill and paged decoding)."""
         rope = Rotary(positions, self.config.rope_base)
@@ -189,7 +191,7 @@ class Transformer(nn.Module):
         ctx.prepare(self, rope, x.dtype)
         for block in self.layers:
             x = block(x, rope, ctx)
-        return self.norm(x)
+        return self.norm(x) if final_norm else x
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (a tensor-parallel plan may replace this with a vocab-parallel one)."""

@@ -27,8 +27,10 @@ from collections.abc import Sequence
 import torch
 
 from mlra.kernels.reference import (
+    decode_slots_ref,
     gqa_decode_prepare_ref,
     latent_decode_prepare_ref,
+    latent_merge_up_output_ref,
     latent_train_attention_ref,
     latent_up_output_ref,
     paged_gqa_decode_ref,
@@ -98,15 +100,21 @@ def paged_latent_decode(
     latent_offsets: Sequence[int],
     rope_offset: int,
     scale: float,
+    keep_splits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
-    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
+    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`).
+    ``keep_splits``: the split-KV partials ``[splits, ...]`` unmerged (one split from the
+    reference), for :func:`latent_merge_up_output`."""
+    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache) and not (
+            keep_splits and q_latent.shape[2] > 4):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
         return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
-                                          latent_offsets, rope_offset, scale)
-    return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
-                                   latent_offsets, rope_offset, scale)
+                                          latent_offsets, rope_offset, scale,
+                                          keep_splits=keep_splits)
+    out, lse = paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
+                                       latent_offsets, rope_offset, scale)
+    return (out[None], lse[None]) if keep_splits else (out, lse)
 
 
 def paged_gqa_decode(
@@ -160,10 +168,13 @@ SKINNY_MAX_ROWS = 64
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
     """Shapes the Triton small-batch matrix product takes: bf16/fp16, at most
-    :data:`SKINNY_MAX_ROWS` rows, weights of ``x``'s dtype with contiguous rows."""
+    :data:`SKINNY_MAX_ROWS` rows, weights of one dtype with contiguous rows (``x`` of that
+    dtype or fp32)."""
     rows = x.numel() // max(1, x.shape[-1])
-    return (x.dtype in _KERNEL_DTYPES and rows <= SKINNY_MAX_ROWS
-            and all(w.dtype == x.dtype and w.dim() == 2 and w.stride(-1) == 1
+    dtype = weights[0].dtype if weights else x.dtype
+    return (dtype in _KERNEL_DTYPES and x.dtype in (dtype, torch.float32)
+            and rows <= SKINNY_MAX_ROWS
+            and all(w.dtype == dtype and w.dim() == 2 and w.stride(-1) == 1
                     and w.shape[1] == x.shape[-1] for w in weights))
 
 
@@ -192,7 +203,7 @@ def _pow2_width(n: int) -> bool:
 
 
 def latent_decode_prepare(
-    q: torch.Tensor, c_kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, c_kv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     kv_norm: torch.Tensor, kv_scale: float, w_up: torch.Tensor, pool: torch.Tensor,
     slots: torch.Tensor, branches: int, head_dim: int, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,13 +211,13 @@ def latent_decode_prepare(
     :func:`latent_decode_prepare_ref`)."""
     if (use_triton(q) and q.dtype in _KERNEL_DTYPES and pool.is_contiguous()
             and w_up.stride(-1) == 1 and _pow2_width(head_dim)
-            and _pow2_width(cos.shape[-1]) and kv_norm.is_contiguous()):
+            and _pow2_width(2 * inv_freq.shape[0]) and kv_norm.is_contiguous()):
         from mlra.kernels.triton_step import latent_decode_prepare_triton
 
-        return latent_decode_prepare_triton(q, c_kv, cos, sin, kv_norm, kv_scale, w_up, pool,
-                                            slots, branches, head_dim, eps)
-    return latent_decode_prepare_ref(q, c_kv, cos, sin, kv_norm, kv_scale, w_up, pool, slots,
-                                     branches, head_dim, eps)
+        return latent_decode_prepare_triton(q, c_kv, positions, inv_freq, kv_norm, kv_scale,
+                                            w_up, pool, slots, branches, head_dim, eps)
+    return latent_decode_prepare_ref(q, c_kv, positions, inv_freq, kv_norm, kv_scale, w_up,
+                                     pool, slots, branches, head_dim, eps)
 
 
 def latent_up_output(
@@ -222,8 +233,34 @@ def latent_up_output(
     return latent_up_output_ref(z, w_up, out_scale, head_dim)
 
 
+def latent_merge_up_output(
+    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """The split merge, W_UV and the branch sum of the latent family's decode step in one
+    (see :func:`latent_merge_up_output_ref`)."""
+    if use_triton(o_ws) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
+            and _pow2_width(head_dim) and o_ws.is_contiguous() and lse_ws.is_contiguous():
+        from mlra.kernels.triton_step import latent_merge_up_output_triton
+
+        return latent_merge_up_output_triton(o_ws, lse_ws, w_up, out_scale, head_dim)
+    return latent_merge_up_output_ref(o_ws, lse_ws, w_up, out_scale, head_dim)
+
+
+def decode_slots(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cache rows of a decode step's new tokens (see :func:`decode_slots_ref`)."""
+    if use_triton(seq_lens) and block_table.stride(-1) == 1:
+        from mlra.kernels.triton_step import decode_slots_triton
+
+        return decode_slots_triton(seq_lens, block_table, new_tokens, page_size)
+    return decode_slots_ref(seq_lens, block_table, new_tokens, page_size)
+
+
 def gqa_decode_prepare(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, head_dim: int,
 ) -> torch.Tensor:
     """RoPE and cache write of the standard family's decode step (see
@@ -232,8 +269,10 @@ def gqa_decode_prepare(
             and k_pool.is_contiguous() and v_pool.is_contiguous()):
         from mlra.kernels.triton_step import gqa_decode_prepare_triton
 
-        return gqa_decode_prepare_triton(q, k, v, cos, sin, k_pool, v_pool, slots, head_dim)
-    return gqa_decode_prepare_ref(q, k, v, cos, sin, k_pool, v_pool, slots, head_dim)
+        return gqa_decode_prepare_triton(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                         head_dim)
+    return gqa_decode_prepare_ref(q, k, v, positions, inv_freq, k_pool, v_pool, slots,
+                                  head_dim)
 
 
 def _pow2(n: int) -> bool:

@@ -49,6 +49,7 @@ def paged_latent_decode_ref(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed latent attention over a paged cache, for ``NB`` latent streams at once.
+    (The dispatch's ``keep_splits`` returns this result as one split, ``[1, ...]``.)
 
     q_latent: [B, Tq, NB, Hq, W] absorbed queries (stream b reads columns
     ``latent_offsets[b] : latent_offsets[b] + W``); q_rope: [B, Tq, Hq, R], shared by the
@@ -201,14 +202,15 @@ def skinny_linear_ref(
     """``h @ W.T`` for each weight, ``h = rms_norm(x, norm_weight, eps) * in_scale`` (or ``x``).
 
     ``swiglu``: ``weights`` is (gate, up) and the one output is ``silu(h Wg.T) * (h Wu.T)``.
-    ``residual``: added to the (single) output. Outputs keep ``x``'s leading dimensions."""
+    ``residual``: added to the (single) output. ``x`` is first cast to the weights' dtype;
+    outputs keep its leading dimensions."""
     from mlra.layers import rms_norm  # a building block, not a model
 
     if swiglu and len(weights) != 2:
         raise ValueError("swiglu takes (gate, up) weights")
     if residual is not None and (swiglu or len(weights) != 1):
         raise ValueError("a residual is added to a single plain output")
-    h = x
+    h = x.to(weights[0].dtype)
     if norm_weight is not None:
         h = rms_norm(x, norm_weight, eps)
         if in_scale != 1.0:
@@ -223,18 +225,22 @@ def skinny_linear_ref(
     return outs
 
 
-def rotate_half_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE of ``x [..., heads, r]`` with per-token tables ``[..., r]``."""
-    from mlra.layers import apply_rotary
+def rotate_half_ref(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
+                    ) -> torch.Tensor:
+    """Rotate-half RoPE of ``x [B, T, heads, r]`` at ``positions [B, T]`` with the
+    frequencies ``inv_freq [r / 2]`` (float64; tables in fp32, float64 for float64 ``x``)."""
+    from mlra.layers import apply_rotary, rope_tables
 
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos, sin = rope_tables(positions, inv_freq, dtype)
     return apply_rotary(x, cos[..., None, :], sin[..., None, :])
 
 
 def latent_decode_prepare_ref(
     q: torch.Tensor,
     c_kv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     kv_norm: torch.Tensor,
     kv_scale: float,
     w_up: torch.Tensor,
@@ -247,7 +253,8 @@ def latent_decode_prepare_ref(
     """The latent family's step between the projections and the attention kernel.
 
     ``q`` [B, T, H * (d + r)] (per head [nope | rope]); ``c_kv`` [B, T, L * w + r] (the
-    latent heads then the RoPE key, unnormed); ``cos``/``sin`` [B, T, r]; ``kv_norm`` [L, w];
+    latent heads then the RoPE key, unnormed); ``positions`` [B, T] and ``inv_freq`` [r / 2]
+    (:func:`mlra.layers.rope_inv_freq`) for RoPE; ``kv_norm`` [L, w];
     ``w_up`` [L, w, Hg * 2 * d] (per query head of a group [W_UK | W_UV]); ``pool``
     [pages, page, L * w + r]; ``slots`` [B * T] rows of the flattened pool.
 
@@ -259,18 +266,18 @@ def latent_decode_prepare_ref(
 
     B, T = q.shape[:2]
     L, w = kv_norm.shape
-    r = cos.shape[-1]
+    r = 2 * inv_freq.shape[0]
     d = head_dim
     H = q.shape[-1] // (d + r)
     groups = L // branches
     Hg = H // groups
     latent = c_kv[..., : L * w].reshape(B, T, L, w)
     latent = rms_norm(latent, kv_norm, eps) * kv_scale
-    k_rope = rotate_half_ref(c_kv[..., L * w:][:, :, None], cos, sin)[:, :, 0]
+    k_rope = rotate_half_ref(c_kv[..., L * w:][:, :, None], positions, inv_freq)[:, :, 0]
     row = torch.cat([latent.flatten(-2), k_rope.to(latent.dtype)], dim=-1)
     pool.view(-1, pool.shape[-1]).index_copy_(0, slots, row.flatten(0, 1).to(pool.dtype))
     qh = q.view(B, T, H, d + r)
-    q_rope = rotate_half_ref(qh[..., d:], cos, sin)
+    q_rope = rotate_half_ref(qh[..., d:], positions, inv_freq)
     w_uk = w_up.view(branches, groups, w, Hg, 2 * d)[..., :d]
     q_abs = torch.einsum("btgid,ngwid->btngiw", qh[..., :d].reshape(B, T, groups, Hg, d),
                          w_uk.to(q.dtype))
@@ -289,24 +296,55 @@ def latent_up_output_ref(
     return o.reshape(B, T, G * Hg * head_dim)
 
 
+def merge_splits_ref(o_ws: torch.Tensor, lse_ws: torch.Tensor) -> torch.Tensor:
+    """Split-KV partials ``o_ws [S, ..., w]`` with their ``lse_ws [S, ...]`` merged: the
+    softmax-weighted sum over splits (rows whose splits are all empty give zeros)."""
+    total = torch.logsumexp(lse_ws, dim=0, keepdim=True)
+    weight = torch.exp(lse_ws - total).nan_to_num(0.0)
+    return (weight[..., None] * o_ws).sum(0)
+
+
+def latent_merge_up_output_ref(
+    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """:func:`latent_up_output_ref` of the split partials of the attention kernel, ``o_ws``
+    [S, B, T, branches, groups, Hg, w] and ``lse_ws`` [S, B, T, branches, groups, Hg],
+    merged first (:func:`merge_splits_ref`)."""
+    return latent_up_output_ref(merge_splits_ref(o_ws, lse_ws), w_up, out_scale, head_dim)
+
+
 def gqa_decode_prepare_ref(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     k_pool: torch.Tensor,
     v_pool: torch.Tensor,
     slots: torch.Tensor,
     head_dim: int,
 ) -> torch.Tensor:
-    """The standard family's step between the projections and the attention kernel: RoPE on
-    ``q`` [B, T, H * d] and ``k`` [B, T, Hkv * d], the new ``k``/``v`` rows written at
-    ``slots`` of the pools [pages, page, Hkv, d]; returns the rotated ``q`` [B, T, H, d]."""
+    """The standard family's step between the projections and the attention kernel: RoPE (at
+    ``positions`` with ``inv_freq``) on ``q`` [B, T, H * d] and ``k`` [B, T, Hkv * d], the new
+    ``k``/``v`` rows written at ``slots`` of the pools [pages, page, Hkv, d]; returns the
+    rotated ``q`` [B, T, H, d]."""
     B, T = q.shape[:2]
-    q = rotate_half_ref(q.view(B, T, -1, head_dim), cos, sin)
-    k = rotate_half_ref(k.view(B, T, -1, head_dim), cos, sin)
+    q = rotate_half_ref(q.view(B, T, -1, head_dim), positions, inv_freq)
+    k = rotate_half_ref(k.view(B, T, -1, head_dim), positions, inv_freq)
     v = v.view(B, T, -1, head_dim)
     for pool, new in ((k_pool, k), (v_pool, v)):
         pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, new.flatten(0, 1).to(pool.dtype))
     return q
+
+
+def decode_slots_ref(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``[B, T]`` (int64) of the ``T = new_tokens`` new tokens of each sequence
+    (``seq_lens`` counts them) and their rows in the flattened paged pools ``[B * T]``."""
+    t = torch.arange(new_tokens, device=seq_lens.device)
+    positions = seq_lens.long()[:, None] - new_tokens + t[None, :]
+    pages = torch.gather(block_table.long(), 1,
+                         torch.div(positions, page_size, rounding_mode="floor"))
+    return positions, (pages * page_size + positions % page_size).flatten()

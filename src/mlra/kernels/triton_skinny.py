@@ -20,8 +20,12 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import triton
@@ -87,6 +91,7 @@ def _skinny_kernel(
         mask_k = kk < k_hi
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        xv = xv.to(w1_ptr.dtype.element_ty)  # an fp32 input is rounded as the reference does
         w = tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if SWIGLU:
@@ -184,6 +189,48 @@ def default_skinny_config(M: int, K: int, tiles: int, swiglu: bool, sms: int) ->
                         waves=2.0)
 
 
+TUNED_ENV = "MLRA_SKINNY_TUNED"
+"""Environment variable naming a JSON file of tuned launch parameters (``bench_skinny.py
+--sweep`` writes one); default: ``skinny_tuned.json`` beside this module."""
+
+
+def tuning_key(block_m: int, K: int, ns: Sequence[int], swiglu: bool) -> str:
+    """The key of a projection shape in a tuned-parameters file."""
+    return f"m{block_m}:k{K}:n{'x'.join(map(str, ns))}:{'swiglu' if swiglu else 'plain'}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tuned_table(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # no table (or an unreadable one): the heuristics
+        return {}
+
+
+def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], swiglu: bool
+                 ) -> dict | None:
+    """Tuned launch parameters for this device (by name) and shape, or None."""
+    if device.type != "cuda":
+        return None
+    path = os.environ.get(TUNED_ENV) or str(Path(__file__).with_name("skinny_tuned.json"))
+    table = _tuned_table(path).get(torch.cuda.get_device_name(device), {})
+    found = table.get(tuning_key(block_m, K, ns, swiglu))
+    if found is not None or not table:
+        return found
+    # the nearest tuned shape with the same rows, inputs, kind and number of weights
+    best, best_gap = None, None
+    for key, cfg in table.items():
+        m, k, n, kind = key.split(":")
+        outs = [int(v) for v in n[1:].split("x")]
+        if (m, k, kind) != (f"m{block_m}", f"k{K}", "swiglu" if swiglu else "plain") or \
+                len(outs) != len(ns):
+            continue
+        gap = abs(sum(outs) - sum(ns))
+        if best_gap is None or gap < best_gap:
+            best, best_gap = cfg, gap
+    return best
+
+
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
            ) -> tuple[int, int]:
     chunks = math.ceil(K / block_k)
@@ -217,11 +264,15 @@ def skinny_linear_triton(
         raise ValueError(f"skinny_linear_triton takes at most {MAX_ROWS} rows, got {M}")
     ws_in = list(weights)
     n_w = 1 if swiglu else len(ws_in)
-    outs = [torch.empty(M, w.shape[0], dtype=x.dtype, device=x.device) for w in ws_in[:n_w]]
+    dtype = ws_in[0].dtype
+    outs = [torch.empty(M, w.shape[0], dtype=dtype, device=x.device) for w in ws_in[:n_w]]
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
     block_m = 1 if M == 1 else max(16, next_pow2(M))
     base = default_skinny_config(M, K, 0, swiglu, device_sms(x))
+    tuned = tuned_config(x.device, block_m, K, [w.shape[0] for w in ws_in], swiglu)
+    if tuned is not None:
+        base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
     cfg = base if config is None else dataclasses.replace(
         base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                  if getattr(config, f.name) is not None})

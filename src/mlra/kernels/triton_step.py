@@ -4,8 +4,10 @@
   (per latent head RMSNorm, scale, RoPE key) written at its slot, the RoPE queries and the
   absorbed queries (``q_nope @ W_UK`` per latent head), from the two projection outputs;
 - :func:`latent_up_output_triton`: ``W_UV`` per latent head and query head, summed over
-  branches, scaled;
-- :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots.
+  branches, scaled; :func:`latent_merge_up_output_triton` the same from the attention
+  kernel's split partials, merged on the fly;
+- :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots;
+- :func:`decode_slots_triton`: the new tokens' positions and cache rows.
 
 Contracts: the references of the same names in :mod:`mlra.kernels.reference`. Import only
 after checking :func:`mlra.kernels.triton_available`.
@@ -19,29 +21,35 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import next_pow2
 
+TWO_PI = 6.283185307179586
+
 
 @triton.jit
-def _rope(src_ptr, cos_ptr, sin_ptr, R: tl.constexpr):
-    """Rotate-half RoPE of the ``R`` values at ``src_ptr`` (fp32)."""
+def _rope(src_ptr, pos, inv_ptr, R: tl.constexpr):
+    """Rotate-half RoPE of the ``R`` values at ``src_ptr`` (fp32) at position ``pos``: the
+    angles ``pos * inv_freq`` in float64 (exact for large positions, as the reference's tables),
+    reduced to one turn in float64, then cos / sin in fp32."""
     j = tl.arange(0, R)
     half: tl.constexpr = R // 2
+    angle = pos.to(tl.float64) * tl.load(inv_ptr + tl.where(j < half, j, j - half))
+    turns = tl.floor(angle / TWO_PI + 0.5)
+    angle = (angle - turns * TWO_PI).to(tl.float32)
     x = tl.load(src_ptr + j).to(tl.float32)
     partner = tl.load(src_ptr + tl.where(j < half, j + half, j - half)).to(tl.float32)
     rotated = tl.where(j < half, -partner, partner)
-    return x * tl.load(cos_ptr + j) + rotated * tl.load(sin_ptr + j)
+    return x * tl.cos(angle) + rotated * tl.sin(angle)
 
 
 @triton.jit
 def _latent_prepare_kernel(
-    q_ptr, c_ptr, cos_ptr, sin_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
+    q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
     kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
 ):
     m = tl.program_id(0)
     p = tl.program_id(1)
-    cos_m = cos_ptr + m * R
-    sin_m = sin_ptr + m * R
+    pos = tl.load(pos_ptr + m)
     if p == 0:  # the cache row of token m
         dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
         offs = tl.arange(0, W_PAD)
@@ -54,7 +62,7 @@ def _latent_prepare_kernel(
             normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
             y = normed.to(x.dtype).to(tl.float32) * kv_scale
             tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
-        k_rope = _rope(c_ptr + m * stride_cm + L * W, cos_m, sin_m, R)
+        k_rope = _rope(c_ptr + m * stride_cm + L * W, pos, inv_ptr, R)
         tl.store(dst + L * W + tl.arange(0, R), k_rope.to(pool_ptr.dtype.element_ty))
     else:  # absorbed query of head h for branch n, widths [wb * BW, (wb + 1) * BW)
         p = p - 1
@@ -75,13 +83,13 @@ def _latent_prepare_kernel(
         row = ((m * NB + n) * G + g) * HG + i
         tl.store(qabs_ptr + row * W + offs_w, q_abs.to(qabs_ptr.dtype.element_ty), mask=mask_w)
         if (n == 0) & (wb == 0):
-            q_rope = _rope(q_head + D, cos_m, sin_m, R)
+            q_rope = _rope(q_head + D, pos, inv_ptr, R)
             tl.store(qrope_ptr + ((m * G + g) * HG + i) * R + tl.arange(0, R),
                      q_rope.to(qrope_ptr.dtype.element_ty))
 
 
 def latent_decode_prepare_triton(
-    q: torch.Tensor, c_kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, c_kv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     kv_norm: torch.Tensor, kv_scale: float, w_up: torch.Tensor, pool: torch.Tensor,
     slots: torch.Tensor, branches: int, head_dim: int, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,12 +97,12 @@ def latent_decode_prepare_triton(
     B, T = q.shape[:2]
     M = B * T
     L, W = kv_norm.shape
-    R, D = cos.shape[-1], head_dim
+    R, D = 2 * inv_freq.shape[0], head_dim
     H = q.shape[-1] // (D + R)
     G = L // branches
     HG = H // G
     q2, c2 = q.reshape(M, -1), c_kv.reshape(M, -1)
-    cos2, sin2 = cos.reshape(M, R).contiguous(), sin.reshape(M, R).contiguous()
+    pos = positions.reshape(M).contiguous()
     q_abs = torch.empty(B, T, branches, G, HG, W, dtype=q.dtype, device=q.device)
     q_rope = torch.empty(B, T, G, HG, R, dtype=q.dtype, device=q.device)
     if M == 0:
@@ -102,7 +110,7 @@ def latent_decode_prepare_triton(
     bw = min(128, next_pow2(W))
     wb = triton.cdiv(W, bw)
     _latent_prepare_kernel[(M, 1 + H * branches * wb)](
-        q2, c2, cos2, sin2, kv_norm, w_up, pool, slots, q_abs, q_rope,
+        q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
         float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb,
@@ -113,23 +121,41 @@ def latent_decode_prepare_triton(
 
 @triton.jit
 def _latent_up_kernel(
-    z_ptr, w_ptr, o_ptr, out_scale, stride_wl, stride_ww, stride_om,
+    z_ptr, lse_ptr, w_ptr, o_ptr, out_scale, n_splits, stride_zs, stride_ls, stride_wl,
+    stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
-    BW: tl.constexpr, BD: tl.constexpr,
+    BW: tl.constexpr, BD: tl.constexpr, MERGE: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    """Head ``h`` of token ``m``, outputs ``[d0, d0 + BD)``: for each branch, the attention
+    result (``MERGE``: merged from its split partials by their log-sum-exps) times W_UV."""
     m = tl.program_id(0)
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
     g = h // HG
     i = h % HG
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < n_splits
     acc = tl.zeros([BD], dtype=tl.float32)
     for n in tl.static_range(NB):
-        z_row = z_ptr + (((m * NB + n) * G + g) * HG + i) * W
+        row = ((m * NB + n) * G + g) * HG + i
+        if MERGE:
+            lse = tl.load(lse_ptr + offs_s * stride_ls + row, mask=mask_s, other=float("-inf"))
+            top = tl.max(lse, 0)
+            top = tl.where(top == float("-inf"), 0.0, top)
+            weight = tl.exp(lse - top)
+            total = tl.sum(weight, 0)
+            weight = weight / tl.where(total == 0.0, 1.0, total)
         w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
         for w0 in tl.static_range(0, W, BW):
             offs_w = w0 + tl.arange(0, BW)
             mask_w = offs_w < W
-            z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
+            if MERGE:
+                parts = tl.load(z_ptr + offs_s[:, None] * stride_zs + row * W + offs_w[None, :],
+                                mask=(mask_s & (weight > 0))[:, None] & mask_w[None, :],
+                                other=0.0)
+                z = tl.sum(parts * weight[:, None], axis=0)
+            else:
+                z = tl.load(z_ptr + row * W + offs_w, mask=mask_w, other=0.0)
             z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
             w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
                            mask=mask_w[:, None], other=0.0)
@@ -137,51 +163,68 @@ def _latent_up_kernel(
     tl.store(o_ptr + m * stride_om + h * D + offs_d, (acc * out_scale).to(o_ptr.dtype.element_ty))
 
 
-def latent_up_output_triton(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
-) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
-    B, T, NB, G, HG, W = z.shape
-    D = head_dim
-    M = B * T
-    z = z.contiguous()
+def _up_output(z, lse, w_up, out_scale, head_dim, merge):
+    S, B, T, NB, G, HG, W = z.shape
+    D, M = head_dim, B * T
     out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
     if M == 0:
         return out
+    block_s = next_pow2(S)
     bd = min(64, D)
+    bw = max(16, min(64, next_pow2(W), 4096 // block_s))
     o2 = out.view(M, -1)
     _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
-        z, w_up, o2, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
-        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(64, next_pow2(W)), BD=bd, num_warps=4,
+        z, lse, w_up, o2, float(out_scale), S, z.stride(0), lse.stride(0), w_up.stride(0),
+        w_up.stride(1), o2.stride(0),
+        W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, MERGE=merge, BLOCK_S=block_s, num_warps=4,
     )
     return out
 
 
+def latent_up_output_triton(
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
+) -> torch.Tensor:
+    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
+    z = z.contiguous()
+    return _up_output(z[None], z, w_up, out_scale, head_dim, merge=False)
+
+
+def latent_merge_up_output_triton(
+    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mlra.kernels.reference.latent_merge_up_output_ref`:
+    the split merge read inside the W_UV kernel (no merged tensor, no merge launch)."""
+    if not (o_ws.is_contiguous() and lse_ws.is_contiguous()):
+        raise ValueError("o_ws and lse_ws must be contiguous")
+    return _up_output(o_ws, lse_ws, w_up, out_scale, head_dim, merge=True)
+
+
 @triton.jit
 def _gqa_prepare_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kp_ptr, vp_ptr, slot_ptr, qo_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, inv_ptr, kp_ptr, vp_ptr, slot_ptr, qo_ptr,
     stride_qm, stride_km, stride_vm, stride_kp, stride_vp,
     H: tl.constexpr, D: tl.constexpr,
 ):
     m = tl.program_id(0)
     p = tl.program_id(1)
-    cos_m = cos_ptr + m * D
-    sin_m = sin_ptr + m * D
+    pos = tl.load(pos_ptr + m)
     offs = tl.arange(0, D)
     if p < H:
-        q = _rope(q_ptr + m * stride_qm + p * D, cos_m, sin_m, D)
+        q = _rope(q_ptr + m * stride_qm + p * D, pos, inv_ptr, D)
         tl.store(qo_ptr + (m * H + p) * D + offs, q.to(qo_ptr.dtype.element_ty))
     else:
         j = p - H
         slot = tl.load(slot_ptr + m).to(tl.int64)
-        k = _rope(k_ptr + m * stride_km + j * D, cos_m, sin_m, D)
+        k = _rope(k_ptr + m * stride_km + j * D, pos, inv_ptr, D)
         tl.store(kp_ptr + slot * stride_kp + j * D + offs, k.to(kp_ptr.dtype.element_ty))
         v = tl.load(v_ptr + m * stride_vm + j * D + offs)
         tl.store(vp_ptr + slot * stride_vp + j * D + offs, v.to(vp_ptr.dtype.element_ty))
 
 
 def gqa_decode_prepare_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    inv_freq: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, head_dim: int,
 ) -> torch.Tensor:
     """Triton implementation of :func:`mlra.kernels.reference.gqa_decode_prepare_ref`."""
@@ -189,13 +232,38 @@ def gqa_decode_prepare_triton(
     M, D = B * T, head_dim
     H, Hkv = q.shape[-1] // D, k.shape[-1] // D
     q2, k2, v2 = q.reshape(M, -1), k.reshape(M, -1), v.reshape(M, -1)
-    cos2, sin2 = cos.reshape(M, D).contiguous(), sin.reshape(M, D).contiguous()
+    pos = positions.reshape(M).contiguous()
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device)
     if M == 0:
         return out
     _gqa_prepare_kernel[(M, H + Hkv)](
-        q2, k2, v2, cos2, sin2, k_pool, v_pool, slots, out,
+        q2, k2, v2, pos, inv_freq, k_pool, v_pool, slots, out,
         q2.stride(0), k2.stride(0), v2.stride(0), k_pool.stride(1), v_pool.stride(1),
         H=H, D=D, num_warps=2,
     )
     return out
+
+
+@triton.jit
+def _slots_kernel(lens_ptr, bt_ptr, pos_ptr, slot_ptr, stride_bt, T, PAGE: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.arange(0, BLOCK_T)
+    mask = t < T
+    pos = tl.load(lens_ptr + b).to(tl.int64) - T + t
+    page = tl.load(bt_ptr + b * stride_bt + pos // PAGE, mask=mask, other=0).to(tl.int64)
+    tl.store(pos_ptr + b * T + t, pos, mask=mask)
+    tl.store(slot_ptr + b * T + t, page * PAGE + pos % PAGE, mask=mask)
+
+
+def decode_slots_triton(
+    seq_lens: torch.Tensor, block_table: torch.Tensor, new_tokens: int, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`mlra.kernels.reference.decode_slots_ref`."""
+    B, T = seq_lens.shape[0], new_tokens
+    positions = torch.empty(B, T, dtype=torch.int64, device=seq_lens.device)
+    slots = torch.empty(B * T, dtype=torch.int64, device=seq_lens.device)
+    if B and T:
+        _slots_kernel[(B,)](seq_lens, block_table, positions, slots, block_table.stride(0), T,
+                            PAGE=page_size, BLOCK_T=next_pow2(T), num_warps=1)
+    return positions, slots
