@@ -202,6 +202,28 @@ def test_cli_generate_streams_one_prompt_from_a_training_run(byte_checkpoint, tm
     assert capsys.readouterr().out == ByteTokenizer().decode(expected) + "\n"
 
 
+def test_cli_text_stream_prints_the_whole_decode_from_bounded_windows(capsys):
+    """The streamed pieces add up to the decode of all tokens (multi-byte characters split
+    across tokens, invalid bytes, a stop token skipped), and each token decodes a window of a
+    few tokens, not the whole text."""
+    stream_mod = importlib.import_module("mlra.commands.generate")
+    tok = ByteTokenizer()
+    text = "h\u00e9llo \u20ac\U0001f600 w\u00f6rld" * 20
+    ids = tok.encode(text) + [0xE2, 0x41, 0xF0, 0x9F]  # an invalid run and an unfinished one
+    windows: list[int] = []
+
+    def decode(tokens):
+        windows.append(len(tokens))
+        return tok.decode(tokens)
+
+    stream = stream_mod._TextStream(decode, [tok.eot_id])
+    for t in ids[:30] + [tok.eot_id] + ids[30:]:
+        stream(0, t)
+    stream.close()
+    assert capsys.readouterr().out == tok.decode(ids) + "\n"
+    assert max(windows) <= 8
+
+
 def test_cli_generate_token_ids(byte_checkpoint, capsys):
     model, path = byte_checkpoint
     assert main(["generate", "--checkpoint", str(path), "--ids", "1,2,3", "--max-new-tokens",

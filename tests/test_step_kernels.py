@@ -9,6 +9,7 @@ bf16 inputs; tolerances are relative L2 errors (bf16 outputs carry ~4e-3 of roun
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -19,7 +20,7 @@ if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mlra.cache import PagedKVCache  # noqa: E402
-from mlra.config import ModelConfig  # noqa: E402
+from mlra.config import VARIANTS, ModelConfig  # noqa: E402
 from mlra.decoding import Decoder  # noqa: E402
 from mlra.kernels.reference import (  # noqa: E402
     gqa_decode_prepare_ref,
@@ -106,6 +107,26 @@ def test_skinny_linear_rounds_an_fp32_input_like_the_reference(rows):
     (ref,) = skinny_linear_ref(x, [w], residual=r)
     assert out.dtype == BF and rel_error(out.float(), same.float()) < 1e-2
     assert rel_error(out.float(), ref.float()) < TOL
+
+
+@needs_triton
+def test_tuned_launch_parameters_are_looked_up_by_device_and_nearest_shape(tmp_path,
+                                                                            monkeypatch):
+    from mlra.kernels import triton_skinny as ts
+
+    key = ts.tuning_key(1, 3072, [9880, 9880], True)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"GPU-X": {key: {"block_n": 16, "block_k": 512}}}))
+    monkeypatch.setenv(ts.TUNED_ENV, str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-X")
+    cuda = torch.device("cuda")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) == {"block_n": 16, "block_k": 512}
+    assert ts.tuned_config(cuda, 1, 3072, [9448, 9448], True)["block_n"] == 16  # nearest N
+    assert ts.tuned_config(cuda, 1, 3072, [9448], False) is None  # another kind
+    assert ts.tuned_config(cuda, 16, 3072, [9880, 9880], True) is None  # another row count
+    assert ts.tuned_config(torch.device("cpu"), 1, 3072, [9880, 9880], True) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-Y")
+    assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) is None
 
 
 def test_skinny_reference_checks_its_arguments():
@@ -227,7 +248,7 @@ def test_decode_slots_match_reference(T):
     assert torch.equal(pos, ref_pos) and torch.equal(slots, ref_slots)
 
 
-FUSED_VARIANTS = ["mla", "gla_2", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
+FUSED_VARIANTS = ["mla", "gla_2", "gla_4", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
 
 
 def _decode_logits(model, fused, dtype, device):
@@ -241,17 +262,33 @@ def _decode_logits(model, fused, dtype, device):
     return dec.step.fused, steps
 
 
-@pytest.mark.parametrize("name", FUSED_VARIANTS + ["gta", "tpa"])
-def test_fused_step_equals_module_step_fp32(name):
-    """On a CPU the fused forms run the references: the same numbers as the module forms."""
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("ablation", [{}, {"latent_scaling": False}, {"output_gate": True}],
+                         ids=["default", "no-latent-scaling", "output-gate"])
+def test_fused_step_equals_module_step_fp32(name, ablation):
+    """On a CPU the fused forms run the references: the same numbers as the module forms, for
+    every variant and ablation (those without a fused form run the module forms)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False)
+    cfg = ModelConfig.preset(name, "tiny", zero_init_output=False, **ablation)
     model = Transformer(cfg).float().eval()
     used, fused = _decode_logits(model, True, torch.float32, "cpu")
-    assert used == (name in FUSED_VARIANTS)
+    assert used == (name in FUSED_VARIANTS and not ablation.get("output_gate"))
     _, plain = _decode_logits(model, False, torch.float32, "cpu")
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_step_through_a_weak_proxy_of_the_model():
+    """generate() keeps its decoder with a weak proxy of the model: the fused head still
+    applies (the proxy's type is not the model's)."""
+    import weakref
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("mlra_4", "tiny", zero_init_output=False)).eval()
+    _, direct = _decode_logits(model, True, torch.float32, "cpu")
+    _, proxied = _decode_logits(weakref.proxy(model), True, torch.float32, "cpu")
+    for a, b in zip(direct, proxied, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_fused_forms_are_skipped_for_an_output_gate():

@@ -23,7 +23,7 @@ import torch
 
 from mlra.bench.timing import copy_bandwidth
 from mlra.kernels.reference import skinny_linear_ref
-from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
+from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton, tuning_key
 
 # name: (K, output rows per weight, norm, residual, swiglu) -- MLRA-4 / GQA at 2.9B
 SHAPES = {
@@ -35,9 +35,9 @@ SHAPES = {
     "q/k/v (gqa)": (3072, (3072, 768, 768), True, False, False),
     "final norm + head": (3072, (50304,), True, False, False),
 }
-SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=4, num_stages=st)
-         for (bn, bk), wv, st in itertools.product(
-             ((8, 512), (16, 256), (16, 512), (32, 256), (64, 128)), (1, 2, 4, 8), (2, 4))]
+SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=4, num_stages=3)
+         for (bn, bk), wv in itertools.product(
+             ((8, 512), (16, 256), (16, 512), (32, 256), (64, 128)), (1, 2, 4, 8))]
 
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
@@ -64,7 +64,17 @@ def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
 
 
 def save(out: Path, lines: list[str], results: list[dict], dev: torch.device, bw: float) -> None:
+    """The table, every number, and the tuned launch parameters (``skinny_tuned.json``, the
+    format :func:`mlra.kernels.triton_skinny.tuned_config` reads: the best swept config of
+    each shape that beat the default)."""
     out.mkdir(parents=True, exist_ok=True)
+    tuned = {}
+    for r in results:
+        if r["best_config"]:
+            m = 1 if r["rows"] == 1 else max(16, 1 << (r["rows"] - 1).bit_length())
+            tuned[tuning_key(m, r["K"], r["ns"], r["swiglu"])] = r["best_config"]
+    (out / "skinny_tuned.json").write_text(json.dumps({torch.cuda.get_device_name(dev): tuned},
+                                                      indent=2, sort_keys=True) + "\n")
     (out / "skinny.md").write_text("\n".join(lines) + "\n")
     (out / "skinny.json").write_text(json.dumps({"device": torch.cuda.get_device_name(dev),
                                                  "copy_bandwidth_GBps": bw / 1e9,
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--rows", default="1,8,32", help="batch rows (comma-separated)")
     p.add_argument("--sweep", action="store_true", help="also time every config of SWEEP")
-    p.add_argument("--sweep-rows", default="1", help="rows the sweep runs for")
+    p.add_argument("--sweep-rows", default="1,8", help="rows the sweep runs for")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
@@ -124,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 if t < best[0]:
                     best = (t, cfg)
         floor = wbytes / bw
-        row = {"projection": name, "rows": M, "weight_bytes": wbytes, "floor_us": floor * 1e6,
+        row = {"projection": name, "rows": M, "K": K, "ns": list(ns), "swiglu": swiglu,
+               "weight_bytes": wbytes, "floor_us": floor * 1e6,
                "ours_us": t_ours * 1e6, "cublas_path_us": t_ref * 1e6,
                "best_us": best[0] * 1e6,
                "best_config": dataclasses.asdict(best[1]) if best[1] else None,

@@ -80,6 +80,10 @@ class PagedKVCache:
         ]
         self._free: list[int] = list(range(num_pages - 1, -1, -1))  # pop() -> lowest first
         self._pages: dict[int, list[int]] = {}
+        # host int32 copies of the page lists, kept in step with them (grown as pages are
+        # added, dropped when pages go back), so that a block table costs a copy per sequence
+        # rather than a conversion of every page id at every decode step
+        self._rows: dict[int, torch.Tensor] = {}
         self._lens: dict[int, int] = {}
         self._next_id = 0
 
@@ -146,7 +150,12 @@ class PagedKVCache:
                 f"{len(self._free)} of {self.num_pages} free; allocate a larger token budget"
             )
         for s, k in zip(seq_ids, need, strict=True):
-            self._pages[s].extend(self._free.pop() for _ in range(k))
+            if k:
+                new = [self._free.pop() for _ in range(k)]
+                self._pages[s].extend(new)
+                row = self._rows.get(s)
+                if row is not None:
+                    self._rows[s] = torch.cat([row, torch.tensor(new, dtype=torch.int32)])
 
     def extend(self, seq_ids: Sequence[int], counts: Sequence[int]) -> None:
         """Reserve and claim ``counts[i]`` new positions at the end of each sequence."""
@@ -186,12 +195,15 @@ class PagedKVCache:
         keep = -(-length // self.page_size) if num_pages is None else num_pages
         extra = self._pages[seq_id][keep:]
         del self._pages[seq_id][keep:]
+        if seq_id in self._rows:
+            self._rows[seq_id] = self._rows[seq_id][:keep]
         self._free.extend(reversed(extra))
         self._lens[seq_id] = length
 
     def free(self, seq_id: int) -> None:
         """Forget a sequence and return its pages (they are reused first)."""
         pages = self._pages.pop(seq_id)
+        self._rows.pop(seq_id, None)
         del self._lens[seq_id]
         self._free.extend(reversed(pages))
 
@@ -204,19 +216,28 @@ class PagedKVCache:
     def block_table(self, seq_ids: Sequence[int], width: int | None = None) -> torch.Tensor:
         """int32 ``[batch, width]``: each sequence's pages in order, padded with page 0.
         ``width`` defaults to the most pages any of the sequences holds."""
-        rows = [self._pages[s] for s in seq_ids]
+        rows = [self._row(s) for s in seq_ids]
         width = max((len(r) for r in rows), default=0) if width is None else width
         table = torch.zeros(len(rows), max(width, 1), dtype=torch.int32)
         for i, r in enumerate(rows):
             if len(r) > width:
                 raise ValueError(f"sequence {seq_ids[i]} holds {len(r)} pages > width {width}")
-            table[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
-        return table.to(self.device)
+            table[i, : len(r)] = r
+        # a copy from pageable memory is staged before it returns, so non_blocking only skips
+        # waiting for the device (a blocking copy would wait for the stream every step)
+        return table.to(self.device, non_blocking=True)
+
+    def _row(self, seq_id: int) -> torch.Tensor:
+        """The pages of a sequence as a host int32 tensor (built once, then kept in step)."""
+        row = self._rows.get(seq_id)
+        if row is None:
+            row = self._rows[seq_id] = torch.tensor(self._pages[seq_id], dtype=torch.int32)
+        return row
 
     def seq_lens(self, seq_ids: Sequence[int]) -> torch.Tensor:
         """int32 ``[batch]`` tokens in the cache per sequence."""
-        return torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32,
-                            device=self.device)
+        lens = torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32)
+        return lens.to(self.device, non_blocking=True)  # staged: see block_table
 
     # -- data -------------------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, state: KVState) -> None:

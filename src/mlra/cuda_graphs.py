@@ -15,8 +15,11 @@ power of two of pages (the kernels never read past a sequence's length). One gra
 
 The first call of a shape runs the step eagerly (that is the step's result; it also compiles
 and tunes whatever needs it) and then captures it; later calls of that shape copy their inputs
-into the graph's static buffers and replay. Under tensor parallelism every rank captures the
-same shapes in the same order, collectives included.
+into the graph's static buffers, padded there (:func:`load_padded`: a few copies, no padded
+tensors built first), and replay. The graphs live as long as the step object: a decoder kept
+between :func:`mlra.generate` calls (:mod:`mlra.reuse`) replays the graphs an earlier call
+captured. Under tensor parallelism every rank captures the same shapes in the same order,
+collectives included.
 """
 
 from __future__ import annotations
@@ -57,6 +60,32 @@ def pad_step_inputs(
     return input_ids[rows], table, seq_lens[rows]
 
 
+def load_padded(
+    static: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    input_ids: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+) -> None:
+    """Copy a step's inputs into the larger buffers ``static`` (ids, table, lengths), padded
+    exactly as :func:`pad_step_inputs` pads them: rows past the batch repeat row 0, table
+    columns past its width are page 0. Every element of the buffers is written (nothing of an
+    earlier, larger batch survives), with four to seven copies and no padded tensor built."""
+    ids, table, lens = static
+    B, W = block_table.shape
+    batch, width = table.shape
+    if batch < B or width < W:
+        raise ValueError(f"cannot pad a batch of {B} x {W} pages down to {batch} x {width}")
+    ids[:B].copy_(input_ids)
+    lens[:B].copy_(seq_lens)
+    table[:B, :W].copy_(block_table)
+    if W < width:
+        table[:B, W:].zero_()
+    if B < batch:
+        ids[B:].copy_(ids[:1].expand(batch - B, -1))
+        lens[B:].copy_(lens[:1].expand(batch - B))
+        table[B:].copy_(table[:1].expand(batch - B, -1))
+
+
 class _Captured:
     """One captured step: its graph and static input / output buffers."""
 
@@ -64,9 +93,10 @@ class _Captured:
                  output: torch.Tensor) -> None:
         self.graph, self.inputs, self.output = graph, inputs, output
 
-    def replay(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        for static, new in zip(self.inputs, inputs, strict=True):
-            static.copy_(new)
+    def replay(self, input_ids: torch.Tensor, block_table: torch.Tensor,
+               seq_lens: torch.Tensor) -> torch.Tensor:
+        """Replay with these (unpadded) inputs; the static output (all padded rows)."""
+        load_padded(self.inputs, input_ids, block_table, seq_lens)  # type: ignore[arg-type]
         self.graph.replay()
         return self.output
 
@@ -78,6 +108,8 @@ class GraphedDecodeStep:
     ``min_width`` is the smallest table-width bucket (pages). ``max_graphs`` bounds the
     captures kept; a shape beyond them runs eagerly. A capture that fails (an operation that
     cannot be captured) is reported once as a warning and every later call runs eagerly.
+    ``captures`` counts the graphs captured so far (a reused step captures no new one for a
+    shape it has seen).
     """
 
     def __init__(self, step: Step, *, min_width: int = 16, max_graphs: int = 64) -> None:
@@ -85,6 +117,7 @@ class GraphedDecodeStep:
         self.graphs: dict[tuple[int, int, int], _Captured] = {}
         self.disabled: str | None = None
         self.probed = False  # one probe per step: every shape runs the same operations
+        self.captures = 0
 
     def __call__(
         self, input_ids: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor
@@ -95,10 +128,10 @@ class GraphedDecodeStep:
         if self.disabled is not None:
             return self.step(input_ids, block_table, seq_lens)
         key = (bucket(B), T, bucket(block_table.shape[1], self.min_width))
-        padded = pad_step_inputs(input_ids, block_table, seq_lens, key[0], key[2])
         captured = self.graphs.get(key)
         if captured is not None:
-            return captured.replay(padded)[:B].clone()
+            return captured.replay(input_ids, block_table, seq_lens)[:B].clone()
+        padded = pad_step_inputs(input_ids, block_table, seq_lens, key[0], key[2])
         out = self.step(*padded)  # the real step, eager: also warms up compile / autotuning
         if len(self.graphs) < self.max_graphs and (self.probed or self._capturable(padded)):
             self._capture(key, padded)
@@ -139,3 +172,4 @@ class GraphedDecodeStep:
             self._disable(exc)
             return
         self.graphs[key] = _Captured(graph, inputs, output)
+        self.captures += 1

@@ -139,7 +139,7 @@ class DecodeStep:
         ctx.pre = functools.partial(fused_pre, ctx)
         ctx.attend = functools.partial(fused_attend, ctx)
         ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
-        if type(model).logits is not Transformer.logits:  # e.g. vocab-parallel heads
+        if getattr(model.logits, "__func__", None) is not Transformer.logits:  # e.g. TP heads
             return model.logits(model.run(input_ids, positions, ctx))
         hidden = model.run(input_ids, positions, ctx, final_norm=False)
         return fused_logits(model, hidden)
@@ -266,8 +266,11 @@ class Decoder:
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         vocab = self.model.config.vocab_size
-        bad = (ids < 0) | (ids >= vocab)
-        if bool(bad.any()):
+        if ids.numel() == 0:
+            return
+        lo, hi = torch.aminmax(ids)
+        if int(lo) < 0 or int(hi) >= vocab:
+            bad = (ids < 0) | (ids >= vocab)
             raise GenerationError(f"token id {int(ids[bad][0])} is outside the vocabulary "
                                   f"[0, {vocab})")
 
@@ -348,13 +351,14 @@ class Decoder:
         """Append ``tokens`` [batch] or [batch, T] (same T for all) through the paged path;
         returns logits [batch, T, vocab]. A token outside the vocabulary is a
         :class:`GenerationError`; if the step fails, the sequences are left as they were."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens[:, None]
         B, T = tokens.shape
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
-        self._check_ids(tokens)
+        self._check_ids(tokens)  # where they are: host tokens cost no device synchronisation
+        tokens = tokens.to(self.cache.device, non_blocking=True)  # staged: no device wait
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
             block_table = self.cache.block_table(seq_ids)

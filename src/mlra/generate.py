@@ -4,7 +4,8 @@ Prompts of different lengths share one cache without padding (ragged pages: each
 holds only its own tokens), so a batch gives exactly the tokens each prompt gives alone.
 A thin client of the serving engine (:class:`mlra.serve.Engine`, one decode path): sequences
 are admitted while the token budget holds their whole length (continuous batching), stop on
-their own conditions and give their pages back at once, while the others continue.
+their own conditions and give their pages back at once, while the others continue. The decoder
+(cache, decode step, CUDA graphs) is kept for the model between calls (:mod:`mlra.reuse`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import torch
 from mlra.cache import DEFAULT_PAGE_SIZE, CacheFullError
 from mlra.decoding import GenerationError
 from mlra.model import Transformer
+from mlra.reuse import borrow, kept_decoder, release_decoder
 from mlra.sampling import validate_sampling
 from mlra.serve.engine import Engine, SamplingParams
+from mlra.serve.executor import Executor
+
+__all__ = ["TokenCallback", "check_prompts", "generate", "kept_decoder", "release_decoder"]
 
 TokenCallback = Callable[[int, int], None]
 """``callback(prompt_index, token)``, called for every generated token as it is produced."""
@@ -96,6 +101,7 @@ def generate(
     vocab_limit: int | None = None,
     cuda_graphs: bool | None = None,
     compile: bool = False,
+    reuse: bool = True,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` tokens after each prompt; returns the new tokens of
     every prompt, in prompt order.
@@ -114,7 +120,24 @@ def generate(
     - ``cuda_graphs`` replays decode steps through CUDA graphs (default: on when the step runs
       through the Triton kernels: a bf16/fp16 model on a CUDA device); ``compile`` also
       compiles the dense parts of the step (``torch.compile``; on a GPU in max-autotune mode,
-      which takes seconds to tens of seconds per batch size the first time).
+      which takes seconds to tens of seconds per batch size the first time) where the step has
+      no fused form (:class:`~mlra.decoding.DecodeStep`).
+    - ``reuse`` keeps the decoder -- its cache, decode step and CUDA graphs -- for the model
+      after the call (:mod:`mlra.reuse`; :func:`release_decoder` frees it), so that the next
+      call replays the graphs of the batch shapes it has seen; results are those of a fresh
+      decoder. ``reuse=False`` builds one for this call only and frees it on return.
+
+    What a call waits for before its tokens come at the step's pace. The first token is the
+    prefill's (one eager forward over the prompts). The first decode step of a batch shape not
+    seen before (its batch rounded up to a power of two and its longest sequence's pages to a
+    power of two, at least 16) runs eagerly, then is captured in a CUDA graph; on the first call
+    of a process that step also compiles the Triton kernels (from the on-disk Triton cache when
+    an earlier process compiled them), and with ``compile`` also runs ``torch.compile`` for that
+    shape. A later call on the same model with shapes already seen replays: it waits only for
+    its prefill. Changing the model's weights, dtype or device (or ``page_size``,
+    ``cuda_graphs``, ``compile``), or needing a larger cache than the kept one, starts over as
+    a first call. A call running concurrently with another on the same model (threads) uses a
+    decoder of its own, as a first call. ``benchmarks/e2e_decode`` measures these waits.
 
     Raises :class:`GenerationError` for an empty prompt, a token outside the vocabulary, or a
     prompt plus ``max_new_tokens`` beyond the model's context ``max_seq_len``.
@@ -158,30 +181,32 @@ def generate(
             f"prompt {i} needs {need[i] * page_size} cache tokens, the budget holds "
             f"{num_pages * page_size}; raise cache_tokens"
         )
-    engine = Engine(
-        model, cache_tokens=num_pages * page_size, page_size=page_size,
-        max_batch_size=max_batch_size, prefill_chunk=prefill_chunk, reserve_full=True,
-        vocab_limit=vocab_limit, cuda_graphs=cuda_graphs, compile=compile,
-    )
-    index = {
-        engine.add_request(p, SamplingParams(
-            max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=None if seed is None else seed + i, stop_token_ids=stops,
-        )): i
-        for i, p in enumerate(ids)
-    }
     was_training = model.training
-    model.eval()
-    try:
-        while engine.has_work():
-            for out in engine.step():
-                j = index[out.request_id]
-                if out.finish_reason == "error":
-                    raise GenerationError(f"prompt {j} failed: {out.error}")
-                for tok in out.tokens:
-                    outs[j].append(tok)
-                    if callback is not None:
-                        callback(j, tok)
-    finally:
-        model.train(was_training)
+    with borrow(model, num_pages, page_size, cuda_graphs=cuda_graphs, compile=compile,
+                keep=reuse) as decoder:
+        engine = Engine(
+            model, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk,
+            reserve_full=True, vocab_limit=vocab_limit, executor=Executor(decoder),
+            max_pages=num_pages,  # a larger kept cache schedules as one of this size
+        )
+        index = {
+            engine.add_request(p, SamplingParams(
+                max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=None if seed is None else seed + i, stop_token_ids=stops,
+            )): i
+            for i, p in enumerate(ids)
+        }
+        model.eval()
+        try:
+            while engine.has_work():
+                for out in engine.step():
+                    j = index[out.request_id]
+                    if out.finish_reason == "error":
+                        raise GenerationError(f"prompt {j} failed: {out.error}")
+                    for tok in out.tokens:
+                        outs[j].append(tok)
+                        if callback is not None:
+                            callback(j, tok)
+        finally:
+            model.train(was_training)
     return outs

@@ -2,10 +2,10 @@
 products, e.g. q_h = (1/R_q) sum_r A_q[h, r] B_q[r]; RoPE rotates the rows of B_q and B_k.
 
 Cache per token: the K/V factors, 2 * rank * (n_heads + head_dim). Decoding reads them
-directly (no per-head K or V is formed): the score of head h with token s is
-(1/R) sum_r A_k[s, h, r] (q_h . B_k[s, r]) and its output (1/R) sum_s sum_r p[h, s] A_v[s, h, r]
-B_v[s, r]. Tensor parallelism splits the query heads (the A factors of q, k and v); the B
-factors are replicated.
+directly (no per-head K or V is formed; :func:`mlra.kernels.paged_tpa_decode`): the score of
+head h with token s is (1/R) sum_r A_k[s, h, r] (q_h . B_k[s, r]) and its output
+(1/R) sum_s sum_r p[h, s] A_v[s, h, r] B_v[s, r]. Tensor parallelism splits the query heads (the
+A factors of q, k and v); the B factors are replicated.
 
 Einsum axes: b batch, t query positions, s cached positions, h heads, r rank, d head width.
 """
@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from mlra import kernels
 from mlra.attention.base import KVAttention, KVState
 from mlra.attention.family import AttentionFamily, AttentionShard, CacheLayout, register
 from mlra.attention.standard import head_split, heads_text
@@ -63,26 +64,14 @@ class TensorProductAttention(KVAttention):
         return k, v
 
     def paged_attend(self, q, pools, layout, block_table, seq_lens):
-        """Attention over the factors of the pages in the block table (static shapes: every
-        page of the table is read, positions past a sequence's length are masked and zeroed so
-        that stale or NaN rows never reach the output). Returns [B, T, H, head_dim] (fp32)."""
-        B, T = q.shape[:2]
+        """Attention straight from the cached factors through :func:`mlra.kernels.paged_tpa_decode`
+        (K = (1/R) sum_r A_k B_k, V = (1/R) sum_r A_v B_v never formed). Returns
+        [B, T, H, head_dim] (fp32)."""
         R = self.cfg.tpa_rank
-        idx = block_table.long()
-        f = torch.promote_types(q.dtype, torch.float32)
-        a_k, b_k, a_v, b_v = (pools[n][idx].flatten(1, 2).to(f) for n in ("a_k", "b_k", "a_v",
-                                                                           "b_v"))
-        S = a_k.shape[1]  # pages * page_size
-        pos = torch.arange(S, device=q.device)
-        limit = seq_lens.long()[:, None] - T + torch.arange(T, device=q.device)[None, :]  # [B, T]
-        keep = pos[None, None, :] <= limit[:, :, None]  # [B, T, S]
-        valid = (pos[None, :] < seq_lens.long()[:, None])[:, :, None, None]  # [B, S, 1, 1]
-        a_k, b_k, a_v, b_v = (torch.where(valid, x, 0.0) for x in (a_k, b_k, a_v, b_v))
-        qb = torch.einsum("bthd,bsrd->bthsr", q.to(f), b_k)
-        scores = torch.einsum("bthsr,bshr->bths", qb, a_k) * (self.cfg.softmax_scale / R)
-        p = torch.softmax(scores.masked_fill(~keep[:, :, None, :], float("-inf")), dim=-1)
-        pa = torch.einsum("bths,bshr->bthsr", p, a_v)
-        return torch.einsum("bthsr,bsrd->bthd", pa, b_v) / R
+        out, _ = kernels.paged_tpa_decode(
+            q, pools["a_k"], pools["b_k"], pools["a_v"], pools["b_v"], block_table, seq_lens,
+            self.cfg.softmax_scale / R, 1.0 / R)
+        return out
 
     def reset_parameters(self) -> None:
         """Xavier-uniform factors as the official code (fan computed on the 3-D view

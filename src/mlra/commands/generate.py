@@ -67,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode eagerly on a GPU (default: decode steps replayed through CUDA "
                    "graphs, one capture per batch / table-size bucket)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the dense parts of the decode step (fewer, fused kernels: "
-                   "about 40%% less time per token at batch 1 on a GPU; max-autotune "
-                   "compilation takes 5-50 s per batch size at start-up)")
+                   help="torch.compile the dense parts of the decode step of variants without "
+                   "fused decode kernels (GTA, MFA, TPA, output gate; MHA/MQA/GQA and the "
+                   "latent family decode through fused kernels on a GPU without it); "
+                   "max-autotune compilation takes 5-50 s per batch size at start-up")
     add_tp_arg(p)
     p.set_defaults(func=run)
 
@@ -83,27 +84,35 @@ def _parse_ids(text: str) -> list[int]:
 
 
 class _TextStream:
-    """Prints the growing decoded text, holding back an incomplete UTF-8 character."""
+    """Prints the decoded text as it grows, holding back an incomplete UTF-8 character.
+
+    Each token decodes only the tokens since the last text printed, with the tokens of that
+    text as context (``shown`` = decode of the context, ``text`` = decode of context + new;
+    the new text is ``text`` past ``shown``), so a token costs the same however long the
+    generation (decoding everything each token would grow with it)."""
 
     def __init__(self, decode: Callable[[list[int]], str], stops: list[int]) -> None:
-        self.decode, self.stops, self.tokens, self.shown = decode, set(stops), [], 0
+        self.decode, self.stops, self.tokens = decode, set(stops), []
+        self.start = 0  # the context window: tokens[start:shown] (printed), then new ones
+        self.shown = 0
 
     def __call__(self, _index: int, token: int) -> None:
         if token in self.stops:
             return
         self.tokens.append(token)
-        text = self.decode(self.tokens)
-        if text.endswith("\ufffd"):
-            return
-        self._show(text)
+        self._flush(final=False)
 
-    def _show(self, text: str) -> None:
-        sys.stdout.write(text[self.shown:])
+    def _flush(self, final: bool) -> None:
+        shown = self.decode(self.tokens[self.start:self.shown])
+        text = self.decode(self.tokens[self.start:])
+        if len(text) <= len(shown) or (not final and text.endswith("\ufffd")):
+            return
+        sys.stdout.write(text[len(shown):])
         sys.stdout.flush()
-        self.shown = len(text)
+        self.start, self.shown = self.shown, len(self.tokens)
 
     def close(self) -> None:
-        self._show(self.decode(self.tokens))
+        self._flush(final=True)
         sys.stdout.write("\n")
         sys.stdout.flush()
 

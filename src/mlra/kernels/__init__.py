@@ -1,11 +1,12 @@
 """Paged decode kernels and the fused training attention: Triton on CUDA, the PyTorch
 references everywhere else.
 
-``paged_latent_decode`` and ``paged_gqa_decode`` take the signatures documented in
-:mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
-(:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`) when the cache is on a CUDA
-device, Triton is importable and the shapes are ones the kernels take
-(:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`), the reference otherwise.
+``paged_latent_decode``, ``paged_gqa_decode`` and ``paged_tpa_decode`` take the signatures
+documented in :mod:`mlra.kernels.reference`; the dispatch picks the Triton kernel
+(:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`,
+:mod:`mlra.kernels.triton_tpa`) when the cache is on a CUDA device, Triton is importable and the
+shapes are ones the kernels take (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`,
+:func:`tpa_kernel_supports`), the reference otherwise.
 The decode-step operations around the attention kernel (``skinny_linear``,
 ``latent_decode_prepare``, ``latent_up_output``, ``gqa_decode_prepare``) dispatch the same way
 (:mod:`mlra.kernels.triton_skinny`, :mod:`mlra.kernels.triton_step`).
@@ -34,6 +35,7 @@ from mlra.kernels.reference import (
     latent_up_output_ref,
     paged_gqa_decode_ref,
     paged_latent_decode_ref,
+    paged_tpa_decode_ref,
     skinny_linear_ref,
 )
 from mlra.kernels.train_ops import (
@@ -131,8 +133,40 @@ def paged_gqa_decode(
     return paged_gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
-SKINNY_MAX_ROWS = 64
-"""The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel."""
+def tpa_kernel_supports(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor,
+                        b_v: torch.Tensor) -> bool:
+    """Shapes the Triton TPA kernel takes: four bf16/fp16 factor pools of one dtype, head dim
+    <= 256, rank <= 16, page size a multiple of 16, contiguous ``b`` rows."""
+    return (b_k.dtype in _KERNEL_DTYPES and all(x.dtype == b_k.dtype for x in (a_k, a_v, b_v))
+            and q.shape[-1] <= 256 and a_k.shape[-1] <= 16 and a_k.shape[1] % 16 == 0
+            and b_k.stride(-1) == 1 and b_v.stride(-1) == 1)
+
+
+def paged_tpa_decode(
+    q: torch.Tensor,
+    a_k: torch.Tensor,
+    b_k: torch.Tensor,
+    a_v: torch.Tensor,
+    b_v: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    value_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over paged tensor-product factors (see :func:`paged_tpa_decode_ref`)."""
+    if use_triton(b_k) and tpa_kernel_supports(q, a_k, b_k, a_v, b_v):
+        from mlra.kernels.triton_tpa import paged_tpa_decode_triton
+
+        return paged_tpa_decode_triton(q, a_k, b_k, a_v, b_v, block_table, seq_lens, scale,
+                                       value_scale)
+    return paged_tpa_decode_ref(q, a_k, b_k, a_v, b_v, block_table, seq_lens, scale,
+                                value_scale)
+
+
+SKINNY_MAX_ROWS = 16
+"""The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel (the
+kernel takes up to 64; from 32 rows cuBLAS measured faster on the H200, see
+``benchmarks/e2e_decode/results/fused_h200``)."""
 
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
@@ -351,4 +385,5 @@ __all__ = [
     "up_kernel_supports", "up_project",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
+    "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",
 ]

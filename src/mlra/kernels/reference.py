@@ -6,6 +6,8 @@ Paged cache layout (shared by the cache, the decoders and the kernels):
   row is ``[latent head 0 (w) | latent head 1 | ... | rope key (r)]`` -- the latent heads this
   device holds, then the shared RoPE key. MLA's row is [512 | 64] as FlashMLA's.
 - Standard family: ``k_cache[num_pages, page_size, kv_heads, d]``, ``v_cache[..., d_v]``.
+- Tensor-product factors (TPA): ``a_k`` / ``a_v`` ``[num_pages, page_size, heads, rank]`` and
+  ``b_k`` / ``b_v`` ``[num_pages, page_size, rank, d]``.
 - ``block_table[batch, max_pages]`` (int32) lists each sequence's pages in order;
   ``seq_lens[batch]`` (int32) counts the tokens in the cache, *including* the ``Tq`` new ones.
   Pages past a sequence's length (and rows past it in its last page) may hold anything, NaN
@@ -109,6 +111,49 @@ def paged_gqa_decode_ref(
         lse[b] = torch.logsumexp(logits, dim=-1)
         out[b] = torch.einsum("ths,shd->thd", torch.softmax(logits, dim=-1), v)
     return out, lse
+
+
+def paged_tpa_decode_ref(
+    q: torch.Tensor,
+    a_k: torch.Tensor,
+    b_k: torch.Tensor,
+    a_v: torch.Tensor,
+    b_v: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    value_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over paged tensor-product factors, never forming per-head keys or values.
+
+    q: [B, Tq, H, d]; a_k, a_v: [P, page, H, R]; b_k, b_v: [P, page, R, d]. Key and value of
+    head h at token s are ``k = sum_r a_k[s, h, r] b_k[s, r]`` and ``v = value_scale * sum_r
+    a_v[s, h, r] b_v[s, r]``; the logit is ``scale * q_h . k``, computed as ``sum_r a_k[s, h, r]
+    (q_h . b_k[s, r])`` and the output as ``sum_r (p_h * a_v[:, h, r]) . b_v[:, r]``.
+    Returns out [B, Tq, H, d] and lse [B, Tq, H] (fp32, fp64 for fp64 queries).
+
+    Static shapes, no host synchronisation: every page of the block table is read (entries
+    outside the pool are clamped into it) and positions past a sequence's length are zeroed
+    before use, so whatever they hold never reaches the result.
+    """
+    B, T = q.shape[:2]
+    f = torch.promote_types(q.dtype, torch.float32)
+    idx = block_table.long().clamp(0, a_k.shape[0] - 1)
+    ak, bk, av, bv = (x[idx].flatten(1, 2).to(f) for x in (a_k, b_k, a_v, b_v))
+    S = ak.shape[1]  # pages * page_size
+    pos = torch.arange(S, device=q.device)
+    lens = seq_lens.long().to(q.device)
+    limit = lens[:, None] - T + torch.arange(T, device=q.device)[None, :]  # [B, T]
+    keep = pos[None, None, :] <= limit[:, :, None]  # [B, T, S]
+    valid = (pos[None, :] < lens[:, None])[:, :, None, None]  # [B, S, 1, 1]
+    ak, bk, av, bv = (torch.where(valid, x, 0.0) for x in (ak, bk, av, bv))
+    qb = torch.einsum("bthd,bsrd->bthsr", q.to(f), bk)
+    logits = torch.einsum("bthsr,bshr->bths", qb, ak) * scale
+    logits = logits.masked_fill(~keep[:, :, None, :], float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)  # -inf for a row that sees no token
+    p = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+    pa = torch.einsum("bths,bshr->bthsr", p, av)
+    return torch.einsum("bthsr,bsrd->bthd", pa, bv) * value_scale, lse
 
 
 def latent_train_attention_ref(

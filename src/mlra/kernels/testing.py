@@ -97,6 +97,23 @@ def random_gqa_case(
     )
 
 
+def random_tpa_case(
+    seq_lens: Sequence[int], page: int, tq: int, h: int, rank: int, d: int,
+    dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu", seed: int = 0,
+) -> dict:
+    """Inputs of :func:`mlra.kernels.paged_tpa_decode` for a random ragged batch (TPA's
+    scales: logits ``d^-1/2 / rank``, values ``1 / rank``)."""
+    g = torch.Generator().manual_seed(seed)
+    table, pool = random_page_table(seq_lens, page, generator=g)
+    a_k, b_k, a_v, b_v = (fill_pages(shape, seq_lens, table, pool, page, dtype, device, g)
+                          for shape in ((h, rank), (rank, d), (h, rank), (rank, d)))
+    return dict(
+        q=torch.randn(len(seq_lens), tq, h, d, generator=g).to(dtype).to(device),
+        a_k=a_k, b_k=b_k, a_v=a_v, b_v=b_v, block_table=table.to(device),
+        seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32, device=device),
+        scale=d ** -0.5 / rank, value_scale=1.0 / rank,
+    )
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (NaN anywhere gives NaN)."""
     out, ref = out.double(), ref.double()

@@ -20,8 +20,12 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import triton
@@ -55,7 +59,7 @@ def _skinny_kernel(
     eps, in_scale,
     NUM_W: tl.constexpr, SWIGLU: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -72,6 +76,10 @@ def _skinny_kernel(
         if pid_n >= T1 + T2:
             w_ptr, o_ptr, N, sw, so, t = w3_ptr, o3_ptr, N3, sw3, so3, pid_n - T1 - T2
 
+    if ALIGNED:  # rows start on 16-byte boundaries: vector loads (e.g. K = 9880)
+        sw = tl.multiple_of(sw, 8)
+        sw2 = tl.multiple_of(sw2, 8)
+        stride_xm = tl.multiple_of(stride_xm, 8)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_n = t * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -185,6 +193,48 @@ def default_skinny_config(M: int, K: int, tiles: int, swiglu: bool, sms: int) ->
                         waves=2.0)
 
 
+TUNED_ENV = "MLRA_SKINNY_TUNED"
+"""Environment variable naming a JSON file of tuned launch parameters (``bench_skinny.py
+--sweep`` writes one); default: ``skinny_tuned.json`` beside this module."""
+
+
+def tuning_key(block_m: int, K: int, ns: Sequence[int], swiglu: bool) -> str:
+    """The key of a projection shape in a tuned-parameters file."""
+    return f"m{block_m}:k{K}:n{'x'.join(map(str, ns))}:{'swiglu' if swiglu else 'plain'}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tuned_table(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # no table (or an unreadable one): the heuristics
+        return {}
+
+
+def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], swiglu: bool
+                 ) -> dict | None:
+    """Tuned launch parameters for this device (by name) and shape, or None."""
+    if device.type != "cuda":
+        return None
+    path = os.environ.get(TUNED_ENV) or str(Path(__file__).with_name("skinny_tuned.json"))
+    table = _tuned_table(path).get(torch.cuda.get_device_name(device), {})
+    found = table.get(tuning_key(block_m, K, ns, swiglu))
+    if found is not None or not table:
+        return found
+    # the nearest tuned shape with the same rows, inputs, kind and number of weights
+    best, best_gap = None, None
+    for key, cfg in table.items():
+        m, k, n, kind = key.split(":")
+        outs = [int(v) for v in n[1:].split("x")]
+        if (m, k, kind) != (f"m{block_m}", f"k{K}", "swiglu" if swiglu else "plain") or \
+                len(outs) != len(ns):
+            continue
+        gap = abs(sum(outs) - sum(ns))
+        if best_gap is None or gap < best_gap:
+            best, best_gap = cfg, gap
+    return best
+
+
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
            ) -> tuple[int, int]:
     chunks = math.ceil(K / block_k)
@@ -224,6 +274,9 @@ def skinny_linear_triton(
         return tuple(o.view(*lead, -1) for o in outs)
     block_m = 1 if M == 1 else max(16, next_pow2(M))
     base = default_skinny_config(M, K, 0, swiglu, device_sms(x))
+    tuned = tuned_config(x.device, block_m, K, [w.shape[0] for w in ws_in], swiglu)
+    if tuned is not None:
+        base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
     cfg = base if config is None else dataclasses.replace(
         base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                  if getattr(config, f.name) is not None})
@@ -251,6 +304,7 @@ def skinny_linear_triton(
         NUM_W=n_w, SWIGLU=swiglu, HAS_NORM=norm_weight is not None,
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
+        ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
         num_warps=cfg.num_warps,
     )
     return tuple(o.view(*lead, -1) for o in outs)

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import next_pow2
 
-TWO_PI = 6.283185307179586
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
@@ -170,7 +170,7 @@ def _up_output(z, lse, w_up, out_scale, head_dim, merge):
     if M == 0:
         return out
     block_s = next_pow2(S)
-    bd = min(64, D)
+    bd = min(32, D)  # many programs: at batch 1 there are only heads x D / bd of them
     bw = max(16, min(64, next_pow2(W), 4096 // block_s))
     o2 = out.view(M, -1)
     _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](

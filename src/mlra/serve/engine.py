@@ -141,7 +141,10 @@ class Engine:
     - ``cuda_graphs`` / ``compile``: see :class:`~mlra.decoding.Decoder` (graphs default to on
       where the step runs through the Triton kernels).
     - ``executor``: run the model through this executor (tensor parallelism: a
-      :class:`~mlra.serve.executor.BroadcastExecutor`); by default one over a new cache.
+      :class:`~mlra.serve.executor.BroadcastExecutor`; a decoder kept between calls, see
+      :mod:`mlra.reuse`); by default one over a new cache. ``max_pages``: the pages of its
+      cache this engine may hold (default: all), so a larger cache kept from an earlier call
+      schedules exactly as a cache of this size would.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Engine:
         cuda_graphs: bool | None = None,
         compile: bool | dict = False,
         executor: Executor | None = None,
+        max_pages: int | None = None,
     ) -> None:
         cfg = model.config
         if max_batch_size is not None and max_batch_size < 1:
@@ -178,6 +182,10 @@ class Engine:
         self.executor = executor
         self.cache: PagedKVCache = executor.cache
         self.device = self.cache.device
+        if max_pages is not None and not 1 <= max_pages <= self.cache.num_pages:
+            raise GenerationError(f"max_pages must be in [1, {self.cache.num_pages}] (the "
+                                  f"cache's pages), got {max_pages}")
+        self.num_pages = self.cache.num_pages if max_pages is None else max_pages
         self._ids = itertools.count()
         self._admissions = itertools.count()
         self.waiting: deque[_Request] = deque()
@@ -208,10 +216,10 @@ class Engine:
                 f"the prompt has {len(prompt)} tokens; with {params.max_tokens} new tokens that "
                 f"is {total} > the model's context of {cfg.max_seq_len} tokens")
         need = self._full_pages(len(prompt), params.max_tokens)
-        if need > self.cache.num_pages:
+        if need > self.num_pages:
             raise CacheFullError(
                 f"a request of {total} tokens needs {need * self.cache.page_size} cache tokens, "
-                f"the budget holds {self.cache.num_pages * self.cache.page_size}; raise "
+                f"the budget holds {self.num_pages * self.cache.page_size}; raise "
                 "cache_tokens")
         gen = None
         if params.seed is not None:
@@ -239,6 +247,11 @@ class Engine:
     @property
     def pages_used(self) -> int:
         return self.cache.num_pages - self.cache.num_free_pages
+
+    @property
+    def num_free_pages(self) -> int:
+        """Free pages within this engine's budget (``max_pages``)."""
+        return self.cache.num_free_pages - (self.cache.num_pages - self.num_pages)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -280,7 +293,7 @@ class Engine:
             target = len(req.tokens) - 1 if resumed else len(req.prompt)
             if self.reserve_full:
                 need = self._full_pages(len(req.prompt), req.params.max_tokens)
-                if self._committed + need > self.cache.num_pages:
+                if self._committed + need > self.num_pages:
                     return
                 self._committed += need
             else:
@@ -288,7 +301,7 @@ class Engine:
                 # room for the prompt (and its first new token) and one page of headroom for
                 # every sequence already decoding; alone, a request always fits (add_request)
                 need = self.cache.pages_for(target + 1)
-                room = self.cache.num_free_pages - (decoding if self.running else 0)
+                room = self.num_free_pages - (decoding if self.running else 0)
                 if need > room:
                     return
             self.waiting.popleft()
@@ -300,14 +313,15 @@ class Engine:
 
     def _make_room(self) -> None:
         """Preempt the latest admitted sequences until every decoding one has room for its
-        next token."""
-        while True:
+        next token (never needed with ``reserve_full``: every admitted request's whole length
+        is promised)."""
+        while not self.reserve_full:
             dec = [r for r in self.running.values() if r.state == DECODE]
             need = sum(
                 max(0, self.cache.pages_for(self.executor.length(r.id) + 1)
                     - self.executor.pages(r.id))
                 for r in dec)
-            if need <= self.cache.num_free_pages or len(self.running) <= 1:
+            if need <= self.num_free_pages or len(self.running) <= 1:
                 return
             victim = max(self.running.values(), key=lambda r: r.admitted)
             self._preempt(victim)
@@ -363,6 +377,8 @@ class Engine:
     def _prefill(self, outputs: dict[int, StepOutput]) -> None:
         reqs = sorted((r for r in self.running.values() if r.state == PREFILL),
                       key=lambda r: r.admitted)
+        if not reqs:
+            return
         # the chunk bounds how long running sequences wait for their next token: with none
         # decoding, nobody waits and the prompts are prefilled whole (one call, as a batch)
         decoding = any(r.state == DECODE for r in self.running.values())
@@ -448,12 +464,18 @@ class Engine:
         for i, r in enumerate(reqs):
             p = r.params
             groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
-        tokens = [0] * len(reqs)
-        for (temp, top_k, top_p), rows in groups.items():
-            picked = sample_next(logits[rows], temp, top_k, top_p,
-                                 [reqs[i].generator for i in rows], vocab_limit=self.vocab_limit)
-            for i, t in zip(rows, picked.tolist(), strict=True):
-                tokens[i] = t
+        if len(groups) == 1:  # the usual case: the whole batch at once, no gather of rows
+            (temp, top_k, top_p), = groups
+            tokens = sample_next(logits, temp, top_k, top_p, [r.generator for r in reqs],
+                                 vocab_limit=self.vocab_limit).tolist()
+        else:
+            tokens = [0] * len(reqs)
+            for (temp, top_k, top_p), rows in groups.items():
+                picked = sample_next(logits[rows], temp, top_k, top_p,
+                                     [reqs[i].generator for i in rows],
+                                     vocab_limit=self.vocab_limit)
+                for i, t in zip(rows, picked.tolist(), strict=True):
+                    tokens[i] = t
         lp_rows = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
         lps = self._log_softmax(logits[lp_rows]) if lp_rows else None
         for k, i in enumerate(lp_rows):
@@ -505,13 +527,21 @@ def make_decoder(
     if cache_tokens < 1:
         raise GenerationError(f"cache_tokens must be positive, got {cache_tokens}")
     num_pages = max(1, math.ceil(cache_tokens / page_size))
+    cuda_graphs = resolve_cuda_graphs(model, cuda_graphs)
     cache = PagedKVCache(cfg, num_pages, page_size, dtype=param.dtype, device=param.device)
-    if cuda_graphs is None:  # on where the step runs through the (capturable) Triton kernels
-        cuda_graphs = kernels.triton_decodes(param.device, param.dtype)
+    return Decoder(model, cache, compile=compile, cuda_graphs=cuda_graphs)
+
+
+def resolve_cuda_graphs(model: Transformer, cuda_graphs: bool | None) -> bool:
+    """``cuda_graphs``, or when None whether the decode step of ``model`` runs through the
+    (capturable) Triton kernels; :class:`GenerationError` when asked for off a CUDA device."""
+    param = next(model.parameters())
+    if cuda_graphs is None:
+        return kernels.triton_decodes(param.device, param.dtype)
     if cuda_graphs and param.device.type != "cuda":
         raise GenerationError(f"cuda_graphs needs the model on a CUDA device, not "
                               f"{param.device}")
-    return Decoder(model, cache, compile=compile, cuda_graphs=cuda_graphs)
+    return bool(cuda_graphs)
 
 
 def run_to_completion(engine: Engine, ids: Iterable[int]) -> dict[int, list[int]]:
