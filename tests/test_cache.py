@@ -68,6 +68,7 @@ def test_allocation_reuse_and_all_or_nothing():
     a, b = cache.add_sequence(), cache.add_sequence()
     cache.extend([a, b], [6, 3])  # a: 2 pages, b: 1 page
     assert cache.pages(a) == [0, 1] and cache.pages(b) == [2]
+    assert cache.page_count(a) == 2 and cache.page_count(b) == 1
     assert cache.length(a) == 6 and cache.num_free_pages == 2
     with pytest.raises(CacheFullError, match="4 more pages"):
         cache.reserve([a, b], [7, 6])  # a needs 2 more pages, b 2 more: 4 > 2 free

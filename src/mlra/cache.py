@@ -134,6 +134,10 @@ class PagedKVCache:
     def pages(self, seq_id: int) -> list[int]:
         return list(self._pages[seq_id])
 
+    def page_count(self, seq_id: int) -> int:
+        """Pages held by ``seq_id`` (without copying its page list)."""
+        return len(self._pages[seq_id])
+
     @property
     def sequences(self) -> list[int]:
         return list(self._lens)

@@ -281,7 +281,7 @@ class Decoder:
         written into those positions are unreachable and overwritten by the next step."""
         cache = self.cache
         sids = list(dict.fromkeys(seq_ids))
-        before = {s: (cache.length(s), len(cache.pages(s))) for s in sids}
+        before = {s: (cache.length(s), cache.page_count(s)) for s in sids}
         try:
             yield
         except BaseException:

@@ -68,7 +68,7 @@ class Executor:
         return self.cache.length(self._seqs[rid]) if rid in self._seqs else 0
 
     def pages(self, rid: int) -> int:
-        return len(self.cache.pages(self._seqs[rid])) if rid in self._seqs else 0
+        return self.cache.page_count(self._seqs[rid]) if rid in self._seqs else 0
 
 
 OPS = ("reserve", "prefill", "decode", "release")
