@@ -166,7 +166,7 @@ def paged_tpa_decode(
 SKINNY_MAX_ROWS = 16
 """The most rows (batch x new tokens) :func:`skinny_linear` sends to its Triton kernel (the
 kernel takes up to 64; from 32 rows cuBLAS measured faster on the H200, see
-``benchmarks/e2e_decode/results/fused_h200``)."""
+``benchmarks/e2e_decode/results/h200/fused``)."""
 
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> bool:
