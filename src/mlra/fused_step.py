@@ -31,11 +31,6 @@ def fused_supported(block: Block) -> bool:
     return cfg.family == "latent" or (cfg.family == "standard" and block.attn.layout.direct_kv)
 
 
-MERGE_IN_UP = False
-"""Merge the attention kernel's split partials inside the W_UV launch (one launch fewer per
-layer). Off: at batch 1 every W_UV program re-reads its head's partials of all splits, which
-measured slower on the H200 (27 us per layer at 8K) than the merge kernel plus W_UV."""
-
 _INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}
 
 
@@ -71,30 +66,12 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
     return x, q, {}
 
 
-def fused_attend(ctx, block: Block, q, state) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """The context's attention; for one group of latent heads (MLA, MLRA-B) the kernel's
-    split-KV partials unmerged, so that :func:`fused_post` merges them inside its W_UV launch
-    (the cache entries were written by :func:`fused_pre`)."""
-    attn = block.attn
-    if not MERGE_IN_UP or attn.cfg.family != "latent" or attn.groups != 1 or attn.branches > 4:
-        return type(ctx).attend(ctx, block, q, state)
-    q_abs, q_rope = q
-    layout = ctx.cache.layout
-    o_ws, lse_ws = kernels.paged_latent_decode(
-        q_abs[:, :, :, 0], q_rope[:, :, 0], ctx.cache.pools[block.index]["rows"],
-        ctx.block_table, ctx.seq_lens, layout.latent_offsets, layout.rope_offset,
-        attn.cfg.softmax_scale, keep_splits=True)
-    return o_ws.unsqueeze(4), lse_ws.unsqueeze(4)  # [splits, B, T, branches, groups=1, ...]
-
-
 def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
                decode_form: bool = True) -> torch.Tensor:
     """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
     MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
     attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
-    if isinstance(o, tuple):  # split partials from fused_attend
-        o = kernels.latent_merge_up_output(*o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
-    elif cfg.family == "latent":
+    if cfg.family == "latent":
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
         o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection

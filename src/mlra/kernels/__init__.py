@@ -30,7 +30,6 @@ from mlra.kernels.reference import (
     decode_slots_ref,
     gqa_decode_prepare_ref,
     latent_decode_prepare_ref,
-    latent_merge_up_output_ref,
     latent_train_attention_ref,
     latent_up_output_ref,
     paged_gqa_decode_ref,
@@ -100,21 +99,15 @@ def paged_latent_decode(
     latent_offsets: Sequence[int],
     rope_offset: int,
     scale: float,
-    keep_splits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`).
-    ``keep_splits``: the split-KV partials ``[splits, ...]`` unmerged (one split from the
-    reference), for :func:`latent_merge_up_output`."""
-    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache) and not (
-            keep_splits and q_latent.shape[2] > 4):
+    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
+    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
         return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
-                                          latent_offsets, rope_offset, scale,
-                                          keep_splits=keep_splits)
-    out, lse = paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
-                                       latent_offsets, rope_offset, scale)
-    return (out[None], lse[None]) if keep_splits else (out, lse)
+                                          latent_offsets, rope_offset, scale)
+    return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
+                                   latent_offsets, rope_offset, scale)
 
 
 def paged_gqa_decode(
@@ -234,20 +227,6 @@ def latent_up_output(
 
         return latent_up_output_triton(z, w_up, out_scale, head_dim)
     return latent_up_output_ref(z, w_up, out_scale, head_dim)
-
-
-def latent_merge_up_output(
-    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
-    head_dim: int,
-) -> torch.Tensor:
-    """The split merge, W_UV and the branch sum of the latent family's decode step in one
-    (see :func:`latent_merge_up_output_ref`)."""
-    if use_triton(o_ws) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
-            and _pow2_width(head_dim) and o_ws.is_contiguous() and lse_ws.is_contiguous():
-        from mlra.kernels.triton_step import latent_merge_up_output_triton
-
-        return latent_merge_up_output_triton(o_ws, lse_ws, w_up, out_scale, head_dim)
-    return latent_merge_up_output_ref(o_ws, lse_ws, w_up, out_scale, head_dim)
 
 
 def decode_slots(

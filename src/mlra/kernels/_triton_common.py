@@ -196,6 +196,18 @@ def make_descriptor(flat: torch.Tensor, block_shape: list[int]):
 
 
 @triton.jit
+def split_range(seq_len, Tq, pid_s, n_splits, BLOCK_N: tl.constexpr):
+    """The cached positions ``[start, end)`` split ``pid_s`` of ``n_splits`` reads (whole tiles
+    of ``BLOCK_N``), and ``full_end``: tiles before it need no causal mask (positions below
+    ``seq_len - Tq + 1`` are visible to every query row)."""
+    per = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), n_splits)
+    start = pid_s * per * BLOCK_N
+    end = tl.minimum(start + per * BLOCK_N, seq_len)
+    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+    return start, end, full_end
+
+
+@triton.jit
 def load_cols(row_ptrs, offs_n, end, offs_c, C: tl.constexpr, C_PAD: tl.constexpr,
               MASK: tl.constexpr):
     """Load a [BLOCK_N, C_PAD] tile of columns ``offs_c`` of each row (zeros where masked:

@@ -49,7 +49,6 @@ def paged_latent_decode_ref(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed latent attention over a paged cache, for ``NB`` latent streams at once.
-    (The dispatch's ``keep_splits`` returns this result as one split, ``[1, ...]``.)
 
     q_latent: [B, Tq, NB, Hq, W] absorbed queries (stream b reads columns
     ``latent_offsets[b] : latent_offsets[b] + W``); q_rope: [B, Tq, Hq, R], shared by the
@@ -294,24 +293,6 @@ def latent_up_output_ref(
     w_uv = w_up.view(nb, G, w, Hg, 2 * head_dim)[..., head_dim:]
     o = torch.einsum("btngiw,ngwid->btgid", z.to(w_uv.dtype), w_uv) * out_scale
     return o.reshape(B, T, G * Hg * head_dim)
-
-
-def merge_splits_ref(o_ws: torch.Tensor, lse_ws: torch.Tensor) -> torch.Tensor:
-    """Split-KV partials ``o_ws [S, ..., w]`` with their ``lse_ws [S, ...]`` merged: the
-    softmax-weighted sum over splits (rows whose splits are all empty give zeros)."""
-    total = torch.logsumexp(lse_ws, dim=0, keepdim=True)
-    weight = torch.exp(lse_ws - total).nan_to_num(0.0)
-    return (weight[..., None] * o_ws).sum(0)
-
-
-def latent_merge_up_output_ref(
-    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
-    head_dim: int,
-) -> torch.Tensor:
-    """:func:`latent_up_output_ref` of the split partials of the attention kernel, ``o_ws``
-    [S, B, T, branches, groups, Hg, w] and ``lse_ws`` [S, B, T, branches, groups, Hg],
-    merged first (:func:`merge_splits_ref`)."""
-    return latent_up_output_ref(merge_splits_ref(o_ws, lse_ws), w_up, out_scale, head_dim)
 
 
 def gqa_decode_prepare_ref(

@@ -23,6 +23,7 @@ from mlra.kernels._triton_common import (
     next_pow2,
     num_splits_for,
     resolve_config,
+    split_range,
     split_workspaces,
     tile_pages,
     tma_possible,
@@ -93,11 +94,7 @@ def _gqa_decode_kernel(
     h = kvh * G + offs_m % G
     limit = seq_len - Tq + t + 1
 
-    tiles = tl.cdiv(seq_len, BLOCK_N)
-    per = tl.cdiv(tiles, n_splits)
-    start = pid_s * per * BLOCK_N
-    end = tl.minimum(start + per * BLOCK_N, seq_len)
-    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+    start, end, full_end = split_range(seq_len, Tq, pid_s, n_splits, BLOCK_N)
 
     offs_d = tl.arange(0, D_PAD)
     offs_v = tl.arange(0, DV_PAD)

@@ -31,6 +31,7 @@ from mlra.kernels._triton_common import (
     next_pow2,
     num_splits_for,
     resolve_config,
+    split_range,
     split_workspaces,
     tile_pages,
     tma_possible,
@@ -160,12 +161,7 @@ def _latent_decode_kernel(
     h = offs_m % Hq
     limit = seq_len - Tq + t + 1  # query row may see cached positions < limit
 
-    tiles = tl.cdiv(seq_len, BLOCK_N)
-    per = tl.cdiv(tiles, n_splits)
-    start = pid_s * per * BLOCK_N
-    end = tl.minimum(start + per * BLOCK_N, seq_len)
-    # positions < seq_len - Tq + 1 are visible to every row: no masking needed there
-    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+    start, end, full_end = split_range(seq_len, Tq, pid_s, n_splits, BLOCK_N)
 
     j0 = grp * NB  # first stream of this program
     off0 = _pick(j0, o0, o1, o2, o3)
@@ -286,7 +282,6 @@ def paged_latent_decode_triton(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     max_seq_len: int | None = None,
-    keep_splits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref`.
 
@@ -294,8 +289,6 @@ def paged_latent_decode_triton(
     ``config`` (block sizes, warps, stages), ``out``/``lse`` (preallocated contiguous fp32
     outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
     default: the block table's capacity, so the call never synchronises the device).
-    ``keep_splits`` returns the split-KV partials ``[splits, *out.shape]`` /
-    ``[splits, *lse.shape]`` unmerged (for a consumer that merges them itself).
     """
     _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
@@ -305,8 +298,6 @@ def paged_latent_decode_triton(
         out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
     if lse is None:
         lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=dev)
-    if NB > MAX_STREAMS and keep_splits:
-        raise ValueError(f"keep_splits takes at most {MAX_STREAMS} streams, got {NB}")
     if NB > MAX_STREAMS:  # groups of four streams, each reading the RoPE keys once
         for g in range(0, NB, MAX_STREAMS):
             sl = slice(g, min(NB, g + MAX_STREAMS))
@@ -367,7 +358,5 @@ def paged_latent_decode_triton(
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if keep_splits:
-        return o_ws, lse_ws
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

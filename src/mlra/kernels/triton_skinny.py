@@ -183,7 +183,7 @@ def _counters(device: torch.device, tiles: int) -> torch.Tensor:
     return buf
 
 
-def default_skinny_config(M: int, K: int, tiles: int, swiglu: bool, sms: int) -> SkinnyConfig:
+def default_skinny_config(M: int, K: int) -> SkinnyConfig:
     """One row: tiles of 32 outputs x 256 inputs (a dot product per output, no tensor cores);
     more rows: 32 x 128 tiles through ``tl.dot``. K is split until about two programs per
     multiprocessor exist (a weight of a few megabytes then still streams from every SM)."""
@@ -273,7 +273,7 @@ def skinny_linear_triton(
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
     block_m = 1 if M == 1 else max(16, next_pow2(M))
-    base = default_skinny_config(M, K, 0, swiglu, device_sms(x))
+    base = default_skinny_config(M, K)
     tuned = tuned_config(x.device, block_m, K, [w.shape[0] for w in ws_in], swiglu)
     if tuned is not None:
         base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})

@@ -4,8 +4,7 @@
   (per latent head RMSNorm, scale, RoPE key) written at its slot, the RoPE queries and the
   absorbed queries (``q_nope @ W_UK`` per latent head), from the two projection outputs;
 - :func:`latent_up_output_triton`: ``W_UV`` per latent head and query head, summed over
-  branches, scaled; :func:`latent_merge_up_output_triton` the same from the attention
-  kernel's split partials, merged on the fly;
+  branches, scaled;
 - :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots;
 - :func:`decode_slots_triton`: the new tokens' positions and cache rows.
 
@@ -121,41 +120,25 @@ def latent_decode_prepare_triton(
 
 @triton.jit
 def _latent_up_kernel(
-    z_ptr, lse_ptr, w_ptr, o_ptr, out_scale, n_splits, stride_zs, stride_ls, stride_wl,
-    stride_ww, stride_om,
+    z_ptr, w_ptr, o_ptr, out_scale, stride_wl, stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
-    BW: tl.constexpr, BD: tl.constexpr, MERGE: tl.constexpr, BLOCK_S: tl.constexpr,
+    BW: tl.constexpr, BD: tl.constexpr,
 ):
-    """Head ``h`` of token ``m``, outputs ``[d0, d0 + BD)``: for each branch, the attention
-    result (``MERGE``: merged from its split partials by their log-sum-exps) times W_UV."""
+    """Head ``h`` of token ``m``, outputs ``[d0, d0 + BD)``: each branch's attention result
+    times W_UV, summed."""
     m = tl.program_id(0)
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
     g = h // HG
     i = h % HG
-    offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < n_splits
     acc = tl.zeros([BD], dtype=tl.float32)
     for n in tl.static_range(NB):
-        row = ((m * NB + n) * G + g) * HG + i
-        if MERGE:
-            lse = tl.load(lse_ptr + offs_s * stride_ls + row, mask=mask_s, other=float("-inf"))
-            top = tl.max(lse, 0)
-            top = tl.where(top == float("-inf"), 0.0, top)
-            weight = tl.exp(lse - top)
-            total = tl.sum(weight, 0)
-            weight = weight / tl.where(total == 0.0, 1.0, total)
+        z_row = z_ptr + (((m * NB + n) * G + g) * HG + i) * W
         w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
         for w0 in tl.static_range(0, W, BW):
             offs_w = w0 + tl.arange(0, BW)
             mask_w = offs_w < W
-            if MERGE:
-                parts = tl.load(z_ptr + offs_s[:, None] * stride_zs + row * W + offs_w[None, :],
-                                mask=(mask_s & (weight > 0))[:, None] & mask_w[None, :],
-                                other=0.0)
-                z = tl.sum(parts * weight[:, None], axis=0)
-            else:
-                z = tl.load(z_ptr + row * W + offs_w, mask=mask_w, other=0.0)
+            z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
             z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
             w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
                            mask=mask_w[:, None], other=0.0)
@@ -163,41 +146,23 @@ def _latent_up_kernel(
     tl.store(o_ptr + m * stride_om + h * D + offs_d, (acc * out_scale).to(o_ptr.dtype.element_ty))
 
 
-def _up_output(z, lse, w_up, out_scale, head_dim, merge):
-    S, B, T, NB, G, HG, W = z.shape
-    D, M = head_dim, B * T
-    out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
-    if M == 0:
-        return out
-    block_s = next_pow2(S)
-    bd = min(32, D)  # many programs: at batch 1 there are only heads x D / bd of them
-    bw = max(16, min(64, next_pow2(W), 4096 // block_s))
-    o2 = out.view(M, -1)
-    _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
-        z, lse, w_up, o2, float(out_scale), S, z.stride(0), lse.stride(0), w_up.stride(0),
-        w_up.stride(1), o2.stride(0),
-        W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, MERGE=merge, BLOCK_S=block_s, num_warps=4,
-    )
-    return out
-
-
 def latent_up_output_triton(
     z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
     """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
+    B, T, NB, G, HG, W = z.shape
+    D, M = head_dim, B * T
     z = z.contiguous()
-    return _up_output(z[None], z, w_up, out_scale, head_dim, merge=False)
-
-
-def latent_merge_up_output_triton(
-    o_ws: torch.Tensor, lse_ws: torch.Tensor, w_up: torch.Tensor, out_scale: float,
-    head_dim: int,
-) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.latent_merge_up_output_ref`:
-    the split merge read inside the W_UV kernel (no merged tensor, no merge launch)."""
-    if not (o_ws.is_contiguous() and lse_ws.is_contiguous()):
-        raise ValueError("o_ws and lse_ws must be contiguous")
-    return _up_output(o_ws, lse_ws, w_up, out_scale, head_dim, merge=True)
+    out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
+    if M == 0:
+        return out
+    bd = min(32, D)  # many programs: at batch 1 there are only heads x D / bd of them
+    o2 = out.view(M, -1)
+    _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
+        z, w_up, o2, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
+        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(64, next_pow2(W)), BD=bd, num_warps=4,
+    )
+    return out
 
 
 @triton.jit

@@ -32,6 +32,7 @@ from mlra.kernels._triton_common import (
     next_pow2,
     num_splits_for,
     resolve_config,
+    split_range,
     split_workspaces,
     tile_pages,
 )
@@ -114,12 +115,7 @@ def _tpa_decode_kernel(
     h = offs_m % H  # a valid head for padding rows too (their weight loads stay in bounds)
     limit = seq_len - Tq + t + 1  # query row may see cached positions < limit
 
-    tiles = tl.cdiv(seq_len, BLOCK_N)
-    per = tl.cdiv(tiles, n_splits)
-    start = pid_s * per * BLOCK_N
-    end = tl.minimum(start + per * BLOCK_N, seq_len)
-    # positions < seq_len - Tq + 1 are visible to every row: no masking needed there
-    full_end = start + tl.maximum(tl.minimum(end, seq_len - Tq + 1) - start, 0) // BLOCK_N * BLOCK_N
+    start, end, full_end = split_range(seq_len, Tq, pid_s, n_splits, BLOCK_N)
 
     offs_d = tl.arange(0, D_PAD)
     q = tl.load(q_ptr + b * s_qb + t[:, None] * s_qt + h[:, None] * s_qh + offs_d[None, :],
