@@ -23,6 +23,7 @@ Local smoke test (CPU, tiny models, no graphs): ``--device cpu --size tiny --con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -57,6 +58,34 @@ def build_model(name: str, size: str, max_ctx: int, device: torch.device,
     return random_model(cfg, device, dtype)
 
 
+MODE_ENV: dict[str, dict[str, str]] = {
+    "fused": {},
+    "fused-nopdl": {"MLRA_PDL": "0"},
+    "fused-noprefetch": {"MLRA_PDL_PREFETCH": "0"},
+    "graph": {},
+    "compile": {},
+}
+"""Decode-step forms and the environment each runs under: ``fused`` (the default on a GPU:
+fused kernels, programmatic dependent launch with L2 prefetch on Hopper), ``fused-nopdl`` and
+``fused-noprefetch`` (the same kernels launched plainly / without the prefetch, for an in-run
+comparison), ``graph`` (module by module), ``compile`` (module by module, dense parts
+compiled)."""
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @torch.no_grad()
 def bench_config(model: Transformer, batch: int, context: int, page: int, reps: int,
                  bandwidth: float, use_graph: bool, mode: str = "graph") -> dict:
@@ -66,7 +95,8 @@ def bench_config(model: Transformer, batch: int, context: int, page: int, reps: 
     cache, block_table, seq_lens = random_paged_cache(cfg, batch, context, page, dtype, device)
     ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
 
-    decode = DecodeStep(model, cache, compile=mode == "compile", fused=mode == "fused")
+    decode = DecodeStep(model, cache, compile=mode == "compile",
+                        fused=mode.startswith("fused"))
 
     def step() -> torch.Tensor:
         return decode(ids, block_table, seq_lens)
@@ -99,7 +129,7 @@ def bench_config(model: Transformer, batch: int, context: int, page: int, reps: 
     }
     if graph_error:
         row["graph_error"] = graph_error
-    prefix = {"compile": "compile+", "fused": "fused+"}.get(mode, "")
+    prefix = "" if mode == "graph" else mode + "+"
     row["mode"] = prefix + ("graph" if graph_s is not None else "eager")
     row["fused"] = decode.fused
     row["warmup_s"] = round(warmup_s, 1)
@@ -142,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-graph", action="store_true", help="time eager steps only")
     p.add_argument("--modes", default="fused,graph,compile",
                    help="decode-step forms to time: fused (the fused per-layer kernels, the "
-                   "default on a GPU), graph (module by module), compile (module by module, "
-                   "dense parts compiled); all replayed as CUDA graphs")
+                   "default on a GPU), fused-nopdl / fused-noprefetch (the same without "
+                   "programmatic dependent launch / its L2 prefetch), graph (module by module), "
+                   "compile (module by module, dense parts compiled); all replayed as CUDA "
+                   "graphs")
     p.add_argument("--compile-batches", default="1",
                    help="batch sizes also measured with the dense per-layer parts compiled by "
                    "torch.compile (comma-separated; '' for none)")
@@ -174,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     compile_batches = _ints(args.compile_batches)
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"fused", "graph", "compile"}
+    unknown = set(modes) - set(MODE_ENV)
     if unknown:
-        p.error(f"unknown modes {sorted(unknown)}; choose from fused, graph, compile")
+        p.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODE_ENV)}")
 
     def run_one(model: Transformer, variant: str, batch: int, context: int,
                 mode: str) -> dict:
         row = {"variant": variant, "batch": batch, "context": context,
-               "mode": {"compile": "compile+graph", "fused": "fused+graph"}.get(mode, "graph")}
+               "mode": "graph" if mode == "graph" else mode + "+graph"}
         if time.time() - t_start > args.budget_s:
             row["skipped"] = "time budget"
             return row
@@ -195,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} b={batch} ctx={context}: {row['skipped']}", flush=True)
                 return row
         try:
-            row = bench_config(model, batch, context, args.page_size, args.reps, bandwidth,
-                               not args.no_graph, mode=mode)
+            with _env(MODE_ENV[mode]):
+                row = bench_config(model, batch, context, args.page_size, args.reps,
+                                   bandwidth, not args.no_graph, mode=mode)
         except Exception as exc:
             traceback.print_exc()
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

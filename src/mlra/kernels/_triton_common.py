@@ -73,6 +73,98 @@ if INTERPRET:
     _patch_interpreter_index()
 
 
+PDL_ENV = "MLRA_PDL"
+"""Set to ``0`` to launch the decode-step kernels without programmatic dependent launch."""
+
+PREFETCH_ENV = "MLRA_PDL_PREFETCH"
+"""Set to ``0`` to keep the PDL launches but skip the L2 prefetch before the wait."""
+
+
+@functools.lru_cache(maxsize=16)
+def _hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl_mode(t: torch.Tensor) -> int:
+    """How the decode-step kernels on ``t``'s device launch: 0 = plainly; 1 = with programmatic
+    dependent launch (Hopper or newer, compiled kernels): a kernel may start while its
+    predecessor in the stream finishes and waits (``griddepcontrol.wait``) before it touches
+    anything another kernel writes; 2 = as 1, and it first prefetches into L2 bytes that no
+    kernel writes (weights, older cache rows), so its first loads hit L2. Environment:
+    ``MLRA_PDL=0`` gives 0, ``MLRA_PDL_PREFETCH=0`` caps it at 1 (read at every launch; a CUDA
+    graph keeps the mode it was captured with)."""
+    if INTERPRET or not t.is_cuda:
+        return 0
+    if os.environ.get(PDL_ENV, "1") in ("", "0"):
+        return 0
+    if not _hopper(t.device.index if t.device.index is not None else 0):
+        return 0
+    return 1 if os.environ.get(PREFETCH_ENV, "1") in ("", "0") else 2
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Wait until the previous kernel in the stream has finished and its writes are visible
+    (a no-op unless launched with PDL). Everything that reads or writes memory other kernels
+    write must come after this call."""
+    if PDL > 0:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_launch_next(PDL: tl.constexpr):
+    """Let the next kernel in the stream launch (it then runs up to its own :func:`pdl_wait`).
+    Called after this kernel's wait, once its main loop is done, so at most one kernel waits
+    beside a running one and its prefetches land just before they are used."""
+    if PDL > 0:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, PDL: tl.constexpr):
+    """Prefetch the 128-byte lines at ``ptrs`` (a tensor of valid addresses) into L2, only in
+    PDL mode 2. A hint: L2 is where global memory is coherent, so no later read can see stale
+    data because of it."""
+    if PDL > 1:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+PREFETCH_BYTES = 8 << 20
+"""L2 prefetch budget of one launch under PDL: about what the first two microseconds of a
+stream read at full bandwidth (the programs that start early are the first wave)."""
+
+
+def prefetch_tokens(per_split: int, programs: int, bytes_per_token: int, sms: int) -> int:
+    """Cached tokens per program an attention kernel prefetches before its wait (a power of
+    two >= 16, or 0 = none): at most one split's, within :data:`PREFETCH_BYTES` over the
+    programs resident at once (about two per multiprocessor)."""
+    resident = max(1, min(programs, 2 * sms))
+    tokens = min(per_split, PREFETCH_BYTES // (resident * bytes_per_token), 1024)
+    return 0 if tokens < 16 else 1 << (int(tokens).bit_length() - 1)
+
+
+@triton.jit
+def prefetch_tokens_l2(cache_ptr, bt_row_ptr, start, end, n_pages, s_cp, s_cr, col0,
+                     PF_TOKENS: tl.constexpr, COL_LINES: tl.constexpr, PAGE: tl.constexpr,
+                     LINE: tl.constexpr, PDL: tl.constexpr):
+    """Prefetch into L2 ``COL_LINES`` lines from column ``col0`` of the first ``PF_TOKENS``
+    cached tokens of ``[start, end)`` (page numbers clamped to the pool: a hint never
+    faults)."""
+    offs = start + tl.arange(0, PF_TOKENS)
+    ok = offs < end
+    page = tl.load(bt_row_ptr + offs // PAGE, mask=ok, other=0)
+    page = tl.minimum(tl.maximum(page, 0), n_pages - 1).to(tl.int64)
+    rows = cache_ptr + page * s_cp + (offs % PAGE) * s_cr + col0
+    cols = tl.arange(0, COL_LINES) * LINE
+    prefetch_l2(tl.where(ok[:, None], rows[:, None] + cols[None, :], cache_ptr), PDL)
+
+
+def launch_options(mode: int) -> dict:
+    """Extra keyword arguments of a Triton launch for PDL ``mode`` (see :func:`pdl_mode`)."""
+    return {"launch_pdl": True} if mode else {}
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -247,10 +339,12 @@ def _merge_kernel(
     rows, n_splits,
     s_ows, s_owr, s_lws,
     s_or,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
     Splits are read ``BLOCK_S`` at a time (all at once for up to ``BLOCK_S`` splits)."""
+    pdl_wait(PDL)
+    pdl_launch_next(PDL)
     r = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -290,8 +384,9 @@ def merge_splits(
     block_s = min(256, max(2, next_pow2(n_splits)))
     block_d = max(16, min(128, next_pow2(d), 8192 // block_s))
     grid = (rows, triton.cdiv(d, block_d))
+    pdl = pdl_mode(out)
     _merge_kernel[grid](
         o_ws, lse_ws, out, lse, rows, n_splits,
         o_ws.stride(0), o_ws.stride(1), lse_ws.stride(0), out.stride(0),
-        D=d, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=4,
+        D=d, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl, num_warps=4, **launch_options(pdl),
     )

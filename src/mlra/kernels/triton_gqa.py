@@ -17,11 +17,18 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
+    device_sms,
     finish_splits,
+    launch_options,
     load_cols,
     make_descriptor,
     next_pow2,
     num_splits_for,
+    pdl_launch_next,
+    pdl_mode,
+    pdl_wait,
+    prefetch_tokens,
+    prefetch_tokens_l2,
     resolve_config,
     split_range,
     split_workspaces,
@@ -76,16 +83,27 @@ def _gqa_decode_kernel(
     s_kp, s_kr, s_kh, s_vp, s_vr, s_vh, s_btb,
     s_os, s_ob, s_ot, s_oh,
     s_ls, s_lb, s_lt,
-    qk_scale, Hkv, G, Tq, n_splits,
+    qk_scale, Hkv, G, Tq, n_splits, n_pages,
     D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+    PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, K_LINES: tl.constexpr = 1,
+    V_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
     b = pid_bh // Hkv
     kvh = pid_bh % Hkv
+    bt_row_ptr = bt_ptr + b * s_btb
+    if PF_TOKENS > 0:  # older cache rows (no kernel of the step writes them) before the wait
+        pf_len = tl.load(seq_lens_ptr + b)
+        pf_start, pf_end, _ = split_range(pf_len, Tq, pid_s, n_splits, BLOCK_N)
+        prefetch_tokens_l2(k_ptr + kvh * s_kh, bt_row_ptr, pf_start, pf_end, n_pages, s_kp,
+                           s_kr, 0, PF_TOKENS, K_LINES, PAGE, LINE, PDL)
+        prefetch_tokens_l2(v_ptr + kvh * s_vh, bt_row_ptr, pf_start, pf_end, n_pages, s_vp,
+                           s_vr, 0, PF_TOKENS, V_LINES, PAGE, LINE, PDL)
+    pdl_wait(PDL)
     seq_len = tl.load(seq_lens_ptr + b)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -103,7 +121,6 @@ def _gqa_decode_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
-    bt_row_ptr = bt_ptr + b * s_btb
     k_head = k_ptr + kvh * s_kh
     v_head = v_ptr + kvh * s_vh
     for n0 in range(start, full_end, BLOCK_N):
@@ -114,6 +131,7 @@ def _gqa_decode_kernel(
         m_i, l_i, acc = _gqa_tile(k_head, v_head, k_desc, v_desc, kvh, bt_row_ptr, n0, end,
                                   limit, s_kp, s_kr, s_vp, s_vr, qk_scale, q, m_i, l_i, acc, D,
                                   D_PAD, DV, DV_PAD, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
+    pdl_launch_next(PDL)
 
     ok = l_i > 0
     inv = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
@@ -203,6 +221,15 @@ def paged_gqa_decode_triton(
                                 cfg.block_n, k_cache, ctas_per_sm=2)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B * Hkv)
+    pdl = pdl_mode(k_cache)
+    es = k_cache.element_size()
+    k_lines, v_lines = next_pow2(triton.cdiv(D * es, 128)), next_pow2(triton.cdiv(Dv * es, 128))
+    pf_tokens = 0
+    if pdl > 1:
+        capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+        per_split = triton.cdiv(triton.cdiv(capacity, cfg.block_n), num_splits) * cfg.block_n
+        pf_tokens = prefetch_tokens(per_split, grid[0] * grid[1] * grid[2],
+                                    (k_lines + v_lines) * 128, device_sms(k_cache))
     _gqa_decode_kernel[grid](
         q, k_cache, v_cache, k_desc, v_desc, block_table, seq_lens, o_ws, lse_ws,
         q.stride(0), q.stride(1), q.stride(2),
@@ -210,11 +237,12 @@ def paged_gqa_decode_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3),
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2),
-        float(scale) * LOG2E, Hkv, G, Tq, num_splits,
+        float(scale) * LOG2E, Hkv, G, Tq, num_splits, k_cache.shape[0],
         D=D, D_PAD=next_pow2(D), DV=Dv, DV_PAD=next_pow2(Dv), PAGE=page,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0,
-        USE_TMA=use_tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_TMA=use_tma, PDL=pdl, PF_TOKENS=pf_tokens, K_LINES=k_lines, V_LINES=v_lines,
+        LINE=128 // es,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

@@ -25,11 +25,18 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
+    device_sms,
     finish_splits,
+    launch_options,
     load_cols,
     make_descriptor,
     next_pow2,
     num_splits_for,
+    pdl_launch_next,
+    pdl_mode,
+    pdl_wait,
+    prefetch_tokens,
+    prefetch_tokens_l2,
     resolve_config,
     split_range,
     split_workspaces,
@@ -142,10 +149,12 @@ def _latent_decode_kernel(
     s_os, s_ob, s_ot, s_oj, s_oh,
     s_ls, s_lb, s_lt, s_lj,
     o0, o1, o2, o3, rope_off,
-    qk_scale, Hq, Tq, n_splits, n_groups,
+    qk_scale, Hq, Tq, n_splits, n_groups, n_pages,
     NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+    PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, W_LINES: tl.constexpr = 1,
+    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
     # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
     # side by side, so the RoPE keys they share come from L2 after the first read
@@ -153,6 +162,26 @@ def _latent_decode_kernel(
     pid_m = tl.program_id(0) // n_groups
     pid_s = tl.program_id(1)
     b = tl.program_id(2)
+    bt_row_ptr = bt_ptr + b * s_btb
+    j0 = grp * NB  # first stream of this program
+    off0 = _pick(j0, o0, o1, o2, o3)
+    off1 = _pick(j0 + 1, o0, o1, o2, o3)
+    off2 = _pick(j0 + 2, o0, o1, o2, o3)
+    off3 = _pick(j0 + 3, o0, o1, o2, o3)
+    if PF_TOKENS > 0:
+        # the older cache rows are written by no kernel of this step (the previous kernel
+        # writes only the new tokens' rows): prefetch this split's first tiles before the wait
+        # (from the lengths and block table staged before the step; a stale value only makes
+        # a useless hint)
+        pf_len = tl.load(seq_lens_ptr + b)
+        pf_start, pf_end, _ = split_range(pf_len, Tq, pid_s, n_splits, BLOCK_N)
+        prefetch_tokens_l2(cache_ptr, bt_row_ptr, pf_start, pf_end, n_pages, s_cp, s_cr, rope_off,
+                         PF_TOKENS, R_LINES, PAGE, LINE, PDL)
+        for j in tl.static_range(NB):
+            prefetch_tokens_l2(cache_ptr, bt_row_ptr, pf_start, pf_end, n_pages, s_cp, s_cr,
+                             _pick(j, off0, off1, off2, off3), PF_TOKENS, W_LINES, PAGE, LINE,
+                             PDL)
+    pdl_wait(PDL)
     seq_len = tl.load(seq_lens_ptr + b)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -163,11 +192,6 @@ def _latent_decode_kernel(
 
     start, end, full_end = split_range(seq_len, Tq, pid_s, n_splits, BLOCK_N)
 
-    j0 = grp * NB  # first stream of this program
-    off0 = _pick(j0, o0, o1, o2, o3)
-    off1 = _pick(j0 + 1, o0, o1, o2, o3)
-    off2 = _pick(j0 + 2, o0, o1, o2, o3)
-    off3 = _pick(j0 + 3, o0, o1, o2, o3)
     offs_w = tl.arange(0, W_PAD)
     offs_r = tl.arange(0, R)
     q_mask = m_ok[:, None] & (offs_w < W)[None, :]
@@ -198,7 +222,6 @@ def _latent_decode_kernel(
     m3 = m0
     l3 = l0
     a3 = a0
-    bt_row_ptr = bt_ptr + b * s_btb
     for n0 in range(start, full_end, BLOCK_N):
         m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
             cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
@@ -211,6 +234,7 @@ def _latent_decode_kernel(
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
             NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
+    pdl_launch_next(PDL)
 
     o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
               + h[:, None] * s_oh + offs_w[None, :])
@@ -345,6 +369,16 @@ def paged_latent_decode_triton(
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
+    pdl = pdl_mode(cache)
+    es = cache.element_size()
+    w_lines, r_lines = next_pow2(triton.cdiv(W * es, 128)), next_pow2(triton.cdiv(R * es, 128))
+    pf_tokens = 0
+    if pdl > 1:
+        capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+        per_split = triton.cdiv(triton.cdiv(capacity, cfg.block_n), num_splits) * cfg.block_n
+        per_token = (spp * w_lines + r_lines) * 128
+        pf_tokens = prefetch_tokens(per_split, grid[0] * grid[1] * grid[2], per_token,
+                                    device_sms(cache))
     _latent_decode_kernel[grid](
         q_latent, q_rope, cache, lat_desc, rope_desc, block_table, seq_lens, o_ws, lse_ws,
         q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
@@ -353,10 +387,11 @@ def paged_latent_decode_triton(
         o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
         offs[0], offs[1], offs[2], offs[3], rope_offset,
-        float(scale) * LOG2E, Hq, Tq, num_splits, n_groups,
+        float(scale) * LOG2E, Hq, Tq, num_splits, n_groups, cache.shape[0],
         NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

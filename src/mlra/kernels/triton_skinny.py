@@ -12,7 +12,11 @@ One kernel, :func:`_skinny_kernel`, covers the projections of a decode step:
 - a residual added in the epilogue;
 - split-K reduced in the kernel: every program of an output tile writes its fp32 partial, the
   last one to arrive (a counter per tile, reset by that program) sums them and runs the
-  epilogue, so one launch produces the final output.
+  epilogue, so one launch produces the final output;
+- programmatic dependent launch on Hopper (:func:`mlra.kernels._triton_common.pdl_mode`): a
+  program prefetches the first lines of its weight slice into L2 and then waits for the
+  previous kernel, whose output it reads, so the weight stream starts during that kernel's
+  tail.
 
 Import only after checking :func:`mlra.kernels.triton_available`.
 """
@@ -31,7 +35,16 @@ import torch
 import triton
 import triton.language as tl
 
-from mlra.kernels._triton_common import device_sms, next_pow2
+from mlra.kernels._triton_common import (
+    PREFETCH_BYTES,
+    device_sms,
+    launch_options,
+    next_pow2,
+    pdl_launch_next,
+    pdl_mode,
+    pdl_wait,
+    prefetch_l2,
+)
 
 MAX_ROWS = 64
 MAX_WEIGHTS = 3
@@ -60,6 +73,7 @@ def _skinny_kernel(
     NUM_W: tl.constexpr, SWIGLU: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
+    PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -90,6 +104,14 @@ def _skinny_kernel(
     ss = tl.zeros([BLOCK_M], dtype=tl.float32)
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    if PF_LINES > 0:  # weights no kernel writes: their first lines into L2 before the wait
+        pf_k = k_lo + tl.arange(0, PF_LINES) * LINE
+        pf_ok = mask_n[:, None] & (pf_k < k_hi)[None, :]
+        prefetch_l2(tl.where(pf_ok, w_ptr + offs_n[:, None] * sw + pf_k[None, :], w_ptr), PDL)
+        if SWIGLU:
+            prefetch_l2(tl.where(pf_ok, w2_ptr + offs_n[:, None] * sw2 + pf_k[None, :], w2_ptr),
+                        PDL)
+    pdl_wait(PDL)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
         mask_k = kk < k_hi
@@ -115,6 +137,7 @@ def _skinny_kernel(
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
+    pdl_launch_next(PDL)
 
     if SPLIT_K > 1:
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -165,6 +188,18 @@ def _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs
                        other=0.0).to(tl.float32)
     tl.store(o_ptr + offs_m[:, None] * so + offs_n[None, :], out.to(o_ptr.dtype.element_ty),
              mask=mask)
+
+
+def prefetch_lines(k_split: int, block_n: int, programs: int, sms: int, element_size: int,
+                   n_weights: int) -> int:
+    """Lines of 128 bytes per weight row a program prefetches (a power of two, 0 = none): the
+    rows' first lines of its K range, within :data:`PREFETCH_BYTES` over the programs that can
+    be resident at once (about four per multiprocessor)."""
+    row_lines = triton.cdiv(k_split * element_size, 128)
+    resident = max(1, min(programs, 4 * sms))
+    budget = PREFETCH_BYTES // (resident * block_n * n_weights * 128)
+    lines = min(row_lines, budget, 256)
+    return 0 if lines < 1 else 1 << (int(lines).bit_length() - 1)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -296,6 +331,10 @@ def skinny_linear_triton(
     t = tiles_each + [0] * (MAX_WEIGHTS - len(tiles_each))
     res = residual.reshape(M, -1) if residual is not None else x2
     g = norm_weight if norm_weight is not None else x2
+    pdl = pdl_mode(x2)
+    es = ws_in[0].element_size()
+    pf = prefetch_lines(k_split, bn, tiles * split, device_sms(x), es, 2 if swiglu else 1) \
+        if pdl > 1 else 0
     _skinny_kernel[(tiles, split)](
         x2, g, res, ws, cnt, *pad_w, *pad_o,
         M, K, ns[0], ns[1], ns[2], t[0], t[1],
@@ -305,6 +344,7 @@ def skinny_linear_triton(
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
-        num_warps=cfg.num_warps,
+        PDL=pdl, PF_LINES=pf, LINE=128 // es,
+        num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)

@@ -8,8 +8,10 @@
 - :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots;
 - :func:`decode_slots_triton`: the new tokens' positions and cache rows.
 
-Contracts: the references of the same names in :mod:`mlra.kernels.reference`. Import only
-after checking :func:`mlra.kernels.triton_available`.
+Contracts: the references of the same names in :mod:`mlra.kernels.reference`. On Hopper they
+launch with programmatic dependent launch (:func:`mlra.kernels._triton_common.pdl_mode`),
+prefetching their slices of ``W_UK`` / ``W_UV`` into L2 before waiting for the previous kernel.
+Import only after checking :func:`mlra.kernels.triton_available`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from mlra.kernels._triton_common import next_pow2
+from mlra.kernels._triton_common import (
+    launch_options,
+    next_pow2,
+    pdl_launch_next,
+    pdl_mode,
+    pdl_wait,
+    prefetch_l2,
+)
 
 TWO_PI = tl.constexpr(6.283185307179586)
 
@@ -45,9 +54,21 @@ def _latent_prepare_kernel(
     kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
+    PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
 ):
     m = tl.program_id(0)
     p = tl.program_id(1)
+    if PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
+        if p > 0:
+            pp = p - 1
+            hh = pp // (NB * WB)
+            rows_w = (pp % WB) * BW + tl.arange(0, BW)
+            w_rows = (w_ptr + ((pp // WB) % NB * G + hh // HG) * stride_wl
+                      + tl.minimum(rows_w, W - 1) * stride_ww + (hh % HG) * 2 * D)
+            prefetch_l2(w_rows[:, None] + (tl.arange(0, (D + LINE - 1) // LINE) * LINE)[None, :],
+                        PDL)
+    pdl_wait(PDL)
+    pdl_launch_next(PDL)
     pos = tl.load(pos_ptr + m)
     if p == 0:  # the cache row of token m
         dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
@@ -108,12 +129,13 @@ def latent_decode_prepare_triton(
         return q_abs, q_rope
     bw = min(128, next_pow2(W))
     wb = triton.cdiv(W, bw)
+    pdl = pdl_mode(q2)
     _latent_prepare_kernel[(M, 1 + H * branches * wb)](
         q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
         float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb,
-        num_warps=4,
+        PDL=pdl, LINE=128 // w_up.element_size(), num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
 
@@ -122,7 +144,8 @@ def latent_decode_prepare_triton(
 def _latent_up_kernel(
     z_ptr, w_ptr, o_ptr, out_scale, stride_wl, stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
-    BW: tl.constexpr, BD: tl.constexpr,
+    BW: tl.constexpr, BD: tl.constexpr, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    W_PAD: tl.constexpr = 1,
 ):
     """Head ``h`` of token ``m``, outputs ``[d0, d0 + BD)``: each branch's attention result
     times W_UV, summed."""
@@ -131,6 +154,14 @@ def _latent_up_kernel(
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
     g = h // HG
     i = h % HG
+    if PDL > 1:  # this program's W_UV slice into L2 before the wait
+        for n in tl.static_range(NB):
+            w_rows = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D + tl.program_id(2) * BD
+            offs_r = tl.arange(0, W_PAD)
+            prefetch_l2(w_rows + tl.minimum(offs_r, W - 1)[:, None] * stride_ww
+                        + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
+    pdl_wait(PDL)
+    pdl_launch_next(PDL)
     acc = tl.zeros([BD], dtype=tl.float32)
     for n in tl.static_range(NB):
         z_row = z_ptr + (((m * NB + n) * G + g) * HG + i) * W
@@ -158,9 +189,12 @@ def latent_up_output_triton(
         return out
     bd = min(32, D)  # many programs: at batch 1 there are only heads x D / bd of them
     o2 = out.view(M, -1)
+    pdl = pdl_mode(z)
     _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
         z, w_up, o2, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
-        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(64, next_pow2(W)), BD=bd, num_warps=4,
+        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(64, next_pow2(W)), BD=bd,
+        PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), num_warps=4,
+        **launch_options(pdl),
     )
     return out
 
@@ -169,8 +203,10 @@ def latent_up_output_triton(
 def _gqa_prepare_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, inv_ptr, kp_ptr, vp_ptr, slot_ptr, qo_ptr,
     stride_qm, stride_km, stride_vm, stride_kp, stride_vp,
-    H: tl.constexpr, D: tl.constexpr,
+    H: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr = 0,
 ):
+    pdl_wait(PDL)
+    pdl_launch_next(PDL)
     m = tl.program_id(0)
     p = tl.program_id(1)
     pos = tl.load(pos_ptr + m)
@@ -201,17 +237,20 @@ def gqa_decode_prepare_triton(
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device)
     if M == 0:
         return out
+    pdl = pdl_mode(q2)
     _gqa_prepare_kernel[(M, H + Hkv)](
         q2, k2, v2, pos, inv_freq, k_pool, v_pool, slots, out,
         q2.stride(0), k2.stride(0), v2.stride(0), k_pool.stride(1), v_pool.stride(1),
-        H=H, D=D, num_warps=2,
+        H=H, D=D, PDL=pdl, num_warps=2, **launch_options(pdl),
     )
     return out
 
 
 @triton.jit
 def _slots_kernel(lens_ptr, bt_ptr, pos_ptr, slot_ptr, stride_bt, T, PAGE: tl.constexpr,
-                  BLOCK_T: tl.constexpr):
+                  BLOCK_T: tl.constexpr, PDL: tl.constexpr = 0):
+    pdl_wait(PDL)
+    pdl_launch_next(PDL)
     b = tl.program_id(0)
     t = tl.arange(0, BLOCK_T)
     mask = t < T
@@ -229,6 +268,8 @@ def decode_slots_triton(
     positions = torch.empty(B, T, dtype=torch.int64, device=seq_lens.device)
     slots = torch.empty(B * T, dtype=torch.int64, device=seq_lens.device)
     if B and T:
+        pdl = pdl_mode(seq_lens)
         _slots_kernel[(B,)](seq_lens, block_table, positions, slots, block_table.stride(0), T,
-                            PAGE=page_size, BLOCK_T=next_pow2(T), num_warps=1)
+                            PAGE=page_size, BLOCK_T=next_pow2(T), PDL=pdl, num_warps=1,
+                            **launch_options(pdl))
     return positions, slots

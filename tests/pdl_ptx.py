@@ -1,0 +1,122 @@
+"""Compiles the Hopper (PDL) forms of the decode-step kernels ahead of time for sm_90 and
+writes their PTX as JSON: ``python tests/pdl_ptx.py OUT.json`` (run by ``test_pdl.py`` in a
+process without ``TRITON_INTERPRET``, which would replace the kernels by interpreted ones)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+
+
+def _compile_sm90(kernel, types: dict[str, str], consts: dict, **options):
+    """PTX of ``kernel`` compiled for sm_90 with the given argument types and constexprs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
+    constexprs = {(params.index(k),): v for k, v in consts.items()}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    return compiled.asm["ptx"], compiled.metadata
+
+
+def _ptr_types(names: str, dtype: str = "*bf16") -> dict[str, str]:
+    return {n: dtype for n in names.split()}
+
+
+def _skinny(pdl: int, pf_lines: int, swiglu: bool):
+    from mlra.kernels.triton_skinny import _skinny_kernel
+
+    types = _ptr_types("x_ptr g_ptr res_ptr w1_ptr w2_ptr w3_ptr o1_ptr o2_ptr o3_ptr")
+    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32", in_scale="fp32")
+    consts = dict(NUM_W=1, SWIGLU=swiglu, HAS_NORM=True, HAS_RES=not swiglu, SPLIT_K=2,
+                  K_SPLIT=1536, NUM_STAGES=3, BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, ALIGNED=True,
+                  PDL=pdl, PF_LINES=pf_lines, LINE=64)
+    return _compile_sm90(_skinny_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
+
+
+def _latent(pdl: int, pf_tokens: int):
+    from mlra.kernels.triton_latent import _latent_decode_kernel
+
+    types = _ptr_types("q_lat_ptr q_rope_ptr cache_ptr lat_desc rope_desc")
+    types.update(_ptr_types("bt_ptr seq_lens_ptr", "*i32"))
+    types.update(_ptr_types("o_ptr lse_ptr", "*fp32"), qk_scale="fp32")
+    consts = dict(NB=1, W=128, W_PAD=128, R=64, PAGE=64, BLOCK_M=32, BLOCK_N=64,
+                  SCALAR_PAGE=True, USE_TMA=False, PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=2,
+                  R_LINES=1, LINE=64)
+    return _compile_sm90(_latent_decode_kernel, types, consts, num_warps=4,
+                         launch_pdl=pdl > 0)
+
+
+def _small(kernel: str):
+    from mlra.kernels import _triton_common as common
+    from mlra.kernels import triton_step as step
+
+    if kernel == "prepare":
+        fn = step._latent_prepare_kernel
+        types = _ptr_types("q_ptr c_ptr kvn_ptr w_ptr pool_ptr qabs_ptr qrope_ptr")
+        types.update(_ptr_types("pos_ptr slot_ptr", "*i64"), inv_ptr="*fp32",
+                     kv_scale="fp32", eps="fp32")
+        consts = dict(L=4, W=128, W_PAD=128, R=64, D=128, HG=24, G=1, NB=4, BW=128, WB=1,
+                      PDL=2, LINE=64)
+    elif kernel == "up":
+        fn = step._latent_up_kernel
+        types = _ptr_types("w_ptr o_ptr")
+        types.update(z_ptr="*fp32", out_scale="fp32")
+        consts = dict(W=128, D=128, HG=24, G=1, NB=4, BW=64, BD=32, PDL=2, LINE=64, W_PAD=128)
+    elif kernel == "merge":
+        fn = common._merge_kernel
+        types = _ptr_types("o_ws_ptr lse_ws_ptr out_ptr lse_ptr", "*fp32")
+        consts = dict(D=128, BLOCK_D=128, BLOCK_S=64, PDL=2)
+    elif kernel == "gqa_prepare":
+        fn = step._gqa_prepare_kernel
+        types = _ptr_types("q_ptr k_ptr v_ptr kp_ptr vp_ptr qo_ptr")
+        types.update(_ptr_types("pos_ptr slot_ptr", "*i64"), inv_ptr="*fp32")
+        consts = dict(H=8, D=128, PDL=2)
+    else:
+        fn = step._slots_kernel
+        types = _ptr_types("lens_ptr bt_ptr", "*i32")
+        types.update(_ptr_types("pos_ptr slot_ptr", "*i64"))
+        consts = dict(PAGE=16, BLOCK_T=4, PDL=2)
+    return _compile_sm90(fn, types, consts, num_warps=4, launch_pdl=True)
+
+
+def _gqa(pdl: int, pf_tokens: int):
+    from mlra.kernels.triton_gqa import _gqa_decode_kernel
+
+    types = _ptr_types("q_ptr k_ptr v_ptr k_desc v_desc")
+    types.update(_ptr_types("bt_ptr seq_lens_ptr", "*i32"))
+    types.update(_ptr_types("o_ptr lse_ptr", "*fp32"), qk_scale="fp32")
+    consts = dict(D=128, D_PAD=128, DV=128, DV_PAD=128, PAGE=64, BLOCK_M=16, BLOCK_N=128,
+                  SCALAR_PAGE=False, USE_TMA=False, PDL=pdl, PF_TOKENS=pf_tokens, K_LINES=2,
+                  V_LINES=2, LINE=64)
+    return _compile_sm90(_gqa_decode_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
+
+
+BUILDS = {
+    "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
+    "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
+    "skinny_pdl1": lambda: _skinny(1, 16, False),
+    "latent_pdl2": lambda: _latent(2, 64),
+    "latent_pdl1": lambda: _latent(1, 0),
+    "gqa_pdl2": lambda: _gqa(2, 64),
+    **{name: (lambda name=name: _small(name))
+       for name in ("prepare", "up", "merge", "gqa_prepare", "slots")},
+}
+
+
+def main(out: str) -> int:
+    result = {}
+    for name, build in BUILDS.items():
+        ptx, meta = build()
+        result[name] = {"ptx": ptx, "launch_pdl": bool(meta.launch_pdl)}
+    with open(out, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,191 @@
+"""Programmatic dependent launch (PDL) of the decode-step kernels.
+
+The contract that makes PDL safe: a kernel may start while the previous one finishes, so
+everything that reads or writes memory another kernel writes must come after its
+``griddepcontrol.wait``; before it, only prefetches (hints) and reads of data staged before the
+step (lengths, block table) are allowed. On a CPU the Hopper form of each kernel is compiled
+ahead of time for sm_90 (Triton's bundled ptxas) and its PTX is checked for that order; on a
+Hopper GPU a fused decode step captured in a CUDA graph with PDL equals, bit for bit, the same
+step launched plainly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+ON_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def _ptxas_available() -> bool:
+    if not HAS_TRITON:
+        return False
+    from triton.backends.nvidia import compiler
+
+    try:
+        return compiler.get_ptxas(90).path is not None
+    except Exception:  # no bundled ptxas: the AOT checks cannot run here
+        return shutil.which("ptxas") is not None
+
+
+_MEMORY_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(st\.global|atom\.|red\.|ld\.global|cp\.async)",
+                        re.MULTILINE)
+
+
+def _before_wait(ptx: str) -> list[str]:
+    """The global memory instructions (not prefetches) before the first ``griddepcontrol.wait``."""
+    head = ptx[: ptx.index("griddepcontrol.wait")]
+    return [m.group(1) for m in _MEMORY_OP.finditer(head)]
+
+
+needs_ptxas = pytest.mark.skipif(not _ptxas_available(), reason="no ptxas for sm_90")
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory) -> dict[str, dict]:
+    """PTX of each kernel form, compiled for sm_90 in a process without the interpreter."""
+    out = tmp_path_factory.mktemp("ptx") / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("pdl_ptx.py")
+    done = subprocess.run([sys.executable, str(script), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@needs_ptxas
+def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_access(ptx):
+    k = ptx["skinny_swiglu_pdl2"]
+    assert k["launch_pdl"]
+    ptx = k["ptx"]
+    assert ptx.count("prefetch.global.L2") >= 2  # gate and up rows
+    assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+    assert _before_wait(ptx) == []  # x, the residual, the workspace: all after the wait
+    assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
+    # the split-K arrival counter and the partials come after the wait too
+    assert ptx.index("atom.") > ptx.index("griddepcontrol.wait")
+
+
+@needs_ptxas
+def test_plain_launch_has_no_pdl_instructions(ptx):
+    k = ptx["skinny_plain_pdl0"]
+    assert not k["launch_pdl"]
+    ptx = k["ptx"]
+    assert "griddepcontrol" not in ptx and "prefetch.global.L2" not in ptx
+
+
+@needs_ptxas
+def test_pdl_without_prefetch_waits_first(ptx):
+    ptx = ptx["skinny_pdl1"]["ptx"]
+    assert "prefetch.global.L2" not in ptx
+    assert _before_wait(ptx) == []
+
+
+@needs_ptxas
+@pytest.mark.parametrize("kernel", ["latent", "gqa"])
+def test_attention_reads_only_staged_tables_before_the_wait(ptx, kernel):
+    k = ptx[f"{kernel}_pdl2"]
+    assert k["launch_pdl"]
+    plain = ptx.get(f"{kernel}_pdl1")
+    ptx = k["ptx"]
+    assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+    early = _before_wait(ptx)
+    # the sequence length and the block table (staged before the step) may be read for the
+    # prefetch addresses; nothing is stored and no query or cache value is loaded
+    assert "st.global" not in early and "atom." not in early and "red." not in early
+    assert len(early) <= 8, early
+    if plain is not None:
+        assert _before_wait(plain["ptx"]) == []
+
+
+@needs_ptxas
+@pytest.mark.parametrize("kernel", ["prepare", "up", "merge", "gqa_prepare", "slots"])
+def test_small_step_kernels_wait_before_touching_memory(ptx, kernel):
+    k = ptx[kernel]
+    assert k["launch_pdl"]
+    ptx = k["ptx"]
+    assert _before_wait(ptx) == []
+    if kernel in ("prepare", "up"):  # their weight slices are prefetched before the wait
+        assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+
+
+def test_pdl_mode_follows_the_device_and_the_environment(monkeypatch):
+    from mlra.kernels import _triton_common as common
+
+    cpu = torch.zeros(1)
+    assert common.pdl_mode(cpu) == 0  # never on a CPU (or under the interpreter)
+    assert common.launch_options(0) == {}
+    assert common.launch_options(2) == {"launch_pdl": True}
+    if ON_HOPPER:
+        gpu = torch.zeros(1, device="cuda")
+        monkeypatch.delenv("MLRA_PDL", raising=False)
+        monkeypatch.delenv("MLRA_PDL_PREFETCH", raising=False)
+        assert common.pdl_mode(gpu) == 2
+        monkeypatch.setenv("MLRA_PDL_PREFETCH", "0")
+        assert common.pdl_mode(gpu) == 1
+        monkeypatch.setenv("MLRA_PDL", "0")
+        assert common.pdl_mode(gpu) == 0
+
+
+def test_prefetch_budgets_stay_within_l2_and_one_split():
+    from mlra.kernels._triton_common import PREFETCH_BYTES, prefetch_tokens
+    from mlra.kernels.triton_skinny import prefetch_lines
+
+    # a 121 MB gate/up projection, 1235 programs of 16 rows: about 8 MB in flight at most
+    lines = prefetch_lines(3072, 16, 1235, 132, 2, 2)
+    assert lines & (lines - 1) == 0
+    assert 4 * 132 * 16 * 2 * lines * 128 <= PREFETCH_BYTES
+    # never more than the program's own K range (a 3 MB projection split 8 ways)
+    assert prefetch_lines(128, 8, 96, 132, 2, 1) == 2
+    # attention: at most one split's tokens, within the budget, powers of two or nothing
+    assert prefetch_tokens(128, 264, 384, 132) == 64
+    assert prefetch_tokens(4096, 264, 384, 132) * 264 * 384 <= PREFETCH_BYTES
+    assert prefetch_tokens(8, 264, 384, 132) == 0
+
+
+@pytest.mark.skipif(not ON_HOPPER, reason="PDL needs a Hopper (or newer) GPU")
+@pytest.mark.parametrize("name", ["mlra_4", "mla", "gqa"])
+def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, monkeypatch):
+    """The fused step with PDL and prefetch, captured in a CUDA graph and replayed, gives the
+    logits of the same step launched plainly (bit for bit: PDL only reorders launches)."""
+    from mlra.bench.paged import random_paged_cache
+    from mlra.bench.timing import graphed
+    from mlra.config import ModelConfig
+    from mlra.decoding import DecodeStep
+    from mlra.model import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset(name, "small", zero_init_output=False)
+    model = Transformer(cfg).to("cuda", torch.bfloat16).eval()
+    device = torch.device("cuda")
+    cache, block_table, seq_lens = random_paged_cache(cfg, 3, 700, 16, torch.bfloat16, device)
+    ids = torch.randint(0, cfg.vocab_size, (3, 1), device=device)
+    with torch.no_grad():
+        monkeypatch.setenv("MLRA_PDL", "0")
+        plain_step = DecodeStep(model, cache, fused=True)
+        assert plain_step.fused
+        plain = plain_step(ids, block_table, seq_lens).clone()
+        monkeypatch.delenv("MLRA_PDL")
+        step = DecodeStep(model, cache, fused=True)
+        out = {}
+
+        def run():
+            out["logits"] = step(ids, block_table, seq_lens)
+
+        fn, error = graphed(run, device)
+        assert error is None, error
+        fn()
+        torch.cuda.synchronize()
+    assert torch.equal(out["logits"], plain)
