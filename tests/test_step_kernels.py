@@ -67,7 +67,8 @@ else:
 @needs_triton
 @pytest.mark.parametrize("case", SKINNY, ids=lambda c: f"M{c[0]}-K{c[1]}-{len(c[2])}w")
 @pytest.mark.parametrize("split", [None, 1, 3])
-def test_skinny_linear_matches_reference(case, split):
+@pytest.mark.parametrize("lane_sums", [True, False], ids=["lane-sums", "tile-sums"])
+def test_skinny_linear_matches_reference(case, split, lane_sums):
     from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
 
     M, K, ns, norm, res, swiglu = case
@@ -77,9 +78,9 @@ def test_skinny_linear_matches_reference(case, split):
     nw = _randn(K, g=g, scale=0.2) + 1.0 if norm else None
     r = _randn(M, ns[0], g=g) if res else None
     kw = dict(norm_weight=nw, eps=1e-6, in_scale=1.7 if norm else 1.0, swiglu=swiglu)
-    cfg = None if split is None else SkinnyConfig(block_n=32 if not ON_GPU else None,
-                                                  block_k=32 if not ON_GPU else None,
-                                                  split_k=split)
+    cfg = SkinnyConfig(lane_sums=lane_sums) if split is None else SkinnyConfig(
+        block_n=32 if not ON_GPU else None, block_k=32 if not ON_GPU else None, split_k=split,
+        lane_sums=lane_sums)
     for _ in range(2):  # twice: the split-K arrival counters must be left at zero
         out = skinny_linear_triton(x, ws, residual=r, config=cfg, **kw)
         ref = skinny_linear_ref(x.float(), [w.float() for w in ws], residual=_f32(r),

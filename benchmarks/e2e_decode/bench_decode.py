@@ -23,7 +23,6 @@ Local smoke test (CPU, tiny models, no graphs): ``--device cpu --size tiny --con
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -38,7 +37,13 @@ import torch
 from mlra import ModelConfig, Transformer, kernels
 from mlra.bench.models import random_model
 from mlra.bench.paged import random_paged_cache
-from mlra.bench.timing import copy_bandwidth, graphed, median_seconds, synchronize
+from mlra.bench.timing import (
+    copy_bandwidth,
+    env_vars,
+    graphed,
+    median_seconds,
+    synchronize,
+)
 from mlra.cache import CacheLayout
 from mlra.decoding import DecodeStep
 
@@ -70,20 +75,6 @@ fused kernels, programmatic dependent launch with L2 prefetch on Hopper), ``fuse
 ``fused-noprefetch`` (the same kernels launched plainly / without the prefetch, for an in-run
 comparison), ``graph`` (module by module), ``compile`` (module by module, dense parts
 compiled)."""
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @torch.no_grad()
@@ -227,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} b={batch} ctx={context}: {row['skipped']}", flush=True)
                 return row
         try:
-            with _env(MODE_ENV[mode]):
+            with env_vars(MODE_ENV[mode]):
                 row = bench_config(model, batch, context, args.page_size, args.reps,
                                    bandwidth, not args.no_graph, mode=mode)
         except Exception as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mlra.bench.timing import copy_bandwidth
+from mlra.bench.timing import copy_bandwidth, env_vars
 from mlra.kernels.reference import skinny_linear_ref
 from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton, tuning_key
 
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
              f"torch {torch.__version__}, copy bandwidth {bw / 1e9:.0f} GB/s; "
              f"`{' '.join(['python', *sys.argv])}`", "",
              "| projection | rows | weights MB | floor us | ours us (% copy) | best sweep us "
-             "(% copy), config | cuBLAS path us (% copy) | max rel err |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(% copy), config | cuBLAS path us (% copy) | ours, no PDL | ours, no prefetch | "
+             "ours, tile sums | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     t0 = time.time()
     for (name, (K, ns, norm, res, swiglu)), M in itertools.product(SHAPES.items(), rows_list):
         wbytes = sum(n * K for n in ns) * 2
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                   for o, e in zip(ours(0), exact, strict=True))
         t_ours = graph_time(ours)
         t_ref = graph_time(ref)
+        # the same kernels launched plainly / without the L2 prefetch / reducing every tile
+        with env_vars({"MLRA_PDL": "0"}):
+            t_plain = graph_time(ours)
+        with env_vars({"MLRA_PDL_PREFETCH": "0"}):
+            t_nopf = graph_time(ours)
+        t_tile = graph_time(lambda i: ours(i, SkinnyConfig(lane_sums=False))) if M == 1 else None
         best = (t_ours, None)
         if args.sweep and str(M) in args.sweep_rows.split(","):
             for cfg in SWEEP:
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                "ours_us": t_ours * 1e6, "cublas_path_us": t_ref * 1e6,
                "best_us": best[0] * 1e6,
                "best_config": dataclasses.asdict(best[1]) if best[1] else None,
+               "plain_launch_us": t_plain * 1e6, "no_prefetch_us": t_nopf * 1e6,
+               "tile_sums_us": None if t_tile is None else t_tile * 1e6,
                "max_rel_err": err}
         results.append(row)
         cfg_text = (", ".join(f"{k}={v}" for k, v in row["best_config"].items() if v)
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {M} | {wbytes / 1e6:.1f} | {floor * 1e6:.1f} | "
                      f"{t_ours * 1e6:.1f} ({floor / t_ours:.0%}) | {best[0] * 1e6:.1f} "
                      f"({floor / best[0]:.0%}), {cfg_text} | {t_ref * 1e6:.1f} "
-                     f"({floor / t_ref:.0%}) | {err:.1e} |")
+                     f"({floor / t_ref:.0%}) | {t_plain * 1e6:.1f} | {t_nopf * 1e6:.1f} | "
+                     f"{'' if t_tile is None else f'{t_tile * 1e6:.1f}'} | {err:.1e} |")
         print(lines[-1], flush=True)
         del wsets
         torch.cuda.empty_cache()

@@ -3,10 +3,12 @@ median of many; wall-clock on the CPU for smoke tests; CUDA-graph capture for ti
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -124,3 +126,19 @@ def graphed(fn: Callable[[], object], device: torch.device, use_graph: bool = Tr
     except Exception as exc:  # the caller times fn eagerly and records why
         synchronize(device)
         return fn, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+@contextlib.contextmanager
+def env_vars(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block (restored after), e.g. to time
+    the same kernels with and without ``MLRA_PDL`` in one run."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

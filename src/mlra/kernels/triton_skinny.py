@@ -61,6 +61,9 @@ class SkinnyConfig:
     num_stages: int | None = None
     #: programs per multiprocessor the split-K heuristic aims for
     waves: float | None = None
+    #: one row: keep per-lane partial sums over the K loop and reduce them once at the end
+    #: (False: reduce every tile across lanes)
+    lane_sums: bool | None = None
 
 
 @triton.jit(do_not_specialize=["N1", "N2", "N3", "T1", "T2"])
@@ -74,6 +77,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    LANE_SUMS: tl.constexpr = True,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -102,6 +106,8 @@ def _skinny_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+    fma = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # one row: per-lane partial sums
+    fma2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(k_lo + K_SPLIT, K)
     if PF_LINES > 0:  # weights no kernel writes: their first lines into L2 before the wait
@@ -129,15 +135,24 @@ def _skinny_kernel(
             xv = xf * tl.load(g_ptr + kk, mask=mask_k, other=0.0).to(tl.float32)[None, :]
         if BLOCK_M == 1:  # one row: a weight-streaming dot product per output
             xf = xv.to(tl.float32)
-            acc += tl.sum(w.to(tl.float32) * xf, axis=1)[None, :]
-            if SWIGLU:
-                acc2 += tl.sum(w2.to(tl.float32) * xf, axis=1)[None, :]
+            if LANE_SUMS:  # elementwise FMAs, reduced over K once after the loop
+                fma += w.to(tl.float32) * xf
+                if SWIGLU:
+                    fma2 += w2.to(tl.float32) * xf
+            else:
+                acc += tl.sum(w.to(tl.float32) * xf, axis=1)[None, :]
+                if SWIGLU:
+                    acc2 += tl.sum(w2.to(tl.float32) * xf, axis=1)[None, :]
         else:
             xb = xv.to(w1_ptr.dtype.element_ty)
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
     pdl_launch_next(PDL)
+    if BLOCK_M == 1 and LANE_SUMS:
+        acc = tl.sum(fma, axis=1)[None, :]
+        if SWIGLU:
+            acc2 = tl.sum(fma2, axis=1)[None, :]
 
     if SPLIT_K > 1:
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -225,7 +240,7 @@ def default_skinny_config(M: int, K: int) -> SkinnyConfig:
     block_k = 256 if M == 1 else 128
     block_k = min(block_k, max(16, next_pow2(K)))
     return SkinnyConfig(block_n=32, block_k=block_k, split_k=None, num_warps=4, num_stages=3,
-                        waves=2.0)
+                        waves=2.0, lane_sums=True)
 
 
 TUNED_ENV = "MLRA_SKINNY_TUNED"
@@ -344,7 +359,7 @@ def skinny_linear_triton(
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
-        PDL=pdl, PF_LINES=pf, LINE=128 // es,
+        PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)
