@@ -192,7 +192,7 @@ def latent_up_output_triton(
     pdl = pdl_mode(z)
     _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
         z, w_up, o2, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
-        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(64, next_pow2(W)), BD=bd,
+        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(128, next_pow2(W)), BD=bd,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), num_warps=4,
         **launch_options(pdl),
     )
