@@ -130,8 +130,9 @@ def test_kernel_branch_chunking(per_program, dq_mode):
 
 
 def test_dq_mode_config_and_gradient_agreement():
-    """Unknown modes / chunk sizes are refused; the two modes' gradients agree closely (dQ up to
-    the order of fp32 additions and roundings, dK/dV/dk_rope from the same arithmetic)."""
+    """Unknown modes / chunk sizes are refused. With one branch per program in both passes, the
+    two modes do the same arithmetic: dK, dV and dk_rope agree (bitwise in the interpreter),
+    dQ up to the order of its fp32 additions (one bf16 ulp here and there)."""
     from mlra.kernels import triton_latent_train as k
 
     with pytest.raises(ValueError, match="dq_mode"):
@@ -145,11 +146,14 @@ def test_dq_mode_config_and_gradient_agreement():
     o, ob, lse = k.forward(*args, 0.3, 0.6)
     got = {}
     for mode in DQ_MODES:
-        cfg = dataclasses.replace(k.default_config(NB), dq_mode=mode, dkv_branches_per_program=1)
+        cfg = dataclasses.replace(k.default_config(NB), dq_mode=mode, dq_branches_per_program=1,
+                                  dkv_branches_per_program=1)
         got[mode] = k.backward(grad.to(torch.bfloat16), *args, o, ob, lse, 0.3, 0.6, config=cfg)
     for name, a, b in zip(("dq_nope", "dq_rope", "dkv", "dk_rope"), *got.values(), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
-        assert rel_error(a.float(), b.float()) < 4e-3, name  # bf16 rounding of the outputs
+        assert rel_error(a.float(), b.float()) < 2e-3, name
+        if name in ("dkv", "dk_rope") and not ON_GPU:
+            assert torch.equal(a, b), name
 
 
 def test_kernel_sensitive_to_every_input():
