@@ -130,15 +130,18 @@ def test_kernel_branch_chunking(per_program, dq_mode):
 
 
 def test_dq_mode_config_and_gradient_agreement():
-    """Unknown modes / chunk sizes are refused. With one branch per program in both passes, the
-    two modes do the same arithmetic: dK, dV and dk_rope agree (bitwise in the interpreter),
-    dQ up to the order of its fp32 additions (one bf16 ulp here and there)."""
+    """Unknown modes, chunk sizes and tile pairs the causal split cannot use are refused.
+    With one branch per program in both passes, the two modes do the same arithmetic: dK, dV
+    and dk_rope agree (bitwise in the interpreter), dQ up to the order of its fp32 additions
+    (one bf16 ulp here and there)."""
     from mlra.kernels import triton_latent_train as k
 
     with pytest.raises(ValueError, match="dq_mode"):
         k.TrainKernelConfig(dq_mode="atomics")
     with pytest.raises(ValueError, match="dkv_branches_per_program"):
         k.TrainKernelConfig(dkv_branches_per_program=4)
+    with pytest.raises(ValueError, match="dkv_block_n must be a multiple of dkv_block_m"):
+        k.TrainKernelConfig(dkv_block_m=64, dkv_block_n=32)
     B, T, H, NB, D, R = 2, 45, 2, 2, 16, 16
     q, kv, kr = _inputs(B, T, H, H, NB, D, R, D, seed=11)
     grad = torch.randn(B, T, H, D, generator=torch.Generator().manual_seed(4)).to(DEVICE)

@@ -105,6 +105,10 @@ class TrainKernelConfig:
             raise ValueError(f"dq_mode must be one of {DQ_MODES}, not {self.dq_mode!r}")
         if not 1 <= self.dkv_branches_per_program <= MAX_DKV_BRANCHES_PER_PROGRAM:
             raise ValueError("dkv_branches_per_program must be 1 or 2")
+        for big, small in (("fwd_block_m", "fwd_block_n"), ("dq_block_m", "dq_block_n"),
+                           ("dkv_block_n", "dkv_block_m")):
+            if getattr(self, big) % getattr(self, small):
+                raise ValueError(f"{big} must be a multiple of {small}")
 
 
 #: small tiles for the interpreter; chunks of two branches exercise the chunked paths
