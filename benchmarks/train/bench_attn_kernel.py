@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -201,6 +202,7 @@ def compare_dq_modes(out_dir: Path, sweep: bool) -> dict:
     this script counts them), executed / useful FLOPs, relative errors against fp32."""
     from mlra.kernels import triton_latent_train as k
 
+    t_start = time.perf_counter()
     H, D, R = 16, 128, 64
     mm = matmul_tflops()
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -267,7 +269,7 @@ def compare_dq_modes(out_dir: Path, sweep: bool) -> dict:
               f"{r['err_dk_rope']:.1e} |")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dq_modes.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out_dir / 'dq_modes.json'}")
+    print(f"wrote {out_dir / 'dq_modes.json'} ({time.perf_counter() - t_start:.0f} s)")
     return result
 
 
