@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# One device call: the PDL forms of the step kernels checked on the GPU, then the fused decode
-# step with PDL + L2 prefetch, PDL alone and plain launches side by side in one run (and the
-# projections alone, bench_skinny.py, with the same three forms).
+# One device call (about 9 minutes): the PDL forms of the step kernels checked on the GPU; the
+# fused decode step with programmatic dependent launch + L2 prefetch beside the same kernels
+# launched plainly, and beside the step of the commit the session started from (its src/ and
+# benchmarks/e2e_decode/ carried as .baseline/: `git archive START src benchmarks/e2e_decode |
+# tar -x -C .baseline`), all in one run; the projections alone; a profile of the new step.
 # OUT=dir bash THIS_FILE
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-timeout ${TESTS_TIMEOUT:-200} python -m pytest -q -x -p no:cacheprovider tests/test_pdl.py \
-  tests/test_step_kernels.py 2>&1 | tail -4
-timeout ${SKINNY_TIMEOUT:-90} python benchmarks/e2e_decode/bench_skinny.py --rows 1,8 \
-  --out "$OUT/skinny" 2>&1 | grep -E "^\| " | tail -16
-timeout ${BENCH_TIMEOUT:-300} python benchmarks/e2e_decode/bench_decode.py \
-  --variants ${VARIANTS:-mlra_4,gqa,mla} --contexts ${CONTEXTS:-8192,131072} --batches 1 \
-  --modes fused,fused-noprefetch,fused-nopdl --reps 30 --budget-s ${BUDGET_S:-240} \
-  --out "$OUT/e2e" 2>&1 | grep -E "ms, floor|Error|error|rror:" | tail -24
+PYTHONPATH=$PWD/src timeout ${T_TESTS:-150} python -m pytest -q -x -p no:cacheprovider \
+  tests/test_pdl.py tests/test_step_kernels.py 2>&1 | tail -3
+B1="--variants mlra_4,gqa,mla --contexts 8192,131072 --batches 1 --reps 30"
+B32="--variants mlra_4 --contexts 16384 --batches 32 --reps 15"
+run() {  # side tag timeout args...
+  local side=$1 tag=$2 t=$3; shift 3
+  local root=.; [ "$side" = before ] && root=.baseline
+  [ -d "$root/src" ] || { echo "$side: no $root/src"; return; }
+  PYTHONPATH=$PWD/$root/src timeout "$t" python $root/benchmarks/e2e_decode/bench_decode.py \
+    "$@" --out "$OUT/$side-$tag" 2>&1 | grep -E "ms, floor|rror" | sed "s/^/$side /" | tail -12
+}
+run after b1 170 $B1 --modes fused,fused-nopdl --budget-s 150
+run before b1 90 $B1 --modes fused --budget-s 75
+run after b32 45 $B32 --modes fused
+run before b32 45 $B32 --modes fused
+PYTHONPATH=$PWD/src timeout 50 python benchmarks/e2e_decode/bench_skinny.py --rows 1 \
+  --out "$OUT/skinny" 2>&1 | grep -E "^\| " | tail -8
+PYTHONPATH=$PWD/src timeout 45 python benchmarks/e2e_decode/profile_step.py --variant mlra_4 \
+  --modes fused --top 8 --out "$OUT/profile" 2>&1 | grep -E "^## |^\| " | head -11
+cd "$OUT" && tar czf results.tgz before-* after-* skinny profile 2>/dev/null \
+  && rm -rf before-* after-* skinny profile
