@@ -7,9 +7,11 @@
 # OUT=dir bash THIS_FILE
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}
-mkdir -p "$OUT"
+RES=${RES:-/tmp/pdl_results}  # everything lands here; $OUT gets one archive, refreshed per step
+mkdir -p "$OUT" "$RES"
+pack() { tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-PYTHONPATH=$PWD/src timeout ${T_TESTS:-150} python -m pytest -q -x -p no:cacheprovider \
+PYTHONPATH=$PWD/src timeout ${T_TESTS:-120} python -m pytest -q -x -p no:cacheprovider \
   tests/test_pdl.py tests/test_step_kernels.py 2>&1 | tail -3
 B1="--variants mlra_4,gqa,mla --contexts 8192,131072 --batches 1 --reps 30"
 B32="--variants mlra_4 --contexts 16384 --batches 32 --reps 15"
@@ -18,15 +20,16 @@ run() {  # side tag timeout args...
   local root=.; [ "$side" = before ] && root=.baseline
   [ -d "$root/src" ] || { echo "$side: no $root/src"; return; }
   PYTHONPATH=$PWD/$root/src timeout "$t" python $root/benchmarks/e2e_decode/bench_decode.py \
-    "$@" --out "$OUT/$side-$tag" 2>&1 | grep -E "ms, floor|rror" | sed "s/^/$side /" | tail -12
+    "$@" --out "$RES/$side-$tag" 2>&1 | grep -E "ms, floor|rror" | sed "s/^/$side /" | tail -12
+  pack
 }
 run after b1 170 $B1 --modes fused,fused-nopdl --budget-s 150
 run before b1 90 $B1 --modes fused --budget-s 75
 run after b32 45 $B32 --modes fused
 run before b32 45 $B32 --modes fused
 PYTHONPATH=$PWD/src timeout 50 python benchmarks/e2e_decode/bench_skinny.py --rows 1 \
-  --out "$OUT/skinny" 2>&1 | grep -E "^\| " | tail -8
+  --out "$RES/skinny" 2>&1 | grep -E "^\| " | tail -8
+pack
 PYTHONPATH=$PWD/src timeout 45 python benchmarks/e2e_decode/profile_step.py --variant mlra_4 \
-  --modes fused --top 8 --out "$OUT/profile" 2>&1 | grep -E "^## |^\| " | head -11
-cd "$OUT" && tar czf results.tgz before-* after-* skinny profile 2>/dev/null \
-  && rm -rf before-* after-* skinny profile
+  --modes fused --top 8 --out "$RES/profile" 2>&1 | grep -E "^## |^\| " | head -11
+pack
