@@ -162,7 +162,8 @@ def _latent_up_kernel(
                         + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
     pdl_wait(PDL)
     pdl_launch_next(PDL)
-    acc = tl.zeros([BD], dtype=tl.float32)
+    # elementwise products summed over branches and chunks, one reduction over W at the end
+    acc2d = tl.zeros([BW, BD], dtype=tl.float32)
     for n in tl.static_range(NB):
         z_row = z_ptr + (((m * NB + n) * G + g) * HG + i) * W
         w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
@@ -173,7 +174,8 @@ def _latent_up_kernel(
             z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
             w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
                            mask=mask_w[:, None], other=0.0)
-            acc += tl.sum(w_uv.to(tl.float32) * z[:, None], axis=0)
+            acc2d += w_uv.to(tl.float32) * z[:, None]
+    acc = tl.sum(acc2d, axis=0)
     tl.store(o_ptr + m * stride_om + h * D + offs_d, (acc * out_scale).to(o_ptr.dtype.element_ty))
 
 
@@ -187,7 +189,7 @@ def latent_up_output_triton(
     out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
     if M == 0:
         return out
-    bd = min(32, D)  # many programs: at batch 1 there are only heads x D / bd of them
+    bd = min(16, D)  # many programs: at batch 1 there are only heads x D / bd of them
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
     _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
