@@ -14,7 +14,10 @@ The decode-step operations around the attention kernel (``skinny_linear``,
 picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
 (:func:`train_kernel_supports`); the model's SDPA path stays the fallback. Importing this
 package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the references (the
-decode references; the SDPA path in training).
+decode references; the SDPA path in training). On Hopper the decode-step kernels launch with
+programmatic dependent launch and an L2 prefetch of their weights
+(:func:`mlra.kernels._triton_common.pdl_mode`): ``MLRA_PDL=0`` launches them plainly,
+``MLRA_PDL_PREFETCH=0`` keeps PDL without the prefetch.
 """
 
 from __future__ import annotations
