@@ -155,6 +155,18 @@ def test_prefetch_budgets_stay_within_l2_and_one_split():
     assert prefetch_tokens(8, 264, 384, 132) == 0
 
 
+def test_attention_prefetch_follows_the_mode_and_the_split():
+    from mlra.kernels._triton_common import split_prefetch_tokens
+
+    table = torch.zeros(1, 129, dtype=torch.int32)  # 129 pages of 64: 8256 tokens of capacity
+    ref = torch.zeros(1)
+    assert split_prefetch_tokens(1, None, table, 64, 64, 64, 256, 3, ref) == 0  # PDL, no prefetch
+    # 64 splits of 3 tiles: at most one split's 192 tokens, as a power of two
+    assert split_prefetch_tokens(2, None, table, 64, 64, 64, 256, 3, ref) == 128
+    # a bound on the lengths shortens the splits: 1024 tokens over 64 splits = one tile each
+    assert split_prefetch_tokens(2, 1024, table, 64, 64, 64, 256, 3, ref) == 64
+
+
 @pytest.mark.skipif(not ON_HOPPER, reason="PDL needs a Hopper (or newer) GPU")
 @pytest.mark.parametrize("name", ["mlra_4", "mla", "gqa"])
 def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, monkeypatch):

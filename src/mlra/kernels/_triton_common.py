@@ -160,6 +160,19 @@ def prefetch_tokens_l2(cache_ptr, bt_row_ptr, start, end, n_pages, s_cp, s_cr, c
     prefetch_l2(tl.where(ok[:, None], rows[:, None] + cols[None, :], cache_ptr), PDL)
 
 
+def split_prefetch_tokens(mode: int, max_seq_len: int | None, block_table: torch.Tensor,
+                          page: int, block_n: int, num_splits: int, programs: int,
+                          line_count: int, ref: torch.Tensor) -> int:
+    """:func:`prefetch_tokens` of an attention launch in PDL ``mode`` (0 below mode 2):
+    splits of the bound ``max_seq_len`` (default: the block table's capacity), ``line_count``
+    128-byte lines per token."""
+    if mode < 2:
+        return 0
+    capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+    per_split = math.ceil(math.ceil(capacity / block_n) / num_splits) * block_n
+    return prefetch_tokens(per_split, programs, line_count * 128, device_sms(ref))
+
+
 def launch_options(mode: int) -> dict:
     """Extra keyword arguments of a Triton launch for PDL ``mode`` (see :func:`pdl_mode`)."""
     return {"launch_pdl": True} if mode else {}

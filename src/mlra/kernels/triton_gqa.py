@@ -17,7 +17,6 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
-    device_sms,
     finish_splits,
     launch_options,
     load_cols,
@@ -27,9 +26,9 @@ from mlra.kernels._triton_common import (
     pdl_launch_next,
     pdl_mode,
     pdl_wait,
-    prefetch_tokens,
     prefetch_tokens_l2,
     resolve_config,
+    split_prefetch_tokens,
     split_range,
     split_workspaces,
     tile_pages,
@@ -224,12 +223,9 @@ def paged_gqa_decode_triton(
     pdl = pdl_mode(k_cache)
     es = k_cache.element_size()
     k_lines, v_lines = next_pow2(triton.cdiv(D * es, 128)), next_pow2(triton.cdiv(Dv * es, 128))
-    pf_tokens = 0
-    if pdl > 1:
-        capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
-        per_split = triton.cdiv(triton.cdiv(capacity, cfg.block_n), num_splits) * cfg.block_n
-        pf_tokens = prefetch_tokens(per_split, grid[0] * grid[1] * grid[2],
-                                    (k_lines + v_lines) * 128, device_sms(k_cache))
+    pf_tokens = split_prefetch_tokens(pdl, max_seq_len, block_table, page, cfg.block_n,
+                                      num_splits, grid[0] * grid[1] * grid[2],
+                                      k_lines + v_lines, k_cache)
     _gqa_decode_kernel[grid](
         q, k_cache, v_cache, k_desc, v_desc, block_table, seq_lens, o_ws, lse_ws,
         q.stride(0), q.stride(1), q.stride(2),

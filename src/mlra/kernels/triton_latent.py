@@ -25,7 +25,6 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
-    device_sms,
     finish_splits,
     launch_options,
     load_cols,
@@ -35,9 +34,9 @@ from mlra.kernels._triton_common import (
     pdl_launch_next,
     pdl_mode,
     pdl_wait,
-    prefetch_tokens,
     prefetch_tokens_l2,
     resolve_config,
+    split_prefetch_tokens,
     split_range,
     split_workspaces,
     tile_pages,
@@ -372,13 +371,9 @@ def paged_latent_decode_triton(
     pdl = pdl_mode(cache)
     es = cache.element_size()
     w_lines, r_lines = next_pow2(triton.cdiv(W * es, 128)), next_pow2(triton.cdiv(R * es, 128))
-    pf_tokens = 0
-    if pdl > 1:
-        capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
-        per_split = triton.cdiv(triton.cdiv(capacity, cfg.block_n), num_splits) * cfg.block_n
-        per_token = (spp * w_lines + r_lines) * 128
-        pf_tokens = prefetch_tokens(per_split, grid[0] * grid[1] * grid[2], per_token,
-                                    device_sms(cache))
+    pf_tokens = split_prefetch_tokens(pdl, max_seq_len, block_table, page, cfg.block_n,
+                                      num_splits, grid[0] * grid[1] * grid[2],
+                                      spp * w_lines + r_lines, cache)
     _latent_decode_kernel[grid](
         q_latent, q_rope, cache, lat_desc, rope_desc, block_table, seq_lens, o_ws, lse_ws,
         q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
