@@ -128,6 +128,7 @@ def test_pdl_mode_follows_the_device_and_the_environment(monkeypatch):
     assert common.pdl_mode(cpu) == 0  # never on a CPU (or under the interpreter)
     assert common.launch_options(0) == {}
     assert common.launch_options(2) == {"launch_pdl": True}
+    assert common.triton_has_pdl()  # Triton 3.6, the version the package pins
     if ON_HOPPER:
         gpu = torch.zeros(1, device="cuda")
         monkeypatch.delenv("MLRA_PDL", raising=False)

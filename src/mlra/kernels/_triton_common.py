@@ -85,19 +85,34 @@ def _hopper(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+@functools.lru_cache(maxsize=1)
+def triton_has_pdl() -> bool:
+    """Whether the installed Triton launches with PDL (the ``launch_pdl`` option and the
+    ``griddepcontrol`` intrinsics; Triton 3.6 has both, older releases may not)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+        from triton.language.extra import cuda as tl_cuda
+    except Exception:  # no CUDA backend in this Triton
+        return False
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return "launch_pdl" in fields and all(
+        hasattr(tl_cuda, name) for name in ("gdc_wait", "gdc_launch_dependents"))
+
+
 def pdl_mode(t: torch.Tensor) -> int:
     """How the decode-step kernels on ``t``'s device launch: 0 = plainly; 1 = with programmatic
-    dependent launch (Hopper or newer, compiled kernels): a kernel may start while its
-    predecessor in the stream finishes and waits (``griddepcontrol.wait``) before it touches
-    anything another kernel writes; 2 = as 1, and it first prefetches into L2 bytes that no
-    kernel writes (weights, older cache rows), so its first loads hit L2. Environment:
+    dependent launch (Hopper or newer, compiled kernels, a Triton that has it): a kernel may
+    start while its predecessor in the stream finishes and waits (``griddepcontrol.wait``)
+    before it touches anything another kernel writes; 2 = as 1, and it first prefetches into
+    L2 bytes that no kernel writes (weights, older cache rows), so its first loads hit L2.
+    Environment:
     ``MLRA_PDL=0`` gives 0, ``MLRA_PDL_PREFETCH=0`` caps it at 1 (read at every launch; a CUDA
     graph keeps the mode it was captured with)."""
     if INTERPRET or not t.is_cuda:
         return 0
     if os.environ.get(PDL_ENV, "1") in ("", "0"):
         return 0
-    if not _hopper(t.device.index if t.device.index is not None else 0):
+    if not _hopper(t.device.index if t.device.index is not None else 0) or not triton_has_pdl():
         return 0
     return 1 if os.environ.get(PREFETCH_ENV, "1") in ("", "0") else 2
 
