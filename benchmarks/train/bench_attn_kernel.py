@@ -4,11 +4,6 @@ up-projection + attention, forward + backward) on the fused path against the SDP
 
     python benchmarks/train/bench_attn_kernel.py --out benchmarks/train/results/h200/kernel.json
 
-The backward's two dQ modes side by side (``TrainKernelConfig.dq_mode``: "separate" dQ pass,
-"atomic" dQ from the dK/dV pass), errors against fp32 and times, json to ``DIR/dq_modes.json``:
-
-    python benchmarks/train/bench_attn_kernel.py --dq-modes --out DIR
-
 FLOPs counted (per query-key pair on or below the diagonal, per head): forward
 2 x (NB x D + R) for the scores (the RoPE part once for all branches) + 2 x NB x Dv for P @ V;
 backward 2 x (NB x D + R) (scores again) + 2 x 2 x NB x Dv (dV, dP) + 2 x 2 x (NB x D + R)
@@ -20,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -134,145 +127,6 @@ def layer_times(variant: str, B: int, T: int) -> dict:
     return out
 
 
-def bwd_flops_executed(NB: int, D: int, R: int, Dv: int, mode: str, chunk: int) -> float:
-    """Backward FLOPs the kernels execute per query-key pair and head (diagonal-tile waste not
-    counted), with ``chunk`` branches sharing the RoPE work of a tile (dQ pass chunk for
-    "separate", dK/dV chunk for "atomic")."""
-    per_branch = 3 * D + 2 * Dv  # scores, dV, dP, dK, dQ (NoPE)
-    if mode == "atomic":  # RoPE scores, dk_rope, dq_rope once per chunk
-        return 2 * (NB * per_branch + NB // chunk * 3 * R)
-    # dK/dV pass per branch: scores (NoPE + RoPE), dV, dP, dK, dk_rope; dQ pass: scores, dP, dQ
-    # per branch, RoPE scores and dq_rope per chunk
-    return 2 * (NB * (2 * D + 2 * Dv + 2 * R) + NB * (2 * D + Dv) + NB // chunk * 2 * R)
-
-
-def ref_grads_fp32(q, kv, kr, D, scale, osc, do) -> list[torch.Tensor]:
-    """fp32 reference (output, dq, dkv, dk_rope), a few heads at a time (bounded memory for the
-    T x T scores of long contexts; query heads = KV heads here)."""
-    from mlra.kernels.reference import latent_train_attention_ref
-
-    B, T, H, _ = q.shape
-    NB = kv.shape[2]
-    assert kv.shape[3] == H
-    hc = max(1, min(H, 2**31 // (B * NB * T * T * 4)))
-    while H % hc:
-        hc -= 1
-    outs, dqs, dkvs = [], [], []
-    dkr = torch.zeros(kr.shape, device=kr.device, dtype=torch.float32)
-    for h0 in range(0, H, hc):
-        qq = q[:, :, h0:h0 + hc].float().requires_grad_()
-        kk = kv[:, :, :, h0:h0 + hc].float().requires_grad_()
-        rr = kr.float().requires_grad_()
-        o = latent_train_attention_ref(qq[..., :D], qq[..., D:], kk, rr, scale, osc)
-        o.backward(do[:, :, h0:h0 + hc].float())
-        outs.append(o.detach())
-        dqs.append(qq.grad)
-        dkvs.append(kk.grad)
-        dkr += rr.grad
-        del o, qq, kk, rr
-    return [torch.cat(outs, 2), torch.cat(dqs, 2), torch.cat(dkvs, 3), dkr]
-
-
-#: backward variants of the --dq-modes comparison: name -> TrainKernelConfig overrides of the
-#: default configuration (dK/dV tiles: the atomic pass's dQ product has BLOCK_M rows, so 64-row
-#: query blocks are timed too; two branches per program need the smaller key block: four
-#: fp32 dK/dV accumulators of 128 x 128 do not fit in the registers)
-DQ_VARIANTS = {
-    "separate": {},
-    "atomic": {"dq_mode": "atomic", "dkv_branches_per_program": 1},
-    "atomic_m64": {"dq_mode": "atomic", "dkv_branches_per_program": 1, "dkv_block_m": 64,
-                   "dkv_stages": 2},
-    "atomic_c2_n64": {"dq_mode": "atomic", "dkv_branches_per_program": 2, "dkv_block_m": 32,
-                      "dkv_block_n": 64},
-}
-#: extra atomic-mode tiles timed with --dq-modes --sweep
-DQ_SWEEP = {
-    "atomic_n64": {"dq_mode": "atomic", "dkv_branches_per_program": 1, "dkv_block_m": 32,
-                   "dkv_block_n": 64},
-    "atomic_m64_n64": {"dq_mode": "atomic", "dkv_branches_per_program": 1, "dkv_block_m": 64,
-                       "dkv_block_n": 64, "dkv_stages": 2},
-    "atomic_c2": {"dq_mode": "atomic", "dkv_branches_per_program": 2},
-    "atomic_c2_m64_n64": {"dq_mode": "atomic", "dkv_branches_per_program": 2,
-                          "dkv_block_m": 64, "dkv_block_n": 64, "dkv_stages": 2},
-}
-
-
-def compare_dq_modes(out_dir: Path, sweep: bool) -> dict:
-    """Backward of each dQ mode at the 1B widths: ms, TFLOP/s (useful FLOPs, as the rest of
-    this script counts them), executed / useful FLOPs, relative errors against fp32."""
-    from mlra.kernels import triton_latent_train as k
-
-    t_start = time.perf_counter()
-    H, D, R = 16, 128, 64
-    mm = matmul_tflops()
-    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                    "matmul_tflops": mm, "H": H, "D": D, "R": R, "rows": []}
-    print(f"{result['device']}: bf16 matmul 8192^3 {mm:.0f} TFLOP/s", flush=True)
-    variants = {**DQ_VARIANTS, **(DQ_SWEEP if sweep else {})}
-    for NB in (1, 4):
-        base = k.default_config(NB)
-        for (B, T) in ((4, 2048), (1, 8192)):
-            q, kv, kr = make_inputs(B, T, H, NB, D, R, seed=T)
-            scale, osc = (D + R) ** -0.5, NB**-0.5
-            args = (q[..., :D], q[..., D:], kv, kr)
-            o, ob, lse = k.forward(*args, scale, osc, config=base)
-            do = torch.randn(o.shape, device="cuda", generator=torch.Generator(device="cuda")
-                             .manual_seed(1)).bfloat16()
-            ref = ref_grads_fp32(q, kv, kr, D, scale, osc, do)
-            err_o = rel(o, ref[0])
-            _, fb = attn_flops(B, T, H, NB, D, R, D)
-            pairs = B * T * (T + 1) / 2 * H
-            for name, over in variants.items():
-                if NB == 1 and over.get("dkv_branches_per_program", 1) > 1:
-                    continue
-                try:
-                    cfg = dataclasses.replace(base, **over)
-                    call = functools.partial(k.backward, do, *args, o, ob, lse, scale, osc,
-                                             config=cfg)
-                    grads = call()
-                    torch.cuda.synchronize()
-                    ms = time_ms(call)
-                except Exception as e:  # noqa: BLE001 - an invalid config or one that fails
-                    print(f"  NB={NB} {B}x{T} {name}: failed {type(e).__name__}: "
-                          f"{str(e)[:100]}", flush=True)
-                    continue
-                got = [torch.cat(grads[:2], -1), grads[2], grads[3]]
-                errs = [rel(a, b) for a, b in zip(got, ref[1:], strict=True)]
-                if cfg.dq_mode == "atomic":
-                    chunk = k._chunk(NB, cfg.dkv_branches_per_program)
-                else:
-                    chunk = k._chunk(NB, cfg.dq_branches_per_program)
-                executed = pairs * bwd_flops_executed(NB, D, R, D, cfg.dq_mode, chunk)
-                row = {"NB": NB, "B": B, "T": T, "variant": name, "config": over,
-                       "bwd_ms": ms, "bwd_tflops": fb / ms / 1e9,
-                       "executed_over_useful": executed / fb, "err_out": err_o,
-                       "err_dq": errs[0], "err_dkv": errs[1], "err_dk_rope": errs[2]}
-                result["rows"].append(row)
-                print(f"  NB={NB} {B}x{T} {name}: bwd {ms:.3f} ms {row['bwd_tflops']:.0f} "
-                      f"TFLOP/s; rel err dq {errs[0]:.2e} dkv {errs[1]:.2e} dk_rope "
-                      f"{errs[2]:.2e}", flush=True)
-            del ref, q, kv, kr, o, ob, lse, do
-            torch.cuda.empty_cache()
-    print(f"\nbackward by dQ mode, H={H} D={D} R={R}, matmul {mm:.0f} TFLOP/s; TFLOP/s of "
-          "useful work; errors relative L2 against fp32 on the same bf16 inputs")
-    print("| NB | context | variant | bwd ms | vs separate | TFLOP/s | % matmul | executed/useful"
-          " | err dq | err dkv | err dk_rope |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    sep = {(r["NB"], r["B"], r["T"]): r["bwd_ms"] for r in result["rows"]
-           if r["variant"] == "separate"}
-    for r in result["rows"]:
-        base_ms = sep.get((r["NB"], r["B"], r["T"]))
-        ratio = f"{base_ms / r['bwd_ms']:.2f}x" if base_ms else "-"
-        print(f"| {r['NB']} | {r['B']}x{r['T']} | {r['variant']} | {r['bwd_ms']:.3f} | {ratio} "
-              f"| {r['bwd_tflops']:.0f} | {100 * r['bwd_tflops'] / mm:.0f}% | "
-              f"{r['executed_over_useful']:.2f} | {r['err_dq']:.1e} | {r['err_dkv']:.1e} | "
-              f"{r['err_dk_rope']:.1e} |")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dq_modes.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out_dir / 'dq_modes.json'} ({time.perf_counter() - t_start:.0f} s)")
-    return result
-
-
 FWD_CANDIDATES = {
     1: [dict(fwd_block_m=128, fwd_block_n=64, fwd_warps=8, fwd_stages=3),
         dict(fwd_block_m=128, fwd_block_n=64, fwd_warps=8, fwd_stages=4),
@@ -300,20 +154,12 @@ BWD_CANDIDATES = {
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None,
-                   help="json file (default out/train/kernel.json); with --dq-modes a "
-                        "directory (default out/train) for dq_modes.json")
+    p.add_argument("--out", default="out/train/kernel.json")
     p.add_argument("--sweep", action="store_true", help="time the launch-config candidates")
-    p.add_argument("--dq-modes", action="store_true",
-                   help="only compare the backward's dQ modes (separate / atomic)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.dq_modes:
-        compare_dq_modes(Path(args.out or "out/train"), args.sweep)
-        return 0
-    args.out = args.out or "out/train/kernel.json"
     from mlra.kernels import triton_latent_train as k
 
     H, D, R = 16, 128, 64

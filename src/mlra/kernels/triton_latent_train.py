@@ -28,21 +28,6 @@ Backward (FlashAttention-2 split, log2-domain softmax statistics saved per branc
   that read it), ``dV_b``, ``dK_b`` and a partial RoPE-key gradient, summed over heads and
   branches by the caller.
 
-``TrainKernelConfig.dq_mode = "atomic"`` (not the default) drops the dQ kernel: P and dP are
-rebuilt once, in the dK/dV pass, which then also produces dQ (FlashAttention-2's original
-scheme). Its programs take a key block, a KV head and a chunk of ``dkv_branches_per_program``
-branches (1 or 2), loop over the query blocks of the heads that read it, and per query block
-load the queries, dO and the RoPE scores ``k_rope . q_rope`` once for the chunk; per branch
-they rebuild ``P_b`` and ``dP_b``, update ``dK_b`` / ``dV_b`` and add ``dS_b @ K_b`` to the
-block's NoPE dQ tile; the chunk's ``sum_b dS_b`` gives the RoPE-query gradient (``@ k_rope``)
-and the partial RoPE-key gradient (``^T @ q_rope``) once. The block's dQ tile (NoPE and RoPE)
-goes out by ``tl.atomic_add`` into an fp32 buffer ``[B, T, H, D + R]`` (B x T x H x (D + R) x
-4 bytes: 96 MiB at 4 x 2048 tokens, 16 heads, 128 + 64), zeroed first and cast (times
-``scale``) to the input dtype by a small kernel at the end. Rows past T and keys past T
-contribute nothing (masked atomics; zero-filled keys; causal mask on the diagonal blocks).
-The order of the fp32 additions is not fixed, so **dQ is not bitwise reproducible run to
-run** in this mode (dK, dV and the RoPE-key gradient still are: each has one writer).
-
 The differentiable op around :func:`forward` / :func:`backward` is
 :func:`mlra.kernels.train_ops.latent_train_attention_fused` (a Triton-free module, so that
 ``torch.compile`` sees one opaque operator).
@@ -62,9 +47,6 @@ import triton.language as tl
 from mlra.kernels._triton_common import INTERPRET, LOG2E
 
 MAX_BRANCHES_PER_PROGRAM = 4
-#: the atomic-dQ dK/dV pass keeps a dK and a dV accumulator per branch of its chunk
-MAX_DKV_BRANCHES_PER_PROGRAM = 2
-DQ_MODES = ("separate", "atomic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,30 +74,21 @@ class TrainKernelConfig:
     dkv_block_n: int = 128
     dkv_warps: int = 8
     dkv_stages: int = 3
-    #: how the backward gets dQ: ``"separate"`` (the dQ pass, ``dq_*`` fields) or ``"atomic"``
-    #: (from the dK/dV pass, fp32 atomic adds; ``dkv_*`` fields; dQ not bitwise reproducible)
-    dq_mode: str = "separate"
-    #: branches per dK/dV program in the ``"atomic"`` mode (1 or 2; a divisor of the branch
-    #: count is used): they share the RoPE scores, the query loads, one dQ atomic per tile and
-    #: the RoPE gradients, at the cost of a dK/dV accumulator pair per branch
-    dkv_branches_per_program: int = 1
 
     def __post_init__(self) -> None:
-        if self.dq_mode not in DQ_MODES:
-            raise ValueError(f"dq_mode must be one of {DQ_MODES}, not {self.dq_mode!r}")
-        if not 1 <= self.dkv_branches_per_program <= MAX_DKV_BRANCHES_PER_PROGRAM:
-            raise ValueError("dkv_branches_per_program must be 1 or 2")
         for big, small in (("fwd_block_m", "fwd_block_n"), ("dq_block_m", "dq_block_n"),
                            ("dkv_block_n", "dkv_block_m")):
             if getattr(self, big) % getattr(self, small):
-                raise ValueError(f"{big} must be a multiple of {small}")
+                raise ValueError(f"{big} must be a multiple of {small} (the causal split into "
+                                 f"unmasked and diagonal tiles); got {getattr(self, big)} and "
+                                 f"{getattr(self, small)}")
 
 
 #: small tiles for the interpreter; chunks of two branches exercise the chunked paths
 INTERPRETER_CONFIG = TrainKernelConfig(
     fwd_block_m=32, fwd_block_n=16, fwd_warps=4, fwd_stages=1, branches_per_program=2,
     dq_block_m=32, dq_block_n=16, dq_warps=4, dq_stages=1, dq_branches_per_program=2,
-    dkv_block_m=16, dkv_block_n=32, dkv_warps=4, dkv_stages=1, dkv_branches_per_program=2,
+    dkv_block_m=16, dkv_block_n=32, dkv_warps=4, dkv_stages=1,
 )
 
 #: launch configurations on GPUs by branch count (measured on an H200: see
@@ -502,159 +475,6 @@ def _dkv_kernel(
     tl.store(DKR + row * DR + offs_r[None, :], dkr * scale, mask=n_ok[:, None])
 
 
-@triton.jit
-def _dkvq_branch(dk, dv, dq, k, v, q, do, s_rope, lse, dl, offs_m, offs_n, qk_scale, out_scale,
-                 CAUSAL: tl.constexpr):
-    """One branch, one block of query rows against the key block, atomic-dQ pass: updates dK_b,
-    dV_b and the block's NoPE dQ (summed over the chunk's branches); returns dS_b^T (fp32)."""
-    st = tl.dot(k, tl.trans(q), s_rope)
-    pt = tl.math.exp2(st * qk_scale - lse[None, :])
-    if CAUSAL:
-        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
-    dv = tl.dot(pt.to(do.dtype), do, dv)
-    dpt = tl.dot(v, tl.trans(do))
-    dst = pt * (dpt * out_scale - dl[None, :])
-    dst_lo = dst.to(q.dtype)
-    dk = tl.dot(dst_lo, q, dk)
-    dq = tl.dot(tl.trans(dst_lo), k, dq)
-    return dk, dv, dq, dst
-
-
-@triton.jit
-def _dkvq_step(dk0, dv0, dk1, dv1, dkr, k0, v0, k1, v1, kr, q_ptrs, qr_ptrs, do_ptrs, lse_ptrs,
-               dl_ptrs, dq_ptrs, dqr_ptrs, HT, offs_m, offs_n, T, qk_scale, out_scale,
-               NBC: tl.constexpr, DH: tl.constexpr, BLOCK_M: tl.constexpr,
-               CAUSAL: tl.constexpr):
-    """One block of query rows against the key block, all branches of the chunk: the query
-    loads and RoPE scores once, each branch's P and dP once; the block's dQ (NoPE: sum over
-    the chunk of dS_b @ K_b; RoPE: (sum_b dS_b) @ k_rope) goes out by fp32 atomic adds."""
-    m_ok = offs_m < T
-    q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
-    qr = tl.load(qr_ptrs, mask=m_ok[:, None], other=0.0)
-    do = tl.load(do_ptrs, mask=m_ok[:, None], other=0.0)
-    s_rope = tl.dot(kr, tl.trans(qr))
-    dq = tl.zeros([BLOCK_M, DH], dtype=tl.float32)
-    lse = tl.load(lse_ptrs, mask=m_ok, other=float("inf"))
-    dl = tl.load(dl_ptrs, mask=m_ok, other=0.0)
-    dk0, dv0, dq, ds = _dkvq_branch(dk0, dv0, dq, k0, v0, q, do, s_rope, lse, dl, offs_m,
-                                    offs_n, qk_scale, out_scale, CAUSAL)
-    if NBC > 1:
-        lse = tl.load(lse_ptrs + HT, mask=m_ok, other=float("inf"))
-        dl = tl.load(dl_ptrs + HT, mask=m_ok, other=0.0)
-        dk1, dv1, dq, ds1 = _dkvq_branch(dk1, dv1, dq, k1, v1, q, do, s_rope, lse, dl, offs_m,
-                                         offs_n, qk_scale, out_scale, CAUSAL)
-        ds += ds1
-    ds_lo = ds.to(qr.dtype)
-    dkr = tl.dot(ds_lo, qr, dkr)
-    dqr = tl.dot(tl.trans(ds_lo), kr)
-    tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None], sem="relaxed")
-    tl.atomic_add(dqr_ptrs, dqr, mask=m_ok[:, None], sem="relaxed")
-    return dk0, dv0, dk1, dv1, dkr
-
-
-@triton.jit
-def _dkvq_kernel(
-    Qn, Qr, Kn, V, Kr, DO, LSE, DELTA, DKV, DKR, DQ,
-    s_qn_b, s_qn_t, s_qn_h, s_qr_b, s_qr_t, s_qr_h,
-    s_kn_b, s_kn_s, s_kn_n, s_kn_h, s_v_b, s_v_s, s_v_n, s_v_h, s_kr_b, s_kr_s,
-    s_do_b, s_do_t, s_do_h,
-    T, H, HKV, qk_scale, scale, out_scale,
-    NB: tl.constexpr, NBC: tl.constexpr, GROUP: tl.constexpr,
-    DH: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """The atomic-dQ backward pass of one key block, one chunk of NBC branches, one KV head:
-    dK_b, dV_b, a partial RoPE-key gradient, and (atomically, unscaled, into the fp32
-    ``DQ [B, T, H, DH + DR]``) every query row's dQ contribution from these keys."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    chunk = tl.program_id(2)
-    br0 = chunk * NBC
-    b = (pid_bh // HKV).to(tl.int64)
-    hk = pid_bh % HKV
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, DH)
-    offs_r = tl.arange(0, DR)
-    offs_v = tl.arange(0, DV)
-    n_ok = offs_n < T
-    k_ptrs = (Kn + b * s_kn_b + br0 * s_kn_n + hk * s_kn_h + offs_n[:, None] * s_kn_s
-              + offs_d[None, :])
-    v_ptrs = (V + b * s_v_b + br0 * s_v_n + hk * s_v_h + offs_n[:, None] * s_v_s
-              + offs_v[None, :])
-    k0 = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
-    v0 = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-    if NBC > 1:
-        k1 = tl.load(k_ptrs + s_kn_n, mask=n_ok[:, None], other=0.0)
-        v1 = tl.load(v_ptrs + s_v_n, mask=n_ok[:, None], other=0.0)
-    else:
-        k1, v1 = k0, v0
-    kr = tl.load(Kr + b * s_kr_b + offs_n[:, None] * s_kr_s + offs_r[None, :],
-                 mask=n_ok[:, None], other=0.0)
-    dk0 = tl.zeros([BLOCK_N, DH], dtype=tl.float32)
-    dv0 = tl.zeros([BLOCK_N, DV], dtype=tl.float32)
-    dk1, dv1 = dk0, dv0
-    dkr = tl.zeros([BLOCK_N, DR], dtype=tl.float32)
-    HT = H * T
-    lo = pid_n * BLOCK_N
-    diag_end = tl.minimum(lo + BLOCK_N, T)
-    for g in range(GROUP):
-        h = hk * GROUP + g
-        q_base = Qn + b * s_qn_b + h * s_qn_h + offs_d[None, :]
-        qr_base = Qr + b * s_qr_b + h * s_qr_h + offs_r[None, :]
-        do_base = DO + b * s_do_b + h * s_do_h + offs_v[None, :]
-        stat = ((b * NB + br0) * H + h) * T
-        for start_m in range(lo, diag_end, BLOCK_M):  # diagonal blocks: causal mask
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            dq_ptrs = DQ + (b * T * H + offs_m[:, None] * H + h) * (DH + DR)
-            dk0, dv0, dk1, dv1, dkr = _dkvq_step(
-                dk0, dv0, dk1, dv1, dkr, k0, v0, k1, v1, kr, q_base + offs_m[:, None] * s_qn_t,
-                qr_base + offs_m[:, None] * s_qr_t, do_base + offs_m[:, None] * s_do_t,
-                LSE + stat + offs_m, DELTA + stat + offs_m, dq_ptrs + offs_d[None, :],
-                dq_ptrs + DH + offs_r[None, :], HT, offs_m, offs_n, T, qk_scale, out_scale,
-                NBC, DH, BLOCK_M, True)
-        for start_m in range(lo + BLOCK_N, T, BLOCK_M):  # blocks fully above: no causal mask
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            dq_ptrs = DQ + (b * T * H + offs_m[:, None] * H + h) * (DH + DR)
-            dk0, dv0, dk1, dv1, dkr = _dkvq_step(
-                dk0, dv0, dk1, dv1, dkr, k0, v0, k1, v1, kr, q_base + offs_m[:, None] * s_qn_t,
-                qr_base + offs_m[:, None] * s_qr_t, do_base + offs_m[:, None] * s_do_t,
-                LSE + stat + offs_m, DELTA + stat + offs_m, dq_ptrs + offs_d[None, :],
-                dq_ptrs + DH + offs_r[None, :], HT, offs_m, offs_n, T, qk_scale, out_scale,
-                NBC, DH, BLOCK_M, False)
-    # outputs as in _dkv_kernel; the partial RoPE-key gradients are per chunk:
-    # [B, S, (NB / NBC) * HKV, DR]
-    row = ((b * T + offs_n[:, None]) * NB + br0) * HKV + hk
-    tl.store(DKV + row * (DH + DV) + offs_d[None, :], (dk0 * scale).to(DKV.dtype.element_ty),
-             mask=n_ok[:, None])
-    tl.store(DKV + row * (DH + DV) + DH + offs_v[None, :],
-             (dv0 * out_scale).to(DKV.dtype.element_ty), mask=n_ok[:, None])
-    if NBC > 1:
-        row1 = row + HKV
-        tl.store(DKV + row1 * (DH + DV) + offs_d[None, :],
-                 (dk1 * scale).to(DKV.dtype.element_ty), mask=n_ok[:, None])
-        tl.store(DKV + row1 * (DH + DV) + DH + offs_v[None, :],
-                 (dv1 * out_scale).to(DKV.dtype.element_ty), mask=n_ok[:, None])
-    prow = ((b * T + offs_n[:, None]) * (NB // NBC) + chunk) * HKV + hk
-    tl.store(DKR + prow * DR + offs_r[None, :], dkr * scale, mask=n_ok[:, None])
-
-
-@triton.jit
-def _dq_cast_kernel(ACC, DQn, DQr, rows, scale, DH: tl.constexpr, DR: tl.constexpr,
-                    BLOCK: tl.constexpr):
-    """dq_nope, dq_rope (input dtype, contiguous) = scale * the fp32 dQ buffer's two parts."""
-    r = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    ok = r < rows
-    offs_d = tl.arange(0, DH)
-    offs_r = tl.arange(0, DR)
-    a = tl.load(ACC + r[:, None] * (DH + DR) + offs_d[None, :], mask=ok[:, None], other=0.0)
-    tl.store(DQn + r[:, None] * DH + offs_d[None, :], (a * scale).to(DQn.dtype.element_ty),
-             mask=ok[:, None])
-    a = tl.load(ACC + r[:, None] * (DH + DR) + DH + offs_r[None, :], mask=ok[:, None],
-                other=0.0)
-    tl.store(DQr + r[:, None] * DR + offs_r[None, :], (a * scale).to(DQr.dtype.element_ty),
-             mask=ok[:, None])
-
-
 # ------------------------------------------------------------------------------------------
 # launchers
 # ------------------------------------------------------------------------------------------
@@ -725,22 +545,6 @@ def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: t
     strides = _strides(q_nope, q_rope, kv, k_rope)
     dq_nope = torch.empty(B, T, H, DH, dtype=q_nope.dtype, device=dev)
     dq_rope = torch.empty(B, T, H, DR, dtype=q_rope.dtype, device=dev)
-    dkv = torch.empty(B, T, NB, HKV, DH + DV, dtype=kv.dtype, device=dev)
-    if cfg.dq_mode == "atomic":
-        nbc = _chunk(NB, cfg.dkv_branches_per_program)
-        dq_acc = torch.zeros(B, T, H, DH + DR, dtype=torch.float32, device=dev)
-        dkr_part = torch.empty(B, T, NB // nbc * HKV, DR, dtype=torch.float32, device=dev)
-        _dkvq_kernel[(triton.cdiv(T, cfg.dkv_block_n), B * HKV, NB // nbc)](
-            q_nope, q_rope, kv, kv[..., DH:], k_rope, do, lse, delta, dkv, dkr_part, dq_acc,
-            *strides, *do.stride()[:3], T, H, HKV, scale * LOG2E, scale, out_scale,
-            NB=NB, NBC=nbc, GROUP=H // HKV, DH=DH, DR=DR, DV=DV,
-            BLOCK_M=cfg.dkv_block_m, BLOCK_N=cfg.dkv_block_n,
-            num_warps=cfg.dkv_warps, num_stages=cfg.dkv_stages,
-        )
-        rows = B * T * H
-        _dq_cast_kernel[(triton.cdiv(rows, 64),)](dq_acc, dq_nope, dq_rope, rows, scale,
-                                                   DH=DH, DR=DR, BLOCK=64, num_warps=4)
-        return dq_nope, dq_rope, dkv, dkr_part.sum(2).to(k_rope.dtype)
     _dq_kernel[(triton.cdiv(T, cfg.dq_block_m), B * H)](
         q_nope, q_rope, kv, kv[..., DH:], k_rope, do, lse, delta, dq_nope, dq_rope,
         *strides, *do.stride()[:3], T, H, scale * LOG2E, scale, out_scale,
@@ -748,6 +552,7 @@ def backward(do: torch.Tensor, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: t
         DH=DH, DR=DR, DV=DV, BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n,
         num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
+    dkv = torch.empty(B, T, NB, HKV, DH + DV, dtype=kv.dtype, device=dev)
     dkr_part = torch.empty(B, T, NB * HKV, DR, dtype=torch.float32, device=dev)
     _dkv_kernel[(triton.cdiv(T, cfg.dkv_block_n), B * HKV, NB)](
         q_nope, q_rope, kv, kv[..., DH:], k_rope, do, lse, delta, dkv, dkr_part,
