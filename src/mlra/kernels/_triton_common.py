@@ -150,13 +150,21 @@ PREFETCH_BYTES = 8 << 20
 stream read at full bandwidth (the programs that start early are the first wave)."""
 
 
+def prefetch_units(limit: int, programs: int, unit_bytes: int, sms: int,
+                   resident_per_sm: int, cap: int, minimum: int = 1) -> int:
+    """How many units (cached tokens, weight lines) of ``unit_bytes`` each program of a launch
+    prefetches before its PDL wait: a power of two, at most ``limit`` (what the program will
+    read) and ``cap``, with the programs resident at once (``resident_per_sm`` per
+    multiprocessor) together within :data:`PREFETCH_BYTES`; 0 below ``minimum``."""
+    resident = max(1, min(programs, resident_per_sm * sms))
+    units = min(limit, PREFETCH_BYTES // (resident * unit_bytes), cap)
+    return 0 if units < max(1, minimum) else 1 << (int(units).bit_length() - 1)
+
+
 def prefetch_tokens(per_split: int, programs: int, bytes_per_token: int, sms: int) -> int:
-    """Cached tokens per program an attention kernel prefetches before its wait (a power of
-    two >= 16, or 0 = none): at most one split's, within :data:`PREFETCH_BYTES` over the
-    programs resident at once (about two per multiprocessor)."""
-    resident = max(1, min(programs, 2 * sms))
-    tokens = min(per_split, PREFETCH_BYTES // (resident * bytes_per_token), 1024)
-    return 0 if tokens < 16 else 1 << (int(tokens).bit_length() - 1)
+    """Cached tokens per program an attention kernel prefetches (:func:`prefetch_units`: at
+    most one split's, about two programs per multiprocessor, >= 16 or none)."""
+    return prefetch_units(per_split, programs, bytes_per_token, sms, 2, 1024, minimum=16)
 
 
 @triton.jit

@@ -36,7 +36,6 @@ import triton
 import triton.language as tl
 
 from mlra.kernels._triton_common import (
-    PREFETCH_BYTES,
     device_sms,
     launch_options,
     next_pow2,
@@ -44,6 +43,7 @@ from mlra.kernels._triton_common import (
     pdl_mode,
     pdl_wait,
     prefetch_l2,
+    prefetch_units,
 )
 
 MAX_ROWS = 64
@@ -207,14 +207,10 @@ def _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs
 
 def prefetch_lines(k_split: int, block_n: int, programs: int, sms: int, element_size: int,
                    n_weights: int) -> int:
-    """Lines of 128 bytes per weight row a program prefetches (a power of two, 0 = none): the
-    rows' first lines of its K range, within :data:`PREFETCH_BYTES` over the programs that can
-    be resident at once (about four per multiprocessor)."""
+    """Lines of 128 bytes per weight row a program prefetches (:func:`prefetch_units`: the
+    rows' first lines of its K range, about four programs per multiprocessor)."""
     row_lines = triton.cdiv(k_split * element_size, 128)
-    resident = max(1, min(programs, 4 * sms))
-    budget = PREFETCH_BYTES // (resident * block_n * n_weights * 128)
-    lines = min(row_lines, budget, 256)
-    return 0 if lines < 1 else 1 << (int(lines).bit_length() - 1)
+    return prefetch_units(row_lines, programs, block_n * n_weights * 128, sms, 4, 256)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
