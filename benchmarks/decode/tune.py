@@ -3,6 +3,10 @@ stages) and split factor at batch 1 x 1M and batch 128 x 16K per shape, FlashMLA
 MLA, and dumps register/spill/shared-memory use of every compiled kernel.
 
     PYTHONPATH=src:.carry python benchmarks/decode/tune.py --out DIR [--shapes mla,...]
+
+``--configs "bn,warps,stages,tma,spp[,block_m];..."`` replaces the per-shape lists,
+``--points "1x128K,32x16K"`` the (batch x length) points, ``--splits base`` times only the
+wave model's split factor; the paper-size shapes (``mlra4_2p9b``, ``mla_2p9b``) are accepted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-from mlra.bench.decode import SHAPES, build_inputs, fmt_size, io_bytes, triton_call
+from mlra.bench.decode import (
+    PAPER_SHAPES,
+    SHAPES,
+    build_inputs,
+    fmt_size,
+    io_bytes,
+    parse_size,
+    triton_call,
+)
 from mlra.bench.flashmla import flashmla_mla_call, load_flashmla
 from mlra.bench.timing import copy_bandwidth, l2_flush_buffer, time_cuda
 from mlra.kernels import triton_gqa, triton_latent
@@ -34,6 +46,21 @@ CONFIGS = {
                 (64, 4, 4, True, 1)],
 }
 POINTS = [(1, 1 << 20), (128, 16 << 10), (1, 128 << 10)]
+ALL_SHAPES = {**SHAPES, **PAPER_SHAPES}
+
+
+def parse_configs(text: str) -> list[tuple]:
+    """``"64,4,5,1,1,32;..."`` -> [(block_n, warps, stages, tma, spp, block_m or None), ...]."""
+    out = []
+    for part in filter(None, text.split(";")):
+        v = [int(x) for x in part.split(",")]
+        out.append((v[0], v[1], v[2], bool(v[3]), v[4], v[5] if len(v) > 5 else None))
+    return out
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    """``"1x128K,32x16K"`` -> [(1, 131072), (32, 16384)]."""
+    return [(int(b), parse_size(n)) for b, n in (p.split("x") for p in text.split(","))]
 
 
 def compiled_kernels() -> list[dict]:
@@ -59,7 +86,13 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default=",".join(CONFIGS))
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--configs", default=None, help="bn,warps,stages,tma,spp[,block_m];...")
+    ap.add_argument("--points", default=None, help="BATCHxLENGTH,... (default 1x1M,128x16K,1x128K)")
+    ap.add_argument("--splits", default="three", choices=("three", "base"),
+                    help="three: the wave model's split factor, half and double; base: it alone")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the profiler breakdown")
     args = ap.parse_args()
+    points = parse_points(args.points) if args.points else POINTS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -70,24 +103,27 @@ def main() -> None:
     flush = l2_flush_buffer()
     rows = []
     for name in args.shapes.split(","):
-        shape = SHAPES[name]
-        for batch, length in POINTS:
+        shape = ALL_SHAPES[name]
+        configs = parse_configs(args.configs) if args.configs else \
+            [(*c, None) for c in CONFIGS[name]]
+        for batch, length in points:
             inputs = build_inputs(shape, batch, length)
             nbytes = io_bytes(shape, batch, length)
-            for bn, nw, ns, tma, spp in CONFIGS[name]:
+            for bn, nw, ns, tma, spp, bm in configs:
                 if shape.kind == "latent":
                     cfg = triton_latent.LatentKernelConfig(
                         block_n=bn, num_warps=nw, num_stages=ns, use_tma=tma,
-                        streams_per_program=spp)
+                        streams_per_program=spp, block_m=bm)
                 else:
                     cfg = triton_gqa.GQAKernelConfig(block_n=bn, num_warps=nw, num_stages=ns,
                                                      use_tma=tma)
                 rows_m = shape.hq if shape.kind == "latent" else shape.hq // shape.hkv
-                mblk = -(-rows_m // min(64, max(16, rows_m)))
+                mblk = -(-rows_m // (bm or min(64, max(16, rows_m))))
                 progs = batch * mblk * (shape.nb // spp if shape.kind == "latent" else shape.hkv)
                 base = choose_num_splits(progs, length, bn, sms,
                                          ctas_per_sm=1 if nw == 8 else 2)
-                for splits in sorted({base, max(1, base // 2), base * 2}):
+                tried = {base} if args.splits == "base" else {base, max(1, base // 2), base * 2}
+                for splits in sorted(tried):
                     t0 = time.time()
                     try:
                         fn = triton_call(shape, inputs, length, num_splits=splits, config=cfg)
@@ -98,13 +134,13 @@ def main() -> None:
                               f"{str(exc)[:200]}", flush=True)
                         break
                     r = dict(shape=name, batch=batch, seq_len=length, block_n=bn, warps=nw,
-                             stages=ns, tma=tma, spp=spp, splits=splits,
+                             stages=ns, tma=tma, spp=spp, block_m=bm, splits=splits,
                              us=round(t.median_us, 2),
                              frac_copy=round(nbytes / (t.median_us * 1e-6) / bw, 4),
                              wall_s=round(time.time() - t0, 1))
                     rows.append(r)
                     print(f"{name:12s} b{batch:<4d} {fmt_size(length):>5s} bn{bn:<4d} w{nw} "
-                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} s{splits:<4d} "
+                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} m{bm or '-'} s{splits:<4d} "
                           f"{r['us']:9.1f} us {100 * r['frac_copy']:5.1f}%", flush=True)
             if fm is not None and name == "mla":
                 fn = flashmla_mla_call(fm, inputs["q_latent"], inputs["q_rope"], inputs["cache"],
@@ -131,11 +167,13 @@ def main() -> None:
     print("\nbest per point:")
     for k, r in sorted(best.items()):
         print(f"  {k}: bn{r['block_n']} w{r['warps']} st{r['stages']} tma{int(r['tma'])} "
-              f"g{r['spp']} s{r['splits']} {r['us']} us {100 * r['frac_copy']:.1f}%")
+              f"g{r['spp']} m{r['block_m'] or '-'} s{r['splits']} {r['us']} us "
+              f"{100 * r['frac_copy']:.1f}%")
     for k in compiled_kernels():
         print({x: k.get(x) for x in ("kernel", "n_regs", "n_spills", "shared", "num_warps",
                                      "num_stages")})
-    breakdown(args.shapes.split(","))
+    if not args.no_breakdown:
+        breakdown(args.shapes.split(","))
 
 
 def breakdown(names) -> None:
@@ -144,7 +182,7 @@ def breakdown(names) -> None:
     from torch.profiler import ProfilerActivity, profile
     flush = l2_flush_buffer()
     for name in names:
-        shape = SHAPES[name]
+        shape = ALL_SHAPES[name]
         for length in (128 << 10, 1 << 20):
             inputs = build_inputs(shape, 1, length)
             fn = triton_call(shape, inputs, length)

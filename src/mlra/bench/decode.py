@@ -65,6 +65,16 @@ SHAPES: dict[str, DecodeShape] = {s.name: s for s in (
     DecodeShape("mlra4_fused", "MLRA-4 fused, 1 GPU: 64 heads, 4x128+64, page 64", "latent",
                 64, 64, nb=4, w=128),
 )}
+"""The per-device shapes of the decode-kernel benchmark (DeepSeek-sized heads)."""
+
+PAPER_SHAPES: dict[str, DecodeShape] = {s.name: s for s in (
+    DecodeShape("mlra4_2p9b", "MLRA-4 at 2.9B, 1 GPU: 24 heads, 4x128+64, page 64", "latent",
+                24, 64, nb=4, w=128),
+    DecodeShape("mla_2p9b", "MLA at 2.9B, 1 GPU: 24 heads, 512+64, page 64", "latent", 24, 64,
+                w=512),
+)}
+"""The attention of the paper-size models as ``mlra generate`` decodes them on one GPU (the
+shapes of the end-to-end step), for the launch-parameter sweep (``benchmarks/decode/tune.py``)."""
 
 PAPER_LENGTHS = "128K,256K,512K,768K,1M,1536K,2M"
 BATCH_LENGTHS = "4K,8K,16K"
