@@ -55,18 +55,21 @@ def _small(kernel: str):
     from mlra.kernels import _triton_common as common
     from mlra.kernels import triton_step as step
 
+    rows = 16 if kernel.endswith("_rows") else 1  # a block of tokens: the matrix-product path
+    kernel = kernel.removesuffix("_rows")
     if kernel == "prepare":
         fn = step._latent_prepare_kernel
         types = _ptr_types("q_ptr c_ptr kvn_ptr w_ptr pool_ptr qabs_ptr qrope_ptr")
         types.update(_ptr_types("pos_ptr slot_ptr", "*i64"), inv_ptr="*fp32",
                      kv_scale="fp32", eps="fp32")
         consts = dict(L=4, W=128, W_PAD=128, R=64, D=128, HG=24, G=1, NB=4, BW=128, WB=1,
-                      PDL=2, LINE=64)
+                      BM=rows, PDL=2, LINE=64)
     elif kernel == "up":
         fn = step._latent_up_kernel
         types = _ptr_types("w_ptr o_ptr")
         types.update(z_ptr="*fp32", out_scale="fp32")
-        consts = dict(W=128, D=128, HG=24, G=1, NB=4, BW=64, BD=32, PDL=2, LINE=64, W_PAD=128)
+        consts = dict(W=128, D=128, HG=24, G=1, NB=4, BW=64, BD=32, BM=rows, PDL=2, LINE=64,
+                      W_PAD=128)
     elif kernel == "merge":
         fn = common._merge_kernel
         types = _ptr_types("o_ws_ptr lse_ws_ptr out_ptr lse_ptr", "*fp32")
@@ -104,7 +107,8 @@ BUILDS = {
     "latent_pdl1": lambda: _latent(1, 0),
     "gqa_pdl2": lambda: _gqa(2, 64),
     **{name: (lambda name=name: _small(name))
-       for name in ("prepare", "up", "merge", "gqa_prepare", "slots")},
+       for name in ("prepare", "up", "prepare_rows", "up_rows", "merge", "gqa_prepare",
+                    "slots")},
 }
 
 

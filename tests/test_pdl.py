@@ -111,13 +111,14 @@ def test_attention_reads_only_staged_tables_before_the_wait(ptx, kernel):
 
 
 @needs_ptxas
-@pytest.mark.parametrize("kernel", ["prepare", "up", "merge", "gqa_prepare", "slots"])
+@pytest.mark.parametrize("kernel", ["prepare", "up", "prepare_rows", "up_rows", "merge",
+                                    "gqa_prepare", "slots"])
 def test_small_step_kernels_wait_before_touching_memory(ptx, kernel):
     k = ptx[kernel]
     assert k["launch_pdl"]
     ptx = k["ptx"]
     assert _before_wait(ptx) == []
-    if kernel in ("prepare", "up"):  # their weight slices are prefetched before the wait
+    if kernel.removesuffix("_rows") in ("prepare", "up"):  # weight slices prefetched first
         assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
 
 

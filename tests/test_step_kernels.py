@@ -138,7 +138,7 @@ def test_skinny_reference_checks_its_arguments():
         skinny_linear_ref(x, [w, w], residual=torch.randn(2, 4))
 
 
-def _latent_case(seed, B, T, nb, G, Hg, w, d, r, pages=6, page=16):
+def _latent_case(seed, B, T, nb, G, Hg, w, d, r, pages=8, page=16):
     g = _gen(seed)
     L, H = nb * G, G * Hg
     q = _randn(B, T, H * (d + r), g=g)
@@ -151,9 +151,13 @@ def _latent_case(seed, B, T, nb, G, Hg, w, d, r, pages=6, page=16):
     return q, c_kv, positions, rope_inv_freq(r, 10000.0, DEVICE), kv_norm, w_up, pool, slots
 
 
+# (B, T, branches, groups, heads per group, w, d, r); from 4 tokens (B x T) the kernels take
+# blocks of tokens through matrix products (triton_step.ROW_BLOCK_MIN)
 LATENT = ([(2, 1, 4, 1, 24, 128, 128, 64), (1, 2, 1, 1, 24, 512, 128, 64),
-           (3, 1, 2, 2, 12, 128, 128, 64)] if ON_GPU else
-          [(2, 1, 4, 1, 3, 16, 16, 8), (1, 2, 1, 2, 2, 24, 16, 8), (2, 2, 2, 2, 2, 8, 32, 16)])
+           (3, 1, 2, 2, 12, 128, 128, 64), (32, 1, 4, 1, 24, 128, 128, 64),
+           (5, 4, 1, 1, 24, 512, 128, 64), (70, 1, 2, 2, 12, 128, 128, 64)] if ON_GPU else
+          [(2, 1, 4, 1, 3, 16, 16, 8), (1, 2, 1, 2, 2, 24, 16, 8), (2, 2, 2, 2, 2, 8, 32, 16),
+           (5, 1, 4, 1, 3, 16, 16, 8), (3, 3, 2, 2, 2, 24, 32, 16), (17, 1, 1, 1, 2, 8, 16, 8)])
 
 
 @needs_triton

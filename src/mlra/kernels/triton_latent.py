@@ -248,11 +248,18 @@ def _latent_decode_kernel(
 
 
 def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> LatentKernelConfig:
-    """Launch parameters tuned on an H100 (benchmarks/decode/NOTES.md).
+    """Launch parameters tuned on an H100 and an H200 (benchmarks/decode/NOTES.md).
 
     Each program runs one latent stream (``streams_per_program=1``): the streams of a tile range
     run in adjacent programs of the same launch and share the RoPE keys through L2, which
     measured faster than one program holding all four accumulators (register spills).
+
+    Streams up to 128 wide run 64-row tiles (``wgmma``, however few the query rows) with five
+    pipeline stages: the tile address comes from the block table, and Triton 3.6 then gives
+    the cache tiles a single shared-memory buffer below five stages (a 16- or 32-row tile) or
+    two (a 64-row tile), so each tile's load waited for the previous tile's products. Five
+    stages give two or three buffers: 1.7x at 1M tokens on the H200
+    (``benchmarks/decode/results/h200/stages``).
     """
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
@@ -260,6 +267,9 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> Late
                                   streams_per_program=1)
     if next_pow2(w) + r >= 512:  # MLA: a 64 x 512 fp32 accumulator needs two warpgroups
         return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m,
+                                  streams_per_program=1)
+    if next_pow2(w) <= 128:
+        return LatentKernelConfig(block_n=64, num_warps=4, num_stages=5, block_m=64,
                                   streams_per_program=1)
     return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m,
                               streams_per_program=1)

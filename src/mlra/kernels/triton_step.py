@@ -49,14 +49,38 @@ def _rope(src_ptr, pos, inv_ptr, R: tl.constexpr):
 
 
 @triton.jit
+def _latent_cache_row(m, q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr, kv_scale,
+                      eps, stride_cm, stride_pool, L: tl.constexpr, W: tl.constexpr,
+                      W_PAD: tl.constexpr, R: tl.constexpr):
+    """The cache row of token ``m``: per latent head RMSNorm x weight x scale, the RoPE key."""
+    pos = tl.load(pos_ptr + m)
+    dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
+    offs = tl.arange(0, W_PAD)
+    mask = offs < W
+    for l in tl.static_range(L):
+        x = tl.load(c_ptr + m * stride_cm + l * W + offs, mask=mask, other=0.0)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / W + eps)
+        weight = tl.load(kvn_ptr + l * W + offs, mask=mask, other=0.0)
+        normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
+        y = normed.to(x.dtype).to(tl.float32) * kv_scale
+        tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
+    k_rope = _rope(c_ptr + m * stride_cm + L * W, pos, inv_ptr, R)
+    tl.store(dst + L * W + tl.arange(0, R), k_rope.to(pool_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _latent_prepare_kernel(
     q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
-    kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
+    M, kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
-    PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
 ):
-    m = tl.program_id(0)
+    """Rows ``[m0, m0 + BM)`` (one token, or a block of tokens whose absorbed queries are one
+    matrix product per head, branch and width block): program 0 of axis 1 writes their cache
+    rows, the others their absorbed queries (and, for branch 0, their RoPE queries)."""
+    m0 = tl.program_id(0) * BM
     p = tl.program_id(1)
     if PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
         if p > 0:
@@ -69,22 +93,12 @@ def _latent_prepare_kernel(
                         PDL)
     pdl_wait(PDL)
     pdl_launch_next(PDL)
-    pos = tl.load(pos_ptr + m)
-    if p == 0:  # the cache row of token m
-        dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
-        offs = tl.arange(0, W_PAD)
-        mask = offs < W
-        for l in tl.static_range(L):
-            x = tl.load(c_ptr + m * stride_cm + l * W + offs, mask=mask, other=0.0)
-            xf = x.to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / W + eps)
-            weight = tl.load(kvn_ptr + l * W + offs, mask=mask, other=0.0)
-            normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
-            y = normed.to(x.dtype).to(tl.float32) * kv_scale
-            tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
-        k_rope = _rope(c_ptr + m * stride_cm + L * W, pos, inv_ptr, R)
-        tl.store(dst + L * W + tl.arange(0, R), k_rope.to(pool_ptr.dtype.element_ty))
-    else:  # absorbed query of head h for branch n, widths [wb * BW, (wb + 1) * BW)
+    m_end = tl.minimum(m0 + BM, M)
+    if p == 0:  # the cache rows
+        for m in range(m0, m_end):
+            _latent_cache_row(m, q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr,
+                              kv_scale, eps, stride_cm, stride_pool, L, W, W_PAD, R)
+    else:  # absorbed queries of head h for branch n, widths [wb * BW, (wb + 1) * BW)
         p = p - 1
         h = p // (NB * WB)
         n = (p // WB) % NB
@@ -92,20 +106,44 @@ def _latent_prepare_kernel(
         g = h // HG
         i = h % HG
         offs_d = tl.arange(0, D)
-        q_head = q_ptr + m * stride_qm + h * (D + R)
-        q_nope = tl.load(q_head + offs_d).to(tl.float32)
         offs_w = wb * BW + tl.arange(0, BW)
         mask_w = offs_w < W
         l = n * G + g
         w_uk = tl.load(w_ptr + l * stride_wl + offs_w[:, None] * stride_ww + i * 2 * D
                        + offs_d[None, :], mask=mask_w[:, None], other=0.0)
-        q_abs = tl.sum(w_uk.to(tl.float32) * q_nope[None, :], axis=1)
-        row = ((m * NB + n) * G + g) * HG + i
-        tl.store(qabs_ptr + row * W + offs_w, q_abs.to(qabs_ptr.dtype.element_ty), mask=mask_w)
+        if BM == 1:  # one token: a dot product per output
+            q_nope = tl.load(q_ptr + m0 * stride_qm + h * (D + R) + offs_d).to(tl.float32)
+            q_abs = tl.sum(w_uk.to(tl.float32) * q_nope[None, :], axis=1)
+            row = ((m0 * NB + n) * G + g) * HG + i
+            tl.store(qabs_ptr + row * W + offs_w, q_abs.to(qabs_ptr.dtype.element_ty),
+                     mask=mask_w)
+        else:  # a block of tokens: one matrix product
+            offs_m = m0 + tl.arange(0, BM)
+            mask_m = offs_m < M
+            q_nope = tl.load(q_ptr + offs_m[:, None] * stride_qm + h * (D + R) + offs_d[None, :],
+                             mask=mask_m[:, None], other=0.0)
+            q_abs = tl.dot(q_nope.to(w_uk.dtype), tl.trans(w_uk))
+            rows = ((offs_m * NB + n) * G + g) * HG + i
+            tl.store(qabs_ptr + rows[:, None] * W + offs_w[None, :],
+                     q_abs.to(qabs_ptr.dtype.element_ty),
+                     mask=mask_m[:, None] & mask_w[None, :])
         if (n == 0) & (wb == 0):
-            q_rope = _rope(q_head + D, pos, inv_ptr, R)
-            tl.store(qrope_ptr + ((m * G + g) * HG + i) * R + tl.arange(0, R),
-                     q_rope.to(qrope_ptr.dtype.element_ty))
+            for m in range(m0, m_end):
+                q_rope = _rope(q_ptr + m * stride_qm + h * (D + R) + D, tl.load(pos_ptr + m),
+                               inv_ptr, R)
+                tl.store(qrope_ptr + ((m * G + g) * HG + i) * R + tl.arange(0, R),
+                         q_rope.to(qrope_ptr.dtype.element_ty))
+
+
+def _row_block(M: int) -> int:
+    """Tokens per program of the prepare and W_UV kernels: one (dot products, the decode of a
+    single sequence) or a block of 16-64 (one matrix product per head, so each weight slice
+    is read once per block instead of once per token)."""
+    return 1 if M < ROW_BLOCK_MIN else min(64, max(16, next_pow2(M)))
+
+
+ROW_BLOCK_MIN = 4
+"""From this many tokens per step the prepare and W_UV kernels take blocks of tokens."""
 
 
 def latent_decode_prepare_triton(
@@ -127,14 +165,15 @@ def latent_decode_prepare_triton(
     q_rope = torch.empty(B, T, G, HG, R, dtype=q.dtype, device=q.device)
     if M == 0:
         return q_abs, q_rope
-    bw = min(128, next_pow2(W))
+    bm = _row_block(M)
+    bw = min(128, next_pow2(W)) if bm == 1 else min(128, max(16, next_pow2(W)))
     wb = triton.cdiv(W, bw)
     pdl = pdl_mode(q2)
-    _latent_prepare_kernel[(M, 1 + H * branches * wb)](
+    _latent_prepare_kernel[(triton.cdiv(M, bm), 1 + H * branches * wb)](
         q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
-        float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
+        M, float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
-        L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb,
+        L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb, BM=bm,
         PDL=pdl, LINE=128 // w_up.element_size(), num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
@@ -142,16 +181,18 @@ def latent_decode_prepare_triton(
 
 @triton.jit
 def _latent_up_kernel(
-    z_ptr, w_ptr, o_ptr, out_scale, stride_wl, stride_ww, stride_om,
+    z_ptr, w_ptr, o_ptr, M, out_scale, stride_wl, stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
-    BW: tl.constexpr, BD: tl.constexpr, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    W_PAD: tl.constexpr = 1,
+    BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
+    LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1,
 ):
-    """Head ``h`` of token ``m``, outputs ``[d0, d0 + BD)``: each branch's attention result
-    times W_UV, summed."""
-    m = tl.program_id(0)
+    """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
+    attention result times W_UV, summed (one token: elementwise products and one reduction;
+    a block of tokens: one matrix product per branch)."""
+    m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
+    mask_d = offs_d < D
     g = h // HG
     i = h % HG
     if PDL > 1:  # this program's W_UV slice into L2 before the wait
@@ -162,21 +203,41 @@ def _latent_up_kernel(
                         + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
     pdl_wait(PDL)
     pdl_launch_next(PDL)
-    # elementwise products summed over branches and chunks, one reduction over W at the end
-    acc2d = tl.zeros([BW, BD], dtype=tl.float32)
-    for n in tl.static_range(NB):
-        z_row = z_ptr + (((m * NB + n) * G + g) * HG + i) * W
-        w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
-        for w0 in tl.static_range(0, W, BW):
-            offs_w = w0 + tl.arange(0, BW)
-            mask_w = offs_w < W
-            z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
-            z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
-            w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
-                           mask=mask_w[:, None], other=0.0)
-            acc2d += w_uv.to(tl.float32) * z[:, None]
-    acc = tl.sum(acc2d, axis=0)
-    tl.store(o_ptr + m * stride_om + h * D + offs_d, (acc * out_scale).to(o_ptr.dtype.element_ty))
+    if BM == 1:
+        # elementwise products summed over branches and chunks, one reduction over W at the end
+        acc2d = tl.zeros([BW, BD], dtype=tl.float32)
+        for n in tl.static_range(NB):
+            z_row = z_ptr + (((m0 * NB + n) * G + g) * HG + i) * W
+            w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
+            for w0 in tl.static_range(0, W, BW):
+                offs_w = w0 + tl.arange(0, BW)
+                mask_w = offs_w < W
+                z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
+                z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
+                w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
+                               mask=mask_w[:, None] & mask_d[None, :], other=0.0)
+                acc2d += w_uv.to(tl.float32) * z[:, None]
+        acc = tl.sum(acc2d, axis=0)
+        tl.store(o_ptr + m0 * stride_om + h * D + offs_d,
+                 (acc * out_scale).to(o_ptr.dtype.element_ty), mask=mask_d)
+    else:
+        offs_m = m0 + tl.arange(0, BM)
+        mask_m = offs_m < M
+        acc = tl.zeros([BM, BD], dtype=tl.float32)
+        for n in tl.static_range(NB):
+            rows = ((offs_m * NB + n) * G + g) * HG + i
+            w_l = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D
+            for w0 in tl.static_range(0, W, BW):
+                offs_w = w0 + tl.arange(0, BW)
+                mask_w = offs_w < W
+                z = tl.load(z_ptr + rows[:, None] * W + offs_w[None, :],
+                            mask=mask_m[:, None] & mask_w[None, :], other=0.0)
+                w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
+                               mask=mask_w[:, None] & mask_d[None, :], other=0.0)
+                acc += tl.dot(z.to(w_ptr.dtype.element_ty), w_uv)
+        tl.store(o_ptr + offs_m[:, None] * stride_om + h * D + offs_d[None, :],
+                 (acc * out_scale).to(o_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_d[None, :])
 
 
 def latent_up_output_triton(
@@ -189,12 +250,16 @@ def latent_up_output_triton(
     out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
     if M == 0:
         return out
-    bd = min(16, D)  # many programs: at batch 1 there are only heads x D / bd of them
+    bm = _row_block(M)
+    if bm == 1:  # many programs: at batch 1 there are only heads x D / bd of them
+        bd, bw = min(16, D), min(128, next_pow2(W))
+    else:
+        bd, bw = min(64, max(16, next_pow2(D))), min(128, max(16, next_pow2(W)))
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
-    _latent_up_kernel[(M, G * HG, triton.cdiv(D, bd))](
-        z, w_up, o2, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
-        W=W, D=D, HG=HG, G=G, NB=NB, BW=min(128, next_pow2(W)), BD=bd,
+    _latent_up_kernel[(triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))](
+        z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
+        W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), num_warps=4,
         **launch_options(pdl),
     )
