@@ -23,7 +23,12 @@ import torch
 
 from mlra.bench.timing import copy_bandwidth, env_vars
 from mlra.kernels.reference import skinny_linear_ref
-from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton, tuning_key
+from mlra.kernels.triton_skinny import (
+    SkinnyConfig,
+    effective_config,
+    skinny_linear_triton,
+    tuning_key,
+)
 
 # name: (K, output rows per weight, norm, residual, swiglu) -- MLRA-4 / GQA at 2.9B
 SHAPES = {
@@ -38,6 +43,16 @@ SHAPES = {
 SWEEP = [SkinnyConfig(block_n=bn, block_k=bk, waves=wv, num_warps=4, num_stages=3)
          for (bn, bk), wv in itertools.product(
              ((8, 512), (16, 256), (16, 512), (32, 256), (64, 128)), (1, 2, 4, 8))]
+"""``--sweep-set full``: tile shapes x programs per multiprocessor."""
+
+DEPTH = [SkinnyConfig(num_stages=st, num_warps=nw)
+         for st, nw in itertools.product((2, 4, 5, 6), (4, 8))]
+"""``--sweep-set depth``: the configuration in use with other pipeline depths and warps."""
+
+ROWS_TILES = [SkinnyConfig(block_n=bn, block_k=bk, num_stages=st, num_warps=nw, waves=wv)
+              for (bn, bk), st, nw, wv in itertools.product(
+                  ((32, 128), (64, 128), (128, 64)), (3, 5), (4, 8), (1, 2))]
+"""``--sweep-set depth`` for more than one row: tensor-core tile shapes and depths."""
 
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
@@ -61,6 +76,10 @@ def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
         times.append(a.elapsed_time(b) / 1e3 / calls)
     times.sort()
     return times[len(times) // 2]
+
+
+def _us(t: float | None) -> str:
+    return "" if t is None else f"{t * 1e6:.1f}"
 
 
 def save(out: Path, lines: list[str], results: list[dict], dev: torch.device, bw: float) -> None:
@@ -87,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="1,8,32", help="batch rows (comma-separated)")
     p.add_argument("--sweep", action="store_true", help="also time every config of SWEEP")
     p.add_argument("--sweep-rows", default="1,8", help="rows the sweep runs for")
+    p.add_argument("--sweep-set", default="full", choices=("full", "depth"),
+                   help="full: tile shapes x waves; depth: pipeline depths and warps around "
+                   "the configuration in use (and tensor-core tiles above one row)")
+    p.add_argument("--quick", action="store_true",
+                   help="skip the no-PDL / no-prefetch / tile-sums columns")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
@@ -125,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         t_ours = graph_time(ours)
         t_ref = graph_time(ref)
         # the same kernels launched plainly / without the L2 prefetch / reducing every tile
-        with env_vars({"MLRA_PDL": "0"}):
-            t_plain = graph_time(ours)
-        with env_vars({"MLRA_PDL_PREFETCH": "0"}):
-            t_nopf = graph_time(ours)
-        t_tile = graph_time(lambda i: ours(i, SkinnyConfig(lane_sums=False))) if M == 1 else None
+        t_plain = t_nopf = t_tile = None
+        if not args.quick:
+            with env_vars({"MLRA_PDL": "0"}):
+                t_plain = graph_time(ours)
+            with env_vars({"MLRA_PDL_PREFETCH": "0"}):
+                t_nopf = graph_time(ours)
+            if M == 1:
+                t_tile = graph_time(lambda i: ours(i, SkinnyConfig(lane_sums=False)))
         best = (t_ours, None)
         if args.sweep and str(M) in args.sweep_rows.split(","):
-            for cfg in SWEEP:
+            sweep = SWEEP if args.sweep_set == "full" else \
+                DEPTH + (ROWS_TILES if M > 1 else [])
+            for partial in sweep:
+                cfg = effective_config(dev, M, K, ns, swiglu, partial)
                 try:
                     t = graph_time(lambda i, cfg=cfg: ours(i, cfg))
                 except Exception as exc:  # a config that does not compile (resources)
@@ -146,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                "ours_us": t_ours * 1e6, "cublas_path_us": t_ref * 1e6,
                "best_us": best[0] * 1e6,
                "best_config": dataclasses.asdict(best[1]) if best[1] else None,
-               "plain_launch_us": t_plain * 1e6, "no_prefetch_us": t_nopf * 1e6,
+               "plain_launch_us": None if t_plain is None else t_plain * 1e6,
+               "no_prefetch_us": None if t_nopf is None else t_nopf * 1e6,
                "tile_sums_us": None if t_tile is None else t_tile * 1e6,
                "max_rel_err": err}
         results.append(row)
@@ -155,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {M} | {wbytes / 1e6:.1f} | {floor * 1e6:.1f} | "
                      f"{t_ours * 1e6:.1f} ({floor / t_ours:.0%}) | {best[0] * 1e6:.1f} "
                      f"({floor / best[0]:.0%}), {cfg_text} | {t_ref * 1e6:.1f} "
-                     f"({floor / t_ref:.0%}) | {t_plain * 1e6:.1f} | {t_nopf * 1e6:.1f} | "
-                     f"{'' if t_tile is None else f'{t_tile * 1e6:.1f}'} | {err:.1e} |")
+                     f"({floor / t_ref:.0%}) | {_us(t_plain)} | {_us(t_nopf)} | {_us(t_tile)} | "
+                     f"{err:.1e} |")
         print(lines[-1], flush=True)
         del wsets
         torch.cuda.empty_cache()

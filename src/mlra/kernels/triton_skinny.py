@@ -281,6 +281,22 @@ def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], 
     return best
 
 
+def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], swiglu: bool,
+                     config: SkinnyConfig | None = None) -> SkinnyConfig:
+    """The launch parameters a call uses: the defaults, then the tuned table's entry for this
+    device and shape, then the fields ``config`` sets."""
+    block_m = 1 if M == 1 else max(16, next_pow2(M))
+    base = default_skinny_config(M, K)
+    tuned = tuned_config(device, block_m, K, ns, swiglu)
+    if tuned is not None:
+        base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
+    if config is None:
+        return base
+    return dataclasses.replace(base, **{f.name: getattr(config, f.name)
+                                        for f in dataclasses.fields(config)
+                                        if getattr(config, f.name) is not None})
+
+
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
            ) -> tuple[int, int]:
     chunks = math.ceil(K / block_k)
@@ -319,13 +335,7 @@ def skinny_linear_triton(
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
     block_m = 1 if M == 1 else max(16, next_pow2(M))
-    base = default_skinny_config(M, K)
-    tuned = tuned_config(x.device, block_m, K, [w.shape[0] for w in ws_in], swiglu)
-    if tuned is not None:
-        base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
-    cfg = base if config is None else dataclasses.replace(
-        base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                 if getattr(config, f.name) is not None})
+    cfg = effective_config(x.device, M, K, [w.shape[0] for w in ws_in], swiglu, config)
     bn = cfg.block_n
     tiles_each = [triton.cdiv(w.shape[0], bn) for w in ws_in[:n_w]]
     tiles = sum(tiles_each)
