@@ -56,7 +56,9 @@ if ON_GPU:  # the paper's projections: q/kv down, wq_b, wo + residual, gate/up, 
     SKINNY = [(1, 3072, (1024, 576), True, False, False), (1, 1024, (4608,), True, False, False),
               (8, 3072, (3072,), False, True, False), (1, 3072, (9880, 9880), True, False, True),
               (32, 9880, (3072,), False, True, False), (64, 3072, (3072, 768, 768), True, False,
-                                                         False)]
+                                                         False),
+              (32, 3072, (1024, 576), True, False, False), (32, 3072, (9880, 9880), True, False,
+                                                           True)]
 else:
     SKINNY = [(1, 96, (40,), False, False, False), (3, 200, (64, 48, 30), True, False, False),
               (5, 160, (72,), False, True, False), (2, 128, (100, 100), True, False, True),
@@ -127,6 +129,31 @@ def test_tuned_launch_parameters_are_looked_up_by_device_and_nearest_shape(tmp_p
     assert ts.tuned_config(torch.device("cpu"), 1, 3072, [9880, 9880], True) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-Y")
     assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) is None
+
+
+def test_rows_above_16_take_the_kernel_only_for_shapes_tuned_on_this_gpu(tmp_path, monkeypatch):
+    from mlra.kernels import skinny_supports
+    from mlra.kernels.triton_skinny import TUNED_ENV, tuned_for_rows
+
+    cfg = {"block_n": 32, "block_k": 64, "num_stages": 3, "num_warps": 4, "waves": 2}
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"Fake GPU": {"m32:k64:n24x8:plain": cfg,
+                                             "m16:k64:n99:plain": cfg}}))
+    monkeypatch.setenv(TUNED_ENV, str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    gpu = torch.device("cuda")
+    assert tuned_for_rows(gpu, 32, 64, [24, 8], False)
+    assert tuned_for_rows(gpu, 17, 64, [24, 8], False)  # the same 32-row block
+    assert not tuned_for_rows(gpu, 33, 64, [24, 8], False)  # a 64-row block: not tuned
+    assert not tuned_for_rows(gpu, 32, 64, [24, 8], True)
+    assert not tuned_for_rows(gpu, 32, 64, [24], False)
+    assert not tuned_for_rows(gpu, 32, 128, [24, 8], False)
+    assert not tuned_for_rows(torch.device("cpu"), 32, 64, [24, 8], False)
+    # up to 16 rows every supported shape runs the kernel; above, only tuned ones
+    ws = [torch.zeros(24, 64, dtype=BF), torch.zeros(8, 64, dtype=BF)]
+    assert skinny_supports(torch.zeros(16, 64, dtype=BF), ws)
+    assert not skinny_supports(torch.zeros(32, 64, dtype=BF), ws)  # a CPU tensor
+    assert not skinny_supports(torch.zeros(65, 64, dtype=BF), ws)
 
 
 def test_skinny_reference_checks_its_arguments():

@@ -257,13 +257,27 @@ def _tuned_table(path: str) -> dict:
         return {}
 
 
+def _device_table(device: torch.device) -> dict:
+    path = os.environ.get(TUNED_ENV) or str(Path(__file__).with_name("skinny_tuned.json"))
+    return _tuned_table(path).get(torch.cuda.get_device_name(device), {})
+
+
+def tuned_for_rows(device: torch.device, rows: int, K: int, ns: Sequence[int], swiglu: bool
+                   ) -> bool:
+    """Whether the tuned table lists exactly this shape at this row block for this device
+    (above 16 rows the kernel runs only for such shapes)."""
+    if device.type != "cuda":
+        return False
+    block_m = 1 if rows == 1 else max(16, next_pow2(rows))
+    return tuning_key(block_m, K, ns, swiglu) in _device_table(device)
+
+
 def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], swiglu: bool
                  ) -> dict | None:
     """Tuned launch parameters for this device (by name) and shape, or None."""
     if device.type != "cuda":
         return None
-    path = os.environ.get(TUNED_ENV) or str(Path(__file__).with_name("skinny_tuned.json"))
-    table = _tuned_table(path).get(torch.cuda.get_device_name(device), {})
+    table = _device_table(device)
     found = table.get(tuning_key(block_m, K, ns, swiglu))
     if found is not None or not table:
         return found

@@ -49,7 +49,7 @@ def _rope(src_ptr, pos, inv_ptr, R: tl.constexpr):
 
 
 @triton.jit
-def _latent_cache_row(m, q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr, kv_scale,
+def _latent_cache_row(m, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr, kv_scale,
                       eps, stride_cm, stride_pool, L: tl.constexpr, W: tl.constexpr,
                       W_PAD: tl.constexpr, R: tl.constexpr):
     """The cache row of token ``m``: per latent head RMSNorm x weight x scale, the RoPE key."""
@@ -77,14 +77,15 @@ def _latent_prepare_kernel(
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
     BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
 ):
-    """Rows ``[m0, m0 + BM)`` (one token, or a block of tokens whose absorbed queries are one
-    matrix product per head, branch and width block): program 0 of axis 1 writes their cache
-    rows, the others their absorbed queries (and, for branch 0, their RoPE queries)."""
+    """Tokens ``[m0, m0 + BM)`` (one token, or a block whose absorbed queries are one matrix
+    product per head, branch and width block). Axis 1: ``BM`` programs write one token's cache
+    row each, ``BM x H`` its RoPE queries (one head each), the rest its absorbed queries."""
     m0 = tl.program_id(0) * BM
     p = tl.program_id(1)
+    n_pre = BM * (1 + HG * G)  # the cache-row and RoPE-query programs
     if PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
-        if p > 0:
-            pp = p - 1
+        if p >= n_pre:
+            pp = p - n_pre
             hh = pp // (NB * WB)
             rows_w = (pp % WB) * BW + tl.arange(0, BW)
             w_rows = (w_ptr + ((pp // WB) % NB * G + hh // HG) * stride_wl
@@ -93,13 +94,21 @@ def _latent_prepare_kernel(
                         PDL)
     pdl_wait(PDL)
     pdl_launch_next(PDL)
-    m_end = tl.minimum(m0 + BM, M)
-    if p == 0:  # the cache rows
-        for m in range(m0, m_end):
-            _latent_cache_row(m, q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr,
+    if p < BM:  # the cache row of token m0 + p
+        m = m0 + p
+        if m < M:
+            _latent_cache_row(m, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr,
                               kv_scale, eps, stride_cm, stride_pool, L, W, W_PAD, R)
+    elif p < n_pre:  # the RoPE query of one head of one token
+        m = m0 + (p - BM) % BM
+        h = (p - BM) // BM
+        if m < M:
+            q_rope = _rope(q_ptr + m * stride_qm + h * (D + R) + D, tl.load(pos_ptr + m),
+                           inv_ptr, R)
+            tl.store(qrope_ptr + (m * HG * G + h) * R + tl.arange(0, R),
+                     q_rope.to(qrope_ptr.dtype.element_ty))
     else:  # absorbed queries of head h for branch n, widths [wb * BW, (wb + 1) * BW)
-        p = p - 1
+        p = p - n_pre
         h = p // (NB * WB)
         n = (p // WB) % NB
         wb = p % WB
@@ -127,12 +136,6 @@ def _latent_prepare_kernel(
             tl.store(qabs_ptr + rows[:, None] * W + offs_w[None, :],
                      q_abs.to(qabs_ptr.dtype.element_ty),
                      mask=mask_m[:, None] & mask_w[None, :])
-        if (n == 0) & (wb == 0):
-            for m in range(m0, m_end):
-                q_rope = _rope(q_ptr + m * stride_qm + h * (D + R) + D, tl.load(pos_ptr + m),
-                               inv_ptr, R)
-                tl.store(qrope_ptr + ((m * G + g) * HG + i) * R + tl.arange(0, R),
-                         q_rope.to(qrope_ptr.dtype.element_ty))
 
 
 def _row_block(M: int) -> int:
@@ -169,7 +172,7 @@ def latent_decode_prepare_triton(
     bw = min(128, next_pow2(W)) if bm == 1 else min(128, max(16, next_pow2(W)))
     wb = triton.cdiv(W, bw)
     pdl = pdl_mode(q2)
-    _latent_prepare_kernel[(triton.cdiv(M, bm), 1 + H * branches * wb)](
+    _latent_prepare_kernel[(triton.cdiv(M, bm), bm * (1 + H) + H * branches * wb)](
         q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
         M, float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
