@@ -84,6 +84,9 @@ class PagedKVCache:
         # added, dropped when pages go back), so that a block table costs a copy per sequence
         # rather than a conversion of every page id at every decode step
         self._rows: dict[int, torch.Tensor] = {}
+        # the last block table built with reuse=True: (its rows, width arg, device table); a
+        # row object is replaced whenever its sequence's pages change, so identity is enough
+        self._table_memo: tuple[list[torch.Tensor], int | None, torch.Tensor] | None = None
         self._lens: dict[int, int] = {}
         self._next_id = 0
 
@@ -217,10 +220,24 @@ class PagedKVCache:
             self.free(sid)
 
     # -- tensors for a step -----------------------------------------------------------------
-    def block_table(self, seq_ids: Sequence[int], width: int | None = None) -> torch.Tensor:
+    def block_table(self, seq_ids: Sequence[int], width: int | None = None,
+                    reuse: bool = False) -> torch.Tensor:
         """int32 ``[batch, width]``: each sequence's pages in order, padded with page 0.
-        ``width`` defaults to the most pages any of the sequences holds."""
+        ``width`` defaults to the most pages any of the sequences holds. ``reuse``: return the
+        table of the last such call when it was for the same sequences holding the same pages
+        (a decode step's table changes once a page; the caller must not modify it)."""
         rows = [self._row(s) for s in seq_ids]
+        memo = self._table_memo
+        if reuse and memo is not None and memo[1] == width and len(memo[0]) == len(rows) and all(
+                a is b for a, b in zip(memo[0], rows, strict=True)):
+            return memo[2]
+        table = self._build_table(seq_ids, rows, width)
+        if reuse:
+            self._table_memo = (rows, width, table)  # holds the rows: identities stay unique
+        return table
+
+    def _build_table(self, seq_ids: Sequence[int], rows: list[torch.Tensor],
+                     width: int | None) -> torch.Tensor:
         width = max((len(r) for r in rows), default=0) if width is None else width
         table = torch.zeros(len(rows), max(width, 1), dtype=torch.int32)
         for i, r in enumerate(rows):
