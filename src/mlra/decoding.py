@@ -364,5 +364,5 @@ class Decoder:
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
             block_table = self.cache.block_table(seq_ids, reuse=True)
-            seq_lens = self.cache.seq_lens(seq_ids)
+            seq_lens = self.cache.seq_lens(seq_ids, reuse=True)
             return self.step(tokens, block_table, seq_lens)
