@@ -259,3 +259,42 @@ def test_kept_block_table_and_lengths_follow_every_change():
     cache.extend([d], [6])
     check([d, c])
     check([c, d])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the overlap's point is a GPU")
+@pytest.mark.parametrize("name", ["mlra_4", "gqa"])
+def test_overlapped_launch_never_waits_for_the_device(name, monkeypatch):
+    """On a GPU (bf16, CUDA graphs) the overlapped launch -- step inputs, graph replay,
+    sampling, the start of the tokens' copy -- makes no host synchronisation, and the tokens
+    equal those of the plain path."""
+    model = _lively(name).to("cuda", torch.bfloat16)
+    prompts = _prompts(model.config.vocab_size, seed=8)
+    kw = dict(max_new_tokens=24, page_size=16)
+    free = mlra.generate(model, prompts, overlap=False, **kw)
+    stops = {_mid_stop(free)}
+    plain = mlra.generate(model, prompts, overlap=False, stop_tokens=stops, **kw)
+    mlra.generate(model, prompts, overlap=True, stop_tokens=stops, **kw)  # captures shapes
+    launch, sample = Executor.decode_ids, Engine._sample
+    launches = [0]
+
+    def strict(fn):
+        def run(*args, **kwargs):
+            old = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(old)
+        return run
+
+    def counted(self, rids, ids):
+        launches[0] += 1
+        return strict(launch)(self, rids, ids)
+
+    monkeypatch.setattr(Executor, "decode_ids", counted)
+    monkeypatch.setattr(Engine, "_sample", strict(sample))
+    monkeypatch.setattr(pending_mod.PendingTokens, "__init__",
+                        strict(pending_mod.PendingTokens.__init__))
+    got = mlra.generate(model, prompts, overlap=True, stop_tokens=stops, **kw)
+    assert launches[0] > 10
+    assert got == plain
