@@ -28,7 +28,9 @@ bookkeeping of step ``t`` runs while the device computes step ``t + 1``. Each st
 the tokens of the step before. A sequence that stops on a stop token has had one more step
 launched; that step's token is dropped (its cache entry lies within the pages promised to the
 sequence, ``reserve_full``). A sequence's last step by ``max_tokens`` is known in advance and
-never overshoots. Every request gets the same tokens, in the same order, as without overlap.
+never overshoots. Every request gets the same tokens as without overlap, and the steps report
+them in the same order, one step later (a launch that raises falls back to the plain decode,
+whose step may then report two tokens of a request).
 """
 
 from __future__ import annotations
