@@ -22,6 +22,8 @@ of prompt 0 (the sampled ids reach the host every step, so consecutive stamps ar
   the very CUDA graph ``generate`` replays, replayed back to back (CUDA events; off CUDA or
   without graphs, the step called directly);
 - ``ratio`` = per_token / step (target <= 1.1);
+- ``--overlap``: ``generate``'s ``overlap`` (default: on a GPU), to measure with and without
+  the overlapped decode;
 - ``new_bucket``: then one call at twice the batch (a batch bucket the process has not seen):
   its TTFT and first step, what a user waits for when the batch size changes.
 
@@ -65,8 +67,15 @@ def _flags(text: str) -> list[bool]:
         raise SystemExit(f"--compile takes off, on or off,on; got {text!r}") from None
 
 
-def _timed_call(model, prompts, new_tokens: int, compile: bool) -> tuple[list, list[float], float]:
-    """(tokens, time stamps of prompt 0's tokens relative to the call, whole call seconds)."""
+def _overlap_kw(args) -> dict:
+    """``generate``'s ``overlap`` argument from ``--overlap`` (none for its default)."""
+    return {} if args.overlap == "default" else {"overlap": args.overlap == "on"}
+
+
+def _timed_call(model, prompts, new_tokens: int, compile: bool,
+                extra: dict | None = None) -> tuple[list, list[float], float]:
+    """(tokens, time stamps of prompt 0's tokens relative to the call, whole call seconds);
+    ``extra``: more keyword arguments of ``generate``."""
     stamps: list[float] = []
 
     def on_token(index: int, _token: int) -> None:
@@ -74,7 +83,8 @@ def _timed_call(model, prompts, new_tokens: int, compile: bool) -> tuple[list, l
             stamps.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    out = generate(model, prompts, max_new_tokens=new_tokens, callback=on_token, compile=compile)
+    out = generate(model, prompts, max_new_tokens=new_tokens, callback=on_token, compile=compile,
+                   **(extra or {}))
     total = time.perf_counter() - t0
     return out, [s - t0 for s in stamps], total
 
@@ -151,7 +161,7 @@ def run_config(variant: str, size: str, batch: int, compile: bool, args) -> dict
     g = torch.Generator().manual_seed(batch)
     prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_len), generator=g).tolist()
 
-    first, stamps, total = _timed_call(model, prompts, args.new_tokens, compile)
+    first, stamps, total = _timed_call(model, prompts, args.new_tokens, compile, _overlap_kw(args))
     row["cold"] = _call_summary(stamps, total)
     decoder = kept_decoder(model)
     row["step_path"] = _step_path(decoder)
@@ -159,14 +169,14 @@ def run_config(variant: str, size: str, batch: int, compile: bool, args) -> dict
     captured = _captures(decoder)
     row["graphs_captured_first_call"] = captured
 
-    second, stamps, total = _timed_call(model, prompts, args.new_tokens, compile)
+    second, stamps, total = _timed_call(model, prompts, args.new_tokens, compile, _overlap_kw(args))
     row["warm"] = _call_summary(stamps, total)
     again = kept_decoder(model)
     row["same_decoder_second_call"] = again is decoder
     row["graphs_captured_second_call"] = (_captures(again) - captured if again is decoder
                                           else _captures(again))
 
-    third, stamps, _ = _timed_call(model, prompts, args.new_tokens, compile)
+    third, stamps, _ = _timed_call(model, prompts, args.new_tokens, compile, _overlap_kw(args))
     steps = [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)][args.skip:]
     row["tokens_identical"] = first == second == third
     row["per_token_ms"] = statistics.median(steps) * 1e3
@@ -182,7 +192,8 @@ def run_config(variant: str, size: str, batch: int, compile: bool, args) -> dict
     g = torch.Generator().manual_seed(batch + 1)
     more = torch.randint(0, cfg.vocab_size, (2 * bucket(batch), args.prompt_len),
                          generator=g).tolist()
-    _, stamps, total = _timed_call(model, more, min(args.new_tokens, 8), compile)
+    _, stamps, total = _timed_call(model, more, min(args.new_tokens, 8), compile,
+                                   _overlap_kw(args))
     row["new_bucket"] = {"batch": len(more), **_call_summary(stamps, total)}
     del model, decoder, again
     if device.type == "cuda":
@@ -198,7 +209,7 @@ def _in_subprocess(variant: str, batch: int, compile: bool, args, timeout: float
             {"variant": variant, "batch": batch, "compile": compile}), "--worker-out", str(out),
             "--size", args.size, "--device", args.device, "--prompt-len", str(args.prompt_len),
             "--new-tokens", str(args.new_tokens), "--skip", str(args.skip),
-            "--reps", str(args.reps)]
+            "--reps", str(args.reps), "--overlap", args.overlap]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env=os.environ.copy())
         if proc.returncode != 0 or not out.exists():
@@ -217,7 +228,8 @@ def format_table(result: dict) -> str:
         f"# `mlra.generate` against its decode step, {result['device']}", "",
         f"torch {result['torch']}, {result['dtype']}, size {result['size']}, random weights; "
         f"prompts of {result['prompt_len']} random tokens, greedy, {result['new_tokens']} new "
-        f"tokens; each configuration in {where}. "
+        f"tokens; generate overlap {result.get('overlap', 'default')}; each configuration in "
+        f"{where}. "
         "TTFT = call to first token (prefill); first step = call to second token (+ the first "
         "decode step: eager run, graph capture, JIT/compile); per token = median interval "
         "between tokens on the third call; step = the graph generate replays, back to back, "
@@ -257,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", type=int, default=2, help="intervals left out of the median")
     p.add_argument("--reps", type=int, default=50, help="timed replays of the bare step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--overlap", choices=("default", "on", "off"), default="default",
+                   help="generate(overlap=...): default (on a GPU), on or off")
     p.add_argument("--fresh-process", action=argparse.BooleanOptionalAction, default=None,
                    help="each configuration in a new process (default: on CUDA)")
     p.add_argument("--budget-s", type=float, default=170.0,
@@ -282,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": name, "torch": torch.__version__, "size": args.size,
         "dtype": "bfloat16" if device.type == "cuda" else "float32",
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-        "fresh_process": fresh, "command": " ".join(["python", *(sys.argv if argv is None
-                                                                  else [__file__, *argv])]),
+        "overlap": args.overlap, "fresh_process": fresh,
+        "command": " ".join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
         "results": [],
     }
 

@@ -84,6 +84,11 @@ class PagedKVCache:
         # added, dropped when pages go back), so that a block table costs a copy per sequence
         # rather than a conversion of every page id at every decode step
         self._rows: dict[int, torch.Tensor] = {}
+        # the last block table built with reuse=True: (its rows, width arg, device table); a
+        # row object is replaced whenever its sequence's pages change, so identity is enough
+        self._table_memo: tuple[list[torch.Tensor], int | None, torch.Tensor] | None = None
+        # the last seq_lens built with reuse=True: (sequence ids, lengths, device tensor)
+        self._lens_memo: tuple[list[int], list[int], torch.Tensor] | None = None
         self._lens: dict[int, int] = {}
         self._next_id = 0
 
@@ -217,10 +222,24 @@ class PagedKVCache:
             self.free(sid)
 
     # -- tensors for a step -----------------------------------------------------------------
-    def block_table(self, seq_ids: Sequence[int], width: int | None = None) -> torch.Tensor:
+    def block_table(self, seq_ids: Sequence[int], width: int | None = None,
+                    reuse: bool = False) -> torch.Tensor:
         """int32 ``[batch, width]``: each sequence's pages in order, padded with page 0.
-        ``width`` defaults to the most pages any of the sequences holds."""
+        ``width`` defaults to the most pages any of the sequences holds. ``reuse``: return the
+        table of the last such call when it was for the same sequences holding the same pages
+        (a decode step's table changes once a page; the caller must not modify it)."""
         rows = [self._row(s) for s in seq_ids]
+        memo = self._table_memo
+        if reuse and memo is not None and memo[1] == width and len(memo[0]) == len(rows) and all(
+                a is b for a, b in zip(memo[0], rows, strict=True)):
+            return memo[2]
+        table = self._build_table(seq_ids, rows, width)
+        if reuse:
+            self._table_memo = (rows, width, table)  # holds the rows: identities stay unique
+        return table
+
+    def _build_table(self, seq_ids: Sequence[int], rows: list[torch.Tensor],
+                     width: int | None) -> torch.Tensor:
         width = max((len(r) for r in rows), default=0) if width is None else width
         table = torch.zeros(len(rows), max(width, 1), dtype=torch.int32)
         for i, r in enumerate(rows):
@@ -238,10 +257,22 @@ class PagedKVCache:
             row = self._rows[seq_id] = torch.tensor(self._pages[seq_id], dtype=torch.int32)
         return row
 
-    def seq_lens(self, seq_ids: Sequence[int]) -> torch.Tensor:
-        """int32 ``[batch]`` tokens in the cache per sequence."""
-        lens = torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32)
-        return lens.to(self.device, non_blocking=True)  # staged: see block_table
+    def seq_lens(self, seq_ids: Sequence[int], reuse: bool = False) -> torch.Tensor:
+        """int32 ``[batch]`` tokens in the cache per sequence. ``reuse``: when the last such
+        call was for the same sequences and each has grown by the same count since (a decode
+        step), add that count to its tensor on the device instead of copying from the host."""
+        lens = [self._lens[s] for s in seq_ids]
+        memo = self._lens_memo
+        if reuse and memo is not None and memo[0] == seq_ids and lens:
+            grown = lens[0] - memo[1][0]
+            if all(a - b == grown for a, b in zip(lens, memo[1], strict=True)):
+                out = memo[2] + grown if grown else memo[2]
+                self._lens_memo = (memo[0], lens, out)
+                return out
+        out = torch.tensor(lens, dtype=torch.int32).to(self.device, non_blocking=True)
+        if reuse:  # staged: see block_table
+            self._lens_memo = (list(seq_ids), lens, out)
+        return out
 
     # -- data -------------------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, state: KVState) -> None:

@@ -345,20 +345,24 @@ class Decoder:
         return self.model.logits(torch.stack(last)[:, None])[:, 0]
 
     @torch.no_grad()
-    def decode(self, seq_ids: Sequence[int], tokens: torch.Tensor) -> torch.Tensor:
+    def decode(self, seq_ids: Sequence[int], tokens: torch.Tensor,
+               validate: bool = True) -> torch.Tensor:
         """Append ``tokens`` [batch] or [batch, T] (same T for all) through the paged path;
         returns logits [batch, T, vocab]. A token outside the vocabulary is a
-        :class:`GenerationError`; if the step fails, the sequences are left as they were."""
+        :class:`GenerationError` (``validate=False``: the caller vouches for them, e.g. tokens
+        sampled on the device, whose check would wait for it); if the step fails, the
+        sequences are left as they were."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens[:, None]
         B, T = tokens.shape
         if B != len(seq_ids):
             raise ValueError("one row of tokens per sequence id")
-        self._check_ids(tokens)  # where they are: host tokens cost no device synchronisation
+        if validate:
+            self._check_ids(tokens)  # where they are: host tokens cost no device wait
         tokens = tokens.to(self.cache.device, non_blocking=True)  # staged: no device wait
         with self._rollback_on_error(seq_ids):
             self.cache.extend(seq_ids, [T] * B)
-            block_table = self.cache.block_table(seq_ids)
-            seq_lens = self.cache.seq_lens(seq_ids)
+            block_table = self.cache.block_table(seq_ids, reuse=True)
+            seq_lens = self.cache.seq_lens(seq_ids, reuse=True)
             return self.step(tokens, block_table, seq_lens)

@@ -102,6 +102,7 @@ def generate(
     cuda_graphs: bool | None = None,
     compile: bool = False,
     reuse: bool = True,
+    overlap: bool | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` tokens after each prompt; returns the new tokens of
     every prompt, in prompt order.
@@ -126,6 +127,12 @@ def generate(
       after the call (:mod:`mlra.reuse`; :func:`release_decoder` frees it), so that the next
       call replays the graphs of the batch shapes it has seen; results are those of a fresh
       decoder. ``reuse=False`` builds one for this call only and frees it on return.
+    - ``overlap`` launches each decode step from the previous step's tokens while they are
+      still on the device and reads them on the host afterwards, so that the host's work of a
+      step (sampling, stop checks, ``callback``, the engine's bookkeeping) runs while the
+      device computes the next one (default: on a CUDA device; see
+      :class:`~mlra.serve.Engine`). The tokens, and the order of the callbacks, are the same
+      either way.
 
     What a call waits for before its tokens come at the step's pace. The first token is the
     prefill's (one eager forward over the prompts). The first decode step of a batch shape not
@@ -188,6 +195,7 @@ def generate(
             model, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk,
             reserve_full=True, vocab_limit=vocab_limit, executor=Executor(decoder),
             max_pages=num_pages,  # a larger kept cache schedules as one of this size
+            overlap=decoder.cache.device.type == "cuda" if overlap is None else overlap,
         )
         index = {
             engine.add_request(p, SamplingParams(

@@ -19,6 +19,18 @@ model call raises fails alone (``finish_reason="error"``); the others go on.
 
 Sampling is per request (temperature, top-k, top-p, a seeded generator of its own), so a
 request's tokens do not depend on what else runs with it.
+
+With ``overlap`` (what :func:`mlra.generate` uses on a GPU), a step whose batch is steady --
+nothing waiting, prefilling or aborted, no log-probabilities asked for -- launches its decode
+from the previous step's sampled tokens while they are still on the device, and only then
+reads those tokens on the host (:class:`~mlra.serve.pending.PendingTokens`): the host's
+bookkeeping of step ``t`` runs while the device computes step ``t + 1``. Each step then reports
+the tokens of the step before. A sequence that stops on a stop token has had one more step
+launched; that step's token is dropped (its cache entry lies within the pages promised to the
+sequence, ``reserve_full``). A sequence's last step by ``max_tokens`` is known in advance and
+never overshoots. Every request gets the same tokens as without overlap, and the steps report
+them in the same order, one step later (a launch that raises falls back to the plain decode,
+whose step may then report two tokens of a request).
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from mlra.decoding import Decoder, GenerationError
 from mlra.model import Transformer
 from mlra.sampling import sample_next, validate_sampling
 from mlra.serve.executor import Executor
+from mlra.serve.pending import PendingTokens
 
 WAITING, PREFILL, DECODE = "waiting", "prefill", "decode"
 
@@ -145,6 +158,9 @@ class Engine:
       :mod:`mlra.reuse`); by default one over a new cache. ``max_pages``: the pages of its
       cache this engine may hold (default: all), so a larger cache kept from an earlier call
       schedules exactly as a cache of this size would.
+    - ``overlap``: launch each steady decode step before reading the previous step's tokens on
+      the host (see the module's docstring); needs ``reserve_full`` and an executor that takes
+      device-resident inputs (not the tensor-parallel one).
     """
 
     def __init__(
@@ -161,6 +177,7 @@ class Engine:
         compile: bool | dict = False,
         executor: Executor | None = None,
         max_pages: int | None = None,
+        overlap: bool = False,
     ) -> None:
         cfg = model.config
         if max_batch_size is not None and max_batch_size < 1:
@@ -194,6 +211,11 @@ class Engine:
         self._committed = 0  # reserve_full: pages promised to running requests
         self.preemptions = 0
         self.tokens_generated = 0
+        if overlap and not (reserve_full and executor.device_inputs):
+            raise GenerationError("overlap needs reserve_full and an executor that takes "
+                                  "device-resident inputs")
+        self.overlap = overlap
+        self._pending: PendingTokens | None = None  # overlap: the last step's tokens, unread
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt: Sequence[int], sampling: SamplingParams | None = None) -> int:
@@ -234,7 +256,7 @@ class Engine:
         self._aborted.append(request_id)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._aborted)
+        return bool(self.waiting or self.running or self._aborted or self._pending)
 
     @property
     def num_running(self) -> int:
@@ -258,6 +280,9 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Run one scheduling step; returns the requests that produced tokens or finished."""
         outputs: dict[int, StepOutput] = {}
+        if self._pending is not None and not self._steady():
+            self._resolve(outputs)  # the tokens of the overlapped step before, on their own
+            return list(outputs.values())
         self._process_aborts(outputs)
         self._admit()
         self._make_room()
@@ -265,15 +290,21 @@ class Engine:
         self._prefill(outputs)
         return list(outputs.values())
 
+    def _steady(self) -> bool:
+        """Whether this step may overlap: nothing waiting, prefilling or aborted, and no
+        request asks for log-probabilities (they need the logits on the host)."""
+        return self.overlap and not self.waiting and not self._aborted and all(
+            r.state == DECODE and r.params.logprobs is None for r in self.running.values())
+
     def _out(self, outputs: dict[int, StepOutput], rid: int) -> StepOutput:
         if rid not in outputs:
             outputs[rid] = StepOutput(rid)
         return outputs[rid]
 
     def _process_aborts(self, outputs: dict[int, StepOutput]) -> None:
-        ids, self._aborted = set(self._aborted), []
-        if not ids:
+        if not self._aborted:
             return
+        ids, self._aborted = set(self._aborted), []
         for req in [r for r in self.waiting if r.id in ids]:
             self.waiting.remove(req)
             self._finish(outputs, req, "abort")
@@ -365,6 +396,10 @@ class Engine:
         return ok, (torch.cat(rows) if rows else None)
 
     def _decode(self, outputs: dict[int, StepOutput]) -> None:
+        if self._steady() and self._decode_overlapped(outputs):
+            return
+        if self._pending is not None:  # (only after an overlapped launch failed)
+            self._resolve(outputs)
         reqs = [r for r in self.running.values() if r.state == DECODE]
         if not reqs:
             return
@@ -373,6 +408,51 @@ class Engine:
             outputs)
         if reqs:
             self._emit(reqs, logits, outputs)
+
+    def _decode_overlapped(self, outputs: dict[int, StepOutput]) -> bool:
+        """Launch this step from the device-resident tokens of the last one (or the host's
+        tokens when there is no pending step), sample on the device, then read and apply the
+        last step's tokens. False when the launch raised (nothing launched: the sequences are
+        as they were; the caller decodes without overlap, isolating the failure)."""
+        pending = self._pending
+        # a request whose pending token is its last (max_tokens) is not decoded again
+        reqs = [r for r in self.running.values()
+                if len(r.out) + (pending is not None and pending.row(r) is not None)
+                < r.params.max_tokens]
+        launched = None
+        if reqs:
+            ids = pending.inputs(reqs) if pending is not None else self._host_inputs(reqs)
+            if ids is None:  # not the last step's requests (cannot happen while steady)
+                return False
+            try:
+                logits = self.executor.decode_ids([r.id for r in reqs], ids)
+            except (GenerationError, CacheFullError, RuntimeError, ValueError, IndexError):
+                return False
+            launched = PendingTokens(reqs, self._sample(reqs, logits))
+        if pending is not None:
+            self._pending = None
+            self._resolve_tokens(pending, outputs)
+        self._pending = launched
+        return True
+
+    def _host_inputs(self, reqs: list[_Request]) -> torch.Tensor:
+        """Input ids ``[batch, 1]`` on the device from the requests' last host tokens."""
+        ids = torch.tensor([r.out[-1] for r in reqs], dtype=torch.long)[:, None]
+        return ids.to(self.device, non_blocking=True)
+
+    def _resolve(self, outputs: dict[int, StepOutput]) -> None:
+        """Read and apply the pending step's tokens (waits for the device)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._resolve_tokens(pending, outputs)
+
+    def _resolve_tokens(self, pending: PendingTokens, outputs: dict[int, StepOutput]) -> None:
+        """Apply a step's tokens to the requests still running; a row of a request that
+        finished meanwhile (its stop token came the step before) is dropped."""
+        live = [(r, t) for r, t in zip(pending.reqs, pending.host(), strict=True)
+                if self.running.get(r.id) is r]
+        if live:
+            self._accept([r for r, _ in live], [t for _, t in live], outputs)
 
     def _prefill(self, outputs: dict[int, StepOutput]) -> None:
         reqs = sorted((r for r in self.running.values() if r.state == PREFILL),
@@ -456,26 +536,29 @@ class Engine:
             logits = logits[..., : self.vocab_limit]
         return torch.log_softmax(logits, dim=-1)
 
-    def _emit(self, reqs: list[_Request], logits: torch.Tensor,
-              outputs: dict[int, StepOutput]) -> None:
-        """Sample one token per request (grouped by sampling parameters) and finish those
-        that are done."""
+    def _sample(self, reqs: list[_Request], logits: torch.Tensor) -> torch.Tensor:
+        """One token per request, int64 ``[batch]`` on the logits' device (grouped by sampling
+        parameters; no host synchronisation)."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
             p = r.params
             groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
         if len(groups) == 1:  # the usual case: the whole batch at once, no gather of rows
             (temp, top_k, top_p), = groups
-            tokens = sample_next(logits, temp, top_k, top_p, [r.generator for r in reqs],
-                                 vocab_limit=self.vocab_limit).tolist()
-        else:
-            tokens = [0] * len(reqs)
-            for (temp, top_k, top_p), rows in groups.items():
-                picked = sample_next(logits[rows], temp, top_k, top_p,
-                                     [reqs[i].generator for i in rows],
-                                     vocab_limit=self.vocab_limit)
-                for i, t in zip(rows, picked.tolist(), strict=True):
-                    tokens[i] = t
+            return sample_next(logits, temp, top_k, top_p, [r.generator for r in reqs],
+                               vocab_limit=self.vocab_limit)
+        tokens = torch.empty(len(reqs), dtype=torch.long, device=logits.device)
+        for (temp, top_k, top_p), rows in groups.items():
+            tokens[rows] = sample_next(logits[rows], temp, top_k, top_p,
+                                       [reqs[i].generator for i in rows],
+                                       vocab_limit=self.vocab_limit)
+        return tokens
+
+    def _emit(self, reqs: list[_Request], logits: torch.Tensor,
+              outputs: dict[int, StepOutput]) -> None:
+        """Sample one token per request (one read of the picked tokens), add the asked-for
+        log-probabilities and finish the requests that are done."""
+        tokens = self._sample(reqs, logits).tolist()
         lp_rows = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
         lps = self._log_softmax(logits[lp_rows]) if lp_rows else None
         for k, i in enumerate(lp_rows):
@@ -483,6 +566,11 @@ class Engine:
             out = self._out(outputs, r.id)
             out.logprobs = (out.logprobs or []) + [
                 _token_logprob(lps[k], tokens[i], r.params.logprobs or 0)]
+        self._accept(reqs, tokens, outputs)
+
+    def _accept(self, reqs: list[_Request], tokens: list[int],
+                outputs: dict[int, StepOutput]) -> None:
+        """Append one sampled token to each request; finish those that stop or are full."""
         for r, t in zip(reqs, tokens, strict=True):
             r.out.append(t)
             self.tokens_generated += 1

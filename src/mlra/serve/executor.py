@@ -23,6 +23,9 @@ from mlra.decoding import Decoder
 class Executor:
     """A :class:`~mlra.decoding.Decoder` whose sequences are named by request ids."""
 
+    device_inputs = True
+    """Whether :meth:`decode_ids` may be called (the engine's overlapped decode)."""
+
     def __init__(self, decoder: Decoder) -> None:
         self.decoder = decoder
         self.cache: PagedKVCache = decoder.cache
@@ -57,6 +60,12 @@ class Executor:
         ids = torch.tensor(list(tokens), dtype=torch.long)[:, None]
         return self.decoder.decode(sids, ids)[:, -1]
 
+    def decode_ids(self, rids: Sequence[int], ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` from input ids ``[batch, 1]`` already on the device (sampled there,
+        so inside the vocabulary: not checked, which would wait for the device)."""
+        sids = [self._seqs[r] for r in rids]
+        return self.decoder.decode(sids, ids, validate=False)[:, -1]
+
     def release(self, rids: Sequence[int]) -> None:
         """Free the pages of requests (unknown ids are ignored)."""
         for r in rids:
@@ -77,6 +86,8 @@ OPS = ("reserve", "prefill", "decode", "release")
 class BroadcastExecutor(Executor):
     """Rank 0's executor under tensor parallelism: every operation is first broadcast to the
     other ranks (which run it through :func:`follow`)."""
+
+    device_inputs = False  # the other ranks need the tokens themselves
 
     def __init__(self, decoder: Decoder, ctx: Any) -> None:
         super().__init__(decoder)
