@@ -7,20 +7,12 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}
 RES=${RES:-/tmp/stage_results}
 mkdir -p "$OUT" "$RES"
-pack() { tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null; }
+source benchmarks/e2e_decode/side_by_side.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 PYTHONPATH=$PWD/src timeout ${T_TESTS:-200} python -m pytest -q -x -p no:cacheprovider \
   tests/test_pdl.py tests/test_kernels.py tests/test_step_kernels.py -k "latent or pdl or prepare or fused" 2>&1 | tail -3
 B1="--variants mlra_4,gqa,mla --contexts 8192,131072 --batches 1 --reps 30"
 B32="--variants mlra_4 --contexts 16384 --batches 32 --reps 15"
-run() {  # side tag timeout args...
-  local side=$1 tag=$2 t=$3; shift 3
-  local root=.; [ "$side" = before ] && root=.baseline
-  [ -d "$root/src" ] || { echo "$side: no $root/src"; return; }
-  PYTHONPATH=$PWD/$root/src timeout "$t" python $root/benchmarks/e2e_decode/bench_decode.py \
-    "$@" --out "$RES/$side-$tag" 2>&1 | grep -E "ms, floor|rror" | sed "s/^/$side /" | tail -12
-  pack
-}
 run after b1 100 $B1 --modes fused --budget-s 85
 run before b1 100 $B1 --modes fused --budget-s 85
 run after b32 50 $B32 --modes fused
