@@ -70,3 +70,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def ptxas_for_sm90() -> bool:
+    """Whether Triton can compile for sm_90 here (its bundled ptxas, or one on PATH): the
+    ahead-of-time checks of the Hopper kernels run on a CPU only then."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from triton.backends.nvidia import compiler
+
+    try:
+        return compiler.get_ptxas(90).path is not None
+    except Exception:  # no bundled ptxas
+        return shutil.which("ptxas") is not None

@@ -15,29 +15,18 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ptxas_for_sm90
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 ON_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
-
-
-def _ptxas_available() -> bool:
-    if not HAS_TRITON:
-        return False
-    from triton.backends.nvidia import compiler
-
-    try:
-        return compiler.get_ptxas(90).path is not None
-    except Exception:  # no bundled ptxas: the AOT checks cannot run here
-        return shutil.which("ptxas") is not None
 
 
 _MEMORY_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(st\.global|atom\.|red\.|ld\.global|cp\.async)",
@@ -50,7 +39,7 @@ def _before_wait(ptx: str) -> list[str]:
     return [m.group(1) for m in _MEMORY_OP.finditer(head)]
 
 
-needs_ptxas = pytest.mark.skipif(not _ptxas_available(), reason="no ptxas for sm_90")
+needs_ptxas = pytest.mark.skipif(not ptxas_for_sm90(), reason="no ptxas for sm_90")
 
 
 @pytest.fixture(scope="module")
