@@ -72,6 +72,10 @@ PAPER_SHAPES: dict[str, DecodeShape] = {s.name: s for s in (
                 24, 64, nb=4, w=128),
     DecodeShape("mla_2p9b", "MLA at 2.9B, 1 GPU: 24 heads, 512+64, page 64", "latent", 24, 64,
                 w=512),
+    DecodeShape("mlra2_2p9b", "MLRA-2 at 2.9B, 1 GPU: 24 heads, 2x256+64, page 64", "latent",
+                24, 64, nb=2, w=256),
+    DecodeShape("gla2_2p9b", "GLA-2 at 2.9B, 1 GPU, one group: 12 heads, 256+64, page 64",
+                "latent", 12, 64, w=256),
 )}
 """The attention of the paper-size models as ``mlra generate`` decodes them on one GPU (the
 shapes of the end-to-end step), for the launch-parameter sweep (``benchmarks/decode/tune.py``)."""
