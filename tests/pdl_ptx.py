@@ -4,27 +4,31 @@ process without ``TRITON_INTERPRET``, which would replace the kernels by interpr
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 
 
 def _compile_sm90(kernel, types: dict[str, str], consts: dict, **options):
-    """PTX of ``kernel`` compiled for sm_90 with the given argument types and constexprs."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """PTX and metadata of ``kernel`` compiled for sm_90."""
+    from mlra.kernels.aot import compile_sm90
 
-    params = list(inspect.signature(kernel.fn).parameters)
-    signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
-    constexprs = {(params.index(k),): v for k, v in consts.items()}
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    compiled = compile_sm90(kernel, types, consts, **options)
     return compiled.asm["ptx"], compiled.metadata
 
 
 def _ptr_types(names: str, dtype: str = "*bf16") -> dict[str, str]:
     return {n: dtype for n in names.split()}
+
+
+def latent_types(descriptors: tuple[str, str] | None = None) -> dict[str, str]:
+    """Argument types of ``_latent_decode_kernel``; ``descriptors``: the types of its two TMA
+    descriptor arguments (default: plain pointers, the pointer-load form)."""
+    types = _ptr_types("q_lat_ptr q_rope_ptr cache_ptr lat_desc rope_desc")
+    if descriptors is not None:
+        types.update(lat_desc=descriptors[0], rope_desc=descriptors[1])
+    types.update(_ptr_types("bt_ptr seq_lens_ptr", "*i32"))
+    types.update(_ptr_types("o_ptr lse_ptr", "*fp32"), qk_scale="fp32")
+    return types
 
 
 def _skinny(pdl: int, pf_lines: int, swiglu: bool):
@@ -41,9 +45,7 @@ def _skinny(pdl: int, pf_lines: int, swiglu: bool):
 def _latent(pdl: int, pf_tokens: int):
     from mlra.kernels.triton_latent import _latent_decode_kernel
 
-    types = _ptr_types("q_lat_ptr q_rope_ptr cache_ptr lat_desc rope_desc")
-    types.update(_ptr_types("bt_ptr seq_lens_ptr", "*i32"))
-    types.update(_ptr_types("o_ptr lse_ptr", "*fp32"), qk_scale="fp32")
+    types = latent_types()
     consts = dict(NB=1, W=128, W_PAD=128, R=64, PAGE=64, BLOCK_M=32, BLOCK_N=64,
                   SCALAR_PAGE=True, USE_TMA=False, PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=2,
                   R_LINES=1, LINE=64)

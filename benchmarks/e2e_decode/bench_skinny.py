@@ -26,6 +26,7 @@ from mlra.kernels.reference import skinny_linear_ref
 from mlra.kernels.triton_skinny import (
     SkinnyConfig,
     effective_config,
+    row_block,
     skinny_linear_triton,
     tuning_key,
 )
@@ -90,8 +91,8 @@ def save(out: Path, lines: list[str], results: list[dict], dev: torch.device, bw
     tuned = {}
     for r in results:
         if r["best_config"]:
-            m = 1 if r["rows"] == 1 else max(16, 1 << (r["rows"] - 1).bit_length())
-            tuned[tuning_key(m, r["K"], r["ns"], r["swiglu"])] = r["best_config"]
+            tuned[tuning_key(row_block(r["rows"]), r["K"], r["ns"], r["swiglu"])] = \
+                r["best_config"]
     (out / "skinny_tuned.json").write_text(json.dumps({torch.cuda.get_device_name(dev): tuned},
                                                       indent=2, sort_keys=True) + "\n")
     (out / "skinny.md").write_text("\n".join(lines) + "\n")

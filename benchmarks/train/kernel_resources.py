@@ -24,23 +24,16 @@ SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
 
 
 def _compile(kernel, consts: dict, stages: int, warps: int) -> tuple[str, int]:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from mlra.kernels.aot import compile_sm90
 
-    params = list(inspect.signature(kernel.fn).parameters)
     tensors = {"Qn", "Qr", "Kn", "V", "Kr", "O", "OB", "LSE", "DO", "DELTA", "DQn", "DQr", "DKV",
                "DKR"}
     fp32 = {"LSE", "DELTA", "DQn", "DQr", "DKR", "OB"}
+    params = inspect.signature(kernel.fn).parameters
     types = {p: ("*fp32" if p in fp32 else "*bf16") for p in params if p in tensors}
     types.update({p: "fp32" for p in ("qk_scale", "out_scale", "scale")})
-    signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
-    aligned = [p for p in params if types.get(p, "").startswith("*") or p.startswith("s_")]
-    src = ASTSource(fn=kernel, signature=signature,
-                    constexprs={(params.index(k),): v for k, v in consts.items()},
-                    attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=warps, num_stages=stages))
+    aligned = [p for p in params if p in tensors or p.startswith("s_")]
+    compiled = compile_sm90(kernel, types, consts, aligned, num_warps=warps, num_stages=stages)
     return compiled.asm["ptx"], compiled.metadata.shared
 
 

@@ -161,32 +161,29 @@ def paged_tpa_decode(
 
 SKINNY_MAX_ROWS = 16
 """The most rows (batch x new tokens) :func:`skinny_linear` always sends to its Triton kernel.
-From 17 to :data:`SKINNY_TUNED_MAX_ROWS` rows it does so only for the shapes the tuned table
-lists for this GPU at that row block (tuned faster than the norm + cuBLAS path: at 32 rows on
-the H200 the down projection and the head stay on cuBLAS,
-``benchmarks/e2e_decode/results/h200/stages``)."""
-
-SKINNY_TUNED_MAX_ROWS = 64
-"""The kernel's own limit on rows (:data:`mlra.kernels.triton_skinny.MAX_ROWS`)."""
+Above, up to the kernel's own limit (:data:`mlra.kernels.triton_skinny.MAX_ROWS`), it does so
+only for the shapes the tuned table lists for this GPU at that row block (tuned faster than
+the norm + cuBLAS path: at 32 rows on the H200 the down projection and the head stay on
+cuBLAS, ``benchmarks/e2e_decode/results/h200/stages``)."""
 
 
 def skinny_supports(x: torch.Tensor, weights: Sequence[torch.Tensor],
                     swiglu: bool = False) -> bool:
     """Shapes the Triton small-batch matrix product takes: bf16/fp16, at most
-    :data:`SKINNY_MAX_ROWS` rows (up to :data:`SKINNY_TUNED_MAX_ROWS` for a shape tuned on
-    this GPU), weights of one dtype with contiguous rows (``x`` of that dtype or fp32)."""
+    :data:`SKINNY_MAX_ROWS` rows (more for a shape tuned on this GPU), weights of one dtype
+    with contiguous rows (``x`` of that dtype or fp32)."""
     rows = x.numel() // max(1, x.shape[-1])
     dtype = weights[0].dtype if weights else x.dtype
     if not (dtype in _KERNEL_DTYPES and x.dtype in (dtype, torch.float32)
-            and rows <= SKINNY_TUNED_MAX_ROWS
             and all(w.dtype == dtype and w.dim() == 2 and w.stride(-1) == 1
                     and w.shape[1] == x.shape[-1] for w in weights)):
         return False
     if rows <= SKINNY_MAX_ROWS:
         return True
-    from mlra.kernels.triton_skinny import tuned_for_rows
+    from mlra.kernels.triton_skinny import MAX_ROWS, tuned_for_rows
 
-    return tuned_for_rows(x.device, rows, x.shape[-1], [w.shape[0] for w in weights], swiglu)
+    return rows <= MAX_ROWS and tuned_for_rows(x.device, rows, x.shape[-1],
+                                               [w.shape[0] for w in weights], swiglu)
 
 
 def skinny_linear(

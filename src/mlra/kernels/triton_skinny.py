@@ -244,6 +244,12 @@ TUNED_ENV = "MLRA_SKINNY_TUNED"
 --sweep`` writes one); default: ``skinny_tuned.json`` beside this module."""
 
 
+def row_block(rows: int) -> int:
+    """The kernel's block of rows for ``rows`` rows: 1 (dot products), else a power of two of
+    at least 16 (tensor-core tiles); tuned parameters are kept per row block."""
+    return 1 if rows == 1 else max(16, next_pow2(rows))
+
+
 def tuning_key(block_m: int, K: int, ns: Sequence[int], swiglu: bool) -> str:
     """The key of a projection shape in a tuned-parameters file."""
     return f"m{block_m}:k{K}:n{'x'.join(map(str, ns))}:{'swiglu' if swiglu else 'plain'}"
@@ -268,8 +274,7 @@ def tuned_for_rows(device: torch.device, rows: int, K: int, ns: Sequence[int], s
     (above 16 rows the kernel runs only for such shapes)."""
     if device.type != "cuda":
         return False
-    block_m = 1 if rows == 1 else max(16, next_pow2(rows))
-    return tuning_key(block_m, K, ns, swiglu) in _device_table(device)
+    return tuning_key(row_block(rows), K, ns, swiglu) in _device_table(device)
 
 
 def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], swiglu: bool
@@ -299,9 +304,8 @@ def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], sw
                      config: SkinnyConfig | None = None) -> SkinnyConfig:
     """The launch parameters a call uses: the defaults, then the tuned table's entry for this
     device and shape, then the fields ``config`` sets."""
-    block_m = 1 if M == 1 else max(16, next_pow2(M))
     base = default_skinny_config(M, K)
-    tuned = tuned_config(device, block_m, K, ns, swiglu)
+    tuned = tuned_config(device, row_block(M), K, ns, swiglu)
     if tuned is not None:
         base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
     if config is None:
@@ -348,7 +352,7 @@ def skinny_linear_triton(
     outs = [torch.empty(M, w.shape[0], dtype=dtype, device=x.device) for w in ws_in[:n_w]]
     if M == 0:
         return tuple(o.view(*lead, -1) for o in outs)
-    block_m = 1 if M == 1 else max(16, next_pow2(M))
+    block_m = row_block(M)
     cfg = effective_config(x.device, M, K, [w.shape[0] for w in ws_in], swiglu, config)
     bn = cfg.block_n
     tiles_each = [triton.cdiv(w.shape[0], bn) for w in ws_in[:n_w]]

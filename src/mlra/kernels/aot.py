@@ -1,0 +1,30 @@
+"""Ahead-of-time compilation of a Triton kernel for Hopper (sm_90) on any machine, GPU or not
+(Triton's bundled ptxas): for checks of what the compiler makes of a kernel -- the order of
+its PTX instructions, its shared-memory buffers, its registers -- in CPU tests and tools.
+Needs Triton; not used at run time."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+
+def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
+                 aligned: Iterable[str] = (), **options: Any) -> Any:
+    """``kernel`` (a ``triton.jit`` function) compiled for sm_90: ``types`` gives the argument
+    types by name (default ``i32``), ``consts`` the constexpr values, ``aligned`` the
+    arguments to treat as multiples of 16 (as the runtime specialises 16-byte aligned pointers
+    and strides; without it no load is vectorised or pipelined); ``options`` are Triton's
+    (``num_warps``, ``num_stages``, ``launch_pdl``...). Returns the compiled kernel
+    (``.asm["ptx"]``, ``.asm["ttgir"]``, ``.metadata``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(params.index(k),): v for k, v in consts.items()},
+                    attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
