@@ -55,6 +55,12 @@ ROWS_TILES = [SkinnyConfig(block_n=bn, block_k=bk, num_stages=st, num_warps=nw, 
                   ((32, 128), (64, 128), (128, 64)), (3, 5), (4, 8), (1, 2))]
 """``--sweep-set depth`` for more than one row: tensor-core tile shapes and depths."""
 
+SPLITS = [SkinnyConfig(block_n=bn, split_k=sk) for bn, sk in itertools.product(
+    (8, 16), (1, 2, 3, 4, 6))]
+"""``--sweep-set split``: the configuration in use with explicit split-K factors and output
+tiles (the programs of one wave against the occupancy: e.g. 1152 programs of 72 registers x
+128 threads are 1.25 waves of 7 per multiprocessor)."""
+
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
     """Seconds per call of ``fn(i)`` replayed in a CUDA graph of ``calls`` calls."""
@@ -107,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="1,8,32", help="batch rows (comma-separated)")
     p.add_argument("--sweep", action="store_true", help="also time every config of SWEEP")
     p.add_argument("--sweep-rows", default="1,8", help="rows the sweep runs for")
-    p.add_argument("--sweep-set", default="full", choices=("full", "depth"),
+    p.add_argument("--sweep-set", default="full", choices=("full", "depth", "split"),
                    help="full: tile shapes x waves; depth: pipeline depths and warps around "
-                   "the configuration in use (and tensor-core tiles above one row)")
+                   "the configuration in use (and tensor-core tiles above one row); split: "
+                   "explicit split-K factors and output tiles")
     p.add_argument("--quick", action="store_true",
                    help="skip the no-PDL / no-prefetch / tile-sums columns")
     args = p.parse_args(argv)
@@ -160,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 t_tile = graph_time(lambda i: ours(i, SkinnyConfig(lane_sums=False)))
         best = (t_ours, None)
         if args.sweep and str(M) in args.sweep_rows.split(","):
-            sweep = SWEEP if args.sweep_set == "full" else \
-                DEPTH + (ROWS_TILES if M > 1 else [])
+            sweep = {"full": SWEEP, "split": SPLITS}.get(
+                args.sweep_set, DEPTH + (ROWS_TILES if M > 1 else []))
             for partial in sweep:
                 cfg = effective_config(dev, M, K, ns, swiglu, partial)
                 try:
