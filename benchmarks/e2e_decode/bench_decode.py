@@ -67,18 +67,13 @@ MODE_ENV: dict[str, dict[str, str]] = {
     "fused": {},
     "fused-nopdl": {"MLRA_PDL": "0"},
     "fused-noprefetch": {"MLRA_PDL_PREFETCH": "0"},
-    "fused-early": {"MLRA_PDL_EARLY": "1"},
-    "fused-pf24": {"MLRA_PDL_PREFETCH_MB": "24"},
-    "fused-early-pf24": {"MLRA_PDL_EARLY": "1", "MLRA_PDL_PREFETCH_MB": "24"},
     "graph": {},
     "compile": {},
 }
 """Decode-step forms and the environment each runs under: ``fused`` (the default on a GPU:
 fused kernels, programmatic dependent launch with L2 prefetch on Hopper), ``fused-nopdl`` and
 ``fused-noprefetch`` (the same kernels launched plainly / without the prefetch, for an in-run
-comparison), ``fused-early`` / ``fused-pf24`` / ``fused-early-pf24`` (experiments: the
-projections let the next kernel launch right after their wait; a 24 MB prefetch budget),
-``graph`` (module by module), ``compile`` (module by module, dense parts
+comparison), ``graph`` (module by module), ``compile`` (module by module, dense parts
 compiled)."""
 
 

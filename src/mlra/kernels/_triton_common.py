@@ -147,24 +147,7 @@ def prefetch_l2(ptrs, PDL: tl.constexpr):
 
 PREFETCH_BYTES = 8 << 20
 """L2 prefetch budget of one launch under PDL: about what the first two microseconds of a
-stream read at full bandwidth (the programs that start early are the first wave);
-``MLRA_PDL_PREFETCH_MB`` overrides it (experiments)."""
-
-PREFETCH_MB_ENV = "MLRA_PDL_PREFETCH_MB"
-EARLY_ENV = "MLRA_PDL_EARLY"
-
-
-def prefetch_budget() -> int:
-    """Bytes one launch may prefetch under PDL (:data:`PREFETCH_BYTES` unless overridden)."""
-    mb = os.environ.get(PREFETCH_MB_ENV, "")
-    return int(float(mb) * (1 << 20)) if mb else PREFETCH_BYTES
-
-
-def pdl_early() -> bool:
-    """``MLRA_PDL_EARLY=1``: the projections let the next kernel launch right after their own
-    wait instead of after their main loop (it then prefetches during their whole stream, not
-    only their tail); an experiment, off by default."""
-    return os.environ.get(EARLY_ENV, "0") not in ("", "0")
+stream read at full bandwidth (the programs that start early are the first wave)."""
 
 
 def prefetch_units(limit: int, programs: int, unit_bytes: int, sms: int,
@@ -174,7 +157,7 @@ def prefetch_units(limit: int, programs: int, unit_bytes: int, sms: int,
     read) and ``cap``, with the programs resident at once (``resident_per_sm`` per
     multiprocessor) together within :data:`PREFETCH_BYTES`; 0 below ``minimum``."""
     resident = max(1, min(programs, resident_per_sm * sms))
-    units = min(limit, prefetch_budget() // (resident * unit_bytes), cap)
+    units = min(limit, PREFETCH_BYTES // (resident * unit_bytes), cap)
     return 0 if units < max(1, minimum) else 1 << (int(units).bit_length() - 1)
 
 

@@ -39,7 +39,6 @@ from mlra.kernels._triton_common import (
     device_sms,
     launch_options,
     next_pow2,
-    pdl_early,
     pdl_launch_next,
     pdl_mode,
     pdl_wait,
@@ -78,7 +77,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True, EARLY: tl.constexpr = False,
+    LANE_SUMS: tl.constexpr = True,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -119,8 +118,6 @@ def _skinny_kernel(
             prefetch_l2(tl.where(pf_ok, w2_ptr + offs_n[:, None] * sw2 + pf_k[None, :], w2_ptr),
                         PDL)
     pdl_wait(PDL)
-    if EARLY:
-        pdl_launch_next(PDL)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
         mask_k = kk < k_hi
@@ -387,7 +384,6 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
-        EARLY=pdl > 0 and pdl_early(),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)
