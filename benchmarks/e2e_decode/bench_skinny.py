@@ -61,6 +61,12 @@ SPLITS = [SkinnyConfig(block_n=bn, split_k=sk) for bn, sk in itertools.product(
 tiles (the programs of one wave against the occupancy: e.g. 1152 programs of 72 registers x
 128 threads are 1.25 waves of 7 per multiprocessor)."""
 
+DIRECT = [SkinnyConfig(block_n=bn, block_k=bk, num_stages=st, lane_sums=ls, waves=wv)
+          for (bn, bk), st, ls, wv in itertools.product(
+              ((4, 1024), (8, 1024), (16, 512), (8, 2048)), (1, 2), (False, True), (2, 4))]
+"""``--sweep-set direct``: one-row tiles loaded straight into registers (one stage: no
+shared-memory staging, the loads of a wide tile in flight at once) or double-buffered."""
+
 
 def graph_time(fn, calls: int = 20, reps: int = 10) -> float:
     """Seconds per call of ``fn(i)`` replayed in a CUDA graph of ``calls`` calls."""
@@ -113,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="1,8,32", help="batch rows (comma-separated)")
     p.add_argument("--sweep", action="store_true", help="also time every config of SWEEP")
     p.add_argument("--sweep-rows", default="1,8", help="rows the sweep runs for")
-    p.add_argument("--sweep-set", default="full", choices=("full", "depth", "split"),
+    p.add_argument("--sweep-set", default="full", choices=("full", "depth", "split", "direct"),
                    help="full: tile shapes x waves; depth: pipeline depths and warps around "
                    "the configuration in use (and tensor-core tiles above one row); split: "
-                   "explicit split-K factors and output tiles")
+                   "explicit split-K factors and output tiles; direct: one-row tiles loaded "
+                   "into registers without shared-memory staging")
     p.add_argument("--quick", action="store_true",
                    help="skip the no-PDL / no-prefetch / tile-sums columns")
     args = p.parse_args(argv)
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 t_tile = graph_time(lambda i: ours(i, SkinnyConfig(lane_sums=False)))
         best = (t_ours, None)
         if args.sweep and str(M) in args.sweep_rows.split(","):
-            sweep = {"full": SWEEP, "split": SPLITS}.get(
+            sweep = {"full": SWEEP, "split": SPLITS, "direct": DIRECT}.get(
                 args.sweep_set, DEPTH + (ROWS_TILES if M > 1 else []))
             for partial in sweep:
                 cfg = effective_config(dev, M, K, ns, swiglu, partial)
