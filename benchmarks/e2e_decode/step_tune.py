@@ -1,0 +1,129 @@
+"""Tunes one-row projection parameters inside the decode step they run in, not alone.
+
+``bench_skinny.py`` times 20 launches of one shape back to back: each launch's programme tail
+is filled by the next one's, so wave quantisation and start-up latency barely show. In a
+step, every projection waits for the kernel before it and the next waits for it. This script
+builds the paper-size model once, then for each candidate (the tuned table with one shape's
+entry replaced) captures the batch-1 fused step in a CUDA graph and times it beside the
+table in use, interleaved, several rounds.
+
+    PYTHONPATH=src python benchmarks/e2e_decode/step_tune.py --variant mlra_4 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mlra.bench.paged import random_paged_cache
+from mlra.bench.timing import env_vars
+from mlra.decoding import DecodeStep
+from mlra.kernels.triton_skinny import TUNED_ENV, tuning_key
+
+sys.path.insert(0, str(Path(__file__).parent))
+from profile_step import build  # noqa: E402
+
+TABLE = Path(__file__).parents[2] / "src" / "mlra" / "kernels" / "skinny_tuned.json"
+
+# shape key (one row): candidate entries (the tuned table's entry replaced by each)
+CANDIDATES: dict[str, list[dict]] = {
+    tuning_key(1, 9880, [3072], False): [  # down + residual (MLRA-4 / MLA / GQA at 2.9B)
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=2),
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=1),
+        dict(block_n=16, block_k=512, lane_sums=True, num_stages=3, split_k=3),
+        dict(block_n=16, block_k=512, lane_sums=False, num_stages=3, split_k=2),
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, split_k=1),
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, split_k=2),
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=3, num_warps=8),
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=4, split_k=2),
+    ],
+    tuning_key(1, 3072, [9880, 9880], True): [  # gate/up SwiGLU
+        dict(block_n=8, block_k=256, lane_sums=False, num_stages=3, waves=2),
+        dict(block_n=32, block_k=256, lane_sums=False, num_stages=3, waves=2),
+        dict(block_n=16, block_k=256, lane_sums=False, num_stages=4, waves=2),
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
+    ],
+    tuning_key(1, 3072, [3072], False): [  # wo + residual
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=2),
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=2),
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, split_k=2),
+    ],
+}
+
+
+@torch.no_grad()
+def step_ms(model, cache, table, lens, ids, reps: int) -> float:
+    step = DecodeStep(model, cache, fused=True)
+    for _ in range(3):
+        step(ids, table, lens)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(ids, table, lens)
+    for _ in range(5):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="mlra_4")
+    p.add_argument("--context", type=int, default=8192)
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shapes", default=None, help="keys of CANDIDATES (default: all)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    model = build(args.variant, args.context, device)
+    cfg = model.config
+    cache, table, lens = random_paged_cache(cfg, 1, args.context, 64, torch.bfloat16, device)
+    ids = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
+    name = torch.cuda.get_device_name(device)
+    base = json.loads(TABLE.read_text())
+    tmp = Path(tempfile.mkdtemp())
+    shapes = args.shapes.split(",") if args.shapes else list(CANDIDATES)
+    tables = [("in use", TABLE)]
+    for key in shapes:
+        for i, cand in enumerate(CANDIDATES[key]):
+            t = json.loads(json.dumps(base))
+            t.setdefault(name, {})[key] = cand
+            path = tmp / f"{len(tables)}.json"
+            path.write_text(json.dumps(t))
+            tables.append((f"{key} #{i} {cand}", path))
+    times: dict[str, list[float]] = {label: [] for label, _ in tables}
+    for _ in range(args.rounds):
+        for label, path in tables:
+            with env_vars({TUNED_ENV: str(path)}):
+                times[label].append(step_ms(model, cache, table, lens, ids, args.reps))
+    ref = statistics.median(times["in use"])
+    lines = [f"# Projection parameters in the {args.variant} batch-1 step at {args.context}, "
+             f"{name}", "", f"`{' '.join(['python', *sys.argv])}`; median of {args.rounds} "
+             f"rounds of {args.reps} replays", "", "| candidate | step ms | vs in use |",
+             "|---|---|---|"]
+    for label, _ in tables:
+        t = statistics.median(times[label])
+        lines.append(f"| {label} | {t:.3f} | {t / ref:.3f} |")
+    print("\n".join(lines), flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "step_tune.md").write_text("\n".join(lines) + "\n")
+        (out / "step_tune.json").write_text(json.dumps(times, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
