@@ -1,7 +1,8 @@
-"""Compiles the latent decode kernel ahead of time for sm_90 with its default launch
-parameters and writes, per case, the leading dimension of every shared-memory buffer of a
-cache tile in its TTGIR: ``python tests/pipeline_ttgir.py OUT.json`` (run by
-``test_pipeline_depth.py`` in a process without ``TRITON_INTERPRET``).
+"""Compiles the latent decode kernel (and the projection kernel) ahead of time for sm_90 with
+its default launch parameters and writes, per case, the leading dimension of every
+shared-memory buffer of a cache (weight) tile in its TTGIR:
+``python tests/pipeline_ttgir.py OUT.json`` (run by ``test_pipeline_depth.py`` in a process
+without ``TRITON_INTERPRET``).
 
 Pointer and stride arguments carry the 16-byte divisibility the runtime gives them (without
 it no load is pipelined at all, which would hide the property checked)."""
@@ -42,8 +43,42 @@ def tile_buffers(rows: int, w: int, page: int, tma: bool) -> list[int]:
     return [int(n) for n in tiles]
 
 
+def skinny_weight_buffers(rows: int, aligned_k: bool) -> list[int]:
+    """The projection kernel's weight-tile buffers for one-row (dot products) or 32-row
+    (``tl.dot``) tiles, its default pipeline depth; ``aligned_k``: K and the row strides
+    divisible by 16 (K = 3072) or only by 8 (K = 9880, the 2.9B models' MLP width: the runtime
+    then gives them no divisibility and the kernel must establish it itself)."""
+    from pdl_ptx import _ptr_types
+
+    from mlra.kernels.aot import compile_sm90
+    from mlra.kernels.triton_skinny import _skinny_kernel, default_skinny_config
+
+    cfg = default_skinny_config(rows, 9880)
+    bm, bn, bk = (1 if rows == 1 else 32), cfg.block_n, cfg.block_k
+    types = _ptr_types("x_ptr g_ptr res_ptr w1_ptr w2_ptr w3_ptr o1_ptr o2_ptr o3_ptr")
+    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32", in_scale="fp32")
+    consts = dict(NUM_W=1, SWIGLU=False, HAS_NORM=False, HAS_RES=True, SPLIT_K=2,
+                  K_SPLIT=8 * bk, NUM_STAGES=cfg.num_stages, BLOCK_M=bm, BLOCK_N=bn,
+                  BLOCK_K=bk, ALIGNED=True, PDL=0, PF_LINES=0, LINE=64,
+                  LANE_SUMS=bool(cfg.lane_sums))
+    aligned = [n for n in types if types[n].startswith("*")] + ["stride_rm", "so1"]
+    if aligned_k:
+        aligned += ["K", "stride_xm", "sw1", "sw2", "sw3"]
+    compiled = compile_sm90(_skinny_kernel, types, consts, aligned,
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    tiles = re.findall(rf"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x{bn}x{bk}xbf16",
+                       compiled.asm["ttgir"])
+    return [int(n) for n in tiles]
+
+
+SKINNY_CASES = [("skinny_1row_k9880", 1, False), ("skinny_32rows_k9880", 32, False),
+                ("skinny_1row_k3072", 1, True)]
+
+
 def main(out: str) -> int:
     result = {name: tile_buffers(rows, w, page, tma) for name, rows, w, page, tma in CASES}
+    result.update({name: skinny_weight_buffers(rows, aligned)
+                   for name, rows, aligned in SKINNY_CASES})
     with open(out, "w") as f:
         json.dump(result, f)
     return 0

@@ -95,9 +95,15 @@ def _skinny_kernel(
             w_ptr, o_ptr, N, sw, so, t = w3_ptr, o3_ptr, N3, sw3, so3, pid_n - T1 - T2
 
     if ALIGNED:  # rows start on 16-byte boundaries: vector loads (e.g. K = 9880)
-        sw = tl.multiple_of(sw, 8)
-        sw2 = tl.multiple_of(sw2, 8)
-        stride_xm = tl.multiple_of(stride_xm, 8)
+        # K too: the K-range masks then hold for runs of 8 elements, so the tile loads stay
+        # 16-byte vectors and the loop is pipelined (with K = 9880 it was not: no
+        # asynchronous copies, each tile waited a full memory latency)
+        # (// 8 * 8: a form the compiler's alignment analysis sees; tl.multiple_of on these
+        # scalar arguments left the loop unpipelined)
+        K = (K // 8) * 8
+        sw = (sw // 8) * 8
+        sw2 = (sw2 // 8) * 8
+        stride_xm = (stride_xm // 8) * 8
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_n = t * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -382,7 +388,7 @@ def skinny_linear_triton(
         NUM_W=n_w, SWIGLU=swiglu, HAS_NORM=norm_weight is not None,
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
-        ALIGNED=all(v % 8 == 0 for v in (x2.stride(0), *(w.stride(0) for w in pad_w))),
+        ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
