@@ -42,6 +42,8 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, split_k=2),
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=3, num_warps=8),
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=4, split_k=2),
+        dict(block_n=16, block_k=256, lane_sums=False, num_stages=3, waves=2),
+        dict(block_n=16, block_k=512, lane_sums=False, num_stages=4, split_k=2),
     ],
     tuning_key(1, 3072, [9880, 9880], True): [  # gate/up SwiGLU
         dict(block_n=8, block_k=256, lane_sums=False, num_stages=3, waves=2),
