@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# One device call (about 6 minutes), after the down projection's loop was made pipelined
+# One device call (about 4 minutes), after the down projection's loop was made pipelined
 # (K = 9880): the projections alone at 1 and 32 rows; the one-row down, gate/up and wo
-# parameters timed inside the MLRA-4 batch-1 step (step_tune.py); batch 1 before (.baseline,
-# the session's starting commit) / after; the latent decode kernel's split count at 1 x 8K.
+# parameters timed inside the MLRA-4 batch-1 step (step_tune.py); the latent decode kernel's split count at 1 x 8K.
 # OUT=dir bash THIS_FILE
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
 OUT=${OUT:-out}
@@ -10,11 +9,7 @@ mkdir -p "$OUT"
 timeout 60 python benchmarks/e2e_decode/bench_skinny.py --rows 1,32 --quick \
   --out "$OUT/skinny" 2>&1 | grep -E "^\| " | tail -14
 timeout 300 python benchmarks/e2e_decode/step_tune.py --variant mlra_4 --context 8192 \
-  --rounds 3 --out "$OUT/step-tune" 2>&1 | tail -22
-RES=$OUT/b1; mkdir -p "$RES"; source benchmarks/e2e_decode/side_by_side.sh
-for side in before after; do
-  run $side b1 150 --variants mlra_4,mla,gqa --contexts 8192 --batches 1 --reps 30 --modes fused
-done
+  --rounds 2 --out "$OUT/step-tune" 2>&1 | tail -22
 timeout 100 python benchmarks/decode/tune.py --reps 30 --splits three --no-breakdown \
   --shapes mlra4_2p9b --configs "64,4,5,1,1,64" --points 1x8K --out "$OUT/splits" 2>&1 \
   | grep -v "^{" | tail -8
