@@ -56,8 +56,7 @@ if ON_GPU:  # the paper's projections: q/kv down, wq_b, wo + residual, gate/up, 
     SKINNY = [(1, 3072, (1024, 576), True, False, False), (1, 1024, (4608,), True, False, False),
               (8, 3072, (3072,), False, True, False), (1, 3072, (9880, 9880), True, False, True),
               (32, 9880, (3072,), False, True, False), (1, 9880, (3072,), False, True, False),
-              (64, 3072, (3072, 768, 768), True, False,
-                                                         False),
+              (64, 3072, (3072, 768, 768), True, False, False),
               (32, 3072, (1024, 576), True, False, False), (32, 3072, (9880, 9880), True, False,
                                                            True)]
 else:
