@@ -22,7 +22,6 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import (
     launch_options,
-    merge_splits,
     next_pow2,
     pdl_launch_next,
     pdl_mode,
@@ -184,46 +183,15 @@ def latent_decode_prepare_triton(
 
 
 @triton.jit
-def _merged_row_chunk(z_row, lse_ptr, row, offs_w, mask_w, S, s_zs, s_ls,
-                      BW: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Columns ``offs_w`` of attention row ``row`` (starting at ``z_row`` in split 0) merged
-    from its ``S`` split partials (split stride ``s_zs``; ``lse`` [S, rows] at ``lse_ptr``,
-    split stride ``s_ls``): weights
-    ``exp(lse_s - max)``, empty splits (lse = -inf) skipped, zeros if every split is empty."""
-    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
-        m = tl.maximum(m, tl.load(lse_ptr + ss * s_ls + row, mask=ss < S, other=float("-inf")))
-    m_max = tl.max(m, 0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-    acc = tl.zeros([BW], dtype=tl.float32)
-    total = tl.zeros([BLOCK_S], dtype=tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
-        s_ok = ss < S
-        wts = tl.exp(tl.load(lse_ptr + ss * s_ls + row, mask=s_ok, other=float("-inf"))
-                     - m_safe)
-        total += wts
-        zs = tl.load(z_row + ss[:, None] * s_zs + offs_w[None, :],
-                     mask=(s_ok & (wts > 0))[:, None] & mask_w[None, :], other=0.0)
-        acc += tl.sum(wts[:, None] * zs, 0)
-    tot = tl.sum(total, 0)
-    return acc * tl.where(tot > 0, 1.0 / tl.where(tot > 0, tot, 1.0), 0.0)
-
-
-@triton.jit
 def _latent_up_kernel(
     z_ptr, w_ptr, o_ptr, M, out_scale, stride_wl, stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
     BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
     LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1,
-    lse_ptr=None, S=1, s_zs=0, s_ls=0, MERGE: tl.constexpr = False, BLOCK_S: tl.constexpr = 16,
 ):
     """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
     attention result times W_UV, summed (one token: elementwise products and one reduction;
-    a block of tokens: one matrix product per branch). ``MERGE`` (one token): ``z`` holds
-    ``S`` split partials with log-sum-exps at ``lse_ptr``, merged here (the split merge's
-    launch folded into this one)."""
+    a block of tokens: one matrix product per branch)."""
     m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -247,12 +215,7 @@ def _latent_up_kernel(
             for w0 in tl.static_range(0, W, BW):
                 offs_w = w0 + tl.arange(0, BW)
                 mask_w = offs_w < W
-                if MERGE:
-                    row = ((m0 * NB + n) * G + g) * HG + i
-                    z = _merged_row_chunk(z_row, lse_ptr, row, offs_w, mask_w, S, s_zs, s_ls,
-                                          BW, BLOCK_S)
-                else:
-                    z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
+                z = tl.load(z_row + offs_w, mask=mask_w, other=0.0)
                 z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
                 w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :],
                                mask=mask_w[:, None] & mask_d[None, :], other=0.0)
@@ -281,27 +244,9 @@ def _latent_up_kernel(
 
 
 def latent_up_output_triton(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int,
-    lse: torch.Tensor | None = None,
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`. Split
-    partials (``lse`` given) are merged inside the launch for one token; for more tokens by
-    :func:`mlra.kernels._triton_common.merge_splits` first."""
-    merge = {}
-    if lse is not None:
-        S = z.shape[0]
-        z, lse = z.contiguous(), lse.contiguous()
-        if z.shape[1] * z.shape[2] > 1:
-            W = z.shape[-1]
-            merged = torch.empty(z.shape[1:], dtype=torch.float32, device=z.device)
-            merge_splits(z.view(S, -1, W), lse.view(S, -1), merged.view(-1, W),
-                         torch.empty(lse.shape[1:], dtype=torch.float32,
-                                     device=z.device).view(-1))
-            z = merged
-        else:
-            merge = dict(lse_ptr=lse, S=S, s_zs=z.stride(0), s_ls=lse.stride(0), MERGE=True,
-                         BLOCK_S=min(32, next_pow2(S)))
-            z = z[0]
+    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
     B, T, NB, G, HG, W = z.shape
     D, M = head_dim, B * T
     z = z.contiguous()
@@ -319,7 +264,7 @@ def latent_up_output_triton(
         z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), num_warps=4,
-        **merge, **launch_options(pdl),
+        **launch_options(pdl),
     )
     return out
 
