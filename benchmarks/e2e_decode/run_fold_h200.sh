@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (about 3 minutes): the split merge folded into W_UV. GPU tests of the fold,
 # batch 1 before (.baseline = the commit before the fold) / after for MLRA-4 and MLA, and the
-# launches per step. OUT=dir bash THIS_FILE
+# launches per step. Ran at commit 134c5c4 (the fold, reverted after: slower); re-run from there.
+# OUT=dir bash THIS_FILE
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 OUT=${OUT:-out}
 timeout 70 python -m pytest -q -p no:cacheprovider tests/test_step_kernels.py \
