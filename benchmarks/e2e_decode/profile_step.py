@@ -41,14 +41,9 @@ def short(name: str, width: int = 60) -> str:
 
 
 @torch.no_grad()
-def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: int,
-                 fused: bool = False, batch: int = 1) -> dict:
-    device = next(model.parameters()).device
-    cfg = model.config
-    cache, table, lens = random_paged_cache(cfg, batch, context, 64, torch.bfloat16, device)
-    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
-    torch._dynamo.reset()  # each mode compiles afresh
-    step = DecodeStep(model, cache, compile=compile, fused=fused)
+def capture_step(step: DecodeStep, ids, table, lens) -> torch.cuda.CUDAGraph:
+    """``step`` warmed up (kernels compiled) and captured in a CUDA graph, replayed a few
+    times."""
     for _ in range(3):
         step(ids, table, lens)
     torch.cuda.synchronize()
@@ -58,13 +53,31 @@ def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: i
     for _ in range(5):
         graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
+    """Milliseconds per replay of ``graph`` over ``reps`` back-to-back replays."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(reps):
         graph.replay()
     end.record()
     end.synchronize()
-    wall_ms = start.elapsed_time(end) / reps
+    return start.elapsed_time(end) / reps
+
+
+@torch.no_grad()
+def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: int,
+                 fused: bool = False, batch: int = 1) -> dict:
+    device = next(model.parameters()).device
+    cfg = model.config
+    cache, table, lens = random_paged_cache(cfg, batch, context, 64, torch.bfloat16, device)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
+    torch._dynamo.reset()  # each mode compiles afresh
+    graph = capture_step(DecodeStep(model, cache, compile=compile, fused=fused), ids, table,
+                         lens)
+    wall_ms = replay_ms(graph, reps)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             graph.replay()

@@ -27,7 +27,7 @@ from mlra.decoding import DecodeStep
 from mlra.kernels.triton_skinny import TUNED_ENV, tuning_key
 
 sys.path.insert(0, str(Path(__file__).parent))
-from profile_step import build  # noqa: E402
+from profile_step import build, capture_step, replay_ms  # noqa: E402
 
 TABLE = Path(__file__).parents[2] / "src" / "mlra" / "kernels" / "skinny_tuned.json"
 
@@ -61,22 +61,8 @@ CANDIDATES: dict[str, list[dict]] = {
 
 @torch.no_grad()
 def step_ms(model, cache, table, lens, ids, reps: int) -> float:
-    step = DecodeStep(model, cache, fused=True)
-    for _ in range(3):
-        step(ids, table, lens)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(ids, table, lens)
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+    """The fused batch-1 step's milliseconds under the current tuned table."""
+    return replay_ms(capture_step(DecodeStep(model, cache, fused=True), ids, table, lens), reps)
 
 
 def main(argv: list[str] | None = None) -> int:
