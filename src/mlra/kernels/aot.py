@@ -22,7 +22,13 @@ def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    params = list(inspect.signature(kernel.fn).parameters)
+    sig = inspect.signature(kernel.fn).parameters
+    params = list(sig)
+    # constexpr parameters not given take their defaults as constants (as a launch does);
+    # typed as i32 they would compile every branch on them at run time
+    consts = {**{p: v.default for p, v in sig.items()
+                 if "constexpr" in str(v.annotation) and v.default is not inspect.Parameter.empty},
+              **consts}
     signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
     src = ASTSource(fn=kernel, signature=signature,
                     constexprs={(params.index(k),): v for k, v in consts.items()},
