@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
 
@@ -38,20 +35,12 @@ def _compile(kernel, consts: dict, stages: int, warps: int) -> tuple[str, int]:
 
 
 def _ptxas_report(ptx: str) -> str:
-    from triton.backends.nvidia import compiler
+    from mlra.kernels.aot import ptxas_usage
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        run = subprocess.run([compiler.get_ptxas(90).path, "-v", "--gpu-name", "sm_90a", path,
-                              "-o", os.devnull], capture_output=True, text=True)
-    text = run.stderr
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    arrive = "yes" if "warpgroup.arrive is injected" in text else "no"
-    return (f"{regs.group(1) if regs else '?'} | "
-            f"{spill.group(1) + ' / ' + spill.group(2) if spill else '?'} | {arrive}")
+    u = ptxas_usage(ptx)
+    spills = "?" if u["spill_stores"] is None else f"{u['spill_stores']} / {u['spill_loads']}"
+    return (f"{u['registers'] or '?'} | {spills} | "
+            f"{'yes' if u['arrive_injected'] else 'no'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@ Needs Triton; not used at run time."""
 from __future__ import annotations
 
 import inspect
+import os
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,3 +38,24 @@ def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
                     constexprs={(params.index(k),): v for k, v in consts.items()},
                     attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """What ``ptxas -v`` (Triton's, sm_90a) reports for ``ptx``: ``registers``,
+    ``spill_stores`` / ``spill_loads`` (bytes per thread; None where not reported) and
+    ``arrive_injected`` (ptxas inserted ``warpgroup.arrive``: a pipelining hazard it fixed)."""
+    from triton.backends.nvidia import compiler
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        run = subprocess.run([compiler.get_ptxas(90).path, "-v", "--gpu-name", "sm_90a", path,
+                              "-o", os.devnull], capture_output=True, text=True)
+    text = run.stderr + run.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_stores": int(spill.group(1)) if spill else None,
+            "spill_loads": int(spill.group(2)) if spill else None,
+            "arrive_injected": "warpgroup.arrive is injected" in text}
