@@ -6,7 +6,8 @@ MLA, and dumps register/spill/shared-memory use of every compiled kernel.
 
 ``--configs "bn,warps,stages,tma,spp[,block_m[,value_split]];..."`` replaces the per-shape lists,
 ``--points "1x128K,32x16K"`` the (batch x length) points, ``--splits base`` times only the
-wave model's split factor; the paper-size shapes (``mlra4_2p9b``, ``mla_2p9b``) are accepted.
+wave model's split factor, ``--split-list 16,32,64`` the given ones; the paper-size shapes
+(``mlra4_2p9b``, ``mla_2p9b``) are accepted.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--configs", default=None,
                     help="bn,warps,stages,tma,spp[,block_m[,value_split]];...")
     ap.add_argument("--points", default=None, help="BATCHxLENGTH,... (default 1x1M,128x16K,1x128K)")
+    ap.add_argument("--split-list", default=None,
+                    help="explicit split factors to time (e.g. 16,32,64) instead of --splits")
     ap.add_argument("--splits", default="three", choices=("three", "base"),
                     help="three: the wave model's split factor, half and double; base: it alone")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the profiler breakdown")
@@ -127,6 +130,8 @@ def main() -> None:
                 base = choose_num_splits(progs, length, bn, sms,
                                          ctas_per_sm=1 if nw == 8 else 2)
                 tried = {base} if args.splits == "base" else {base, max(1, base // 2), base * 2}
+                if args.split_list:
+                    tried = {int(v) for v in args.split_list.split(",")}
                 for splits in sorted(tried):
                     t0 = time.time()
                     try:
