@@ -4,7 +4,9 @@ process without ``TRITON_INTERPRET``, which would replace the kernels by interpr
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
 
 
@@ -31,11 +33,43 @@ def latent_types(descriptors: tuple[str, str] | None = None) -> dict[str, str]:
     return types
 
 
+def latent_sm90(w: int, block_m: int, block_n: int, page: int, tma: bool, num_warps: int,
+                num_stages: int, value_split: int = 1):
+    """``_latent_decode_kernel`` for one stream ``w`` wide compiled for sm_90 as the runtime
+    specialises it (pointers and strides 16-byte divisible), PDL off."""
+    from mlra.kernels.aot import compile_sm90
+    from mlra.kernels.triton_latent import _latent_decode_kernel
+
+    types = latent_types((f"tensordesc<bf16[{block_n},{w}]>", f"tensordesc<bf16[{block_n},64]>")
+                         if tma else None)
+    consts = dict(NB=1, W=w, W_PAD=w, R=64, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n,
+                  SCALAR_PAGE=page % block_n == 0, USE_TMA=tma, PDL=0, PF_TOKENS=0, W_LINES=2,
+                  R_LINES=1, LINE=64, VS=value_split)
+    params = inspect.signature(_latent_decode_kernel.fn).parameters
+    aligned = [p for p in params if types.get(p, "").startswith("*") or p.startswith("s_")
+               or p in ("o0", "o1", "o2", "o3", "rope_off")]
+    return compile_sm90(_latent_decode_kernel, types, consts, aligned, num_warps=num_warps,
+                        num_stages=num_stages)
+
+
+def tile_buffers(ttgir: str, block_n: int, widths: str) -> list[tuple[int, int]]:
+    """(buffers, width) of every shared-memory allocation of ``block_n``-row tiles whose width
+    matches the regex ``widths``: the pipeline depth each tile got."""
+    return [(int(n), int(w)) for n, w in re.findall(
+        rf"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x{block_n}x({widths})xbf16", ttgir)]
+
+
+def skinny_types() -> dict[str, str]:
+    """Argument types of ``_skinny_kernel``."""
+    types = _ptr_types("x_ptr g_ptr res_ptr w1_ptr w2_ptr w3_ptr o1_ptr o2_ptr o3_ptr")
+    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32", in_scale="fp32")
+    return types
+
+
 def _skinny(pdl: int, pf_lines: int, swiglu: bool):
     from mlra.kernels.triton_skinny import _skinny_kernel
 
-    types = _ptr_types("x_ptr g_ptr res_ptr w1_ptr w2_ptr w3_ptr o1_ptr o2_ptr o3_ptr")
-    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32", in_scale="fp32")
+    types = skinny_types()
     consts = dict(NUM_W=1, SWIGLU=swiglu, HAS_NORM=True, HAS_RES=not swiglu, SPLIT_K=2,
                   K_SPLIT=1536, NUM_STAGES=3, BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, ALIGNED=True,
                   PDL=pdl, PF_LINES=pf_lines, LINE=64)

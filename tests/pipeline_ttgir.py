@@ -9,9 +9,7 @@ it no load is pipelined at all, which would hide the property checked)."""
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import sys
 
 # (name, query rows = Tq x heads, stream width, page, TMA): the paper-size MLRA-4 (24 heads per
@@ -20,27 +18,15 @@ CASES = [("mlra4_2p9b", 24, 128, 64, True), ("mlra4_tp4", 64, 128, 64, True),
          ("page16", 24, 128, 16, False)]
 
 
-def tile_buffers(rows: int, w: int, page: int, tma: bool) -> list[int]:
-    from pdl_ptx import latent_types
+def latent_tile_buffers(rows: int, w: int, page: int, tma: bool) -> list[int]:
+    from pdl_ptx import latent_sm90, tile_buffers
 
-    from mlra.kernels.aot import compile_sm90
-    from mlra.kernels.triton_latent import _latent_decode_kernel, default_latent_config
+    from mlra.kernels.triton_latent import default_latent_config
 
     cfg = default_latent_config(1, w, 64, rows, page)
-    bn = cfg.block_n
-    types = latent_types((f"tensordesc<bf16[{bn},{w}]>", f"tensordesc<bf16[{bn},64]>")
-                         if tma else None)
-    consts = dict(NB=1, W=w, W_PAD=w, R=64, PAGE=page, BLOCK_M=cfg.block_m, BLOCK_N=bn,
-                  SCALAR_PAGE=page % bn == 0, USE_TMA=tma, PDL=0, PF_TOKENS=0, W_LINES=2,
-                  R_LINES=1, LINE=64)
-    params = inspect.signature(_latent_decode_kernel.fn).parameters
-    aligned = [p for p in params if types.get(p, "").startswith("*") or p.startswith("s_")
-               or p in ("o0", "o1", "o2", "o3", "rope_off")]
-    compiled = compile_sm90(_latent_decode_kernel, types, consts, aligned,
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    tiles = re.findall(rf"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x{bn}x(?:{w}|64)xbf16",
-                       compiled.asm["ttgir"])
-    return [int(n) for n in tiles]
+    compiled = latent_sm90(w, cfg.block_m, cfg.block_n, page, tma, cfg.num_warps,
+                           cfg.num_stages)
+    return [n for n, _ in tile_buffers(compiled.asm["ttgir"], cfg.block_n, f"{w}|64")]
 
 
 def skinny_weight_buffers(rows: int, aligned_k: bool) -> list[int]:
@@ -48,15 +34,14 @@ def skinny_weight_buffers(rows: int, aligned_k: bool) -> list[int]:
     (``tl.dot``) tiles, its default pipeline depth; ``aligned_k``: K and the row strides
     divisible by 16 (K = 3072) or only by 8 (K = 9880, the 2.9B models' MLP width: the runtime
     then gives them no divisibility and the kernel must establish it itself)."""
-    from pdl_ptx import _ptr_types
+    from pdl_ptx import skinny_types, tile_buffers
 
     from mlra.kernels.aot import compile_sm90
     from mlra.kernels.triton_skinny import _skinny_kernel, default_skinny_config
 
     cfg = default_skinny_config(rows, 9880)
     bm, bn, bk = (1 if rows == 1 else 32), cfg.block_n, cfg.block_k
-    types = _ptr_types("x_ptr g_ptr res_ptr w1_ptr w2_ptr w3_ptr o1_ptr o2_ptr o3_ptr")
-    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32", in_scale="fp32")
+    types = skinny_types()
     consts = dict(NUM_W=1, SWIGLU=False, HAS_NORM=False, HAS_RES=True, SPLIT_K=2,
                   K_SPLIT=8 * bk, NUM_STAGES=cfg.num_stages, BLOCK_M=bm, BLOCK_N=bn,
                   BLOCK_K=bk, ALIGNED=True, PDL=0, PF_LINES=0, LINE=64,
@@ -66,9 +51,7 @@ def skinny_weight_buffers(rows: int, aligned_k: bool) -> list[int]:
         aligned += ["K", "stride_xm", "sw1", "sw2", "sw3"]
     compiled = compile_sm90(_skinny_kernel, types, consts, aligned,
                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    tiles = re.findall(rf"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x{bn}x{bk}xbf16",
-                       compiled.asm["ttgir"])
-    return [int(n) for n in tiles]
+    return [n for n, _ in tile_buffers(compiled.asm["ttgir"], bn, str(bk))]
 
 
 SKINNY_CASES = [("skinny_1row_k9880", 1, False), ("skinny_32rows_k9880", 32, False),
@@ -76,7 +59,8 @@ SKINNY_CASES = [("skinny_1row_k9880", 1, False), ("skinny_32rows_k9880", 32, Fal
 
 
 def main(out: str) -> int:
-    result = {name: tile_buffers(rows, w, page, tma) for name, rows, w, page, tma in CASES}
+    result = {name: latent_tile_buffers(rows, w, page, tma)
+              for name, rows, w, page, tma in CASES}
     result.update({name: skinny_weight_buffers(rows, aligned)
                    for name, rows, aligned in SKINNY_CASES})
     with open(out, "w") as f:

@@ -13,34 +13,21 @@ first triage before spending GPU time (``benchmarks/decode/NOTES.md``: MLA's def
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
-import re
 import sys
 
 
 def resources(value_split: int, block_n: int, block_m: int, warps: int, stages: int,
-              width: int, rope: int = 64, page: int = 64, tma: bool = True) -> dict:
+              width: int, page: int = 64, tma: bool = True) -> dict:
     """The compiled kernel's shared memory, ``ptxas`` usage and tile buffers."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
-    from pdl_ptx import latent_types
+    from pdl_ptx import latent_sm90, tile_buffers
 
-    from mlra.kernels.aot import compile_sm90, ptxas_usage
-    from mlra.kernels.triton_latent import _latent_decode_kernel
+    from mlra.kernels.aot import ptxas_usage
 
-    wk = width // value_split
-    types = latent_types((f"tensordesc<bf16[{block_n},{wk}]>",
-                          f"tensordesc<bf16[{block_n},{rope}]>") if tma else None)
-    consts = dict(NB=1, W=wk, W_PAD=wk, R=rope, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n,
-                  SCALAR_PAGE=page % block_n == 0, USE_TMA=tma, PDL=0, PF_TOKENS=0,
-                  W_LINES=max(1, wk * 2 // 128), R_LINES=1, LINE=64, VS=value_split)
-    params = inspect.signature(_latent_decode_kernel.fn).parameters
-    aligned = [p for p in params if types.get(p, "").startswith("*") or p.startswith("s_")
-               or p in ("o0", "o1", "o2", "o3", "rope_off")]
-    compiled = compile_sm90(_latent_decode_kernel, types, consts, aligned, num_warps=warps,
-                            num_stages=stages)
-    buffers = re.findall(rf"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x{block_n}x(\d+)xbf16",
-                         compiled.asm["ttgir"])
+    compiled = latent_sm90(width // value_split, block_m, block_n, page, tma, warps, stages,
+                           value_split)
+    buffers = tile_buffers(compiled.asm["ttgir"], block_n, r"\d+")
     return {"shared": compiled.metadata.shared, **ptxas_usage(compiled.asm["ptx"]),
             "buffers": [f"{n}x{w}" for n, w in buffers]}
 
