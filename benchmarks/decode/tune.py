@@ -98,6 +98,11 @@ def main() -> None:
                     help="three: the wave model's split factor, half and double; base: it alone")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the profiler breakdown")
     args = ap.parse_args()
+    missing = [n for n in args.shapes.split(",") if n not in ALL_SHAPES
+               or (args.configs is None and n not in CONFIGS)]
+    if missing:
+        ap.error(f"{', '.join(missing)}: unknown shape, or no default configurations (give "
+                 f"--configs); shapes: {', '.join(ALL_SHAPES)}")
     points = parse_points(args.points) if args.points else POINTS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
