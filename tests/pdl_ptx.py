@@ -34,7 +34,7 @@ def latent_types(descriptors: tuple[str, str] | None = None) -> dict[str, str]:
 
 
 def latent_sm90(w: int, block_m: int, block_n: int, page: int, tma: bool, num_warps: int,
-                num_stages: int, value_split: int = 1):
+                num_stages: int):
     """``_latent_decode_kernel`` for one stream ``w`` wide compiled for sm_90 as the runtime
     specialises it (pointers and strides 16-byte divisible), PDL off."""
     from mlra.kernels.aot import compile_sm90
@@ -44,7 +44,7 @@ def latent_sm90(w: int, block_m: int, block_n: int, page: int, tma: bool, num_wa
                          if tma else None)
     consts = dict(NB=1, W=w, W_PAD=w, R=64, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n,
                   SCALAR_PAGE=page % block_n == 0, USE_TMA=tma, PDL=0, PF_TOKENS=0, W_LINES=2,
-                  R_LINES=1, LINE=64, VS=value_split)
+                  R_LINES=1, LINE=64)
     params = inspect.signature(_latent_decode_kernel.fn).parameters
     aligned = [p for p in params if types.get(p, "").startswith("*") or p.startswith("s_")
                or p in ("o0", "o1", "o2", "o3", "rope_off")]

@@ -13,9 +13,11 @@ import json
 import sys
 
 # (name, query rows = Tq x heads, stream width, page, TMA): the paper-size MLRA-4 (24 heads per
-# stream), the 64-head TP-4 shape, and a page of 16 (pointer loads)
+# stream), the 64-head TP-4 shape, a page of 16 (pointer loads), and 256-wide streams (GLA-2
+# at TP 2, MLRA-2 at 2.9B)
 CASES = [("mlra4_2p9b", 24, 128, 64, True), ("mlra4_tp4", 64, 128, 64, True),
-         ("page16", 24, 128, 16, False)]
+         ("page16", 24, 128, 16, False), ("gla2_tp2", 32, 256, 64, True),
+         ("mlra2_2p9b", 24, 256, 64, True)]
 
 
 def latent_tile_buffers(rows: int, w: int, page: int, tma: bool) -> list[int]:

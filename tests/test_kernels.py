@@ -105,37 +105,6 @@ def test_latent_tma_and_stream_groups(use_tma, spp):
     _check(out, lse, ref_out, ref_lse)
 
 
-VALUE_SPLIT_CASES = ([(1, 512, 64, 1, 64, [70001, 4096, 1], None),
-                      (1, 512, 64, 2, 64, [9000, 130], 7), (1, 512, 128, 1, 64, [20000, 0], None),
-                      (1, 256, 32, 1, 16, [3333, 17], 3)]
-                     if ON_GPU else
-                     [(1, 128, 4, 1, 16, [37, 70, 16], None), (1, 64, 3, 2, 32, [70, 0, 33], 3),
-                      (1, 96, 2, 1, 16, [50, 1], 2)])
-
-
-@pytest.mark.parametrize("nb,w,hq,tq,page,lens,splits", VALUE_SPLIT_CASES)
-@pytest.mark.parametrize("use_tma", [False, None], ids=["pointers", "tma-where-possible"])
-def test_latent_value_split(nb, w, hq, tq, page, lens, splits, use_tma):
-    """Two programs per stream, each accumulating half of its width (MLA's accumulator
-    halved): the reference's result, ragged lengths, an empty sequence, NaN in unused pages."""
-    case = random_latent_case(lens, page, tq, nb, hq, w, device=DEVICE, seed=w + hq)
-    ref_out, ref_lse = paged_latent_decode_ref(**case)
-    out, lse = _nan_outputs(ref_out.shape, ref_lse.shape)
-    cfg = LatentKernelConfig(value_split=2, use_tma=use_tma,
-                             block_n=None if ON_GPU else 16)
-    paged_latent_decode_triton(**case, num_splits=splits, config=cfg, out=out, lse=lse)
-    _check(out, lse, ref_out, ref_lse)
-
-
-def test_latent_value_split_is_refused_where_it_cannot_run():
-    case = random_latent_case([20], 16, 1, 2, 2, 48, device=DEVICE)
-    with pytest.raises(ValueError, match="value_split"):
-        paged_latent_decode_triton(**case, config=LatentKernelConfig(value_split=2,
-                                                                     streams_per_program=2))
-    with pytest.raises(ValueError, match="value_split"):
-        paged_latent_decode_triton(**case, config=LatentKernelConfig(value_split=2))
-
-
 @pytest.mark.parametrize("use_tma", [False, True])
 def test_gqa_tma_and_pointer_loads(use_tma):
     lens = [70, 9] if not ON_GPU else [30000, 9]

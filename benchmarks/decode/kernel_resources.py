@@ -7,7 +7,7 @@ and the TTGIR how many shared-memory buffers each cache tile gets (the pipeline 
 first triage before spending GPU time (``benchmarks/decode/NOTES.md``: MLA's default spills).
 
     python benchmarks/decode/kernel_resources.py --width 512 --rows 64 \\
-        --configs "1,64,64,8,2;2,32,64,8,3"     # value_split,block_n,block_m,warps,stages
+        --configs "64,64,8,2;32,64,8,2"     # block_n,block_m,warps,stages
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 
 
-def resources(value_split: int, block_n: int, block_m: int, warps: int, stages: int,
+def resources(block_n: int, block_m: int, warps: int, stages: int,
               width: int, page: int = 64, tma: bool = True) -> dict:
     """The compiled kernel's shared memory, ``ptxas`` usage and tile buffers."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
@@ -25,8 +25,7 @@ def resources(value_split: int, block_n: int, block_m: int, warps: int, stages: 
 
     from mlra.kernels.aot import ptxas_usage
 
-    compiled = latent_sm90(width // value_split, block_m, block_n, page, tma, warps, stages,
-                           value_split)
+    compiled = latent_sm90(width, block_m, block_n, page, tma, warps, stages)
     buffers = tile_buffers(compiled.asm["ttgir"], block_n, r"\d+")
     return {"shared": compiled.metadata.shared, **ptxas_usage(compiled.asm["ptx"]),
             "buffers": [f"{n}x{w}" for n, w in buffers]}
@@ -37,22 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=512, help="stream width (MLA: 512)")
     p.add_argument("--rows", type=int, default=64, help="query rows (heads x new tokens)")
-    p.add_argument("--configs", default="1,64,64,8,2;1,32,64,8,2;2,32,64,8,3;2,16,64,8,4",
-                   help="value_split,block_n,block_m,warps,stages;...")
+    p.add_argument("--configs", default="64,64,8,2;32,64,8,2;32,64,8,3;16,64,8,4",
+                   help="block_n,block_m,warps,stages;...")
     args = p.parse_args(argv)
     print(f"stream width {args.width}, {args.rows} query rows (sm_90, TMA tiles)\n")
-    print("| value split | block N x M | warps | stages | shared KB | registers | spill stores "
+    print("| block N x M | warps | stages | shared KB | registers | spill stores "
           "/ loads (bytes) | cache-tile buffers (count x width) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for spec in filter(None, args.configs.split(";")):
-        vs, bn, bm, w, st = (int(v) for v in spec.split(","))
+        bn, bm, w, st = (int(v) for v in spec.split(","))
         try:
-            r = resources(vs, bn, bm, w, st, args.width)
+            r = resources(bn, bm, w, st, args.width)
         except Exception as exc:  # beyond the target's resources: say so and go on
-            print(f"| {vs} | {bn} x {bm} | {w} | {st} | failed: {str(exc).splitlines()[0][:60]} "
-                  "| | | |", flush=True)
+            print(f"| {bn} x {bm} | {w} | {st} | failed: {str(exc).splitlines()[0][:60]} "
+                  "| | |", flush=True)
             continue
-        print(f"| {vs} | {bn} x {bm} | {w} | {st} | {r['shared'] / 1024:.0f} | {r['registers']} "
+        print(f"| {bn} x {bm} | {w} | {st} | {r['shared'] / 1024:.0f} | {r['registers']} "
               f"| {r['spill_stores']} / {r['spill_loads']} | {', '.join(r['buffers'])} |",
               flush=True)
     return 0

@@ -4,7 +4,7 @@ MLA, and dumps register/spill/shared-memory use of every compiled kernel.
 
     PYTHONPATH=src:.carry python benchmarks/decode/tune.py --out DIR [--shapes mla,...]
 
-``--configs "bn,warps,stages,tma,spp[,block_m[,value_split]];..."`` replaces the per-shape lists,
+``--configs "bn,warps,stages,tma,spp[,block_m];..."`` replaces the per-shape lists,
 ``--points "1x128K,32x16K"`` the (batch x length) points, ``--splits base`` times only the
 wave model's split factor, ``--split-list 16,32,64`` the given ones; the paper-size shapes
 (``mlra4_2p9b``, ``mla_2p9b``) are accepted.
@@ -51,13 +51,11 @@ ALL_SHAPES = {**SHAPES, **PAPER_SHAPES}
 
 
 def parse_configs(text: str) -> list[tuple]:
-    """``"64,4,5,1,1,32[,2];..."`` -> [(block_n, warps, stages, tma, spp, block_m or None,
-    value_split), ...] (block_m 0 = the default; value_split default 1)."""
+    """``"64,4,5,1,1,32;..."`` -> [(block_n, warps, stages, tma, spp, block_m or None), ...]."""
     out = []
     for part in filter(None, text.split(";")):
         v = [int(x) for x in part.split(",")]
-        out.append((v[0], v[1], v[2], bool(v[3]), v[4], (v[5] or None) if len(v) > 5 else None,
-                    v[6] if len(v) > 6 else 1))
+        out.append((v[0], v[1], v[2], bool(v[3]), v[4], v[5] if len(v) > 5 else None))
     return out
 
 
@@ -89,8 +87,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default=",".join(CONFIGS))
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--configs", default=None,
-                    help="bn,warps,stages,tma,spp[,block_m[,value_split]];...")
+    ap.add_argument("--configs", default=None, help="bn,warps,stages,tma,spp[,block_m];...")
     ap.add_argument("--points", default=None, help="BATCHxLENGTH,... (default 1x1M,128x16K,1x128K)")
     ap.add_argument("--split-list", default=None,
                     help="explicit split factors to time (e.g. 16,32,64) instead of --splits")
@@ -116,24 +113,24 @@ def main() -> None:
     for name in args.shapes.split(","):
         shape = ALL_SHAPES[name]
         configs = parse_configs(args.configs) if args.configs else \
-            [(*c, None, 1) for c in CONFIGS[name]]
+            [(*c, None) for c in CONFIGS[name]]
         for batch, length in points:
             inputs = build_inputs(shape, batch, length)
             nbytes = io_bytes(shape, batch, length)
-            for bn, nw, ns, tma, spp, bm, vs in configs:
+            for bn, nw, ns, tma, spp, bm in configs:
                 if shape.kind == "latent":
                     cfg = triton_latent.LatentKernelConfig(
                         block_n=bn, num_warps=nw, num_stages=ns, use_tma=tma,
-                        streams_per_program=spp, block_m=bm, value_split=vs)
+                        streams_per_program=spp, block_m=bm)
                 else:
                     cfg = triton_gqa.GQAKernelConfig(block_n=bn, num_warps=nw, num_stages=ns,
                                                      use_tma=tma)
                 rows_m = shape.hq if shape.kind == "latent" else shape.hq // shape.hkv
                 mblk = -(-rows_m // (bm or min(64, max(16, rows_m))))
-                progs = batch * mblk * (shape.nb // spp * vs if shape.kind == "latent"
-                                        else shape.hkv)
+                progs = batch * mblk * (shape.nb // spp if shape.kind == "latent" else shape.hkv)
                 base = choose_num_splits(progs, length, bn, sms,
-                                         ctas_per_sm=1 if nw == 8 else 2)
+                                         ctas_per_sm=1 if nw == 8 else 2,
+                                         min_split_tiles=ns - 1 if shape.kind == "latent" else 1)
                 tried = {base} if args.splits == "base" else {base, max(1, base // 2), base * 2}
                 if args.split_list:
                     tried = {int(v) for v in args.split_list.split(",")}
@@ -148,15 +145,13 @@ def main() -> None:
                               f"{str(exc)[:200]}", flush=True)
                         break
                     r = dict(shape=name, batch=batch, seq_len=length, block_n=bn, warps=nw,
-                             stages=ns, tma=tma, spp=spp, block_m=bm, value_split=vs,
-                             splits=splits,
+                             stages=ns, tma=tma, spp=spp, block_m=bm, splits=splits,
                              us=round(t.median_us, 2),
                              frac_copy=round(nbytes / (t.median_us * 1e-6) / bw, 4),
                              wall_s=round(time.time() - t0, 1))
                     rows.append(r)
                     print(f"{name:12s} b{batch:<4d} {fmt_size(length):>5s} bn{bn:<4d} w{nw} "
-                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} m{bm or '-'} v{vs} "
-                          f"s{splits:<4d} "
+                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} m{bm or '-'} s{splits:<4d} "
                           f"{r['us']:9.1f} us {100 * r['frac_copy']:5.1f}%", flush=True)
             if fm is not None and name == "mla":
                 fn = flashmla_mla_call(fm, inputs["q_latent"], inputs["q_rope"], inputs["cache"],
@@ -183,8 +178,7 @@ def main() -> None:
     print("\nbest per point:")
     for k, r in sorted(best.items()):
         print(f"  {k}: bn{r['block_n']} w{r['warps']} st{r['stages']} tma{int(r['tma'])} "
-              f"g{r['spp']} m{r['block_m'] or '-'} v{r.get('value_split', 1)} s{r['splits']} "
-              f"{r['us']} us "
+              f"g{r['spp']} m{r['block_m'] or '-'} s{r['splits']} {r['us']} us "
               f"{100 * r['frac_copy']:.1f}%")
     for k in compiled_kernels():
         print({x: k.get(x) for x in ("kernel", "n_regs", "n_spills", "shared", "num_warps",

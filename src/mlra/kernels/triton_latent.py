@@ -53,10 +53,6 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: 2: two adjacent programs share each stream, each accumulating half of its width (the
-    #: scores use the whole width in both; the second read of a tile comes from L2): half the
-    #: accumulator per program (MLA's 64 x 512), for deeper pipelines. 1 streams per program.
-    value_split: int | None = None
 
 
 @triton.jit
@@ -91,18 +87,13 @@ def _latent_tile(
     m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
     NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
-    USE_TMA: tl.constexpr, VS: tl.constexpr = 1, q_x=None, off_x=0,
+    USE_TMA: tl.constexpr,
 ):
-    """One tile for every stream of the program; ``VS == 2``: ``q_x`` / ``off_x`` are the
-    stream's other half, a scores-only term like the RoPE keys."""
     if USE_TMA:  # the tile lies in one page: rows row0 .. row0 + BLOCK_N of the 2-D pool
         offs_n = n0 + tl.arange(0, BLOCK_N)
         row0 = tl.load(bt_row_ptr + n0 // PAGE) * PAGE + n0 % PAGE
         kr = rope_desc.load([row0, rope_off])
         s_rope = tl.dot(qr, tl.trans(kr))
-        if VS == 2:
-            s_rope = tl.dot(q_x, tl.trans(_tma_tile(lat_desc, row0, off_x, offs_n, end, MASK)),
-                            s_rope)
         lat = _tma_tile(lat_desc, row0, off0, offs_n, end, MASK)
     else:
         offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
@@ -110,9 +101,6 @@ def _latent_tile(
         offs_w = tl.arange(0, W_PAD)
         kr = load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
         s_rope = tl.dot(qr, tl.trans(kr))
-        if VS == 2:
-            s_rope = tl.dot(q_x, tl.trans(load_cols(rows + off_x, offs_n, end, offs_w, W, W_PAD,
-                                                    MASK)), s_rope)
         lat = load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
     m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale, MASK)
     if NB > 1:
@@ -165,15 +153,12 @@ def _latent_decode_kernel(
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, W_LINES: tl.constexpr = 1,
-    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64, VS: tl.constexpr = 1,
+    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
-    # axis 0 = (row block, stream group, value half), value half then stream group fastest:
-    # the programs of one tile range run side by side, so the RoPE keys (and, split by value,
-    # the stream) they share come from L2 after the first read. W is the width a program
-    # accumulates (a stream's half when VS == 2).
-    hv = tl.program_id(0) % VS
-    grp = (tl.program_id(0) // VS) % n_groups
-    pid_m = tl.program_id(0) // VS // n_groups
+    # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
+    # side by side, so the RoPE keys they share come from L2 after the first read
+    grp = tl.program_id(0) % n_groups
+    pid_m = tl.program_id(0) // n_groups
     pid_s = tl.program_id(1)
     b = tl.program_id(2)
     bt_row_ptr = bt_ptr + b * s_btb
@@ -182,8 +167,6 @@ def _latent_decode_kernel(
     off1 = _pick(j0 + 1, o0, o1, o2, o3)
     off2 = _pick(j0 + 2, o0, o1, o2, o3)
     off3 = _pick(j0 + 3, o0, o1, o2, o3)
-    off_x = off0 + (1 - hv) * W  # VS == 2: the other half of the (single) stream
-    off0 = off0 + hv * W
     if PF_TOKENS > 0:
         # the older cache rows are written by no kernel of this step (the previous kernel
         # writes only the new tokens' rows): prefetch this split's first tiles before the wait
@@ -212,13 +195,10 @@ def _latent_decode_kernel(
     offs_r = tl.arange(0, R)
     q_mask = m_ok[:, None] & (offs_w < W)[None, :]
     q_ptrs = (q_lat_ptr + b * s_qb + j0 * s_qj + t[:, None] * s_qt + h[:, None] * s_qh
-              + hv * W + offs_w[None, :])
+              + offs_w[None, :])
     qr = tl.load(q_rope_ptr + b * s_rb + t[:, None] * s_rt + h[:, None] * s_rh + offs_r[None, :],
                  mask=m_ok[:, None], other=0.0)
     q0 = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    q_x = q0
-    if VS == 2:
-        q_x = tl.load(q_ptrs + (1 - 2 * hv) * W, mask=q_mask, other=0.0)
     q1 = q0
     q2 = q0
     q3 = q0
@@ -246,20 +226,19 @@ def _latent_decode_kernel(
             cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA, VS, q_x, off_x)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA)
     for n0 in range(full_end, end, BLOCK_N):
         m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
             cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA, VS, q_x, off_x)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
     pdl_launch_next(PDL)
 
     o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
-              + h[:, None] * s_oh + hv * W + offs_w[None, :])
+              + h[:, None] * s_oh + offs_w[None, :])
     lse_ptrs = lse_ptr + pid_s * s_ls + b * s_lb + j0 * s_lj + t * s_lt + h
-    # (value halves: both compute the same log-sum-exp up to rounding; the first stores it)
-    _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok & (hv == 0))
+    _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok)
     if NB > 1:
         _store_stream(o_ptrs + s_oj, lse_ptrs + s_lj, m1, l1, a1, q_mask, m_ok)
     if NB > 2:
@@ -268,7 +247,8 @@ def _latent_decode_kernel(
         _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
 
 
-def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> LatentKernelConfig:
+def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,
+                          large_smem: bool = True) -> LatentKernelConfig:
     """Launch parameters tuned on an H100 and an H200 (benchmarks/decode/NOTES.md).
 
     Each program runs one latent stream (``streams_per_program=1``): the streams of a tile range
@@ -280,7 +260,9 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> Late
     the cache tiles a single shared-memory buffer below five stages (a 16- or 32-row tile) or
     two (a 64-row tile), so each tile's load waited for the previous tile's products. Five
     stages give two or three buffers: 1.7x at 1M tokens on the H200
-    (``benchmarks/decode/results/h200/stages``).
+    (``benchmarks/decode/results/h200/stages``). Streams up to 256 wide too where the device has
+    Hopper's shared memory (``large_smem``; four 64 x 320 buffers): 1.2-1.3x over three stages
+    at 1M and 32-128 x 16K on the H200 (``results/h200/next_2026-12-03``).
     """
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
@@ -289,7 +271,7 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int) -> Late
     if next_pow2(w) + r >= 512:  # MLA: a 64 x 512 fp32 accumulator needs two warpgroups
         return LatentKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m,
                                   streams_per_program=1)
-    if next_pow2(w) <= 128:
+    if next_pow2(w) <= 128 or (next_pow2(w) <= 256 and large_smem):
         return LatentKernelConfig(block_n=64, num_warps=4, num_stages=5, block_m=64,
                                   streams_per_program=1)
     return LatentKernelConfig(block_n=64, num_warps=4, num_stages=3, block_m=block_m,
@@ -376,37 +358,34 @@ def paged_latent_decode_triton(
     if cache.stride(-1) != 1:
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]
-    cfg = resolve_config(config, default_latent_config(NB, W, R, Tq * Hq, page))
+    large_smem = not cache.is_cuda or torch.cuda.get_device_capability(cache.device)[0] >= 9
+    cfg = resolve_config(config, default_latent_config(NB, W, R, Tq * Hq, page, large_smem))
     spp = cfg.streams_per_program
     if spp < 1 or NB % spp:
         raise ValueError(f"streams_per_program={spp} does not divide {NB} streams")
-    vs = cfg.value_split or 1
-    if vs not in (1, 2) or (vs == 2 and (spp != 1 or W % 32)):
-        raise ValueError(f"value_split={vs}: 1, or 2 with one stream per program and a stream "
-                         f"width divisible by 32 (got {spp} streams per program, width {W})")
-    wk = W // vs  # the width one program accumulates
     n_groups = NB // spp
     rows = Tq * Hq
     m_blocks = triton.cdiv(rows, cfg.block_m)
-    use_tma = tma_possible(cache, cfg.block_n, (wk, R)) if cfg.use_tma is None else cfg.use_tma
+    use_tma = tma_possible(cache, cfg.block_n, (W, R)) if cfg.use_tma is None else cfg.use_tma
     if use_tma:
-        if not tma_possible(cache, cfg.block_n, (wk, R)):
+        if not tma_possible(cache, cfg.block_n, (W, R)):
             raise ValueError("use_tma needs pow2 widths, page % block_n == 0 and a contiguous pool")
         flat = cache.as_strided((cache.shape[0] * page, cache.shape[2]), (cache.stride(1), 1))
-        lat_desc = make_descriptor(flat, [cfg.block_n, wk])
+        lat_desc = make_descriptor(flat, [cfg.block_n, W])
         rope_desc = make_descriptor(flat, [cfg.block_n, R])
     else:
         lat_desc = rope_desc = cache
-    width = spp * next_pow2(wk) + R
+    width = spp * next_pow2(W) + R
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
-                                B * m_blocks * n_groups * vs, cfg.block_n, cache,
-                                ctas_per_sm=1 if width >= 512 else 2)
+                                B * m_blocks * n_groups, cfg.block_n, cache,
+                                ctas_per_sm=1 if width >= 512 else 2,
+                                min_split_tiles=cfg.num_stages - 1)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
-    grid = (m_blocks * n_groups * vs, num_splits, B)
+    grid = (m_blocks * n_groups, num_splits, B)
     pdl = pdl_mode(cache)
     es = cache.element_size()
-    w_lines, r_lines = next_pow2(triton.cdiv(wk * es, 128)), next_pow2(triton.cdiv(R * es, 128))
+    w_lines, r_lines = next_pow2(triton.cdiv(W * es, 128)), next_pow2(triton.cdiv(R * es, 128))
     pf_tokens = split_prefetch_tokens(pdl, max_seq_len, block_table, page, cfg.block_n,
                                       num_splits, grid[0] * grid[1] * grid[2],
                                       spp * w_lines + r_lines, cache)
@@ -419,9 +398,9 @@ def paged_latent_decode_triton(
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
         offs[0], offs[1], offs[2], offs[3], rope_offset,
         float(scale) * LOG2E, Hq, Tq, num_splits, n_groups, cache.shape[0],
-        NB=spp, W=wk, W_PAD=next_pow2(wk), R=R, PAGE=page, BLOCK_M=cfg.block_m,
+        NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
-        PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es, VS=vs,
+        PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
     finish_splits(o_ws, lse_ws, out, lse)
