@@ -318,6 +318,7 @@ def paged_latent_decode_triton(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     max_seq_len: int | None = None,
+    merge: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref`.
 
@@ -325,6 +326,9 @@ def paged_latent_decode_triton(
     ``config`` (block sizes, warps, stages), ``out``/``lse`` (preallocated contiguous fp32
     outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
     default: the block table's capacity, so the call never synchronises the device).
+    ``merge=False`` returns the split partials unmerged instead, ``[S, B, Tq, NB, Hq, W]`` and
+    ``[S, B, Tq, NB, Hq]`` (for a consumer that merges them, e.g.
+    :func:`mlra.kernels.latent_up_output` with ``lse``; no merge launch).
     """
     _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
@@ -343,11 +347,12 @@ def paged_latent_decode_triton(
                 num_splits=num_splits, config=config, max_seq_len=max_seq_len)
             out[:, :, sl] = o_g
             lse[:, :, sl] = l_g
-        return out, lse
+        return (out, lse) if merge else (out.unsqueeze(0), lse.unsqueeze(0))
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     if B == 0 or Tq == 0 or Hq == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
+        out.zero_(), lse.fill_(float("-inf"))
+        return (out, lse) if merge else (out.unsqueeze(0), lse.unsqueeze(0))
 
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
@@ -403,5 +408,7 @@ def paged_latent_decode_triton(
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
+    if not merge:
+        return o_ws, lse_ws
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse
