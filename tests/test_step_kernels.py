@@ -382,3 +382,55 @@ def test_fused_bf16_step_tracks_fp32_reference_on_gpu(name):
     for f, p, e in zip(fused, plain, ref, strict=True):
         err_fused, err_plain = rel_error(f.float(), e), rel_error(p.float(), e)
         assert err_fused < max(2 * err_plain, 1e-2), (err_fused, err_plain)
+
+
+@pytest.mark.skipif(ON_GPU or not HAS_TRITON, reason="counts the interpreter's launches")
+@pytest.mark.parametrize("name", ["mla", "mlra_4", "gqa"])
+def test_fused_one_token_step_launches_at_most_eight_kernels_per_layer(name, monkeypatch):
+    """Issue 13's launch budget, counted: a fused one-token step of a bf16 model through the
+    Triton kernels (interpreter) launches at most 8 kernels per layer, plus the new tokens'
+    slots and the output head. For the latent family that needs the split merge folded into
+    W_UV: with the merge launched on its own (the attention's merged form) the same step has
+    one launch more per layer, so the context here is long enough to be split."""
+    import collections
+
+    import triton.runtime.interpreter as interp
+
+    import mlra.decoding
+    import mlra.kernels
+
+    launches = collections.Counter()
+    run = interp.InterpretedFunction.run
+
+    def counting_run(self, *args, **kwargs):
+        launches[self.fn.__name__] += 1
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(interp.InterpretedFunction, "run", counting_run)
+    monkeypatch.setattr(mlra.kernels, "use_triton", lambda t: True)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset(name, "tiny", zero_init_output=False)).eval()
+    model = model.to(torch.bfloat16)
+    layers = model.config.n_layers
+
+    def step() -> tuple[torch.Tensor, collections.Counter]:
+        cache = PagedKVCache.for_model(model, max_tokens=128, page_size=16,
+                                       dtype=torch.bfloat16, device="cpu")
+        dec = Decoder(model, cache, fused=True)
+        sid = dec.add_sequence()
+        dec.prefill([sid], [list(range(1, 60))])
+        launches.clear()
+        logits = dec.decode([sid], torch.tensor([7]))
+        return logits, collections.Counter(launches)
+
+    logits, counts = step()
+    assert counts["_slots_kernel"] == 1
+    assert sum(counts.values()) - 2 <= 8 * layers, counts  # slots and head aside
+    if name != "gqa":
+        assert counts["_latent_up_merge_kernel"] == layers and not counts["_merge_kernel"]
+        monkeypatch.setattr(mlra.decoding, "fused_attend",
+                            lambda ctx, block, q, state: type(ctx).attend(ctx, block, q, state))
+        merged_logits, merged_counts = step()
+        assert merged_counts["_merge_kernel"] == layers, merged_counts
+        assert sum(merged_counts.values()) == sum(counts.values()) + layers
+        assert rel_error(logits.float(), merged_logits.float()) < TOL
