@@ -16,6 +16,8 @@ module-by-module forms; :func:`fused_supported` says which.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mlra import kernels
@@ -73,7 +75,8 @@ def fused_attend(ctx, block: Block, q, state):
     partials go to :func:`fused_post`, whose ``W_UV`` launch merges them (one launch fewer
     per layer). GLA's groups run one attention launch each and keep their merge."""
     attn = block.attn
-    if (attn.cfg.family == "latent" and attn.groups == 1 and not state
+    if (os.environ.get("MLRA_FOLD_MERGE", "1") not in ("", "0") and attn.cfg.family == "latent"
+            and attn.groups == 1 and not state
             and q[0].shape[0] * q[0].shape[1] == 1):
         return block.attn.paged_attend(q, ctx.cache.pools[block.index], ctx.cache.layout,
                                        ctx.block_table, ctx.seq_lens, merge=False)

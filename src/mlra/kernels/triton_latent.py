@@ -14,6 +14,7 @@ probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -384,7 +385,8 @@ def paged_latent_decode_triton(
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
                                 ctas_per_sm=1 if width >= 512 else 2,
-                                min_split_tiles=cfg.num_stages - 1)
+                                min_split_tiles=cfg.num_stages - 1
+                                if os.environ.get("MLRA_SPLIT_FLOOR", "1") not in ("", "0") else 1)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)

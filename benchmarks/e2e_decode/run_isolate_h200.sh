@@ -1,0 +1,7 @@
+export PYTHONUNBUFFERED=1; RES=$OUT/iso; mkdir -p $RES; source benchmarks/e2e_decode/side_by_side.sh
+A="--variants mlra_4,mla --contexts 8192,131072 --batches 1 --reps 30 --modes fused"
+run before base 120 $A
+for f in 1 0; do for s in 1 0; do
+  MLRA_FOLD_MERGE=$f MLRA_SPLIT_FLOOR=$s run after f$f-s$s 120 $A
+done; done
+run before base2 120 $A
