@@ -217,39 +217,6 @@ def test_latent_prepare_and_up_output_match_reference(shape):
 
 
 @needs_triton
-@pytest.mark.parametrize("nb, hq, w", [(4, 24, 128), (1, 24, 512)] if ON_GPU else
-                         [(4, 3, 16), (1, 2, 40)], ids=lambda v: str(v))
-@pytest.mark.parametrize("splits", [1, 3, 40])
-def test_up_output_merges_the_attention_partials_of_one_token(nb, hq, w, splits):
-    """The split merge folded into W_UV: the attention kernel's unmerged partials (ragged
-    splits, some of them empty: 40 splits of a 70-token sequence; NaN in every unused page)
-    give what W_UV of the merged attention gives, launch after launch (the arrival counters
-    are left ready for the next one), and so do two tokens (merged first)."""
-    from mlra.kernels.testing import random_latent_case
-    from mlra.kernels.triton_latent import paged_latent_decode_triton
-    from mlra.kernels.triton_step import _arrival_counters, latent_up_output_triton
-
-    d = 128 if ON_GPU else 16
-    case = random_latent_case([70], 16, 1, nb, hq, w, r=64 if ON_GPU else 16, device=DEVICE,
-                              seed=splits)
-    z, _ = paged_latent_decode_triton(**case, num_splits=splits)
-    parts, lse = paged_latent_decode_triton(**case, num_splits=splits, merge=False)
-    assert parts.shape == (splits, *z.shape) and lse.shape == (splits, *z.shape[:-1])
-    if splits == 40:
-        assert torch.isinf(lse).any(), "no empty split in the case meant to have some"
-    for seed in (5, 6):  # a second launch with other weights reuses the counters
-        w_up = _randn(nb, w, hq * 2 * d, g=_gen(seed), scale=w ** -0.5)
-        folded = latent_up_output_triton(parts.unsqueeze(4), w_up, 0.5, d, lse.unsqueeze(4))
-        merged = latent_up_output_ref(z.unsqueeze(3), w_up.float(), 0.5, d)
-        assert not torch.isnan(folded).any()
-        assert rel_error(folded.float(), merged) < TOL
-    assert not _arrival_counters(parts.device, hq)[:hq].any()
-    two = latent_up_output_triton(torch.cat([parts] * 2, 1).unsqueeze(4), w_up, 0.5, d,
-                                  torch.cat([lse] * 2, 1).unsqueeze(4))  # two tokens: merged first
-    assert rel_error(two.float(), torch.cat([merged] * 2, 0)) < TOL
-
-
-@needs_triton
 @pytest.mark.parametrize("heads", [(24, 6, 128), (4, 2, 16)] if ON_GPU else [(4, 2, 16),
                                                                               (3, 1, 8)])
 def test_gqa_prepare_matches_reference(heads):
@@ -318,34 +285,6 @@ def test_fused_step_equals_module_step_fp32(name, ablation):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mla", "gla_2", "mlra_4"])
-def test_fused_step_of_one_token_merges_the_splits_in_w_uv(name, monkeypatch):
-    """At one token per step the latent attention's partials go unmerged to W_UV (no merge
-    launch); the logits equal the module step's."""
-    import mlra.kernels
-
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset(name, "tiny", zero_init_output=False)).eval()
-    partial_calls = []
-    real = mlra.kernels.paged_latent_decode_partials
-    monkeypatch.setattr(mlra.kernels, "paged_latent_decode_partials",
-                        lambda *a, **k: partial_calls.append(1) or real(*a, **k))
-
-    def logits(fused):
-        cache = PagedKVCache.for_model(model, max_tokens=64, page_size=16,
-                                       dtype=torch.float32, device="cpu")
-        dec = Decoder(model, cache, fused=fused)
-        sid = dec.add_sequence()
-        dec.prefill([sid], [[1, 2, 3, 4, 5]])
-        return [dec.decode([sid], torch.tensor([t])) for t in (6, 7)]
-
-    fused = logits(True)
-    folded = model.layers[0].attn.groups == 1  # GLA's groups keep their merge launch
-    assert len(partial_calls) == (2 * model.config.n_layers if folded else 0)
-    for a, b in zip(fused, logits(False), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
 def test_fused_step_through_a_weak_proxy_of_the_model():
     """generate() keeps its decoder with a weak proxy of the model: the fused head still
     applies (the proxy's type is not the model's)."""
@@ -382,55 +321,3 @@ def test_fused_bf16_step_tracks_fp32_reference_on_gpu(name):
     for f, p, e in zip(fused, plain, ref, strict=True):
         err_fused, err_plain = rel_error(f.float(), e), rel_error(p.float(), e)
         assert err_fused < max(2 * err_plain, 1e-2), (err_fused, err_plain)
-
-
-@pytest.mark.skipif(ON_GPU or not HAS_TRITON, reason="counts the interpreter's launches")
-@pytest.mark.parametrize("name", ["mla", "mlra_4", "gqa"])
-def test_fused_one_token_step_launches_at_most_eight_kernels_per_layer(name, monkeypatch):
-    """Issue 13's launch budget, counted: a fused one-token step of a bf16 model through the
-    Triton kernels (interpreter) launches at most 8 kernels per layer, plus the new tokens'
-    slots and the output head. For the latent family that needs the split merge folded into
-    W_UV: with the merge launched on its own (the attention's merged form) the same step has
-    one launch more per layer, so the context here is long enough to be split."""
-    import collections
-
-    import triton.runtime.interpreter as interp
-
-    import mlra.decoding
-    import mlra.kernels
-
-    launches = collections.Counter()
-    run = interp.InterpretedFunction.run
-
-    def counting_run(self, *args, **kwargs):
-        launches[self.fn.__name__] += 1
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(interp.InterpretedFunction, "run", counting_run)
-    monkeypatch.setattr(mlra.kernels, "use_triton", lambda t: True)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset(name, "tiny", zero_init_output=False)).eval()
-    model = model.to(torch.bfloat16)
-    layers = model.config.n_layers
-
-    def step() -> tuple[torch.Tensor, collections.Counter]:
-        cache = PagedKVCache.for_model(model, max_tokens=128, page_size=16,
-                                       dtype=torch.bfloat16, device="cpu")
-        dec = Decoder(model, cache, fused=True)
-        sid = dec.add_sequence()
-        dec.prefill([sid], [list(range(1, 60))])
-        launches.clear()
-        logits = dec.decode([sid], torch.tensor([7]))
-        return logits, collections.Counter(launches)
-
-    logits, counts = step()
-    assert counts["_slots_kernel"] == 1
-    assert sum(counts.values()) - 2 <= 8 * layers, counts  # slots and head aside
-    if name != "gqa":
-        assert counts["_latent_up_merge_kernel"] == layers and not counts["_merge_kernel"]
-        monkeypatch.setattr(mlra.decoding, "fused_attend",
-                            lambda ctx, block, q, state: type(ctx).attend(ctx, block, q, state))
-        merged_logits, merged_counts = step()
-        assert merged_counts["_merge_kernel"] == layers, merged_counts
-        assert sum(merged_counts.values()) == sum(counts.values()) + layers
-        assert rel_error(logits.float(), merged_logits.float()) < TOL

@@ -129,8 +129,7 @@ def main() -> None:
                 mblk = -(-rows_m // (bm or min(64, max(16, rows_m))))
                 progs = batch * mblk * (shape.nb // spp if shape.kind == "latent" else shape.hkv)
                 base = choose_num_splits(progs, length, bn, sms,
-                                         ctas_per_sm=1 if nw == 8 else 2,
-                                         min_split_tiles=ns - 1 if shape.kind == "latent" else 1)
+                                         ctas_per_sm=1 if nw == 8 else 2)
                 tried = {base} if args.splits == "base" else {base, max(1, base // 2), base * 2}
                 if args.split_list:
                     tried = {int(v) for v in args.split_list.split(",")}

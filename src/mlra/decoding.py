@@ -31,7 +31,6 @@ from mlra.attention import get_family
 from mlra.cache import PagedKVCache
 from mlra.errors import MlraError
 from mlra.fused_step import (
-    fused_attend,
     fused_logits,
     fused_post,
     fused_pre,
@@ -137,7 +136,6 @@ class DecodeStep:
         if not self.fused:
             return model.logits(model.run(input_ids, positions, ctx))
         ctx.pre = functools.partial(fused_pre, ctx)
-        ctx.attend = functools.partial(fused_attend, ctx)
         ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
         if getattr(model.logits, "__func__", None) is not Transformer.logits:  # e.g. TP heads
             return model.logits(model.run(input_ids, positions, ctx))

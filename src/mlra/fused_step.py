@@ -3,8 +3,7 @@ paged decode steps: each layer as a handful of kernel launches instead of dozens
 
 Per layer (latent family): the attention norm and every projection reading its output in one
 launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
-one, the attention kernel (its split merge folded into the next launch at one token per step
-and one query group, else a launch of its own), ``W_UV`` with the branch sum in one, the output
+one, the attention kernel and its split merge, ``W_UV`` with the branch sum in one, the output
 projection with the residual in one, the MLP norm with gate and up in one, the down projection
 with the residual in one. The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write
 launch. The operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references
@@ -15,8 +14,6 @@ module-by-module forms; :func:`fused_supported` says which.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -69,30 +66,12 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
     return x, q, {}
 
 
-def fused_attend(ctx, block: Block, q, state):
-    """The attention of a paged decode step (:meth:`PagedContext.attend`), for the latent
-    family with one query group (MLA, MLRA) at one token per step unmerged: its split-KV
-    partials go to :func:`fused_post`, whose ``W_UV`` launch merges them (one launch fewer
-    per layer). GLA's groups run one attention launch each and keep their merge."""
-    attn = block.attn
-    if (os.environ.get("MLRA_FOLD_MERGE", "1") not in ("", "0") and attn.cfg.family == "latent"
-            and attn.groups == 1 and not state
-            and q[0].shape[0] * q[0].shape[1] == 1):
-        return block.attn.paged_attend(q, ctx.cache.pools[block.index], ctx.cache.layout,
-                                       ctx.block_table, ctx.seq_lens, merge=False)
-    return type(ctx).attend(ctx, block, q, state)
-
-
-def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o, decode_form: bool = True
-               ) -> torch.Tensor:
+def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
+               decode_form: bool = True) -> torch.Tensor:
     """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
-    MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces).
-    ``o`` may be the attention's split partials (:func:`fused_attend`)."""
+    MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
     attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
-    if isinstance(o, kernels.SplitPartials):
-        o = kernels.latent_up_output(o.o, attn.wkv_b(), attn.out_scale, cfg.head_dim,
-                                     lse=o.lse)
-    elif cfg.family == "latent":
+    if cfg.family == "latent":
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
         o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection

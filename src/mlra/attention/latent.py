@@ -186,32 +186,22 @@ class LatentAttention(Attention):
     def decode_query(self, q: LatentQuery) -> tuple[torch.Tensor, torch.Tensor]:
         return self.absorb_query(q)
 
-    def paged_attend(self, q, pools, layout, block_table, seq_lens, merge: bool = True):
+    def paged_attend(self, q, pools, layout, block_table, seq_lens):
         """Per latent head: MQA of the absorbed queries over the ``[latent heads | rope key]``
         rows, one kernel call per query-head group g over the ``branches`` latent heads (n, g)
         it reads (all of them for MLA/MLRA-B, sharing the RoPE key; one per call for GLA-G).
-        Returns ``z`` [B, T, branches, groups, Hg, w] (fp32); no per-head K or V is formed.
-        ``merge=False``: the split-KV partials unmerged instead, a
-        :class:`~mlra.kernels.SplitPartials` of ``[S, B, T, branches, groups, Hg, w]`` and
-        their log-sum-exps, for :func:`~mlra.kernels.latent_up_output` to merge."""
+        Returns ``z`` [B, T, branches, groups, Hg, w] (fp32); no per-head K or V is formed."""
         q_abs, q_rope = q
         G, nb = self.groups, self.branches
-        attend = kernels.paged_latent_decode if merge else kernels.paged_latent_decode_partials
-        zs, lses = [], []
+        zs = []
         for g in range(G):
             offsets = [layout.latent_offsets[n * G + g] for n in range(nb)]
-            z, lse = attend(
+            z, _ = kernels.paged_latent_decode(
                 q_abs[:, :, :, g].contiguous(), q_rope[:, :, g].contiguous(), pools["rows"],
                 block_table, seq_lens, offsets, layout.rope_offset, self.cfg.softmax_scale,
-            )  # [B, T, nb, Hg, w] (merged) or [S, B, T, nb, Hg, w] (partials)
+            )  # [B, T, nb, Hg, w]
             zs.append(z)
-            lses.append(lse)
-        dim = 3 if merge else 4
-        z = zs[0].unsqueeze(dim) if G == 1 else torch.stack(zs, dim=dim)
-        if merge:
-            return z
-        lse = lses[0].unsqueeze(dim) if G == 1 else torch.stack(lses, dim=dim)
-        return kernels.SplitPartials(z, lse)
+        return zs[0].unsqueeze(3) if G == 1 else torch.stack(zs, dim=3)
 
     def decode_output(self, z: torch.Tensor) -> torch.Tensor:
         """W_UV per head, then the sum over branches times ``out_scale``."""

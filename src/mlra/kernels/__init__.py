@@ -26,7 +26,6 @@ import functools
 import importlib.util
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 
@@ -112,38 +111,6 @@ def paged_latent_decode(
                                           latent_offsets, rope_offset, scale)
     return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
                                    latent_offsets, rope_offset, scale)
-
-
-class SplitPartials(NamedTuple):
-    """Split-KV attention partials not yet merged: ``o`` [S, ..., w] (each split's normalised
-    output, fp32) and ``lse`` [S, ...] (each split's log-sum-exp; -inf where it saw no
-    token)."""
-
-    o: torch.Tensor
-    lse: torch.Tensor
-
-
-def paged_latent_decode_partials(
-    q_latent: torch.Tensor,
-    q_rope: torch.Tensor,
-    cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    latent_offsets: Sequence[int],
-    rope_offset: int,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`paged_latent_decode` without merging its split-KV partials: ``o`` [S, B, Tq, NB,
-    Hq, W] and ``lse`` [S, B, Tq, NB, Hq] (fp32; S = 1 off the Triton path), for a consumer
-    that merges them (:func:`latent_up_output` with ``lse``) and so saves the merge launch."""
-    if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
-        from mlra.kernels.triton_latent import paged_latent_decode_triton
-
-        return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
-                                          latent_offsets, rope_offset, scale, merge=False)
-    out, lse = paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
-                                       latent_offsets, rope_offset, scale)
-    return out.unsqueeze(0), lse.unsqueeze(0)
 
 
 def paged_gqa_decode(
@@ -262,18 +229,16 @@ def latent_decode_prepare(
 
 
 def latent_up_output(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int,
-    lse: torch.Tensor | None = None,
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
     """W_UV and the branch sum of the latent family's decode step (see
-    :func:`latent_up_output_ref`); with ``lse``, ``z`` holds split partials
-    (:func:`paged_latent_decode_partials`), merged in the same launch."""
+    :func:`latent_up_output_ref`)."""
     if use_triton(z) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
             and _pow2_width(head_dim):
         from mlra.kernels.triton_step import latent_up_output_triton
 
-        return latent_up_output_triton(z, w_up, out_scale, head_dim, lse)
-    return latent_up_output_ref(z, w_up, out_scale, head_dim, lse)
+        return latent_up_output_triton(z, w_up, out_scale, head_dim)
+    return latent_up_output_ref(z, w_up, out_scale, head_dim)
 
 
 def decode_slots(
@@ -410,7 +375,6 @@ __all__ = [
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
-    "paged_latent_decode_partials", "SplitPartials",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
     "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",
 ]

@@ -219,22 +219,19 @@ def device_sms(t: torch.Tensor) -> int:
 
 def choose_num_splits(
     programs: int, max_len: int, block_n: int, sms: int, ctas_per_sm: int = 1,
-    overhead_tiles: float = 3.0, max_splits: int = 256, min_split_tiles: int = 1,
+    overhead_tiles: float = 3.0, max_splits: int = 256,
 ) -> int:
     """Split-KV factor minimising a wave model of the run time.
 
     ``programs`` thread blocks exist before splitting; each split of a sequence of ``max_len``
     tokens costs its tiles plus a fixed prologue/epilogue (``overhead_tiles``); blocks run in
     waves of ``sms * ctas_per_sm``. Splitting also costs the merge pass, modelled as one tile
-    per split per program. Ties go to fewer splits. Each split keeps at least
-    ``min_split_tiles`` tiles where the sequence has them (a pipeline of ``n`` stages needs
-    ``n - 1`` tiles in flight: with fewer, every tile waits for its load).
+    per split per program. Ties go to fewer splits.
     """
     tiles = max(1, math.ceil(max_len / block_n))
     slots = max(1, sms * ctas_per_sm)
-    most = min(max_splits, tiles, max(1, tiles // max(1, min_split_tiles)))
     best, best_cost = 1, float("inf")
-    for s in range(1, most + 1):
+    for s in range(1, min(max_splits, tiles) + 1):
         waves = math.ceil(programs * s / slots)
         cost = waves * (math.ceil(tiles / s) + overhead_tiles)
         if s > 1:
@@ -266,7 +263,7 @@ def resolve_config(config, default):
 
 def num_splits_for(
     num_splits: int | None, max_seq_len: int | None, block_table: torch.Tensor, page: int,
-    programs: int, block_n: int, ref: torch.Tensor, ctas_per_sm: int, min_split_tiles: int = 1,
+    programs: int, block_n: int, ref: torch.Tensor, ctas_per_sm: int,
 ) -> int:
     """``num_splits`` or, when None, the wave model's choice for ``programs`` thread blocks over
     ``max_seq_len`` tokens (default: the block table's capacity, an upper bound that needs no
@@ -275,7 +272,7 @@ def num_splits_for(
         if max_seq_len is None:
             max_seq_len = block_table.shape[1] * page
         num_splits = choose_num_splits(programs, max_seq_len, block_n, device_sms(ref),
-                                       ctas_per_sm=ctas_per_sm, min_split_tiles=min_split_tiles)
+                                       ctas_per_sm=ctas_per_sm)
     return max(1, int(num_splits))
 
 

@@ -283,30 +283,12 @@ def latent_decode_prepare_ref(
     return q_abs, q_rope.reshape(B, T, groups, Hg, r)
 
 
-def merge_partials_ref(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Split-KV partials merged: ``o`` [S, ..., w] (each split's normalised output), ``lse``
-    [S, ...] (each split's log-sum-exp, -inf for a split that saw no token) -> [..., w] fp32;
-    zeros where no split saw a token."""
-    o, lse = o.float(), lse.float()
-    m = lse.amax(0)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    wts = torch.exp(lse - m)  # 0 for an empty split
-    total = wts.sum(0)
-    acc = (wts[..., None] * torch.where(wts[..., None] > 0, o, torch.zeros_like(o))).sum(0)
-    return acc / torch.where(total > 0, total, torch.ones_like(total))[..., None]
-
-
 def latent_up_output_ref(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int,
-    lse: torch.Tensor | None = None,
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
     """Head outputs [B, T, H * d] (``w_up``'s dtype) from the attention result ``z`` [B, T,
     branches, groups, Hg, w]: W_UV per latent head and query head, summed over branches,
-    times ``out_scale`` (``LatentAttention.decode_output``). With ``lse``, ``z`` holds split
-    partials [S, B, T, branches, groups, Hg, w] and ``lse`` [S, B, T, branches, groups, Hg]
-    their log-sum-exps, merged first (:func:`merge_partials_ref`)."""
-    if lse is not None:
-        z = merge_partials_ref(z, lse)
+    times ``out_scale`` (``LatentAttention.decode_output``)."""
     B, T, nb, G, Hg, w = z.shape
     w_uv = w_up.view(nb, G, w, Hg, 2 * head_dim)[..., head_dim:]
     o = torch.einsum("btngiw,ngwid->btgid", z.to(w_uv.dtype), w_uv) * out_scale

@@ -14,7 +14,6 @@ probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -319,7 +318,6 @@ def paged_latent_decode_triton(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     max_seq_len: int | None = None,
-    merge: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref`.
 
@@ -327,9 +325,6 @@ def paged_latent_decode_triton(
     ``config`` (block sizes, warps, stages), ``out``/``lse`` (preallocated contiguous fp32
     outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
     default: the block table's capacity, so the call never synchronises the device).
-    ``merge=False`` returns the split partials unmerged instead, ``[S, B, Tq, NB, Hq, W]`` and
-    ``[S, B, Tq, NB, Hq]`` (for a consumer that merges them, e.g.
-    :func:`mlra.kernels.latent_up_output` with ``lse``; no merge launch).
     """
     _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
@@ -348,12 +343,11 @@ def paged_latent_decode_triton(
                 num_splits=num_splits, config=config, max_seq_len=max_seq_len)
             out[:, :, sl] = o_g
             lse[:, :, sl] = l_g
-        return (out, lse) if merge else (out.unsqueeze(0), lse.unsqueeze(0))
+        return out, lse
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     if B == 0 or Tq == 0 or Hq == 0:
-        out.zero_(), lse.fill_(float("-inf"))
-        return (out, lse) if merge else (out.unsqueeze(0), lse.unsqueeze(0))
+        return out.zero_(), lse.fill_(float("-inf"))
 
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
@@ -384,9 +378,7 @@ def paged_latent_decode_triton(
     width = spp * next_pow2(W) + R
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
-                                ctas_per_sm=1 if width >= 512 else 2,
-                                min_split_tiles=cfg.num_stages - 1
-                                if os.environ.get("MLRA_SPLIT_FLOOR", "1") not in ("", "0") else 1)
+                                ctas_per_sm=1 if width >= 512 else 2)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
@@ -410,7 +402,5 @@ def paged_latent_decode_triton(
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
-    if not merge:
-        return o_ws, lse_ws
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

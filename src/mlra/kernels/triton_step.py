@@ -4,8 +4,7 @@
   (per latent head RMSNorm, scale, RoPE key) written at its slot, the RoPE queries and the
   absorbed queries (``q_nope @ W_UK`` per latent head), from the two projection outputs;
 - :func:`latent_up_output_triton`: ``W_UV`` per latent head and query head, summed over
-  branches, scaled; for one token it can take the attention's split partials and merge them
-  in the same launch (no merge launch, each partial read once);
+  branches, scaled;
 - :func:`gqa_decode_prepare_triton`: RoPE on q and k, the new k/v rows written at their slots;
 - :func:`decode_slots_triton`: the new tokens' positions and cache rows.
 
@@ -23,7 +22,6 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import (
     launch_options,
-    merge_splits,
     next_pow2,
     pdl_launch_next,
     pdl_mode,
@@ -245,134 +243,10 @@ def _latent_up_kernel(
                  mask=mask_m[:, None] & mask_d[None, :])
 
 
-@triton.jit
-def _merged_row_chunk(z_row, lse_ptr, row, offs_w, mask_w, S, s_zs, s_ls,
-                      BW: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Columns ``offs_w`` of attention row ``row`` (starting at ``z_row`` in split 0) merged
-    from its ``S`` split partials (split stride ``s_zs``; ``lse`` [S, rows] at ``lse_ptr``,
-    split stride ``s_ls``): weights ``exp(lse_s - max)``, empty splits (lse = -inf) never
-    read, zeros if every split is empty."""
-    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
-        m = tl.maximum(m, tl.load(lse_ptr + ss * s_ls + row, mask=ss < S, other=float("-inf")))
-    m_max = tl.max(m, 0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-    acc = tl.zeros([BW], dtype=tl.float32)
-    total = tl.zeros([BLOCK_S], dtype=tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
-        s_ok = ss < S
-        wts = tl.exp(tl.load(lse_ptr + ss * s_ls + row, mask=s_ok, other=float("-inf"))
-                     - m_safe)
-        total += wts
-        zs = tl.load(z_row + ss[:, None] * s_zs + offs_w[None, :],
-                     mask=(s_ok & (wts > 0))[:, None] & mask_w[None, :], other=0.0)
-        acc += tl.sum(wts[:, None] * zs, 0)
-    tot = tl.sum(total, 0)
-    return acc * tl.where(tot > 0, 1.0 / tl.where(tot > 0, tot, 1.0), 0.0)
-
-
-@triton.jit
-def _latent_up_merge_kernel(
-    z_ptr, lse_ptr, w_ptr, part_ptr, count_ptr, o_ptr, S, out_scale, s_zs, s_ls,
-    stride_wl, stride_ww,
-    W: tl.constexpr, D: tl.constexpr, HQ: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr,
-    BLOCK_S: tl.constexpr, PARTS_PAD: tl.constexpr, PDL: tl.constexpr = 0,
-    LINE: tl.constexpr = 64,
-):
-    """One token, one query group: program (h, c) merges the split partials of query head
-    ``h``'s latent chunk ``c`` (branch ``c // chunks``, columns of width ``BW``), multiplies
-    it by its rows of ``W_UV`` and writes a ``D``-wide partial output. The last program of a
-    head to finish (an arrival counter) sums the head's partials in a fixed order (the result
-    does not depend on the order of arrival), scales, writes the head's output and resets the
-    counter for the next launch."""
-    h = tl.program_id(0)
-    c = tl.program_id(1)
-    CH: tl.constexpr = (W + BW - 1) // BW
-    n = c // CH
-    offs_w = (c % CH) * BW + tl.arange(0, BW)
-    mask_w = offs_w < W
-    offs_d = tl.arange(0, D)
-    w_l = w_ptr + n * stride_wl + h * 2 * D + D
-    if PDL > 1:  # this program's W_UV rows into L2 before the wait
-        prefetch_l2(w_l + tl.minimum(offs_w, W - 1)[:, None] * stride_ww
-                    + (tl.arange(0, (D + LINE - 1) // LINE) * LINE)[None, :], PDL)
-    pdl_wait(PDL)
-    pdl_launch_next(PDL)
-    row = n * HQ + h
-    z = _merged_row_chunk(z_ptr + row * W, lse_ptr, row, offs_w, mask_w, S, s_zs, s_ls,
-                          BW, BLOCK_S)
-    z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
-    w_uv = tl.load(w_l + offs_w[:, None] * stride_ww + offs_d[None, :], mask=mask_w[:, None],
-                   other=0.0)
-    part = tl.sum(w_uv.to(tl.float32) * z[:, None], 0)
-    parts = part_ptr + h * (NB * CH) * D
-    tl.store(parts + c * D + offs_d, part)
-    tl.debug_barrier()  # every thread's store issued before the release below
-    arrived = tl.atomic_add(count_ptr + h, 1, sem="acq_rel", scope="gpu")
-    if arrived == NB * CH - 1:
-        offs_p = tl.arange(0, PARTS_PAD)
-        all_parts = tl.load(parts + offs_p[:, None] * D + offs_d[None, :],
-                            mask=(offs_p < NB * CH)[:, None], other=0.0, cache_modifier=".cg")
-        acc = tl.sum(all_parts, 0)
-        tl.store(o_ptr + h * D + offs_d, (acc * out_scale).to(o_ptr.dtype.element_ty))
-        tl.store(count_ptr + h, 0)
-
-
-_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """``n`` zeroed int32 arrival counters of this device and stream, kept between launches
-    (each launch leaves them zero again). Launches on one stream run one after another; a
-    second stream gets its own."""
-    key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
-    counters = _COUNTERS.get(key)
-    if counters is None or counters.numel() < n:
-        counters = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        _COUNTERS[key] = counters
-    return counters
-
-
-def _up_output_merging(z: torch.Tensor, lse: torch.Tensor, w_up: torch.Tensor,
-                       out_scale: float, head_dim: int) -> torch.Tensor:
-    """W_UV of one token whose attention is ``S`` unmerged split partials ``z`` [S, 1, 1, NB,
-    1, Hq, W] (``lse`` [S, 1, 1, NB, 1, Hq]), merged inside the launch."""
-    S, B, T, NB, G, HQ, W = z.shape
-    D = head_dim
-    z, lse = z.contiguous(), lse.contiguous()
-    out = torch.empty(B, T, HQ * D, dtype=w_up.dtype, device=z.device)
-    bw = min(32, next_pow2(W))
-    chunks = NB * triton.cdiv(W, bw)
-    parts = torch.empty(HQ, chunks, D, dtype=torch.float32, device=z.device)
-    pdl = pdl_mode(z)
-    _latent_up_merge_kernel[(HQ, chunks)](
-        z, lse, w_up, parts, _arrival_counters(z.device, HQ), out, S, float(out_scale),
-        z.stride(0), lse.stride(0), w_up.stride(0), w_up.stride(1),
-        W=W, D=D, HQ=HQ, NB=NB, BW=bw, BLOCK_S=min(32, max(2, next_pow2(S))),
-        PARTS_PAD=next_pow2(chunks), PDL=pdl, LINE=128 // w_up.element_size(), num_warps=4,
-        **launch_options(pdl),
-    )
-    return out
-
-
 def latent_up_output_triton(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int,
-    lse: torch.Tensor | None = None,
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`. With
-    ``lse``, ``z`` holds split partials: merged inside the launch for one token of one query
-    group, else by :func:`mlra.kernels._triton_common.merge_splits` first."""
-    if lse is not None:
-        S, B, T, NB, G, HQ, W = z.shape
-        if B * T == 1 and G == 1:
-            return _up_output_merging(z, lse, w_up, out_scale, head_dim)
-        z, lse = z.contiguous(), lse.contiguous()
-        merged = torch.empty(z.shape[1:], dtype=torch.float32, device=z.device)
-        merge_splits(z.view(S, -1, W), lse.view(S, -1), merged.view(-1, W),
-                     torch.empty(lse.shape[1:], dtype=torch.float32, device=z.device).view(-1))
-        z = merged
+    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
     B, T, NB, G, HG, W = z.shape
     D, M = head_dim, B * T
     z = z.contiguous()

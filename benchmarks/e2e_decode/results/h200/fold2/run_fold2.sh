@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (about 5 minutes): the split merge folded into W_UV without redundancy (one
+# Ran at commit e561aab (reverted after: slower). One device call (about 5 minutes): the split merge folded into W_UV without redundancy (one
 # program per head and latent chunk, the last to arrive sums the head) and the wave model's
 # floor of num_stages - 1 tiles per split. GPU tests of the fold, issue 13's batch-1 table
 # before (.baseline = the session's starting commit) / after in one run, batch 32 x 16K, and
