@@ -202,3 +202,20 @@ def test_bad_inputs_are_rejected():
         paged_latent_decode_triton(**{**case, "latent_offsets": [0]})
     with pytest.raises(ValueError, match="exceeds the cache row"):
         paged_latent_decode_triton(**{**case, "rope_offset": 1000})
+
+
+def test_256_wide_streams_get_five_stages_only_with_hoppers_shared_memory(monkeypatch):
+    """The five-stage 256-wide tiles need 164,864 bytes of shared memory: chosen where a block
+    may use Hopper's 227 KB, three stages on a GPU with less (an A100's 163 KB)."""
+    from mlra.kernels import triton_latent
+    from mlra.kernels._triton_common import block_shared_memory
+
+    monkeypatch.setattr(triton_latent, "INTERPRET", False)
+    big = triton_latent.default_latent_config(1, 256, 64, 32, 64, large_smem=True)
+    small = triton_latent.default_latent_config(1, 256, 64, 32, 64, large_smem=False)
+    assert (big.num_stages, big.block_m) == (5, 64)
+    assert small.num_stages == 3
+    assert triton_latent.default_latent_config(1, 128, 64, 32, 64, large_smem=False) \
+        .num_stages == 5  # 128 wide: 5 stages fit everywhere
+    assert block_shared_memory(torch.zeros(1)) >= triton_latent.LARGE_SMEM_BYTES
+    assert 163 * 1024 < triton_latent.LARGE_SMEM_BYTES <= 227 * 1024

@@ -217,6 +217,20 @@ def device_sms(t: torch.Tensor) -> int:
     return 4
 
 
+@functools.lru_cache(maxsize=16)
+def _block_shared_memory(device_index: int) -> int:
+    props = torch.cuda.get_device_properties(device_index)
+    return getattr(props, "shared_memory_per_block_optin", 0)
+
+
+def block_shared_memory(t: torch.Tensor) -> int:
+    """Bytes of shared memory one thread block may use on ``t``'s device (Hopper's, 227 KB,
+    off CUDA: the interpreter has no limit)."""
+    if t.is_cuda:
+        return _block_shared_memory(t.device.index if t.device.index is not None else 0)
+    return 227 * 1024
+
+
 def choose_num_splits(
     programs: int, max_len: int, block_n: int, sms: int, ctas_per_sm: int = 1,
     overhead_tiles: float = 3.0, max_splits: int = 256,

@@ -14,7 +14,6 @@ probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
+    block_shared_memory,
     finish_splits,
     launch_options,
     load_cols,
@@ -248,12 +248,10 @@ def _latent_decode_kernel(
         _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
 
 
-@functools.lru_cache(maxsize=16)
-def _large_smem(device_index: int) -> bool:
-    """Whether a thread block may use Hopper's ~227 KB of shared memory on this device (the
-    five-stage 256-wide tiles need about 200 KB; an A100 or a consumer GPU has less)."""
-    props = torch.cuda.get_device_properties(device_index)
-    return getattr(props, "shared_memory_per_block_optin", 0) >= 200 * 1024
+#: shared memory per block from which 256-wide streams get five stages: their tiles need
+#: 164,864 bytes on sm_90 (``results/h200/next_2026-12-03/w256``); measured only on Hopper
+#: (227 KB), so GPUs with less (an A100's 163 KB, consumer parts) keep three stages
+LARGE_SMEM_BYTES = 200 * 1024
 
 
 def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,
@@ -269,9 +267,9 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,
     the cache tiles a single shared-memory buffer below five stages (a 16- or 32-row tile) or
     two (a 64-row tile), so each tile's load waited for the previous tile's products. Five
     stages give two or three buffers: 1.7x at 1M tokens on the H200
-    (``benchmarks/decode/results/h200/stages``). Streams up to 256 wide too where the device has
-    Hopper's shared memory (``large_smem``: about 200 KB for a block): 1.2-1.3x over three stages
-    at 1M and 32-128 x 16K on the H200 (``results/h200/next_2026-12-03``).
+    (``benchmarks/decode/results/h200/stages``). Streams up to 256 wide too where a block has
+    Hopper's shared memory (``large_smem``, see :data:`LARGE_SMEM_BYTES`): 1.1-1.3x over three
+    stages at 1M and 32-128 x 16K on the H200 (``results/h200/next_2026-12-03``).
     """
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
@@ -367,7 +365,7 @@ def paged_latent_decode_triton(
     if cache.stride(-1) != 1:
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]
-    large_smem = not cache.is_cuda or _large_smem(cache.device.index or 0)
+    large_smem = block_shared_memory(cache) >= LARGE_SMEM_BYTES
     cfg = resolve_config(config, default_latent_config(NB, W, R, Tq * Hq, page, large_smem))
     spp = cfg.streams_per_program
     if spp < 1 or NB % spp:
