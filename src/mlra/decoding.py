@@ -35,6 +35,7 @@ from mlra.fused_step import (
     fused_post,
     fused_pre,
     fused_supported,
+    prepare_fused,
 )
 from mlra.layers import Rotary
 from mlra.model import AttentionContext, Block, Transformer
@@ -106,7 +107,9 @@ class DecodeStep:
     ``fused`` (default: wherever the Triton decode kernels run, i.e. a CUDA cache of bf16 or
     fp16) runs each block through the fused decode forms of :mod:`mlra.fused_step` instead
     (a few launches per layer, nothing to compile); families without a fused form, and every
-    model when ``fused=False``, take the module-by-module forms (compiled if asked).
+    model when ``fused=False``, take the module-by-module forms (compiled if asked). A fused
+    step stores each MLP's down weight column-major (:func:`mlra.fused_step.prepare_fused`:
+    same values, in place).
     """
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool | dict = False,
@@ -118,6 +121,7 @@ class DecodeStep:
         self.fused = bool(fused) and all(fused_supported(b) for b in model.layers)
         if self.fused:
             self.post = fused_post
+            prepare_fused(model)
         elif compile:
             kwargs = dict(compile) if isinstance(compile, dict) else {}
             if not isinstance(compile, dict) and cache.device.type == "cuda":

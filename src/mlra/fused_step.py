@@ -4,10 +4,12 @@ paged decode steps: each layer as a handful of kernel launches instead of dozens
 Per layer (latent family): the attention norm and every projection reading its output in one
 launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
 one, the attention kernel and its split merge, ``W_UV`` with the branch sum in one, the output
-projection with the residual in one, the MLP norm with gate and up in one, the down projection
-with the residual in one. The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write
-launch. The operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references
-elsewhere: on a CPU a fused step computes what the module-by-module step computes).
+projection with the residual in one, and the MLP (norm, gate and up, down, residual) in one at
+batch 1 (:func:`mlra.kernels.swiglu_mlp`; its down weight stored column-major by
+:func:`prepare_fused`), as two launches (norm with gate and up; down with the residual) above.
+The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write launch. The
+operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references elsewhere:
+on a CPU a fused step computes what the module-by-module step computes).
 
 Families or options without a fused form (GTA, MFA, TPA, an output gate) keep the
 module-by-module forms; :func:`fused_supported` says which.
@@ -81,11 +83,23 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     else:
         x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     norm = block.mlp_norm
-    (act,) = kernels.skinny_linear(x, [mlp.w_gate.weight, mlp.w_up.weight],
-                                   norm_weight=norm.weight, eps=norm.eps, swiglu=True)
+    weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
     if local:
-        return kernels.skinny_linear(act, [mlp.w_down.weight], residual=x)[0]
-    return x + block.reduce(kernels.skinny_linear(act, [mlp.w_down.weight])[0])
+        return kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights, residual=x)
+    return x + block.reduce(kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights))
+
+
+def prepare_fused(model) -> None:
+    """Lay out ``model``'s weights for the fused step's kernels, in place: each MLP's down
+    weight stored column-major (same values and shape; ``w.t()`` contiguous), which the
+    one-launch MLP kernel of batch-1 steps streams (:func:`mlra.kernels.mlp_kernel_wanted`).
+    The modules compute the same with either layout; saving makes tensors contiguous.
+    Idempotent; nothing happens off CUDA or with ``MLRA_MLP_KERNEL=0``."""
+    for block in model.layers:
+        w = block.mlp.w_down.weight
+        if kernels.mlp_kernel_wanted(w) and not kernels.column_major(w):
+            with torch.no_grad():
+                w.data = w.data.t().contiguous().t()
 
 
 def fused_logits(model, hidden: torch.Tensor) -> torch.Tensor:

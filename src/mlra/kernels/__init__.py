@@ -39,6 +39,7 @@ from mlra.kernels.reference import (
     paged_latent_decode_ref,
     paged_tpa_decode_ref,
     skinny_linear_ref,
+    swiglu_mlp_ref,
 )
 from mlra.kernels.train_ops import (
     latent_train_attention_fused,
@@ -204,6 +205,64 @@ def skinny_linear(
                                     in_scale=in_scale, residual=residual, swiglu=swiglu)
     return skinny_linear_ref(x, weights, norm_weight=norm_weight, eps=eps, in_scale=in_scale,
                              residual=residual, swiglu=swiglu)
+
+
+MLP_KERNEL_ENV = "MLRA_MLP_KERNEL"
+"""Set to 0 to keep the MLP of batch-1 decode steps as two launches (gate/up, down) instead of
+the one-launch kernel (:func:`swiglu_mlp`); read when a decode step lays out its weights."""
+
+
+def column_major(w: torch.Tensor) -> bool:
+    """Whether ``w`` (2-D) is stored column-major, i.e. ``w.t()`` is contiguous."""
+    return w.dim() == 2 and w.stride(0) == 1 and w.stride(1) == w.shape[0]
+
+
+def mlp_kernel_wanted(w_down: torch.Tensor) -> bool:
+    """Whether batch-1 decode steps with this down weight should run the one-launch MLP kernel
+    (a CUDA weight of a kernel dtype, Triton on, :data:`MLP_KERNEL_ENV` not 0); the decode
+    step then stores ``w_down`` column-major (:func:`mlra.fused_step.prepare_fused`)."""
+    return (use_triton(w_down) and w_down.dtype in _KERNEL_DTYPES and w_down.dim() == 2
+            and os.environ.get(MLP_KERNEL_ENV, "1") not in ("", "0")
+            and _next_pow2(w_down.shape[0]) <= 16384)
+
+
+def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
+                        w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> bool:
+    """Shapes the one-launch MLP kernel takes: one row, a norm, bf16/fp16 weights of one dtype
+    (``x`` that dtype or fp32), gate and up ``[hidden, d]`` with contiguous rows, ``w_down
+    [d, hidden]`` column-major, ``d`` at most 16384."""
+    d = x.shape[-1]
+    dtype = w_gate.dtype
+    return (x.numel() == d and norm_weight is not None and dtype in _KERNEL_DTYPES
+            and x.dtype in (dtype, torch.float32)
+            and all(w.dtype == dtype and w.dim() == 2 and w.stride(1) == 1
+                    and tuple(w.shape) == (w_gate.shape[0], d) for w in (w_gate, w_up))
+            and w_down.dtype == dtype and tuple(w_down.shape) == (d, w_gate.shape[0])
+            and column_major(w_down) and _next_pow2(d) <= 16384)
+
+
+def swiglu_mlp(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The SwiGLU MLP of a decode step (see :func:`swiglu_mlp_ref`): one launch for one row
+    with a column-major ``w_down`` (:func:`mlp_kernel_supports`), else the gate/up and down
+    projections of :func:`skinny_linear`."""
+    if use_triton(x) and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down):
+        from mlra.kernels.triton_mlp import swiglu_mlp_triton
+
+        return swiglu_mlp_triton(x, norm_weight, eps, w_gate, w_up, w_down, residual)
+    (act,) = skinny_linear(x, [w_gate, w_up], norm_weight=norm_weight, eps=eps, swiglu=True)
+    return skinny_linear(act, [w_down], residual=residual)[0]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _pow2_width(n: int) -> bool:
@@ -374,6 +433,7 @@ __all__ = [
     "latent_train_attention", "latent_train_attention_fused", "latent_train_attention_ref",
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
+    "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
     "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",

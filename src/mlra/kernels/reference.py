@@ -224,6 +224,22 @@ def skinny_linear_ref(
     return outs
 
 
+def swiglu_mlp_ref(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The SwiGLU MLP of a decode step: ``residual + w_down(silu(w_gate h) * w_up h)`` with
+    ``h = rms_norm(x, norm_weight, eps)``, the activation in the weights' dtype (as the
+    module path stores it); ``residual`` None: no residual."""
+    (act,) = skinny_linear_ref(x, [w_gate, w_up], norm_weight=norm_weight, eps=eps, swiglu=True)
+    return skinny_linear_ref(act, [w_down], residual=residual)[0]
+
+
 def rotate_half_ref(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
                     ) -> torch.Tensor:
     """Rotate-half RoPE of ``x [B, T, heads, r]`` at ``positions [B, T]`` with the

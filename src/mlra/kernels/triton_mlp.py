@@ -1,0 +1,196 @@
+"""The whole SwiGLU MLP of one decode token in one launch: ``x + W_down (silu(W_gate n(x)) *
+(W_up n(x)))`` with ``n`` the RMSNorm, for batch 1, where the time is the bytes of the three
+weights.
+
+Two launches (gate/up, then down) each pay a ramp and a drain, and the down projection's rows
+(``K = hidden``) split badly over the multiprocessors. Here every program owns a contiguous
+range of hidden units and streams, for each of them, its gate row, its up row and its down
+column -- the down weight held column-major (``w_down.t()`` contiguous, see
+:func:`column_major`), so the column is one contiguous run like the two rows. All three
+matrices are read by one balanced stream per multiprocessor. A program's partial output
+(``d_model`` floats) goes to a workspace; after a grid barrier (one program per
+multiprocessor, all resident) each program sums a slice of the columns over the partials in a
+fixed order, adds the residual and stores. The result is deterministic.
+
+Under the Triton interpreter (programs run one after another, a barrier would never open)
+the partials and the sum run as two launches of the same kernel.
+
+Import only after checking :func:`mlra.kernels.triton_available`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from mlra.kernels import column_major
+from mlra.kernels._triton_common import (
+    INTERPRET,
+    device_sms,
+    launch_options,
+    next_pow2,
+    pdl_launch_next,
+    pdl_mode,
+    pdl_wait,
+    prefetch_l2,
+    prefetch_units,
+)
+
+#: elements of one weight tile (block of hidden units x padded model width) per program
+TILE_ELEMENTS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpConfig:
+    """Launch parameters (``None``: the defaults of :func:`swiglu_mlp_triton`)."""
+
+    block_h: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    #: programs (default: one per multiprocessor; at most what is resident at once)
+    programs: int | None = None
+    #: False: partials and the column sums as two launches (no grid barrier)
+    one_launch: bool | None = None
+
+
+@triton.jit(do_not_specialize=["D", "H", "n_parts"])
+def _mlp_kernel(
+    x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
+    D, H, n_parts, s_g, s_u, s_d, eps,
+    D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
+    PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
+    LINE: tl.constexpr = 64,
+):
+    """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
+    1: partials only; 2: column sums only (programs = column slices)."""
+    pid = tl.program_id(0)
+    if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
+        D = (D // 8) * 8
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    if PHASE != 2:
+        h_lo = pid * H // n_parts
+        h_hi = (pid + 1) * H // n_parts
+        if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
+            offs_l = tl.arange(0, D_PAD // LINE) * LINE
+            rows = h_lo + tl.arange(0, PF_ROWS)
+            ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
+            prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
+            prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
+            prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
+        pdl_wait(PDL)
+        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y = tl.zeros([D_PAD], dtype=tl.float32)
+        for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
+            wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
+            wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
+            wd = tl.load(wd_ptr + offs_h[:, None] * s_d + offs_d[None, :], mask=mask, other=0.0)
+            gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
+            up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
+            # the activation rounded to the weights' dtype, as the module path stores it
+            act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
+            y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
+        pdl_launch_next(PDL)
+        tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
+    if PHASE == 0:  # grid barrier: every partial written and visible
+        tl.debug_barrier()
+        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+        while seen < n_parts:
+            seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+    if PHASE == 2:
+        pdl_wait(PDL)
+    if PHASE != 1:
+        if pid * COLS < D:
+            offs_p = tl.arange(0, P_PAD)
+            offs_c = pid * COLS + tl.arange(0, COLS)
+            mask_c = offs_c < D
+            part = tl.load(ws_ptr + offs_p[:, None] * D + offs_c[None, :],
+                           mask=(offs_p < n_parts)[:, None] & mask_c[None, :], other=0.0,
+                           cache_modifier=".cg")
+            out = tl.sum(part, axis=0)
+            if HAS_RES:
+                out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+            tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
+    if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
+        done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
+        if done == n_parts - 1:
+            tl.store(cnt_ptr, 0)
+            tl.store(cnt_ptr + 1, 0)
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    """Per-device barrier counters (two int32 zeros; each launch leaves them at zero). One
+    stream: two launches of this kernel at once on one device must not share them."""
+    buf = _COUNTERS.get(device)
+    if buf is None:
+        buf = _COUNTERS[device] = torch.zeros(2, dtype=torch.int32, device=device)
+    return buf
+
+
+def default_block_h(d_pad: int) -> int:
+    """Hidden units per loop step: tiles of about :data:`TILE_ELEMENTS` per weight."""
+    return max(1, min(16, TILE_ELEMENTS // d_pad))
+
+
+def swiglu_mlp_triton(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    config: MlpConfig | None = None,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mlra.kernels.reference.swiglu_mlp_ref` for one row
+    (``x [..., d_model]`` with one row in all); ``w_down`` column-major
+    (:func:`column_major`). ``config`` overrides launch parameters (benchmarks, tests)."""
+    D = x.shape[-1]
+    H = w_gate.shape[0]
+    if x.numel() != D:
+        raise ValueError(f"swiglu_mlp_triton takes one row, got {x.numel() // D}")
+    if not column_major(w_down):
+        raise ValueError("w_down must be column-major (w_down.t() contiguous)")
+    x2 = x.reshape(1, D).contiguous()
+    cfg = config or MlpConfig()
+    d_pad = next_pow2(D)
+    block_h = cfg.block_h or default_block_h(d_pad)
+    sms = device_sms(x)
+    parts = max(1, min(cfg.programs or sms, H))
+    one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
+    if one_launch:
+        parts = min(parts, sms)  # one program per multiprocessor: all resident at the barrier
+    cols = next_pow2(triton.cdiv(D, parts))
+    ws = torch.empty(parts, D, dtype=torch.float32, device=x.device)
+    out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
+    res = residual.reshape(1, D) if residual is not None else x2
+    pdl = pdl_mode(x2)
+    es = w_gate.element_size()
+    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, 1, 16) if pdl > 1 else 0
+    common = dict(D_PAD=d_pad, BLOCK_H=block_h, COLS=cols, P_PAD=next_pow2(parts),
+                  HAS_RES=residual is not None, NUM_STAGES=cfg.num_stages or 1,
+                  ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
+                                             for w in (w_gate, w_up, w_down)),
+                  num_warps=cfg.num_warps or 8)
+    args = (x2, norm_weight, res, w_gate, w_up, w_down, out, ws, _counters(x.device),
+            D, H, parts, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps))
+    if one_launch:
+        _mlp_kernel[(parts,)](*args, PHASE=0, PDL=pdl, PF_ROWS=pf, LINE=128 // es, **common,
+                              **launch_options(pdl))
+    else:
+        _mlp_kernel[(parts,)](*args, PHASE=1, PDL=pdl, PF_ROWS=pf, LINE=128 // es, **common,
+                              **launch_options(pdl))
+        _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, PDL=pdl, **common,
+                                             **launch_options(pdl))
+    return out.view(x.shape)

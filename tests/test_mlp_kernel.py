@@ -1,0 +1,157 @@
+"""The one-launch batch-1 MLP kernel (:mod:`mlra.kernels.triton_mlp`) against its fp32
+reference, its dispatch, and the decode step's weight layout for it.
+
+Without CUDA the kernel runs in the Triton interpreter at small sizes (partials and column
+sums as two launches: the interpreter runs programs one after another); on a CUDA machine the
+same tests run compiled at the paper's sizes, with the grid barrier."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mlra import kernels  # noqa: E402
+from mlra.kernels.reference import swiglu_mlp_ref  # noqa: E402
+from mlra.kernels.testing import rel_error  # noqa: E402
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+DEVICE = "cuda" if ON_GPU else "cpu"
+BF = torch.bfloat16
+TOL = 2e-2
+
+# (d_model, hidden): the paper's MLRA-4 / MLA / GQA on a GPU; odd and tiny ones on the CPU
+SHAPES = [(3072, 9880), (3072, 9448), (3072, 9728), (1024, 2736)] if ON_GPU else \
+    [(96, 200), (64, 37), (40, 130), (128, 8)]
+
+
+def _weights(d: int, h: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(BF).to(DEVICE)
+
+    x = rnd(1, d)
+    nw = rnd(d, scale=0.2) + 1.0
+    wg, wu = rnd(h, d, scale=d ** -0.5), rnd(h, d, scale=d ** -0.5)
+    wd = rnd(d, h, scale=h ** -0.5)
+    return x, nw, wg, wu, wd
+
+
+def _ref(x, nw, wg, wu, wd, res):
+    return swiglu_mlp_ref(x.float(), nw.float(), 1e-6, wg.float(), wu.float(), wd.float(),
+                          None if res is None else res.float())
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+@pytest.mark.parametrize("cfg", [None, dict(block_h=2, programs=5), dict(block_h=1, num_stages=3),
+                                 dict(one_launch=False)],
+                         ids=["default", "bh2-p5", "bh1-st3", "two-launches"])
+def test_mlp_kernel_matches_reference(shape, residual, cfg):
+    from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
+
+    d, h = shape
+    x, nw, wg, wu, wd = _weights(d, h, d + h)
+    wdc = wd.t().contiguous().t()
+    res = x if residual else None
+    config = MlpConfig(**cfg) if cfg else None
+    ref = _ref(x, nw, wg, wu, wd, res)
+    first = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res, config=config)
+    again = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res, config=config)
+    assert first.dtype == BF and first.shape == x.shape
+    assert not torch.isnan(first).any()
+    assert rel_error(first.float(), ref) < TOL
+    # deterministic: the barrier counters are left at zero and the sums run in a fixed order
+    assert torch.equal(first, again)
+
+
+@needs_triton
+def test_mlp_kernel_rounds_an_fp32_input_and_keeps_leading_dims():
+    from mlra.kernels.triton_mlp import swiglu_mlp_triton
+
+    d, h = SHAPES[0]
+    x, nw, wg, wu, wd = _weights(d, h, 7)
+    wdc = wd.t().contiguous().t()
+    x32 = x.float().view(1, 1, d)
+    out = swiglu_mlp_triton(x32, nw, 1e-6, wg, wu, wdc, x.view(1, 1, d))
+    assert out.shape == (1, 1, d)
+    assert rel_error(out.float().view(1, d), _ref(x, nw, wg, wu, wd, x)) < TOL
+
+
+@needs_triton
+def test_mlp_kernel_refuses_what_it_cannot_take():
+    from mlra.kernels.triton_mlp import swiglu_mlp_triton
+
+    d, h = SHAPES[-1]
+    x, nw, wg, wu, wd = _weights(d, h, 3)
+    with pytest.raises(ValueError, match="column-major"):
+        swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd)
+    with pytest.raises(ValueError, match="one row"):
+        swiglu_mlp_triton(x.expand(2, d), nw, 1e-6, wg, wu, wd.t().contiguous().t())
+
+
+def test_mlp_dispatch_takes_the_kernel_only_for_one_row_and_a_column_major_down():
+    d, h = 64, 40
+    x, nw, wg, wu, wd = _weights(d, h, 1)
+    wdc = wd.t().contiguous().t()
+    assert kernels.column_major(wdc) and not kernels.column_major(wd)
+    assert kernels.mlp_kernel_supports(x, nw, wg, wu, wdc)
+    assert not kernels.mlp_kernel_supports(x, nw, wg, wu, wd)  # row-major down
+    assert not kernels.mlp_kernel_supports(torch.cat([x, x]), nw, wg, wu, wdc)  # two rows
+    assert not kernels.mlp_kernel_supports(x, None, wg, wu, wdc)  # no norm
+    assert not kernels.mlp_kernel_supports(x, nw, wg.float(), wu, wdc)  # mixed dtypes
+    # every path computes the reference (on a CPU the projections' references)
+    for w in (wd, wdc):
+        for rows in (x, torch.cat([x, -x])):
+            out = kernels.swiglu_mlp(rows, nw, 1e-6, wg, wu, w, residual=rows)
+            ref = swiglu_mlp_ref(rows.float(), nw.float(), 1e-6, wg.float(), wu.float(),
+                                 wd.float(), rows.float())
+            assert rel_error(out.float(), ref) < TOL
+
+
+def test_prepare_fused_stores_down_weights_column_major_without_changing_the_model(
+        monkeypatch, tmp_path):
+    from mlra import load_checkpoint
+    from mlra.checkpoints.format import save_model
+    from mlra.config import ModelConfig
+    from mlra.fused_step import prepare_fused
+    from mlra.model import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("mlra_4", "tiny")
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        before = model(ids).logits
+    prepare_fused(model)  # off CUDA: nothing to do
+    assert not any(kernels.column_major(b.mlp.w_down.weight) for b in model.layers)
+    monkeypatch.setattr(kernels, "mlp_kernel_wanted", lambda w: True)
+    prepare_fused(model)
+    prepare_fused(model)  # idempotent
+    downs = [b.mlp.w_down.weight for b in model.layers]
+    assert all(kernels.column_major(w) for w in downs)
+    assert all(isinstance(w, torch.nn.Parameter) for w in downs)
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    # a checkpoint of the prepared model loads into a fresh one with the same outputs
+    save_model(model, tmp_path / "ckpt")
+    fresh = load_checkpoint(tmp_path / "ckpt")
+    assert not kernels.column_major(fresh.layers[0].mlp.w_down.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_kernel_env_switch_keeps_the_row_major_layout(monkeypatch):
+    w = torch.zeros(8, 4)
+    monkeypatch.setenv(kernels.MLP_KERNEL_ENV, "0")
+    assert not kernels.mlp_kernel_wanted(w)
