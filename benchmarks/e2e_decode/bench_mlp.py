@@ -14,6 +14,7 @@ reference from the same bf16 weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,11 +33,14 @@ from mlra.kernels.triton_skinny import skinny_linear_triton  # noqa: E402
 
 # name: (d_model, hidden) at the paper's 2.9B
 SHAPES = {"mlra_4": (3072, 9880), "mla": (3072, 9448), "gqa": (3072, 9728)}
-SWEEP = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st)
-         for bh, nw, st in ((4, 8, 1), (4, 16, 1), (2, 8, 1), (2, 16, 1), (2, 8, 2), (1, 8, 3),
-                            (1, 4, 3), (2, 4, 2), (8, 16, 1))]
-"""``--sweep``: hidden units per loop step x warps x pipeline depth (one stage: tiles loaded
-straight into registers)."""
+SWEEP = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, programs=p)
+         for bh, nw, st, p in ((1, 4, 3, None), (1, 4, 4, None), (1, 4, 5, None),
+                               (1, 4, 6, None), (1, 8, 5, None), (2, 4, 4, None),
+                               (2, 8, 4, None), (1, 4, 3, 264), (1, 4, 3, 396), (1, 4, 4, 264),
+                               (2, 4, 3, 264), (1, 2, 3, 528))]
+"""``--sweep``: hidden units per loop step x warps x pipeline depth x programs (default one
+per multiprocessor; every one listed fits at once on an H100/H200: at most 49 KB of shared
+memory and 64 registers per thread each per program at 4 programs per multiprocessor)."""
 
 
 def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dict]:
@@ -73,8 +77,11 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dic
     cands = [("two launches (gate/up, down)", two, None), ("one launch", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False))]
     if sweep:
-        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages}", one, c)
-                  for c in SWEEP]
+        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} "
+                   f"p{c.programs or 'sms'}", one, c) for c in SWEEP]
+        cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} "
+                   f"p{c.programs or 'sms'}", one, dataclasses.replace(c, one_launch=False))
+                  for c in SWEEP[:3]]
     rows = []
     for label, fn, cfg in cands:
         row = dict(shape=name, d=d, hidden=h, path=label, mb=nbytes / 1e6, floor_us=floor * 1e6)

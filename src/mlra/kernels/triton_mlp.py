@@ -21,6 +21,8 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import torch
 import triton
@@ -138,6 +140,16 @@ def _counters(device: torch.device) -> torch.Tensor:
     return buf
 
 
+CONFIG_ENV = "MLRA_MLP_CONFIG"
+"""Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
+tuning runs; ``programs`` above what is resident at once would never pass the barrier."""
+
+
+def _env_config() -> MlpConfig:
+    raw = os.environ.get(CONFIG_ENV)
+    return MlpConfig(**json.loads(raw)) if raw else MlpConfig()
+
+
 def default_block_h(d_pad: int) -> int:
     """Hidden units per loop step: tiles of about :data:`TILE_ELEMENTS` per weight."""
     return max(1, min(16, TILE_ELEMENTS // d_pad))
@@ -163,13 +175,13 @@ def swiglu_mlp_triton(
     if not column_major(w_down):
         raise ValueError("w_down must be column-major (w_down.t() contiguous)")
     x2 = x.reshape(1, D).contiguous()
-    cfg = config or MlpConfig()
+    cfg = _env_config() if config is None else config
     d_pad = next_pow2(D)
     block_h = cfg.block_h or default_block_h(d_pad)
     sms = device_sms(x)
     parts = max(1, min(cfg.programs or sms, H))
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
-    if one_launch:
+    if one_launch and not cfg.programs:
         parts = min(parts, sms)  # one program per multiprocessor: all resident at the barrier
     cols = next_pow2(triton.cdiv(D, parts))
     ws = torch.empty(parts, D, dtype=torch.float32, device=x.device)
