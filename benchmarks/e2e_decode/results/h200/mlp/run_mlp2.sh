@@ -23,5 +23,6 @@ echo "fastest one-launch configuration: $best"
 RES=$OUT/steps2; mkdir -p "$RES"; source benchmarks/e2e_decode/side_by_side.sh
 run before b1 120 --variants mlra_4,mla,gqa --contexts 8192,131072 --batches 1 --reps 30 \
   --modes fused
-MLRA_MLP_CONFIG="$best" run after b1 120 --variants mlra_4,mla,gqa --contexts 8192,131072 \
-  --batches 1 --reps 30 --modes fused
+export MLRA_MLP_CONFIG="$best"
+run after b1 120 --variants mlra_4,mla,gqa --contexts 8192,131072 --batches 1 --reps 30 \
+  --modes fused
