@@ -53,9 +53,9 @@ def _ref(x, nw, wg, wu, wd, res):
 @needs_triton
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
-@pytest.mark.parametrize("cfg", [None, dict(block_h=2, programs=5), dict(block_h=1, num_stages=3),
+@pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
                                  dict(one_launch=False)],
-                         ids=["default", "bh2-p5", "bh1-st3", "two-launches"])
+                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
 def test_mlp_kernel_matches_reference(shape, residual, cfg):
     from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 
@@ -155,3 +155,19 @@ def test_mlp_kernel_env_switch_keeps_the_row_major_layout(monkeypatch):
     w = torch.zeros(8, 4)
     monkeypatch.setenv(kernels.MLP_KERNEL_ENV, "0")
     assert not kernels.mlp_kernel_wanted(w)
+
+
+def test_resident_programs_follow_registers_shared_memory_and_threads():
+    from mlra.kernels.triton_mlp import resident_per_sm
+
+    hopper = (2048, 65536, 233472)
+    # 128 registers x 128 threads: four programs fill the registers (and 49 KB x 4 fit)
+    assert resident_per_sm(128, 49168, 4, hopper) == 4
+    # 129 registers round up to 136 per thread: three
+    assert resident_per_sm(129, 0, 4, hopper) == 3
+    # shared memory decides: 98 KB each, two
+    assert resident_per_sm(64, 98320, 4, hopper) == 2
+    # threads decide: 16 warps, at most two programs of 2048 threads
+    assert resident_per_sm(32, 0, 16, hopper) == 4 and resident_per_sm(32, 0, 32, hopper) == 2
+    # a program that does not fit at all
+    assert resident_per_sm(255, 240000, 8, hopper) == 0

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_skinny import graph_time  # noqa: E402
 
 from mlra.bench.timing import copy_bandwidth  # noqa: E402
+from mlra.kernels import triton_mlp  # noqa: E402
 from mlra.kernels.reference import swiglu_mlp_ref  # noqa: E402
 from mlra.kernels.testing import rel_error  # noqa: E402
 from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton  # noqa: E402
@@ -33,14 +34,13 @@ from mlra.kernels.triton_skinny import skinny_linear_triton  # noqa: E402
 
 # name: (d_model, hidden) at the paper's 2.9B
 SHAPES = {"mlra_4": (3072, 9880), "mla": (3072, 9448), "gqa": (3072, 9728)}
-SWEEP = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, programs=p)
-         for bh, nw, st, p in ((1, 4, 3, None), (1, 4, 4, None), (1, 4, 5, None),
-                               (1, 4, 6, None), (1, 8, 5, None), (2, 4, 4, None),
-                               (2, 8, 4, None), (1, 4, 3, 264), (1, 4, 3, 396), (1, 4, 4, 264),
-                               (2, 4, 3, 264), (1, 2, 3, 528))]
-"""``--sweep``: hidden units per loop step x warps x pipeline depth x programs (default one
-per multiprocessor; every one listed fits at once on an H100/H200: at most 49 KB of shared
-memory and 64 registers per thread each per program at 4 programs per multiprocessor)."""
+SWEEP = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
+         for bh, nw, st, p in ((1, 4, 3, 1), (1, 4, 4, 1), (1, 4, 5, 1), (1, 4, 6, 1),
+                               (1, 8, 5, 1), (2, 4, 4, 1), (2, 8, 4, 1), (1, 4, 3, 2),
+                               (1, 4, 3, 3), (1, 4, 4, 2), (2, 4, 3, 2), (1, 2, 3, 4),
+                               (1, 4, 2, 4), (2, 8, 3, 2))]
+"""``--sweep``: hidden units per loop step x warps x pipeline depth x programs per
+multiprocessor (fewer where the compiled kernel does not fit that many at once)."""
 
 
 def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dict]:
@@ -77,11 +77,10 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dic
     cands = [("two launches (gate/up, down)", two, None), ("one launch", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False))]
     if sweep:
-        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} "
-                   f"p{c.programs or 'sms'}", one, c) for c in SWEEP]
-        cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} "
-                   f"p{c.programs or 'sms'}", one, dataclasses.replace(c, one_launch=False))
-                  for c in SWEEP[:3]]
+        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+                   one, c) for c in SWEEP]
+        cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+                   one, dataclasses.replace(c, one_launch=False)) for c in SWEEP[7:10]]
     rows = []
     for label, fn, cfg in cands:
         row = dict(shape=name, d=d, hidden=h, path=label, mb=nbytes / 1e6, floor_us=floor * 1e6)
@@ -89,6 +88,8 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dic
             first = fn(0, cfg)
             err = rel_error(first.float(), ref)
             same = bool(torch.equal(first, fn(0, cfg)))  # counters reset, fixed order
+            if fn is one:
+                row.update(triton_mlp.LAST_LAUNCH)
             t = graph_time(lambda i, fn=fn, cfg=cfg: fn(i, cfg))
         except Exception as e:  # a configuration that does not compile or fit
             rows.append({**row, "error": type(e).__name__})
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.shapes.split(","):
         for row in time_shape(name, dev, bw, args.sweep):
             results.append(row)
-            lines.append(f"| {name} | {row['mb']:.1f} | {row['floor_us']:.1f} | {row['path']} | "
+            form = (f" [{row['programs']} programs, {'one' if row['one_launch'] else 'two'}]"
+                    if "programs" in row else "")
+            lines.append(f"| {name} | {row['mb']:.1f} | {row['floor_us']:.1f} | "
+                         f"{row['path']}{form} | "
                          + (f"{row['us']:.1f} | {row['pct_copy']:.0f}% | {row['rel_err']:.1e} |"
                             if "us" in row else f"failed: {row['error']} | | |"))
             print(lines[-1], flush=True)

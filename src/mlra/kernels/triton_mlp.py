@@ -21,6 +21,7 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -52,8 +53,10 @@ class MlpConfig:
     block_h: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
-    #: programs (default: one per multiprocessor; at most what is resident at once)
-    programs: int | None = None
+    #: programs per multiprocessor (default 1); the one-launch form takes at most what the
+    #: compiled kernel keeps resident at once (:func:`resident_per_sm`), or the barrier
+    #: would wait for programs that cannot start
+    per_sm: int | None = None
     #: False: partials and the column sums as two launches (no grid barrier)
     one_launch: bool | None = None
 
@@ -105,8 +108,9 @@ def _mlp_kernel(
     if PHASE == 0:  # grid barrier: every partial written and visible
         tl.debug_barrier()
         seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-        while seen < n_parts:
-            seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
+            seen = tl.load(cnt_ptr, volatile=True)
+        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
     if PHASE == 2:
         pdl_wait(PDL)
     if PHASE != 1:
@@ -142,12 +146,63 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
-tuning runs; ``programs`` above what is resident at once would never pass the barrier."""
+tuning runs."""
 
 
 def _env_config() -> MlpConfig:
     raw = os.environ.get(CONFIG_ENV)
     return MlpConfig(**json.loads(raw)) if raw else MlpConfig()
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_limits(device_index: int) -> tuple[int, int, int]:
+    props = torch.cuda.get_device_properties(device_index)
+    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
+            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
+            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
+
+
+def resident_per_sm(n_regs: int, shared: int, num_warps: int,
+                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
+    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
+    memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
+    registers, shared memory; Hopper's by default): registers are allocated per warp in
+    units of 256, each program's shared memory plus 1 KB reserved."""
+    threads, regs, smem = limits
+    by_threads = threads // (32 * num_warps)
+    by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
+    by_smem = smem // (shared + 1024)
+    return max(0, min(by_threads, by_regs, by_smem, 32))
+
+
+_PARTS: dict[tuple, int] = {}
+LAST_LAUNCH: dict = {}
+"""Programs and form (one launch or two) of the latest call (for benchmarks)."""
+
+
+def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torch.device,
+                      consts: dict) -> int:
+    """Programs of a one-launch grid: ``want`` per multiprocessor, fewer where the compiled
+    kernel does not fit that many at once (0: not even one; then two launches)."""
+    if key in _PARTS:
+        return _PARTS[key]
+    per_sm = want
+    while per_sm > 0:
+        parts = per_sm * sms
+        trial = {**consts, "COLS": next_pow2(triton.cdiv(args[9], parts)),
+                 "P_PAD": next_pow2(parts)}
+        try:
+            k = _mlp_kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **trial)
+            k._init_handles()
+            fits = resident_per_sm(k.n_regs, k.metadata.shared, k.metadata.num_warps,
+                                   _sm_limits(device.index or 0))
+        except Exception:  # cannot tell: one per multiprocessor, the safe choice
+            fits = 1
+        if fits >= per_sm:
+            break
+        per_sm = min(per_sm - 1, fits)
+    _PARTS[key] = per_sm * sms
+    return _PARTS[key]
 
 
 def default_block_h(d_pad: int) -> int:
@@ -179,30 +234,38 @@ def swiglu_mlp_triton(
     d_pad = next_pow2(D)
     block_h = cfg.block_h or default_block_h(d_pad)
     sms = device_sms(x)
-    parts = max(1, min(cfg.programs or sms, H))
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
-    if one_launch and not cfg.programs:
-        parts = min(parts, sms)  # one program per multiprocessor: all resident at the barrier
-    cols = next_pow2(triton.cdiv(D, parts))
-    ws = torch.empty(parts, D, dtype=torch.float32, device=x.device)
-    out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
-    res = residual.reshape(1, D) if residual is not None else x2
+    per_sm = cfg.per_sm or 1
+    ws_rows = min(per_sm * sms, H)
     pdl = pdl_mode(x2)
     es = w_gate.element_size()
-    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, 1, 16) if pdl > 1 else 0
-    common = dict(D_PAD=d_pad, BLOCK_H=block_h, COLS=cols, P_PAD=next_pow2(parts),
-                  HAS_RES=residual is not None, NUM_STAGES=cfg.num_stages or 1,
+    res = residual.reshape(1, D) if residual is not None else x2
+    out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
+    common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=residual is not None,
+                  NUM_STAGES=cfg.num_stages or 1,
                   ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
                                              for w in (w_gate, w_up, w_down)),
-                  num_warps=cfg.num_warps or 8)
-    args = (x2, norm_weight, res, w_gate, w_up, w_down, out, ws, _counters(x.device),
-            D, H, parts, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps))
+                  num_warps=cfg.num_warps or 8, **launch_options(pdl))
+    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
+    args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws, _counters(x.device),
+            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
+    parts = ws_rows
     if one_launch:
-        _mlp_kernel[(parts,)](*args, PHASE=0, PDL=pdl, PF_ROWS=pf, LINE=128 // es, **common,
-                              **launch_options(pdl))
+        key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
+               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype)
+        parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
+                                         {**common, "PHASE": 0, "PDL": pdl}))
+        one_launch = parts > 0
+        parts = parts or ws_rows
+        args[11] = parts
+    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
+        if pdl > 1 else 0
+    cols = next_pow2(triton.cdiv(D, parts))
+    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
+    if one_launch:
+        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common)
     else:
-        _mlp_kernel[(parts,)](*args, PHASE=1, PDL=pdl, PF_ROWS=pf, LINE=128 // es, **common,
-                              **launch_options(pdl))
-        _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, PDL=pdl, **common,
-                                             **launch_options(pdl))
+        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
+        _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, **common)
     return out.view(x.shape)

@@ -12,10 +12,8 @@ import json, re, sys
 rows = [r for r in json.load(open(sys.argv[1]))["results"]
         if "us" in r and r["path"].startswith("one launch ")]
 r = min(rows, key=lambda r: r["us"])
-bh, nw, st, p = re.match(r"one launch (\d+)x(\d+)w x(\d+) p(\w+)", r["path"]).groups()
-cfg = dict(block_h=int(bh), num_warps=int(nw), num_stages=int(st))
-if p != "sms":
-    cfg["programs"] = int(p)
+bh, nw, st, p = re.match(r"one launch (\d+)x(\d+)w x(\d+) (\d+)/SM", r["path"]).groups()
+cfg = dict(block_h=int(bh), num_warps=int(nw), num_stages=int(st), per_sm=int(p))
 print(json.dumps(cfg))
 PY
 )
