@@ -42,8 +42,14 @@ SWEEP = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
 """``--sweep``: hidden units per loop step x warps x pipeline depth x programs per
 multiprocessor (fewer where the compiled kernel does not fit that many at once)."""
 
+NEAR = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
+        for bh, nw, st, p in ((2, 4, 5, 1), (2, 4, 6, 1), (2, 4, 3, 1), (4, 4, 3, 1),
+                              (4, 8, 3, 1), (2, 8, 5, 1), (4, 4, 2, 1), (2, 2, 4, 2))]
+"""``--sweep-set near``: around the default (2 x 4096 tiles, 4 warps, 4 stages, 1 per SM)."""
 
-def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dict]:
+
+def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
+               ) -> list[dict]:
     """Every path at one shape: time, share of copy bandwidth, error, determinism."""
     d, h = SHAPES[name]
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -76,9 +82,9 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: bool) -> list[dic
     floor = nbytes / bw
     cands = [("two launches (gate/up, down)", two, None), ("one launch", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False))]
-    if sweep:
-        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
-                   one, c) for c in SWEEP]
+    cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+               one, c) for c in sweep]
+    if sweep is SWEEP:
         cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
                    one, dataclasses.replace(c, one_launch=False)) for c in SWEEP[7:10]]
     rows = []
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="also time the configurations of SWEEP")
+    ap.add_argument("--sweep-set", choices=("wide", "near"), default="wide",
+                    help="wide: SWEEP (depth x programs); near: NEAR (around the default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_mlp.py needs a CUDA GPU", file=sys.stderr)
@@ -118,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     results = []
     for name in args.shapes.split(","):
-        for row in time_shape(name, dev, bw, args.sweep):
+        sweep = ([] if not args.sweep else SWEEP if args.sweep_set == "wide" else NEAR)
+        for row in time_shape(name, dev, bw, sweep):
             results.append(row)
             form = (f" [{row['programs']} programs, {'one' if row['one_launch'] else 'two'}]"
                     if "programs" in row else "")

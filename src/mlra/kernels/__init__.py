@@ -212,6 +212,11 @@ MLP_KERNEL_ENV = "MLRA_MLP_KERNEL"
 the one-launch kernel (:func:`swiglu_mlp`); read when a decode step lays out its weights."""
 
 
+MLP_MAX_WIDTH = 8192
+"""The widest model (``d_model``, rounded up to a power of two) the one-launch MLP kernel
+takes: a program holds the normed input and its partial output in registers."""
+
+
 def column_major(w: torch.Tensor) -> bool:
     """Whether ``w`` (2-D) is stored column-major, i.e. ``w.t()`` is contiguous."""
     return w.dim() == 2 and w.stride(0) == 1 and w.stride(1) == w.shape[0]
@@ -223,14 +228,14 @@ def mlp_kernel_wanted(w_down: torch.Tensor) -> bool:
     step then stores ``w_down`` column-major (:func:`mlra.fused_step.prepare_fused`)."""
     return (use_triton(w_down) and w_down.dtype in _KERNEL_DTYPES and w_down.dim() == 2
             and os.environ.get(MLP_KERNEL_ENV, "1") not in ("", "0")
-            and _next_pow2(w_down.shape[0]) <= 16384)
+            and _next_pow2(w_down.shape[0]) <= MLP_MAX_WIDTH)
 
 
 def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
                         w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> bool:
     """Shapes the one-launch MLP kernel takes: one row, a norm, bf16/fp16 weights of one dtype
     (``x`` that dtype or fp32), gate and up ``[hidden, d]`` with contiguous rows, ``w_down
-    [d, hidden]`` column-major, ``d`` at most 16384."""
+    [d, hidden]`` column-major, ``d`` at most :data:`MLP_MAX_WIDTH`."""
     d = x.shape[-1]
     dtype = w_gate.dtype
     return (x.numel() == d and norm_weight is not None and dtype in _KERNEL_DTYPES
@@ -238,7 +243,7 @@ def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
             and all(w.dtype == dtype and w.dim() == 2 and w.stride(1) == 1
                     and tuple(w.shape) == (w_gate.shape[0], d) for w in (w_gate, w_up))
             and w_down.dtype == dtype and tuple(w_down.shape) == (d, w_gate.shape[0])
-            and column_major(w_down) and _next_pow2(d) <= 16384)
+            and column_major(w_down) and _next_pow2(d) <= MLP_MAX_WIDTH)
 
 
 def swiglu_mlp(
