@@ -68,6 +68,21 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
 
 
 @needs_ptxas
+def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
+    k = ptx["mlp_pdl2"]
+    assert k["launch_pdl"]
+    ptx = k["ptx"]
+    wait = ptx.index("griddepcontrol.wait")
+    assert ptx[:wait].count("prefetch.global.L2") >= 3  # gate, up and down rows
+    assert _before_wait(ptx) == []  # the input, norm, residual, workspace: after the wait
+    # the next kernel may launch once the weight stream is done, before the barrier (every
+    # program is then resident, so the barrier cannot wait on one that has not started)
+    trigger = ptx.index("griddepcontrol.launch_dependents")
+    assert wait < trigger < ptx.index("atom.")
+    assert "ld.volatile.global" in ptx[trigger:]  # the barrier polls with plain loads
+
+
+@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]
