@@ -171,3 +171,58 @@ def test_resident_programs_follow_registers_shared_memory_and_threads():
     assert resident_per_sm(32, 0, 16, hopper) == 4 and resident_per_sm(32, 0, 32, hopper) == 2
     # a program that does not fit at all
     assert resident_per_sm(255, 240000, 8, hopper) == 0
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES[:2] + [(SHAPES[-1][0], SHAPES[-1][1])],
+                         ids=lambda s: f"d{s[0]}-h{s[1]}")
+@pytest.mark.parametrize("o_width", [None, 72], ids=["o-as-wide", "o-72"])
+@pytest.mark.parametrize("o_fp32", [False, True], ids=["o-bf16", "o-fp32"])
+@pytest.mark.parametrize("cfg", [None, dict(one_launch=False), dict(block_h=1, per_sm=2)],
+                         ids=["default", "three-launches", "bh1-2per-sm"])
+def test_output_projection_and_mlp_match_reference(shape, o_width, o_fp32, cfg):
+    from mlra.kernels.reference import output_mlp_ref
+    from mlra.kernels.triton_mlp import MlpConfig, output_mlp_triton
+
+    d, h = shape
+    ko = o_width or d
+    x, nw, wg, wu, wd = _weights(d, h, d * 3 + h)
+    g = torch.Generator().manual_seed(ko)
+    o = (torch.randn(1, ko, generator=g)).to(DEVICE)
+    o = o if o_fp32 else o.to(BF)
+    wo = (torch.randn(d, ko, generator=g) * ko ** -0.5).to(BF).to(DEVICE)
+    wdc = wd.t().contiguous().t()
+    config = MlpConfig(**cfg) if cfg else None
+    first = output_mlp_triton(o, wo, x, nw, 1e-6, wg, wu, wdc, config=config)
+    again = output_mlp_triton(o, wo, x, nw, 1e-6, wg, wu, wdc, config=config)
+    ref = output_mlp_ref(o.float(), wo.float(), x.float(), nw.float(), 1e-6, wg.float(),
+                         wu.float(), wd.float())
+    assert first.dtype == BF and first.shape == x.shape
+    assert rel_error(first.float(), ref) < TOL
+    assert torch.equal(first, again)
+    # the same as the output projection and the MLP one after the other
+    from mlra.kernels.triton_mlp import swiglu_mlp_triton
+    from mlra.kernels.triton_skinny import skinny_linear_triton
+
+    (x1,) = skinny_linear_triton(o, [wo], residual=x)
+    apart = swiglu_mlp_triton(x1, nw, 1e-6, wg, wu, wdc, x1, config=config)
+    assert rel_error(first.float(), apart.float()) < 1e-2
+
+
+def test_output_mlp_dispatch_and_its_switch(monkeypatch):
+    d, h = 64, 40
+    x, nw, wg, wu, wd = _weights(d, h, 5)
+    wdc = wd.t().contiguous().t()
+    o = torch.randn(1, 48).to(BF).to(DEVICE)
+    wo = (torch.randn(d, 48) * 0.1).to(BF).to(DEVICE)
+    assert kernels.output_mlp_supports(o, wo, x, nw, wg, wu, wdc)
+    assert kernels.output_mlp_supports(o.float(), wo, x, nw, wg, wu, wdc)
+    assert not kernels.output_mlp_supports(o, wo, x, nw, wg, wu, wd)  # row-major down
+    assert not kernels.output_mlp_supports(o, wo.t(), x, nw, wg, wu, wdc)  # w_o strided rows
+    assert not kernels.output_mlp_supports(torch.cat([o, o]), wo, x, nw, wg, wu, wdc)
+    ref = kernels.output_mlp_ref(o.float(), wo.float(), x.float(), nw.float(), 1e-6,
+                                 wg.float(), wu.float(), wd.float())
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.OUTPUT_MLP_ENV, switch)
+        out = kernels.output_mlp(o, wo, x, nw, 1e-6, wg, wu, wdc)
+        assert rel_error(out.float(), ref) < TOL
