@@ -83,19 +83,6 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
 
 
 @needs_ptxas
-def test_output_projection_and_mlp_prefetch_four_weights_then_wait(ptx):
-    k = ptx["output_mlp_pdl2"]
-    assert k["launch_pdl"]
-    ptx = k["ptx"]
-    wait = ptx.index("griddepcontrol.wait")
-    assert ptx[:wait].count("prefetch.global.L2") >= 4  # w_o, gate, up and down rows
-    assert _before_wait(ptx) == []  # the head outputs, the residual: after the wait
-    # three counters: after the output projection, after the partials, at the exit
-    assert ptx.count("atom.") >= 3 and ptx.index("atom.") > wait
-    assert ptx.index("griddepcontrol.launch_dependents") > ptx.index("atom.")
-
-
-@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]

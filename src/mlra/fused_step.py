@@ -4,10 +4,9 @@ paged decode steps: each layer as a handful of kernel launches instead of dozens
 Per layer (latent family): the attention norm and every projection reading its output in one
 launch, the query norm and up-projection in one, the cache row / RoPE / absorbed queries in
 one, the attention kernel and its split merge, ``W_UV`` with the branch sum in one, the output
-projection with its residual and the MLP (norm, gate and up, down, residual) in one at batch 1
-(:func:`mlra.kernels.output_mlp`; the down weight stored column-major by
-:func:`prepare_fused`), as three launches (the output projection; norm with gate and up; down
-with the residual) above or under tensor parallelism.
+projection with the residual in one, and the MLP (norm, gate and up, down, residual) in one at
+batch 1 (:func:`mlra.kernels.swiglu_mlp`; its down weight stored column-major by
+:func:`prepare_fused`), as two launches (norm with gate and up; down with the residual) above.
 The standard family (MHA/MQA/GQA) the same with one RoPE / cache-write launch. The
 operations are those of :mod:`mlra.kernels` (Triton on CUDA, the torch references elsewhere:
 on a CPU a fused step computes what the module-by-module step computes).
@@ -78,11 +77,15 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
         o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
+    local = block.reduce is _identity
+    if local:
+        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
+    else:
+        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     norm = block.mlp_norm
     weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
-    if block.reduce is _identity:
-        return kernels.output_mlp(o, attn.wo.weight, x, norm.weight, norm.eps, *weights)
-    x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
+    if local:
+        return kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights, residual=x)
     return x + block.reduce(kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights))
 
 

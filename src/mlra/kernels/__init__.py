@@ -35,7 +35,6 @@ from mlra.kernels.reference import (
     latent_decode_prepare_ref,
     latent_train_attention_ref,
     latent_up_output_ref,
-    output_mlp_ref,
     paged_gqa_decode_ref,
     paged_latent_decode_ref,
     paged_tpa_decode_ref,
@@ -267,46 +266,6 @@ def swiglu_mlp(
     return skinny_linear(act, [w_down], residual=residual)[0]
 
 
-def output_mlp_supports(o: torch.Tensor, w_o: torch.Tensor, x: torch.Tensor,
-                        norm_weight: torch.Tensor | None, w_gate: torch.Tensor,
-                        w_up: torch.Tensor, w_down: torch.Tensor) -> bool:
-    """Shapes the one-launch output projection + MLP kernel takes: those of
-    :func:`mlp_kernel_supports`, and ``o`` one row (the weights' dtype or fp32) with
-    ``w_o [d, o width]`` of the weights' dtype, rows contiguous, at most
-    :data:`MLP_MAX_WIDTH` wide (rounded up to a power of two)."""
-    ko = o.shape[-1]
-    return (mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down)
-            and o.numel() == ko and o.dtype in (w_gate.dtype, torch.float32)
-            and w_o.dtype == w_gate.dtype and w_o.dim() == 2 and w_o.stride(1) == 1
-            and tuple(w_o.shape) == (x.shape[-1], ko) and _next_pow2(ko) <= MLP_MAX_WIDTH)
-
-
-def output_mlp(
-    o: torch.Tensor,
-    w_o: torch.Tensor,
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-) -> torch.Tensor:
-    """The rest of a decode block after attention (see :func:`output_mlp_ref`): one launch
-    for one row where :func:`output_mlp_supports` (unless :data:`OUTPUT_MLP_ENV` is 0), else
-    the output projection of :func:`skinny_linear` and :func:`swiglu_mlp`."""
-    if (use_triton(x) and os.environ.get(OUTPUT_MLP_ENV, "1") not in ("", "0")
-            and output_mlp_supports(o, w_o, x, norm_weight, w_gate, w_up, w_down)):
-        from mlra.kernels.triton_mlp import output_mlp_triton
-
-        return output_mlp_triton(o, w_o, x, norm_weight, eps, w_gate, w_up, w_down)
-    (x1,) = skinny_linear(o, [w_o], residual=x)
-    return swiglu_mlp(x1, norm_weight, eps, w_gate, w_up, w_down, residual=x1)
-
-
-OUTPUT_MLP_ENV = "MLRA_OUTPUT_MLP"
-"""Set to 0 to run the output projection as its own launch before the one-launch MLP."""
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -480,7 +439,6 @@ __all__ = [
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
     "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
-    "output_mlp", "output_mlp_ref", "output_mlp_supports",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
     "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",

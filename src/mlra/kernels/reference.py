@@ -240,22 +240,6 @@ def swiglu_mlp_ref(
     return skinny_linear_ref(act, [w_down], residual=residual)[0]
 
 
-def output_mlp_ref(
-    o: torch.Tensor,
-    w_o: torch.Tensor,
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-) -> torch.Tensor:
-    """The rest of a decode block after attention: ``x1 = x + o @ w_o.T`` (``o`` cast to the
-    weights' dtype, ``x1`` in it), then ``x1`` plus its SwiGLU MLP (:func:`swiglu_mlp_ref`)."""
-    (x1,) = skinny_linear_ref(o, [w_o], residual=x)
-    return swiglu_mlp_ref(x1, norm_weight, eps, w_gate, w_up, w_down, residual=x1)
-
-
 def rotate_half_ref(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
                     ) -> torch.Tensor:
     """Rotate-half RoPE of ``x [B, T, heads, r]`` at ``positions [B, T]`` with the

@@ -66,81 +66,34 @@ class MlpConfig:
     one_launch: bool | None = None
 
 
-@triton.jit
-def _grid_barrier(cnt_ptr, n_parts):
-    """Wait until ``n_parts`` programs have arrived at this counter (all must be resident);
-    what they stored before is then visible."""
-    tl.debug_barrier()  # every thread's stores are issued before the arrival is counted
-    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-    while seen < n_parts:  # poll with plain (volatile) loads, not atomics
-        seen = tl.load(cnt_ptr, volatile=True)
-    tl.atomic_add(cnt_ptr, 0, sem="acquire")
-
-
-@triton.jit(do_not_specialize=["D", "H", "n_parts", "KO"])
+@triton.jit(do_not_specialize=["D", "H", "n_parts"])
 def _mlp_kernel(
     x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
-    o_ptr, wo_ptr, xin_ptr,
-    D, H, n_parts, s_g, s_u, s_d, eps, KO, s_o,
+    D, H, n_parts, s_g, s_u, s_d, eps,
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, HAS_PRE: tl.constexpr = False, KO_PAD: tl.constexpr = 16,
-    BLOCK_R: tl.constexpr = 1, PF_O: tl.constexpr = 0,
+    LINE: tl.constexpr = 64,
 ):
-    """PHASE 0: everything in one launch (all programs resident): the output projection if
-    HAS_PRE, grid barrier, the MLP partials, grid barrier, column sums. Split into launches
-    (interpreter, ``one_launch=False``): 3 the output projection, 1 the partials, 2 the column
-    sums (programs = column slices).
-
-    HAS_PRE: ``x = xin + W_o o`` (``o`` one row of KO, ``W_o`` [D, KO]) is computed first, each
-    program a range of its rows, and stored at ``x_ptr`` (then the MLP's input and residual)."""
+    """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
+    1: partials only; 2: column sums only (programs = column slices)."""
     pid = tl.program_id(0)
-    if ALIGNED:  # D (and KO) multiples of 8, in a form the alignment analysis sees
+    if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
         D = (D // 8) * 8
-        KO = (KO // 8) * 8
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < D
-    h_lo = pid * H // n_parts
-    h_hi = (pid + 1) * H // n_parts
-    if PHASE == 0 or PHASE == 1:
-        if PF_ROWS > 0:  # the first rows of this program's three weights, before any wait
+    if PHASE != 2:
+        h_lo = pid * H // n_parts
+        h_hi = (pid + 1) * H // n_parts
+        if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
             offs_l = tl.arange(0, D_PAD // LINE) * LINE
             rows = h_lo + tl.arange(0, PF_ROWS)
             ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
             prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
             prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
             prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
-    if HAS_PRE:
-        if PHASE == 0 or PHASE == 3:
-            r_lo = pid * D // n_parts
-            r_hi = (pid + 1) * D // n_parts
-            offs_k = tl.arange(0, KO_PAD)
-            mask_k = offs_k < KO
-            if PF_O > 0:
-                offs_lo = tl.arange(0, KO_PAD // LINE) * LINE
-                rows_o = r_lo + tl.arange(0, PF_O)
-                ok_o = (rows_o < r_hi)[:, None] & (offs_lo < KO)[None, :]
-                prefetch_l2(tl.where(ok_o, wo_ptr + rows_o[:, None] * s_o + offs_lo[None, :],
-                                     wo_ptr), PDL)
-            pdl_wait(PDL)
-            # the head outputs rounded to the weights' dtype, as the reference casts them
-            ov = tl.load(o_ptr + offs_k, mask=mask_k, other=0.0).to(wo_ptr.dtype.element_ty)
-            ov = ov.to(tl.float32)
-            for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=NUM_STAGES):
-                offs_r = r0 + tl.arange(0, BLOCK_R)
-                mask_r = offs_r < r_hi
-                w = tl.load(wo_ptr + offs_r[:, None] * s_o + offs_k[None, :],
-                            mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-                acc = tl.sum(w.to(tl.float32) * ov[None, :], axis=1)
-                acc += tl.load(xin_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-                tl.store(x_ptr + offs_r, acc.to(x_ptr.dtype.element_ty), mask=mask_r)
-        if PHASE == 0:
-            _grid_barrier(cnt_ptr + 2, n_parts)
-    if PHASE == 0 or PHASE == 1:
         pdl_wait(PDL)
-        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0, cache_modifier=".cg")
-        x = x.to(tl.float32)
+        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y = tl.zeros([D_PAD], dtype=tl.float32)
@@ -157,11 +110,15 @@ def _mlp_kernel(
             y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
         pdl_launch_next(PDL)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0:  # every partial written and visible
-        _grid_barrier(cnt_ptr, n_parts)
+    if PHASE == 0:  # grid barrier: every partial written and visible
+        tl.debug_barrier()
+        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
+            seen = tl.load(cnt_ptr, volatile=True)
+        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
     if PHASE == 2:
         pdl_wait(PDL)
-    if PHASE == 0 or PHASE == 2:
+    if PHASE != 1:
         if pid * COLS < D:
             offs_p = tl.arange(0, P_PAD)
             offs_c = pid * COLS + tl.arange(0, COLS)
@@ -171,26 +128,24 @@ def _mlp_kernel(
                            cache_modifier=".cg")
             out = tl.sum(part, axis=0)
             if HAS_RES:
-                out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0,
-                               cache_modifier=".cg").to(tl.float32)
+                out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
-    if PHASE == 0:  # the last program past the barriers resets the counters for the next launch
+    if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
         done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
         if done == n_parts - 1:
             tl.store(cnt_ptr, 0)
             tl.store(cnt_ptr + 1, 0)
-            tl.store(cnt_ptr + 2, 0)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
 def _counters(device: torch.device) -> torch.Tensor:
-    """Per-device barrier counters (three int32 zeros; each launch leaves them at zero). One
+    """Per-device barrier counters (two int32 zeros; each launch leaves them at zero). One
     stream: two launches of this kernel at once on one device must not share them."""
     buf = _COUNTERS.get(device)
     if buf is None:
-        buf = _COUNTERS[device] = torch.zeros(3, dtype=torch.int32, device=device)
+        buf = _COUNTERS[device] = torch.zeros(2, dtype=torch.int32, device=device)
     return buf
 
 
@@ -230,20 +185,19 @@ LAST_LAUNCH: dict = {}
 """Programs and form (one launch or two) of the latest call (for benchmarks)."""
 
 
-def _one_launch_parts(args: list, key: tuple, want: int, sms: int, device: torch.device,
+def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torch.device,
                       consts: dict) -> int:
     """Programs of a one-launch grid: ``want`` per multiprocessor, fewer where the compiled
-    kernel does not fit that many at once (0: not even one; then separate launches)."""
+    kernel does not fit that many at once (0: not even one; then two launches)."""
     if key in _PARTS:
         return _PARTS[key]
     per_sm = want
     while per_sm > 0:
         parts = per_sm * sms
-        trial = {**consts, "COLS": next_pow2(triton.cdiv(args[_D], parts)),
+        trial = {**consts, "COLS": next_pow2(triton.cdiv(args[9], parts)),
                  "P_PAD": next_pow2(parts)}
         try:
-            k = _mlp_kernel.warmup(*args[:_PARTS_ARG], parts, *args[_PARTS_ARG + 1:],
-                                   grid=(parts,), **trial)
+            k = _mlp_kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **trial)
             k._init_handles()
             fits = resident_per_sm(k.n_regs, k.metadata.shared, k.metadata.num_warps,
                                    _sm_limits(device.index or 0))
@@ -282,102 +236,49 @@ def swiglu_mlp_triton(
     (``x [..., d_model]`` with one row in all); ``w_down`` column-major
     (:func:`column_major`). ``config`` overrides launch parameters (benchmarks, tests)."""
     D = x.shape[-1]
+    H = w_gate.shape[0]
     if x.numel() != D:
         raise ValueError(f"swiglu_mlp_triton takes one row, got {x.numel() // D}")
-    x2 = x.reshape(1, D).contiguous()
-    res = residual.reshape(1, D) if residual is not None else None
-    return _launch(x2, None, norm_weight, eps, w_gate, w_up, w_down, res, config).view(x.shape)
-
-
-def output_mlp_triton(
-    o: torch.Tensor,
-    w_o: torch.Tensor,
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-    config: MlpConfig | None = None,
-) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.output_mlp_ref` for one row:
-    the output projection with its residual and the MLP with its residual, one launch."""
-    D = x.shape[-1]
-    if x.numel() != D or o.numel() != o.shape[-1]:
-        raise ValueError("output_mlp_triton takes one row")
-    if w_o.dim() != 2 or tuple(w_o.shape) != (D, o.shape[-1]) or w_o.stride(1) != 1:
-        raise ValueError(f"w_o must be [{D}, {o.shape[-1]}] with contiguous rows")
-    x2 = x.reshape(1, D).contiguous()
-    o2 = o.reshape(1, -1).contiguous()
-    x1 = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
-    out = _launch(x1, (o2, w_o, x2), norm_weight, eps, w_gate, w_up, w_down, x1, config)
-    return out.view(x.shape)
-
-
-_D, _PARTS_ARG = 12, 14  # positions of D and n_parts among the kernel's arguments
-
-
-def _launch(x2: torch.Tensor, pre: tuple | None, norm_weight: torch.Tensor, eps: float,
-            w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-            res: torch.Tensor | None, config: MlpConfig | None) -> torch.Tensor:
-    """One row through the kernel; ``pre`` = (o, w_o, x_in): ``x2`` is first written as
-    ``x_in + o @ w_o.T``."""
     if not column_major(w_down):
         raise ValueError("w_down must be column-major (w_down.t() contiguous)")
-    D = x2.shape[-1]
-    H = w_gate.shape[0]
+    x2 = x.reshape(1, D).contiguous()
     cfg = _env_config() if config is None else config
     d_pad = next_pow2(D)
     block_h = cfg.block_h or default_block_h(d_pad)
-    sms = device_sms(x2)
+    sms = device_sms(x)
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
     per_sm = cfg.per_sm or 1
-    ws_rows = min(per_sm * sms, H, D)
+    ws_rows = min(per_sm * sms, H)
     pdl = pdl_mode(x2)
     es = w_gate.element_size()
-    out = torch.empty(1, D, dtype=w_down.dtype, device=x2.device)
-    o2, w_o, x_in = pre if pre is not None else (x2, w_gate, x2)
-    ko = o2.shape[-1]
-    ko_pad = next_pow2(ko)
-    aligned = D % 8 == 0 and ko % 8 == 0 and all(
-        v % 8 == 0 for v in (w_gate.stride(0), w_up.stride(0), w_down.stride(1), w_o.stride(0)))
-    common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=res is not None,
+    res = residual.reshape(1, D) if residual is not None else x2
+    out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
+    common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=residual is not None,
                   NUM_STAGES=cfg.num_stages or default_stages(3 * block_h * d_pad * es,
-                                                              block_shared_memory(x2)),
-                  ALIGNED=aligned, num_warps=cfg.num_warps or max(4, d_pad // 1024),
-                  HAS_PRE=pre is not None, KO_PAD=ko_pad,
-                  BLOCK_R=max(1, min(16, TILE_ELEMENTS // ko_pad)) if pre is not None else 1,
-                  **launch_options(pdl))
-    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x2.device)
-    args = [x2, norm_weight, res if res is not None else x2, w_gate, w_up, w_down, out, ws,
-            _counters(x2.device), o2, w_o, x_in,
-            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps),
-            ko, w_o.stride(0)]
+                                                              block_shared_memory(x)),
+                  ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
+                                             for w in (w_gate, w_up, w_down)),
+                  num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
+    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
+    args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws, _counters(x.device),
+            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
     parts = ws_rows
     if one_launch:
-        key = (x2.device, D, H, ko, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
-               res is not None, pre is not None, aligned, pdl, x2.dtype, o2.dtype,
-               w_gate.dtype)
-        parts = min(H, D, _one_launch_parts(args, key, per_sm, sms, x2.device,
-                                            {**common, "PHASE": 0, "PDL": pdl}))
+        key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
+               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype)
+        parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
+                                         {**common, "PHASE": 0, "PDL": pdl}))
         one_launch = parts > 0
         parts = parts or ws_rows
-        args[_PARTS_ARG] = parts
-    # L2 prefetch before the wait: the first rows of the MLP weights and of w_o, within the
-    # budget (halved between the two when there are both)
-    share = per_sm * (2 if pre is not None else 1)
-    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, share, 16) \
+        args[11] = parts
+    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
         if pdl > 1 else 0
-    pf_o = prefetch_units(triton.cdiv(D, parts), parts, ko * es, sms, share, 64) \
-        if pdl > 1 and pre is not None else 0
     cols = next_pow2(triton.cdiv(D, parts))
-    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl, LINE=128 // es)
+    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
-        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, PF_O=pf_o, **common)
+        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common)
     else:
-        if pre is not None:
-            _mlp_kernel[(parts,)](*args, PHASE=3, PF_O=pf_o, **common)
-        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, **common)
+        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
         _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, **common)
-    return out
+    return out.view(x.shape)

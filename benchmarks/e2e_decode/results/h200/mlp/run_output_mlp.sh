@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 1964ca8 (the chained form was slower and is reverted; that commit has it).
 # Fifth device call (about 5 minutes): the output projection chained with the one-launch MLP
 # (one launch, two grid barriers). GPU tests of the kernel, then batch-1 steps with it
 # (default) and without it (MLRA_OUTPUT_MLP=0: the output projection as its own launch, the
