@@ -171,3 +171,26 @@ def test_resident_programs_follow_registers_shared_memory_and_threads():
     assert resident_per_sm(32, 0, 16, hopper) == 4 and resident_per_sm(32, 0, 32, hopper) == 2
     # a program that does not fit at all
     assert resident_per_sm(255, 240000, 8, hopper) == 0
+
+
+def test_a_model_prepared_for_fused_decoding_saves_through_transformers(monkeypatch, tmp_path):
+    """``save_pretrained`` of a model whose down weights a decode step made column-major."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from mlra.config import ModelConfig
+    from mlra.fused_step import prepare_fused
+    from mlra.hf import MlraForCausalLM
+    from mlra.model import Transformer
+
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig.preset("gqa", "tiny")).eval()
+    monkeypatch.setattr(kernels, "mlp_kernel_wanted", lambda w: True)
+    prepare_fused(model)
+    assert kernels.column_major(model.layers[0].mlp.w_down.weight)
+    MlraForCausalLM.from_model(model, eos_token_id=None, pad_token_id=0).save_pretrained(
+        tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
