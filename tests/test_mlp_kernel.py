@@ -194,3 +194,17 @@ def test_a_model_prepared_for_fused_decoding_saves_through_transformers(monkeypa
     ids = torch.randint(0, model.config.vocab_size, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_counters_are_kept_per_stream_and_kernel():
+    """Two decode steps on two streams at once must not share arrival counters or barriers."""
+    from mlra.kernels._triton_common import stream_counters
+
+    dev = torch.device(DEVICE)
+    a = stream_counters(dev, "mlp", 2, stream=11)
+    assert a.dtype == torch.int32 and a.numel() == 2 and not a.any()
+    assert stream_counters(dev, "mlp", 2, stream=11) is a  # kept
+    assert stream_counters(dev, "mlp", 2, stream=12) is not a  # another stream
+    assert stream_counters(dev, "skinny", 2, stream=11) is not a  # another kernel
+    assert stream_counters(dev, "mlp", 8, stream=11).numel() == 8  # grown when asked

@@ -201,6 +201,24 @@ def launch_options(mode: int) -> dict:
     return {"launch_pdl": True} if mode else {}
 
 
+_STREAM_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def stream_counters(device: torch.device, name: str, n: int, stream: int | None = None
+                    ) -> torch.Tensor:
+    """``n`` int32 zeros for the arrival counters or barriers of kernel ``name``, which every
+    launch leaves at zero again: one buffer per device and stream (``stream``: a stream
+    handle, default the device's current one), so steps running on two streams at once never
+    share counters. Made on first use (in a CUDA graph capture, from the graph's pool)."""
+    if stream is None:
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, name)
+    buf = _STREAM_COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _STREAM_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return buf
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

@@ -41,6 +41,7 @@ from mlra.kernels._triton_common import (
     pdl_wait,
     prefetch_l2,
     prefetch_units,
+    stream_counters,
 )
 
 #: elements of one weight tile (block of hidden units x padded model width) per loop step
@@ -135,18 +136,6 @@ def _mlp_kernel(
         if done == n_parts - 1:
             tl.store(cnt_ptr, 0)
             tl.store(cnt_ptr + 1, 0)
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device) -> torch.Tensor:
-    """Per-device barrier counters (two int32 zeros; each launch leaves them at zero). One
-    stream: two launches of this kernel at once on one device must not share them."""
-    buf = _COUNTERS.get(device)
-    if buf is None:
-        buf = _COUNTERS[device] = torch.zeros(2, dtype=torch.int32, device=device)
-    return buf
 
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
@@ -260,7 +249,8 @@ def swiglu_mlp_triton(
                                              for w in (w_gate, w_up, w_down)),
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
     ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
-    args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws, _counters(x.device),
+    args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
+            stream_counters(x.device, "mlp", 2),
             D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
     parts = ws_rows
     if one_launch:

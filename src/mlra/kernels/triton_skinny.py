@@ -44,6 +44,7 @@ from mlra.kernels._triton_common import (
     pdl_wait,
     prefetch_l2,
     prefetch_units,
+    stream_counters,
 )
 
 MAX_ROWS = 64
@@ -219,20 +220,16 @@ def prefetch_lines(k_split: int, block_n: int, programs: int, sms: int, element_
     return prefetch_units(row_lines, programs, block_n * n_weights * 128, sms, 4, 256)
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 _MAX_TILES = 1 << 16
 
 
 def _counters(device: torch.device, tiles: int) -> torch.Tensor:
-    """Per-device arrival counters (int32 zeros), one per output tile. Each launch leaves them
-    at zero again, so one buffer serves every launch on a stream; launches on two streams at
-    once must not share it (the decode step runs on one stream)."""
+    """Arrival counters (int32 zeros), one per output tile, per device and stream
+    (:func:`~mlra.kernels._triton_common.stream_counters`). Each launch leaves them at
+    zero again."""
     if tiles > _MAX_TILES:
         raise ValueError(f"{tiles} output tiles exceed the {_MAX_TILES} counters")
-    buf = _COUNTERS.get(device)
-    if buf is None:
-        buf = _COUNTERS[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    return buf
+    return stream_counters(device, "skinny", _MAX_TILES)
 
 
 def default_skinny_config(M: int, K: int) -> SkinnyConfig:
