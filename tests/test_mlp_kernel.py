@@ -208,3 +208,28 @@ def test_counters_are_kept_per_stream_and_kernel():
     assert stream_counters(dev, "mlp", 2, stream=12) is not a  # another stream
     assert stream_counters(dev, "skinny", 2, stream=11) is not a  # another kernel
     assert stream_counters(dev, "mlp", 8, stream=11).numel() == 8  # grown when asked
+
+
+@needs_triton
+@pytest.mark.skipif(not ON_GPU, reason="two CUDA streams at once need a GPU")
+def test_mlp_kernel_on_two_streams_at_once_keeps_each_result():
+    """Launches on two streams overlap; each has its own barrier counters, so both results
+    equal the ones computed alone (a shared counter would open a barrier early or never)."""
+    from mlra.kernels.triton_mlp import swiglu_mlp_triton
+
+    d, h = SHAPES[0]
+    runs = []
+    for seed in (21, 22):
+        x, nw, wg, wu, wd = _weights(d, h, seed)
+        runs.append((x, nw, wg, wu, wd.t().contiguous().t()))
+    alone = [swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x) for x, nw, wg, wu, wdc in runs]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    torch.cuda.synchronize()
+    outs: list[list[torch.Tensor]] = [[], []]
+    for _ in range(20):
+        for i, (s, (x, nw, wg, wu, wdc)) in enumerate(zip(streams, runs, strict=True)):
+            with torch.cuda.stream(s):
+                outs[i].append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x))
+    torch.cuda.synchronize()
+    for i in range(2):
+        assert all(torch.equal(o, alone[i]) for o in outs[i])
