@@ -15,6 +15,12 @@ fixed order, adds the residual and stores. The result is deterministic.
 Under the Triton interpreter (programs run one after another, a barrier would never open)
 the partials and the sum run as two launches of the same kernel.
 
+Limitation: the barrier needs every program of the grid resident at once. One launch at a
+time on a GPU guarantees it; two of these launches running at the same time on two streams of
+one GPU (two decode loops in one process, or MPS) may each hold part of the GPU and wait for
+each other for ever. Such setups set ``MLRA_MLP_KERNEL=0`` (two launches, no barrier). Each
+stream has its own counters (:func:`~mlra.kernels._triton_common.stream_counters`).
+
 Import only after checking :func:`mlra.kernels.triton_available`.
 """
 
