@@ -71,6 +71,9 @@ class MlpConfig:
     per_sm: int | None = None
     #: False: partials and the column sums as two launches (no grid barrier)
     one_launch: bool | None = None
+    #: launch the one-launch form as a cooperative grid (the driver then guarantees that all
+    #: programs are resident at once, also beside other launches; not yet measured with PDL)
+    cooperative: bool | None = None
 
 
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
@@ -273,7 +276,8 @@ def swiglu_mlp_triton(
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
-        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common)
+        coop = {"launch_cooperative_grid": True} if cfg.cooperative else {}
+        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop)
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
         _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, **common)
