@@ -109,6 +109,12 @@ def test_mlp_dispatch_takes_the_kernel_only_for_one_row_and_a_column_major_down(
     assert not kernels.mlp_kernel_supports(torch.cat([x, x]), nw, wg, wu, wdc)  # two rows
     assert not kernels.mlp_kernel_supports(x, None, wg, wu, wdc)  # no norm
     assert not kernels.mlp_kernel_supports(x, nw, wg.float(), wu, wdc)  # mixed dtypes
+    wide = torch.zeros(1, 8200, dtype=BF)  # wider than the kernel's registers take
+    w_wide = torch.zeros(4, 8200, dtype=BF)
+    assert kernels.column_major(w_wide.t())
+    assert not kernels.mlp_kernel_supports(wide, wide[0], w_wide, w_wide, w_wide.t())
+    assert kernels.mlp_kernel_supports(wide[:, :8192], wide[0, :8192], w_wide[:, :8192],
+                                       w_wide[:, :8192], w_wide[:, :8192].contiguous().t())
     # every path computes the reference (on a CPU the projections' references)
     for w in (wd, wdc):
         for rows in (x, torch.cat([x, -x])):
@@ -207,7 +213,8 @@ def test_counters_are_kept_per_stream_and_kernel():
     assert stream_counters(dev, "mlp", 2, stream=11) is a  # kept
     assert stream_counters(dev, "mlp", 2, stream=12) is not a  # another stream
     assert stream_counters(dev, "skinny", 2, stream=11) is not a  # another kernel
-    assert stream_counters(dev, "mlp", 8, stream=11).numel() == 8  # grown when asked
+    with pytest.raises(ValueError, match="asked for 8"):  # never replaced under a graph
+        stream_counters(dev, "mlp", 8, stream=11)
 
 
 @needs_triton

@@ -213,8 +213,8 @@ the one-launch kernel (:func:`swiglu_mlp`); read when a decode step lays out its
 
 
 MLP_MAX_WIDTH = 8192
-"""The widest model (``d_model``, rounded up to a power of two) the one-launch MLP kernel
-takes: a program holds the normed input and its partial output in registers."""
+"""The widest model (``d_model``) the one-launch MLP kernel takes: a program holds the normed
+input and its partial output in registers, padded to a power of two."""
 
 
 def column_major(w: torch.Tensor) -> bool:
@@ -228,7 +228,7 @@ def mlp_kernel_wanted(w_down: torch.Tensor) -> bool:
     step then stores ``w_down`` column-major (:func:`mlra.fused_step.prepare_fused`)."""
     return (use_triton(w_down) and w_down.dtype in _KERNEL_DTYPES and w_down.dim() == 2
             and os.environ.get(MLP_KERNEL_ENV, "1") not in ("", "0")
-            and _next_pow2(w_down.shape[0]) <= MLP_MAX_WIDTH)
+            and w_down.shape[0] <= MLP_MAX_WIDTH)
 
 
 def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
@@ -243,7 +243,7 @@ def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
             and all(w.dtype == dtype and w.dim() == 2 and w.stride(1) == 1
                     and tuple(w.shape) == (w_gate.shape[0], d) for w in (w_gate, w_up))
             and w_down.dtype == dtype and tuple(w_down.shape) == (d, w_gate.shape[0])
-            and column_major(w_down) and _next_pow2(d) <= MLP_MAX_WIDTH)
+            and column_major(w_down) and d <= MLP_MAX_WIDTH)
 
 
 def swiglu_mlp(
@@ -264,10 +264,6 @@ def swiglu_mlp(
         return swiglu_mlp_triton(x, norm_weight, eps, w_gate, w_up, w_down, residual)
     (act,) = skinny_linear(x, [w_gate, w_up], norm_weight=norm_weight, eps=eps, swiglu=True)
     return skinny_linear(act, [w_down], residual=residual)[0]
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _pow2_width(n: int) -> bool:

@@ -209,13 +209,16 @@ def stream_counters(device: torch.device, name: str, n: int, stream: int | None 
     """``n`` int32 zeros for the arrival counters or barriers of kernel ``name``, which every
     launch leaves at zero again: one buffer per device and stream (``stream``: a stream
     handle, default the device's current one), so steps running on two streams at once never
-    share counters. Made on first use (in a CUDA graph capture, from the graph's pool)."""
+    share counters. Made on first use (in a CUDA graph capture, from the graph's pool) and
+    never replaced, since a captured graph keeps its address: a kernel asks for one size."""
     if stream is None:
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device, stream, name)
     buf = _STREAM_COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
+    if buf is None:
         buf = _STREAM_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    elif buf.numel() != n:
+        raise ValueError(f"counters {name!r} hold {buf.numel()} entries, asked for {n}")
     return buf
 
 
