@@ -222,8 +222,7 @@ def test_counters_are_kept_per_stream_and_kernel():
 def test_split_k_projections_on_two_streams_at_once_keep_each_result():
     """Split-K projections on two streams overlap; each stream has its own arrival counters,
     so both results equal the ones computed alone (shared counters would let one launch's
-    last arrival sum the other's partials). (The one-launch MLP is not run this way: two of
-    its grids at once may not fit on the GPU together, see :mod:`mlra.kernels.triton_mlp`.)"""
+    last arrival sum the other's partials."""
     from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
 
     cfg = SkinnyConfig(split_k=4)
@@ -241,6 +240,32 @@ def test_split_k_projections_on_two_streams_at_once_keep_each_result():
         for i, (s, (x, w)) in enumerate(zip(streams, runs, strict=True)):
             with torch.cuda.stream(s):
                 outs[i].append(skinny_linear_triton(x, [w], config=cfg)[0])
+    torch.cuda.synchronize()
+    for i in range(2):
+        assert all(torch.equal(o, alone[i]) for o in outs[i])
+
+
+@needs_triton
+@pytest.mark.skipif(not ON_GPU, reason="two CUDA streams at once need a GPU")
+def test_one_launch_mlp_on_two_streams_at_once_keeps_each_result():
+    """Two decode loops on one GPU: the one-launch MLP's cooperative grids on two streams never
+    wait for each other at the barrier (a plain launch could: each grid holding part of the
+    GPU) and each result equals the one computed alone, bit for bit."""
+    from mlra.kernels.triton_mlp import LAST_LAUNCH, swiglu_mlp_triton
+
+    runs = []
+    for seed in (31, 32):
+        x, nw, wg, wu, wd = _weights(3072, 9880, seed)
+        runs.append((x, nw, wg, wu, wd.t().contiguous().t(), x))
+    alone = [swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res) for x, nw, wg, wu, wd, res in runs]
+    assert LAST_LAUNCH["one_launch"]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    torch.cuda.synchronize()
+    outs: list[list[torch.Tensor]] = [[], []]
+    for _ in range(20):
+        for i, (s, (x, nw, wg, wu, wd, res)) in enumerate(zip(streams, runs, strict=True)):
+            with torch.cuda.stream(s):
+                outs[i].append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res))
     torch.cuda.synchronize()
     for i in range(2):
         assert all(torch.equal(o, alone[i]) for o in outs[i])

@@ -80,9 +80,10 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
         return swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=cfg)
 
     floor = nbytes / bw
-    cands = [("two launches (gate/up, down)", two, None), ("one launch", one, None),
+    cands = [("two launches (gate/up, down)", two, None),
+             ("one launch (cooperative grid)", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False)),
-             ("one launch, cooperative grid", one, MlpConfig(cooperative=True))]
+             ("one launch, plain grid", one, MlpConfig(cooperative=False))]
     cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
                one, c) for c in sweep]
     if sweep is SWEEP:

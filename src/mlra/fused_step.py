@@ -94,9 +94,7 @@ def prepare_fused(model) -> None:
     weight stored column-major (same values and shape; ``w.t()`` contiguous), which the
     one-launch MLP kernel of batch-1 steps streams (:func:`mlra.kernels.mlp_kernel_wanted`).
     The modules compute the same with either layout; saving makes tensors contiguous.
-    Idempotent; nothing happens off CUDA or with ``MLRA_MLP_KERNEL=0`` (which a process
-    running two decode loops at once on one GPU must set: the kernel's grid barrier assumes
-    one launch of it at a time, :mod:`mlra.kernels.triton_mlp`)."""
+    Idempotent; nothing happens off CUDA or with ``MLRA_MLP_KERNEL=0``."""
     for block in model.layers:
         w = block.mlp.w_down.weight
         if kernels.mlp_kernel_wanted(w) and not kernels.column_major(w):

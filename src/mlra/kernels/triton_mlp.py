@@ -15,11 +15,13 @@ fixed order, adds the residual and stores. The result is deterministic.
 Under the Triton interpreter (programs run one after another, a barrier would never open)
 the partials and the sum run as two launches of the same kernel.
 
-Limitation: the barrier needs every program of the grid resident at once. One launch at a
-time on a GPU guarantees it; two of these launches running at the same time on two streams of
-one GPU (two decode loops in one process, or MPS) may each hold part of the GPU and wait for
-each other for ever. Such setups set ``MLRA_MLP_KERNEL=0`` (two launches, no barrier). Each
-stream has its own counters (:func:`~mlra.kernels._triton_common.stream_counters`).
+The barrier needs every program of the grid resident at once, so the grid is launched
+cooperatively: the driver starts it only when all of its programs fit, also beside other
+kernels (two decode loops on two streams of one GPU). That costs nothing measurable against a
+plain launch (H200, in a CUDA graph with PDL: ``results/h200/gluon/call1``). Each stream has
+its own counters (:func:`~mlra.kernels._triton_common.stream_counters`).
+``MlpConfig(cooperative=False)`` launches plainly (then only one such launch at a time per GPU
+is safe); ``MLRA_MLP_KERNEL=0`` keeps the two launches without a barrier.
 
 Import only after checking :func:`mlra.kernels.triton_available`.
 """
@@ -71,8 +73,9 @@ class MlpConfig:
     per_sm: int | None = None
     #: False: partials and the column sums as two launches (no grid barrier)
     one_launch: bool | None = None
-    #: launch the one-launch form as a cooperative grid (the driver then guarantees that all
-    #: programs are resident at once, also beside other launches; not yet measured with PDL)
+    #: launch the one-launch form as a cooperative grid (default True: the driver guarantees
+    #: that all programs are resident at once, also beside other launches; False: a plain
+    #: launch, safe only with one such launch at a time per GPU)
     cooperative: bool | None = None
 
 
@@ -276,7 +279,7 @@ def swiglu_mlp_triton(
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
-        coop = {"launch_cooperative_grid": True} if cfg.cooperative else {}
+        coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop)
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
