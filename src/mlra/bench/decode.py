@@ -151,12 +151,20 @@ def io_bytes(shape: DecodeShape, batch: int, length: int) -> int:
 
 def triton_call(shape: DecodeShape, inputs: dict, length: int, num_splits: int | None = None,
                 config=None) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """A closure calling our Triton kernel on ``inputs``."""
+    """A closure calling our kernel on ``inputs``: for the latent family the one
+    :func:`mlra.kernels.paged_latent_decode` picks (Gluon on Hopper, else Triton; a Triton
+    ``config`` forces Triton)."""
     if shape.kind == "latent":
+        from mlra.kernels import gluon_latent_wanted
         from mlra.kernels.triton_latent import paged_latent_decode_triton
         b, tq, nb, hq, w = inputs["q_latent"].shape
         out = torch.empty(b, tq, nb, hq, w, dtype=torch.float32, device=inputs["cache"].device)
         lse = torch.empty(b, tq, nb, hq, dtype=torch.float32, device=out.device)
+        if config is None and gluon_latent_wanted(inputs["q_latent"], inputs["q_rope"],
+                                                  inputs["cache"]):
+            from mlra.kernels.gluon_latent import paged_latent_decode_gluon
+            return lambda: paged_latent_decode_gluon(**inputs, out=out, lse=lse,
+                                                     max_seq_len=length, num_splits=num_splits)
         return lambda: paged_latent_decode_triton(**inputs, out=out, lse=lse,
                                                   max_seq_len=length, num_splits=num_splits,
                                                   config=config)
@@ -166,6 +174,16 @@ def triton_call(shape: DecodeShape, inputs: dict, length: int, num_splits: int |
     lse = torch.empty(b, tq, hq, dtype=torch.float32, device=out.device)
     return lambda: paged_gqa_decode_triton(**inputs, out=out, lse=lse, max_seq_len=length,
                                            num_splits=num_splits, config=config)
+
+
+def implementation(shape: DecodeShape, inputs: dict) -> str:
+    """Which of our kernels :func:`triton_call` runs for ``inputs``: ``gluon`` or ``triton``."""
+    from mlra.kernels import gluon_latent_wanted
+
+    if shape.kind == "latent" and gluon_latent_wanted(inputs["q_latent"], inputs["q_rope"],
+                                                      inputs["cache"]):
+        return "gluon"
+    return "triton"
 
 
 def reference_error(shape: DecodeShape, inputs: dict, result) -> float:
@@ -234,7 +252,7 @@ def run_decode_bench(
                 continue
             fn = triton_call(shape, inputs, length)
             result = fn()
-            extra: dict = {}
+            extra: dict = {"impl": implementation(shape, inputs)}
             if check and batch == 1 and length == min(lengths):
                 extra["ref_rel_err"] = reference_error(shape, inputs, result)
             timing = time_cuda(fn, reps=reps, flush=flush)
@@ -270,7 +288,8 @@ def run_decode_bench(
 
 
 def _fmt(r: dict) -> str:
-    return (f"{r['shape']:12s} {r['kernel']:8s} b{r['batch']:<4d} {fmt_size(r['seq_len']):>6s} "
+    kernel = r.get("impl") or r["kernel"]
+    return (f"{r['shape']:12s} {kernel:8s} b{r['batch']:<4d} {fmt_size(r['seq_len']):>6s} "
             f"{r['median_us']:9.1f} us  {r['gbps']:7.0f} GB/s  {100 * r['frac_copy']:5.1f}% copy"
             f"  floor {r['mem_floor_us']:.1f} us")
 

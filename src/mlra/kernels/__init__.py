@@ -87,6 +87,37 @@ def latent_kernel_supports(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: 
             and r & (r - 1) == 0 and cache.shape[1] % 16 == 0 and cache.stride(-1) == 1)
 
 
+GLUON_LATENT_ENV = "MLRA_GLUON_LATENT"
+"""Set to 0 to decode the latent family with the Triton kernel on Hopper too."""
+
+
+@functools.lru_cache(maxsize=1)
+def gluon_available() -> bool:
+    """Whether this Triton has Gluon's Hopper pieces (TMA, mbarriers, wgmma, warp
+    specialisation) that :mod:`mlra.kernels.gluon_latent` uses."""
+    if not triton_available():
+        return False
+    try:
+        import mlra.kernels.gluon_latent  # noqa: F401
+    except Exception:  # an older Triton: the Triton kernel serves
+        return False
+    return True
+
+
+def gluon_latent_wanted(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: torch.Tensor
+                        ) -> bool:
+    """Whether :func:`paged_latent_decode` sends this call to the Gluon kernel: a Hopper GPU,
+    shapes it takes (:func:`mlra.kernels.gluon_latent.gluon_latent_supports`), Gluon in this
+    Triton, :data:`GLUON_LATENT_ENV` not 0."""
+    if not cache.is_cuda or os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
+        return False
+    if not gluon_available():
+        return False
+    from mlra.kernels.gluon_latent import gluon_latent_supports
+
+    return gluon_latent_supports(q_latent, q_rope, cache)
+
+
 def gqa_kernel_supports(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """Shapes the Triton GQA kernel takes: bf16/fp16 caches, head dims <= 256, page % 16 == 0."""
     return (k_cache.dtype in _KERNEL_DTYPES and v_cache.dtype == k_cache.dtype
@@ -104,7 +135,14 @@ def paged_latent_decode(
     rope_offset: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`)."""
+    """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`):
+    the Gluon kernel on Hopper where it takes the shapes (:func:`gluon_latent_wanted`), else
+    the Triton kernel, else the reference."""
+    if use_triton(cache) and gluon_latent_wanted(q_latent, q_rope, cache):
+        from mlra.kernels.gluon_latent import paged_latent_decode_gluon
+
+        return paged_latent_decode_gluon(q_latent, q_rope, cache, block_table, seq_lens,
+                                         latent_offsets, rope_offset, scale)
     if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
@@ -436,6 +474,7 @@ __all__ = [
     "up_kernel_supports", "up_project",
     "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
+    "gluon_available", "gluon_latent_wanted", "GLUON_LATENT_ENV",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
     "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",
 ]

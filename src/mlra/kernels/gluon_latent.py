@@ -1,0 +1,442 @@
+"""Hopper paged decode kernel for the latent family (MLA, GLA, MLRA), absorbed form, written in
+Gluon with explicit warp specialisation.
+
+Same contract as :func:`mlra.kernels.triton_latent.paged_latent_decode_triton` (and the
+reference :func:`mlra.kernels.reference.paged_latent_decode_ref`); the Triton kernel stays the
+portable path (other GPUs, the interpreter on CPU). One program handles one sequence, one
+block of 64 query rows (``Tq x Hq`` rows: every head of every new token), one latent stream
+and one split of the cached tokens. Two partitions run side by side:
+
+* a producer warp issues TMA loads of each tile of ``BLOCK_N`` cached tokens -- the stream's
+  latent columns ``[BLOCK_N, W]`` and the RoPE columns ``[BLOCK_N, R]``, addressed through the
+  block table (one load per page a tile covers) -- into a ring of ``NUM_BUF`` shared buffers,
+  each guarded by a pair of mbarriers (``ready``: the bytes landed; ``empty``: the consumers
+  released it);
+* two consumer warpgroups (side by side along the key / value columns) compute ``S = Q_rope
+  K_rope^T + Q_lat K_lat^T`` with wgmma from shared memory, the online softmax in base 2 and
+  ``O += P V`` (V = the latent tile), then release the buffer.
+
+So the loads of the next tiles are in flight while the tensor cores work on the current one:
+at 1M tokens, 64 heads and 512 + 64 columns this reached 91% of the H200's memory floor in
+the probe (``benchmarks/decode/gluon_mla_probe.py``, ``results/h200/gluon``), where the
+Triton kernel, which waits for each tile's loads before its products, reaches 55%.
+
+Masking: the sequence's last tile may hold rows past its length (NaN in a pool's unused rows
+must not leak): the consumers zero those rows of the latent tile in shared memory before
+``P V`` and mask the scores of every position a query row may not see (causal inside the
+``Tq`` new tokens). Splits are merged as for the Triton kernel
+(:func:`mlra.kernels._triton_common.finish_splits`).
+
+Numerics as the Triton kernel: bf16 / fp16 operands, fp32 accumulation and statistics,
+probabilities rounded to the cache dtype for ``P V``, fp32 outputs.
+
+Import only after checking :func:`mlra.kernels.gluon_available`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+)
+
+from mlra.kernels._triton_common import (
+    LOG2E,
+    block_shared_memory,
+    finish_splits,
+    next_pow2,
+    num_splits_for,
+    pdl_mode,
+    split_workspaces,
+)
+
+BLOCK_M = 64  # query rows per program: one wgmma M per warpgroup
+ROWS = gl.constexpr(BLOCK_M)
+MAX_STREAMS = 4  # latent streams per launch (their column offsets are scalar arguments)
+SMEM_RESERVE = 8 << 10  # shared memory kept free for the compiler's own scratch
+
+
+@dataclass(frozen=True)
+class GluonLatentConfig:
+    """Launch parameters (``None``: :func:`default_gluon_config`)."""
+
+    block_n: int | None = None
+    num_buf: int | None = None
+    #: consumer warpgroups (1 or 2), side by side along the score and value columns
+    warpgroups: int | None = None
+
+
+def default_gluon_config(w: int, r: int, page: int, smem: int) -> GluonLatentConfig:
+    """64-row tiles, two consumer warpgroups, as many ring buffers (2..4) as shared memory
+    holds beside the query block (MLA's 512 + 64 columns: two)."""
+    block_n = 64
+    tile = block_n * (w + r) * 2
+    q_bytes = BLOCK_M * (w + r) * 2
+    num_buf = max(2, min(4, (smem - SMEM_RESERVE - q_bytes) // tile))
+    return GluonLatentConfig(block_n=block_n, num_buf=num_buf, warpgroups=2)
+
+
+@gluon.jit
+def _gdc_wait():
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _gdc_launch_dependents():
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _tile_range(seq_len, Tq, pid_s, n_splits, BLOCK_N: gl.constexpr):
+    """``[start, end)`` of split ``pid_s`` (whole tiles) and ``full_end``: tiles before it
+    need no mask (as :func:`mlra.kernels._triton_common.split_range`)."""
+    per = gl.cdiv(gl.cdiv(seq_len, BLOCK_N), n_splits)
+    start = pid_s * per * BLOCK_N
+    end = gl.minimum(start + per * BLOCK_N, seq_len)
+    visible = gl.minimum(end, seq_len - Tq + 1)
+    full_end = start + gl.maximum(visible - start, 0) // BLOCK_N * BLOCK_N
+    return start, end, full_end
+
+
+@gluon.jit
+def _producer(kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr, seq_lens_ptr,
+              s_btb, lat_col, rope_col, Tq, n_splits, W: gl.constexpr, R: gl.constexpr,
+              PAGE: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr,
+              NUM_BUF: gl.constexpr):
+    """Worker partition (one warp): TMA loads of the cache tiles into the ring, one load per
+    page a tile covers (``SUB`` rows each)."""
+    b = gl.program_id(2)
+    seq_len = gl.load(seq_lens_ptr + b)
+    start, end, full_end = _tile_range(seq_len, Tq, gl.program_id(1), n_splits, BLOCK_N)
+    n_tiles = gl.cdiv(gl.maximum(end - start, 0), BLOCK_N)
+    tile_bytes: gl.constexpr = BLOCK_N * (W + R) * 2
+    bt_row = bt_ptr + b * s_btb
+    for i in range(n_tiles):
+        slot = i % NUM_BUF
+        # wait until the consumers released this slot in the previous round (round 0:
+        # parity 1 is the phase before the barrier's first and passes at once)
+        mbarrier.wait(empty.index(slot), ((i // NUM_BUF) & 1) ^ 1)
+        bar = ready.index(slot)
+        mbarrier.expect(bar, tile_bytes)
+        n0 = start + i * BLOCK_N
+        for u in gl.static_range(BLOCK_N // SUB):
+            # a part past the sequence reads its last part again (the consumers zero those
+            # rows): block-table entries past a sequence's pages may hold anything
+            pos = gl.minimum(n0 + u * SUB, (end - 1) // SUB * SUB)
+            row = gl.load(bt_row + pos // PAGE) * PAGE + pos % PAGE
+            tma.async_copy_global_to_shared(kl_desc, [row, lat_col], bar,
+                                            kl_smem.index(slot).slice(u * SUB, SUB))
+            tma.async_copy_global_to_shared(kr_desc, [row, rope_col], bar,
+                                            kr_smem.index(slot).slice(u * SUB, SUB))
+
+
+@gluon.jit
+def _zero_rows_past(kl, keep, BLOCK_N: gl.constexpr, W: gl.constexpr,
+                    num_warps: gl.constexpr):
+    """Zero rows ``keep..BLOCK_N`` of the latent tile ``kl`` in shared memory (64 columns at a
+    time, so few registers), then fence so the tensor cores see the zeros."""
+    zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    rows = gl.arange(0, BLOCK_N, gl.SliceLayout(1, zl))
+    keep_row = gl.expand_dims(rows < keep, 1)
+    for c in gl.static_range(W // 64):
+        part = kl.slice(c * 64, 64, dim=1)
+        x = part.load(zl)
+        part.store(gl.where(keep_row, x, gl.zeros_like(x)))
+    fence_async_shared()
+
+
+@gluon.jit
+def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, empty,
+              seq_lens_ptr, o_ptr, lse_ptr,
+              s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh,
+              s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
+              qk_scale, Hq, Tq, n_splits, n_streams,
+              W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_BUF: gl.constexpr, WG: gl.constexpr):
+    """Default partition (``WG`` warpgroups): the query block into shared memory, then per
+    tile the scores, the online softmax and ``P V``; the normalised output and the
+    natural-log LSE of its rows at the end."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, BLOCK_N // WG, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, min(W // WG, 256), 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4 * WG, 1], [1, 0])
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+    pid_m = gl.program_id(0) // n_streams
+    j = gl.program_id(0) % n_streams
+    pid_s = gl.program_id(1)
+    b = gl.program_id(2)
+    seq_len = gl.load(seq_lens_ptr + b)
+    start, end, full_end = _tile_range(seq_len, Tq, pid_s, n_splits, BLOCK_N)
+    n_tiles = gl.cdiv(gl.maximum(end - start, 0), BLOCK_N)
+
+    # the query block: rows (t, h) of this sequence and stream, zeros past Tq x Hq
+    qrow = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, q_load))
+    qt = gl.expand_dims(qrow // Hq, 1)
+    qh = gl.expand_dims(qrow % Hq, 1)
+    q_ok = gl.expand_dims(qrow < Tq * Hq, 1)
+    cw = gl.expand_dims(gl.arange(0, W, gl.SliceLayout(0, q_load)), 0)
+    cr = gl.expand_dims(gl.arange(0, R, gl.SliceLayout(0, q_load)), 0)
+    ql = gl.load(q_lat_ptr + b * s_qb + j * s_qj + qt * s_qt + qh * s_qh + cw,
+                 mask=q_ok & (cw < W), other=0.0)
+    qr = gl.load(q_rope_ptr + b * s_rb + qt * s_rt + qh * s_rh + cr, mask=q_ok & (cr < R),
+                 other=0.0)
+    ql_smem.store(ql)
+    qr_smem.store(qr)
+    fence_async_shared()
+
+    rows_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, row_s)
+    limit = gl.expand_dims(seq_len - Tq + rows_s // Hq + 1, 1)  # row sees positions < limit
+    offs_n = gl.expand_dims(gl.arange(0, BLOCK_N, col_s), 0)
+    m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, row_s)
+    acc = gl.zeros([BLOCK_M, W], gl.float32, o_layout)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    for i in range(n_tiles):
+        slot = i % NUM_BUF
+        mbarrier.wait(ready.index(slot), (i // NUM_BUF) & 1)
+        kl = kl_smem.index(slot)
+        kr = kr_smem.index(slot)
+        n0 = start + i * BLOCK_N
+        if n0 + BLOCK_N > end:
+            _zero_rows_past(kl, end - n0, BLOCK_N, W, 4 * WG)
+        s = warpgroup_mma(qr_smem, kr.permute((1, 0)), s_zero, use_acc=False)
+        s = warpgroup_mma(ql_smem, kl.permute((1, 0)), s)
+        s = s * qk_scale
+        if n0 + BLOCK_N > full_end:
+            s = gl.where(n0 + offs_n < limit, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+        l_i = l_i * alpha + gl.sum(p, 1)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        p_op = gl.convert_layout(p.to(ql_smem.dtype), p_layout)
+        acc = warpgroup_mma(p_op, kl, acc)
+        m_i = m_new
+        mbarrier.arrive(empty.index(slot), count=1)
+
+    ok = l_i > 0
+    inv = gl.where(ok, 1.0 / gl.where(ok, l_i, 1.0), 0.0)
+    out = acc * gl.expand_dims(gl.convert_layout(inv, row_o), 1)
+    rows_o = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, row_o)
+    ot = gl.expand_dims(rows_o // Hq, 1)
+    oh = gl.expand_dims(rows_o % Hq, 1)
+    co = gl.expand_dims(gl.arange(0, W, col_o), 0)
+    o_ptrs = o_ptr + pid_s * s_os + b * s_ob + j * s_oj + ot * s_ot + oh * s_oh + co
+    gl.store(o_ptrs, out, mask=gl.expand_dims(rows_o < Tq * Hq, 1) & (co < W))
+    lse = gl.where(ok, (m_i + gl.log2(gl.where(ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    lse_ptrs = (lse_ptr + pid_s * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
+                + rows_s % Hq)
+    gl.store(lse_ptrs, lse, mask=rows_s < Tq * Hq)
+
+
+@gluon.jit
+def _gluon_latent_kernel(
+    q_lat_ptr, q_rope_ptr, kl_desc, kr_desc, bt_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh, s_btb,
+    s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
+    lat0, lat1, lat2, lat3, rope_col, qk_scale, Hq, Tq, n_splits, n_streams,
+    W: gl.constexpr, R: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
+    SUB: gl.constexpr, NUM_BUF: gl.constexpr, WG: gl.constexpr, PDL: gl.constexpr,
+):
+    """Grid ``(row blocks x streams, splits, sequences)``; see the module docstring."""
+    BLOCK_M: gl.constexpr = ROWS
+    dtype: gl.constexpr = kl_desc.dtype
+    ql_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, W], dtype)
+    qr_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, R], dtype)
+    ql_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, W], ql_layout)
+    qr_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, R], qr_layout)
+    kl_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, W], kl_desc.layout)
+    kr_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, R], kr_desc.layout)
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    for k in gl.static_range(NUM_BUF):
+        mbarrier.init(ready.index(k), count=1)
+        mbarrier.init(empty.index(k), count=1)
+    fence_async_shared()
+    if PDL:
+        _gdc_wait()  # the query, the new cache rows and the lengths come from earlier kernels
+    j = gl.program_id(0) % n_streams
+    lat_col = gl.where(j == 0, lat0, gl.where(j == 1, lat1, gl.where(j == 2, lat2, lat3)))
+
+    gl.warp_specialize(
+        [(_consumer, (q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, empty,
+                      seq_lens_ptr, o_ptr, lse_ptr, s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh,
+                      s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
+                      qk_scale, Hq, Tq, n_splits, n_streams, W, R, BLOCK_M, BLOCK_N, NUM_BUF,
+                      WG)),
+         (_producer, (kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr, seq_lens_ptr,
+                      s_btb, lat_col, rope_col, Tq, n_splits, W, R, PAGE, BLOCK_N, SUB,
+                      NUM_BUF))],
+        [1], [40])
+    if PDL:
+        _gdc_launch_dependents()
+    for k in gl.static_range(NUM_BUF):
+        mbarrier.invalidate(ready.index(k))
+        mbarrier.invalidate(empty.index(k))
+
+
+def gluon_latent_supports(q_latent: torch.Tensor, q_rope: torch.Tensor,
+                          cache: torch.Tensor) -> bool:
+    """Shapes the kernel takes on a Hopper GPU: a bf16 / fp16 pool that TMA can read (one
+    row-major 2-D array, 16-byte aligned rows and column offsets), one stream's width a power
+    of two from 64 to 512, a RoPE width a power of two from 16 to 128, pages a multiple of 16
+    (a tile covers several pages) or of 64."""
+    if not (cache.is_cuda and cache.dim() == 3 and q_latent.dim() == 5):
+        return False
+    if torch.cuda.get_device_capability(cache.device)[0] != 9:
+        return False
+    W, R, page = q_latent.shape[-1], q_rope.shape[-1], cache.shape[1]
+    es = cache.element_size()
+    return (cache.dtype in (torch.bfloat16, torch.float16)
+            and W == next_pow2(W) and 64 <= W <= 512
+            and R == next_pow2(R) and 16 <= R <= 128
+            and (page % 64 == 0 or 64 % page == 0) and page >= 16
+            and cache.stride(-1) == 1 and cache.stride(0) == page * cache.stride(1)
+            and (cache.stride(1) * es) % 16 == 0 and cache.data_ptr() % 16 == 0
+            and cache.shape[0] * page < 2**31)
+
+
+def paged_latent_decode_gluon(
+    q_latent: torch.Tensor,
+    q_rope: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    latent_offsets: Sequence[int],
+    rope_offset: int,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    config: GluonLatentConfig | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gluon implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref` for
+    Hopper (:func:`gluon_latent_supports`); keyword-only extras as
+    :func:`mlra.kernels.triton_latent.paged_latent_decode_triton`."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from mlra.kernels.triton_latent import _check_inputs
+
+    _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
+    if not gluon_latent_supports(q_latent, q_rope, cache):
+        raise ValueError("paged_latent_decode_gluon: shapes outside gluon_latent_supports")
+    B, Tq, NB, Hq, W = q_latent.shape
+    R = q_rope.shape[-1]
+    dev = q_latent.device
+    if out is None:
+        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
+    if lse is None:
+        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    if not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out and lse must be contiguous")
+    if B == 0 or Tq == 0 or Hq == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    if NB > MAX_STREAMS:  # groups of four streams (the latent columns go in as scalars)
+        for g in range(0, NB, MAX_STREAMS):
+            sl = slice(g, min(NB, g + MAX_STREAMS))
+            o_g, l_g = paged_latent_decode_gluon(
+                q_latent[:, :, sl], q_rope, cache, block_table, seq_lens,
+                list(latent_offsets)[sl], rope_offset, scale, num_splits=num_splits,
+                config=config, max_seq_len=max_seq_len)
+            out[:, :, sl] = o_g
+            lse[:, :, sl] = l_g
+        return out, lse
+    es = cache.element_size()
+    for off in (*latent_offsets, rope_offset):
+        if (off * es) % 16:
+            raise ValueError(f"column offset {off} is not 16-byte aligned (TMA)")
+    q_latent = q_latent.to(cache.dtype)
+    q_rope = q_rope.to(cache.dtype)
+    page = cache.shape[1]
+    dflt = default_gluon_config(W, R, page, block_shared_memory(cache))
+    cfg = GluonLatentConfig(config.block_n or dflt.block_n, config.num_buf or dflt.num_buf,
+                            config.warpgroups or dflt.warpgroups) if config else dflt
+    sub = min(page, cfg.block_n)
+    if cfg.block_n % sub or page % sub:
+        raise ValueError(f"block_n {cfg.block_n} and page {page} do not tile each other")
+    flat = cache.as_strided((cache.shape[0] * page, cache.shape[2]), (cache.stride(1), 1))
+    gdt = gl.bfloat16 if cache.dtype == torch.bfloat16 else gl.float16
+    kl_desc = TensorDescriptor.from_tensor(
+        flat, [sub, W], gl.NVMMASharedLayout.get_default_for([cfg.block_n, W], gdt))
+    kr_desc = TensorDescriptor.from_tensor(
+        flat, [sub, R], gl.NVMMASharedLayout.get_default_for([cfg.block_n, R], gdt))
+    m_blocks = triton.cdiv(Tq * Hq, BLOCK_M)
+    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
+                                B * m_blocks * NB, cfg.block_n, cache, ctas_per_sm=1)
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
+    offs = [int(o) for o in latent_offsets] + [0] * (MAX_STREAMS - NB)
+    pdl = pdl_mode(cache) > 0
+    _gluon_latent_kernel[(m_blocks * NB, num_splits, B)](
+        q_latent, q_rope, kl_desc, kr_desc, block_table, seq_lens, o_ws, lse_ws,
+        q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
+        q_rope.stride(0), q_rope.stride(1), q_rope.stride(2), block_table.stride(0),
+        o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
+        lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
+        *offs, rope_offset, float(scale) * LOG2E, Hq, Tq, num_splits, NB,
+        W=W, R=R, PAGE=page, BLOCK_N=cfg.block_n, SUB=sub, NUM_BUF=cfg.num_buf,
+        WG=cfg.warpgroups, PDL=int(pdl), num_warps=4 * cfg.warpgroups,
+        **({"launch_pdl": True} if pdl else {}),
+    )
+    finish_splits(o_ws, lse_ws, out, lse)
+    return out, lse
+
+
+
+def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None = None,
+                     pdl: bool = True, smem: int = 232448):
+    """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
+    resource reports: registers, spills, shared memory and the PTX of one configuration."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    dflt = default_gluon_config(w, r, page, smem)
+    cfg = GluonLatentConfig(config.block_n or dflt.block_n, config.num_buf or dflt.num_buf,
+                            config.warpgroups or dflt.warpgroups) if config else dflt
+    sub = min(page, cfg.block_n)
+    consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
+              "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
+    params = list(_gluon_latent_kernel.arg_names)
+    lay = {k: gl.NVMMASharedLayout.get_default_for([cfg.block_n, c], gl.bfloat16)
+           for k, c in (("kl_desc", w), ("kr_desc", r))}
+    sig: dict[str, str] = {}
+    for name in params:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in lay:
+            c = w if name == "kl_desc" else r
+            sig[name] = f"tensordesc<bf16[{sub}, {c}],{lay[name]!r}>"
+        elif name in ("q_lat_ptr", "q_rope_ptr"):
+            sig[name] = "*bf16"
+        elif name in ("bt_ptr", "seq_lens_ptr"):
+            sig[name] = "*i32"
+        elif name in ("o_ptr", "lse_ptr"):
+            sig[name] = "*fp32"
+        elif name == "qk_scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    src = GluonASTSource(fn=_gluon_latent_kernel, signature=sig,
+                         constexprs={(params.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": 4 * cfg.warpgroups})

@@ -1,0 +1,160 @@
+"""The Gluon (Hopper) paged latent decode kernel against the torch reference.
+
+On a Hopper GPU every shape the dispatch sends to the kernel runs at real sizes: ragged
+lengths, a shuffled page table, NaN in every cache row a sequence does not own and poisoned
+block-table entries past its pages (``random_latent_case``), NaN-prefilled outputs, Tq 1 and
+2, pages of 16 and 64, forced splits. Without one (CI), the kernel is compiled for sm_90 with
+Triton's bundled ptxas and its resources and PTX are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mlra import kernels
+from mlra.kernels.reference import paged_latent_decode_ref
+from mlra.kernels.testing import random_latent_case, rel_error
+
+if not kernels.gluon_available():
+    pytest.skip("this Triton has no Gluon Hopper support", allow_module_level=True)
+
+from mlra.kernels.gluon_latent import (  # noqa: E402
+    GluonLatentConfig,
+    gluon_latent_supports,
+    paged_latent_decode_gluon,
+)
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel needs a Hopper GPU")
+OUT_TOL = 1e-2  # relative L2 error of out (bf16 probabilities in P @ V)
+LSE_TOL = 2e-3  # absolute error of lse
+SM90_SMEM = 232448
+
+
+COMPILED = [(512, 64, 2, True), (256, 64, 2, False), (128, 64, 2, True), (128, 64, 1, True),
+            (512, 16, 2, True), (128, 32, 2, False), (64, 32, 2, True)]
+
+_COMPILE_SCRIPT = """
+import json, sys
+from mlra.kernels.aot import ptxas_usage
+from mlra.kernels.gluon_latent import GluonLatentConfig, compile_for_sm90
+res = {}
+for w, page, wg, pdl in json.loads(sys.argv[1]):
+    k = compile_for_sm90(w, 64, page, GluonLatentConfig(warpgroups=wg), pdl=pdl)
+    res[f"{w}-{page}-{wg}-{pdl}"] = dict(ptx=k.asm["ptx"], shared=k.metadata.shared,
+                                         use=ptxas_usage(k.asm["ptx"]))
+json.dump(res, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    """The configurations of ``COMPILED`` compiled for sm_90, in a process without
+    ``TRITON_INTERPRET`` (which would replace the kernel by an interpreted one)."""
+    out = tmp_path_factory.mktemp("gluon") / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(COMPILED),
+                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("w,page,wg,pdl", COMPILED)
+def test_kernel_compiles_for_sm90_within_registers_and_shared_memory(compiled, w, page, wg,
+                                                                     pdl):
+    k = compiled[f"{w}-{page}-{wg}-{pdl}"]
+    ptx = k["ptx"]
+    assert k["use"]["spill_stores"] == 0 and k["use"]["spill_loads"] == 0
+    assert k["shared"] <= SM90_SMEM
+    assert "wgmma.mma_async" in ptx and "mbarrier.try_wait" in ptx
+    # TMA loads of the cache tiles: a latent and a RoPE load per page a tile covers
+    assert ptx.count("cp.async.bulk.tensor") >= 2 * (64 // min(page, 64))
+    assert ("griddepcontrol.wait" in ptx) == pdl
+    if pdl:  # the wait comes before any global load (lengths, block table, queries)
+        assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global")
+
+
+def test_supports_refuses_what_the_kernel_cannot_take():
+    case = random_latent_case([40], 64, 1, 1, 4, 128)  # CPU tensors
+    assert not gluon_latent_supports(case["q_latent"], case["q_rope"], case["cache"])
+
+
+def _check(out, lse, ref_out, ref_lse):
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten or NaN output"
+    assert rel_error(out, ref_out) < OUT_TOL
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    if finite.any():
+        assert (lse[finite] - ref_lse[finite]).abs().max().item() < LSE_TOL
+
+
+# (streams NB, width W, heads, Tq, page, lengths, splits, layout)
+CASES = [
+    (1, 512, 64, 1, 64, [70001, 4096, 1], None, "latents_first"),  # MLA (bench shape)
+    (1, 512, 64, 2, 64, [9000, 130, 64], 7, "latents_first"),  # MLA, Tq 2, forced splits
+    (1, 512, 24, 1, 64, [131072, 333], None, "latents_first"),  # MLA at 2.9B
+    (1, 512, 24, 2, 16, [5000, 17], 3, "rope_first"),  # page 16, offsets honoured
+    (1, 256, 32, 1, 64, [33333, 100], None, "latents_first"),  # GLA-2 at TP 2
+    (1, 256, 12, 2, 64, [7000, 65], 2, "rope_first"),  # GLA-2 at 2.9B, one group
+    (1, 128, 64, 1, 64, [131072, 5], None, "latents_first"),  # MLRA-4 at TP 4
+    (1, 128, 64, 2, 16, [20000, 63], 4, "latents_first"),  # page 16, Tq 2
+    (4, 128, 64, 1, 64, [65536, 777], None, "latents_first"),  # MLRA-4 fused
+    (4, 128, 24, 2, 64, [8192, 129], None, "rope_first"),  # MLRA-4 at 2.9B, Tq 2
+    (2, 256, 24, 1, 16, [20000, 17], None, "latents_first"),  # MLRA-2 at 2.9B, page 16
+    (5, 64, 8, 1, 32, [3000, 40], 2, "latents_first"),  # five streams: two launches
+    (1, 64, 128, 2, 64, [4000, 1], None, "latents_first"),  # several row blocks
+]
+
+
+@needs_hopper
+@pytest.mark.parametrize("nb,w,hq,tq,page,lens,splits,layout", CASES)
+def test_gluon_kernel_matches_reference(nb, w, hq, tq, page, lens, splits, layout):
+    case = random_latent_case(lens, page, tq, nb, hq, w, layout=layout, device="cuda",
+                              seed=len(lens) * 17 + w + tq)
+    assert gluon_latent_supports(case["q_latent"], case["q_rope"], case["cache"])
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    out = torch.full(ref_out.shape, float("nan"), device="cuda")
+    lse = torch.full(ref_lse.shape, float("nan"), device="cuda")
+    paged_latent_decode_gluon(**case, num_splits=splits, out=out, lse=lse)
+    _check(out, lse, ref_out, ref_lse)
+
+
+@needs_hopper
+@pytest.mark.parametrize("cfg", [GluonLatentConfig(block_n=32, num_buf=3),
+                                 GluonLatentConfig(warpgroups=1),
+                                 GluonLatentConfig(num_buf=2)])
+def test_gluon_launch_configurations_agree(cfg):
+    case = random_latent_case([20000, 70, 3], 64, 2, 1, 64, 128, device="cuda", seed=3)
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    out, lse = paged_latent_decode_gluon(**case, config=cfg, num_splits=5)
+    _check(out, lse, ref_out, ref_lse)
+
+
+@needs_hopper
+def test_gluon_split_invariance_and_empty_sequence():
+    """Any split factor gives the same result; a sequence with no tokens gives 0 / -inf."""
+    case = random_latent_case([20000, 0], 64, 1, 1, 24, 512, device="cuda", seed=7)
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    for s in (1, 2, 9):
+        out, lse = paged_latent_decode_gluon(**case, num_splits=s)
+        _check(out, lse, ref_out, ref_lse)
+        assert torch.all(out[1] == 0) and torch.all(lse[1] == float("-inf"))
+
+
+@needs_hopper
+def test_dispatch_sends_hopper_latent_calls_to_gluon(monkeypatch):
+    """``kernels.paged_latent_decode`` runs the Gluon kernel on Hopper, the Triton one with
+    ``MLRA_GLUON_LATENT=0``; both match the reference."""
+    case = random_latent_case([5000, 9], 64, 1, 1, 24, 512, device="cuda", seed=9)
+    assert kernels.gluon_latent_wanted(case["q_latent"], case["q_rope"], case["cache"])
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    _check(*kernels.paged_latent_decode(**case), ref_out, ref_lse)
+    monkeypatch.setenv(kernels.GLUON_LATENT_ENV, "0")
+    assert not kernels.gluon_latent_wanted(case["q_latent"], case["q_rope"], case["cache"])
+    _check(*kernels.paged_latent_decode(**case), ref_out, ref_lse)
