@@ -108,7 +108,7 @@ CASES = [
     (4, 128, 24, 2, 64, [8192, 129], None, "rope_first"),  # MLRA-4 at 2.9B, Tq 2
     (2, 256, 24, 1, 16, [20000, 17], None, "latents_first"),  # MLRA-2 at 2.9B, page 16
     (5, 64, 8, 1, 32, [3000, 40], 2, "latents_first"),  # five streams: two launches
-    (1, 64, 128, 2, 64, [4000, 1], None, "latents_first"),  # several row blocks
+    (1, 64, 128, 2, 64, [4000, 2], None, "latents_first"),  # several row blocks
 ]
 
 

@@ -18,7 +18,7 @@ from conftest import tiny_model
 import mlra
 from mlra import ModelConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", minversion="5.24")
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForCausalLM,

@@ -23,7 +23,7 @@ from mlra.data.tokenizers import (
 )
 from mlra.io import save_model
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
 
 TEXT = "Hello wörld! The theme: ✓ 123  two  spaces\n\ttab, <|endoftext|> and more"

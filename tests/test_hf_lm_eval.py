@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_model
 
 pytest.importorskip("lm_eval")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model
 
 pytest.importorskip("peft")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 import mlra  # noqa: E402

@@ -14,18 +14,28 @@ importing it first.
 from __future__ import annotations
 
 try:
-    import transformers  # noqa: F401
+    import transformers
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "mlra.hf needs the optional packages of the hf extra: pip install 'mlra[hf]'"
     ) from exc
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from packaging.version import Version
 
-from mlra.hf.cache import MlraCache, MlraLayerCache
-from mlra.hf.config import MODEL_TYPE, MlraConfig
-from mlra.hf.export import export_hf
-from mlra.hf.modeling import MlraForCausalLM
+MIN_TRANSFORMERS = "5.24"
+"""The oldest transformers the integration supports (the ``hf`` extra's lower bound): the
+model outputs and cache interfaces of 4.x differ."""
+if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):  # pragma: no cover
+    raise ImportError(
+        f"mlra.hf needs transformers>={MIN_TRANSFORMERS},<6, found {transformers.__version__}: "
+        "pip install 'mlra[hf]'")
+
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from mlra.hf.cache import MlraCache, MlraLayerCache  # noqa: E402
+from mlra.hf.config import MODEL_TYPE, MlraConfig  # noqa: E402
+from mlra.hf.export import export_hf  # noqa: E402
+from mlra.hf.modeling import MlraForCausalLM  # noqa: E402
 
 try:  # LoRA on wkv_b for every LoraConfig (peft is part of the hf extra)
     import mlra.hf.peft  # noqa: F401

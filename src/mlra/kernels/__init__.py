@@ -89,6 +89,9 @@ def latent_kernel_supports(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: 
 
 GLUON_LATENT_ENV = "MLRA_GLUON_LATENT"
 """Set to 0 to decode the latent family with the Triton kernel on Hopper too."""
+GLUON_MIN_WIDTH = 512
+"""The narrowest latent stream the dispatch sends to the Gluon kernel (see
+:func:`gluon_latent_wanted`)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,9 +110,16 @@ def gluon_available() -> bool:
 def gluon_latent_wanted(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: torch.Tensor
                         ) -> bool:
     """Whether :func:`paged_latent_decode` sends this call to the Gluon kernel: a Hopper GPU,
-    shapes it takes (:func:`mlra.kernels.gluon_latent.gluon_latent_supports`), Gluon in this
-    Triton, :data:`GLUON_LATENT_ENV` not 0."""
+    shapes it takes (:func:`mlra.kernels.gluon_latent.gluon_latent_supports`) with streams at
+    least :data:`GLUON_MIN_WIDTH` wide, Gluon in this Triton, :data:`GLUON_LATENT_ENV` not 0.
+
+    Narrower streams (GLA, MLRA) stay on the Triton kernel: with 128- and 256-wide streams
+    the Gluon kernel measured slower on the H200 (MLRA-4 at TP 4, 1M tokens: 169.7 against
+    115.0 us; ``benchmarks/decode/results/h200/gluon/call2``); for MLA's 512 it is 1.57x
+    faster (338.0 against 530.3 us)."""
     if not cache.is_cuda or os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
+        return False
+    if q_latent.shape[-1] < GLUON_MIN_WIDTH:
         return False
     if not gluon_available():
         return False
