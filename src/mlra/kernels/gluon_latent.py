@@ -75,14 +75,18 @@ class GluonLatentConfig:
     warpgroups: int | None = None
 
 
-def default_gluon_config(w: int, r: int, page: int, smem: int) -> GluonLatentConfig:
-    """64-row tiles, two consumer warpgroups, as many ring buffers (2..4) as shared memory
-    holds beside the query block (MLA's 512 + 64 columns: two)."""
-    block_n = 64
+def default_gluon_config(w: int, r: int, page: int, smem: int,
+                         config: GluonLatentConfig | None = None) -> GluonLatentConfig:
+    """``config`` with its unset fields chosen: 64-row tiles, two consumer warpgroups, as many
+    ring buffers (2..4) as ``smem`` bytes of shared memory hold beside the query block (MLA's
+    512 + 64 columns: two)."""
+    config = config or GluonLatentConfig()
+    block_n = config.block_n or 64
     tile = block_n * (w + r) * 2
     q_bytes = BLOCK_M * (w + r) * 2
-    num_buf = max(2, min(4, (smem - SMEM_RESERVE - q_bytes) // tile))
-    return GluonLatentConfig(block_n=block_n, num_buf=num_buf, warpgroups=2)
+    num_buf = config.num_buf or max(2, min(4, (smem - SMEM_RESERVE - q_bytes) // tile))
+    return GluonLatentConfig(block_n=block_n, num_buf=num_buf,
+                             warpgroups=config.warpgroups or 2)
 
 
 @gluon.jit
@@ -369,9 +373,7 @@ def paged_latent_decode_gluon(
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
     page = cache.shape[1]
-    dflt = default_gluon_config(W, R, page, block_shared_memory(cache))
-    cfg = GluonLatentConfig(config.block_n or dflt.block_n, config.num_buf or dflt.num_buf,
-                            config.warpgroups or dflt.warpgroups) if config else dflt
+    cfg = default_gluon_config(W, R, page, block_shared_memory(cache), config)
     sub = min(page, cfg.block_n)
     if cfg.block_n % sub or page % sub:
         raise ValueError(f"block_n {cfg.block_n} and page {page} do not tile each other")
@@ -410,9 +412,7 @@ def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    dflt = default_gluon_config(w, r, page, smem)
-    cfg = GluonLatentConfig(config.block_n or dflt.block_n, config.num_buf or dflt.num_buf,
-                            config.warpgroups or dflt.warpgroups) if config else dflt
+    cfg = default_gluon_config(w, r, page, smem, config)
     sub = min(page, cfg.block_n)
     consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
               "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
