@@ -17,9 +17,9 @@ from mlra.kernels.reference import paged_latent_decode_ref
 from mlra.kernels.testing import rel_error
 from mlra.kernels.triton_latent import paged_latent_decode_triton
 
-CONFIGS = [GluonLatentConfig(), GluonLatentConfig(warpgroups=1),
-           GluonLatentConfig(block_n=128), GluonLatentConfig(block_n=128, warpgroups=1),
-           GluonLatentConfig(num_buf=2)]
+CONFIGS = [GluonLatentConfig(), GluonLatentConfig(block_n=64, warpgroups=1),
+           GluonLatentConfig(block_n=64, warpgroups=2), GluonLatentConfig(pingpong=True),
+           GluonLatentConfig(block_n=128, pingpong=True)]
 
 
 def main() -> None:

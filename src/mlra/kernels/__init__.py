@@ -89,7 +89,7 @@ def latent_kernel_supports(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: 
 
 GLUON_LATENT_ENV = "MLRA_GLUON_LATENT"
 """Set to 0 to decode the latent family with the Triton kernel on Hopper too."""
-GLUON_MIN_WIDTH = 512
+GLUON_MIN_WIDTH = 256
 """The narrowest latent stream the dispatch sends to the Gluon kernel (see
 :func:`gluon_latent_wanted`)."""
 
@@ -113,10 +113,11 @@ def gluon_latent_wanted(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: tor
     shapes it takes (:func:`mlra.kernels.gluon_latent.gluon_latent_supports`) with streams at
     least :data:`GLUON_MIN_WIDTH` wide, Gluon in this Triton, :data:`GLUON_LATENT_ENV` not 0.
 
-    Narrower streams (GLA, MLRA) stay on the Triton kernel: with 128- and 256-wide streams
-    the Gluon kernel measured slower on the H200 (MLRA-4 at TP 4, 1M tokens: 169.7 against
-    115.0 us; ``benchmarks/decode/results/h200/gluon/call2``); for MLA's 512 it is 1.57x
-    faster (338.0 against 530.3 us)."""
+    128-wide streams (MLRA-4) stay on the Triton kernel, which measured faster there on the
+    H200 at 1M tokens (MLRA-4 at TP 4: 117.6 us against 125.2 for the best Gluon form;
+    ``benchmarks/decode/results/h200/gluon/call3``); for 256-wide streams (GLA-2 at TP 2) the
+    Gluon kernel takes 174.8 against 186.9 us, for MLA's 512 343.1 against 530.3 us (call 2
+    and 3)."""
     if not cache.is_cuda or os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
         return False
     if q_latent.shape[-1] < GLUON_MIN_WIDTH:
