@@ -38,8 +38,7 @@ SM90_SMEM = 232448
 
 
 COMPILED = [(512, 64, 2, True), (256, 64, 2, False), (128, 64, 2, True), (128, 64, 1, True),
-            (512, 16, 2, True), (128, 32, 2, False), (64, 32, 2, True), (256, 64, 0, True),
-            (128, 16, 0, False)]  # warpgroups 0: ping-pong
+            (512, 16, 2, True), (128, 32, 2, False), (64, 32, 2, True)]
 
 _COMPILE_SCRIPT = """
 import json, sys
@@ -47,8 +46,7 @@ from mlra.kernels.aot import ptxas_usage
 from mlra.kernels.gluon_latent import GluonLatentConfig, compile_for_sm90
 res = {}
 for w, page, wg, pdl in json.loads(sys.argv[1]):
-    cfg = GluonLatentConfig(warpgroups=wg or None, pingpong=wg == 0)
-    k = compile_for_sm90(w, 64, page, cfg, pdl=pdl)
+    k = compile_for_sm90(w, 64, page, GluonLatentConfig(warpgroups=wg), pdl=pdl)
     res[f"{w}-{page}-{wg}-{pdl}"] = dict(ptx=k.asm["ptx"], shared=k.metadata.shared,
                                          use=ptxas_usage(k.asm["ptx"]))
 json.dump(res, open(sys.argv[2], "w"))
@@ -131,10 +129,8 @@ def test_gluon_kernel_matches_reference(nb, w, hq, tq, page, lens, splits, layou
 @pytest.mark.parametrize("w", [128, 256])
 @pytest.mark.parametrize("cfg", [GluonLatentConfig(block_n=32, num_buf=3),
                                  GluonLatentConfig(block_n=64, warpgroups=2),
-                                 GluonLatentConfig(num_buf=2),
-                                 GluonLatentConfig(pingpong=True),
-                                 GluonLatentConfig(block_n=32, pingpong=True)],
-                         ids=["bn32-buf3", "bn64-wg2", "buf2", "pingpong", "bn32-pingpong"])
+                                 GluonLatentConfig(num_buf=2)],
+                         ids=["bn32-buf3", "bn64-wg2", "buf2"])
 def test_gluon_launch_configurations_agree(cfg, w):
     case = random_latent_case([20000, 70, 3], 64, 2, 1, 64, w, device="cuda", seed=3)
     ref_out, ref_lse = paged_latent_decode_ref(**case)

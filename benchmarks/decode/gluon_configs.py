@@ -18,8 +18,7 @@ from mlra.kernels.testing import rel_error
 from mlra.kernels.triton_latent import paged_latent_decode_triton
 
 CONFIGS = [GluonLatentConfig(), GluonLatentConfig(block_n=64, warpgroups=1),
-           GluonLatentConfig(block_n=64, warpgroups=2), GluonLatentConfig(pingpong=True),
-           GluonLatentConfig(block_n=128, pingpong=True)]
+           GluonLatentConfig(block_n=64, warpgroups=2), GluonLatentConfig(num_buf=2)]
 
 
 def main() -> None:

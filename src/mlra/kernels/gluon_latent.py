@@ -73,10 +73,6 @@ class GluonLatentConfig:
     num_buf: int | None = None
     #: consumer warpgroups (1 or 2), side by side along the score and value columns
     warpgroups: int | None = None
-    #: two consumer warpgroups on alternate tiles instead (each its own accumulator and
-    #: split), so one's softmax overlaps the other's products; needs two query blocks in
-    #: shared memory (streams up to 256 wide)
-    pingpong: bool | None = None
 
 
 def default_gluon_config(w: int, r: int, page: int, smem: int,
@@ -88,16 +84,12 @@ def default_gluon_config(w: int, r: int, page: int, smem: int,
     bytes of shared memory hold beside the query block (MLA's 512 + 64 columns: two)."""
     config = config or GluonLatentConfig()
     wide = w >= 512
-    block_n = config.block_n or (64 if wide or config.pingpong else 128)
+    block_n = config.block_n or (64 if wide else 128)
     tile = block_n * (w + r) * 2
     q_bytes = BLOCK_M * (w + r) * 2
-    pingpong = bool(config.pingpong)
-    q_bytes *= 2 if pingpong else 1
     num_buf = config.num_buf or max(2, min(4, (smem - SMEM_RESERVE - q_bytes) // tile))
     return GluonLatentConfig(block_n=block_n, num_buf=num_buf,
-                             warpgroups=1 if pingpong else config.warpgroups or (2 if wide
-                                                                                 else 1),
-                             pingpong=pingpong)
+                             warpgroups=config.warpgroups or (2 if wide else 1))
 
 
 @gluon.jit
@@ -178,12 +170,10 @@ def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, 
               s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
               qk_scale, Hq, Tq, n_splits, n_streams,
               W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_BUF: gl.constexpr, WG: gl.constexpr, PART: gl.constexpr,
-              PARTS: gl.constexpr):
-    """A consumer partition (``WG`` warpgroups): the query block into shared memory, then
-    per tile (every ``PARTS``-th from tile ``PART``) the scores, the online softmax and ``P
-    V``; the normalised output and the natural-log LSE of its rows at the end, as split
-    ``pid_s * PARTS + PART``."""
+              NUM_BUF: gl.constexpr, WG: gl.constexpr):
+    """Default partition (``WG`` warpgroups): the query block into shared memory, then per
+    tile the scores, the online softmax and ``P V``; the normalised output and the
+    natural-log LSE of its rows at the end."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, BLOCK_N // WG, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -225,7 +215,7 @@ def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, 
     l_i = gl.zeros([BLOCK_M], gl.float32, row_s)
     acc = gl.zeros([BLOCK_M, W], gl.float32, o_layout)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    for i in range(PART, n_tiles, PARTS):
+    for i in range(n_tiles):
         slot = i % NUM_BUF
         mbarrier.wait(ready.index(slot), (i // NUM_BUF) & 1)
         kl = kl_smem.index(slot)
@@ -255,12 +245,11 @@ def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, 
     ot = gl.expand_dims(rows_o // Hq, 1)
     oh = gl.expand_dims(rows_o % Hq, 1)
     co = gl.expand_dims(gl.arange(0, W, col_o), 0)
-    split = pid_s * PARTS + PART
-    o_ptrs = o_ptr + split * s_os + b * s_ob + j * s_oj + ot * s_ot + oh * s_oh + co
+    o_ptrs = o_ptr + pid_s * s_os + b * s_ob + j * s_oj + ot * s_ot + oh * s_oh + co
     gl.store(o_ptrs, out, mask=gl.expand_dims(rows_o < Tq * Hq, 1) & (co < W))
     lse = gl.where(ok, (m_i + gl.log2(gl.where(ok, l_i, 1.0))) * 0.6931471805599453,
                    float("-inf"))
-    lse_ptrs = (lse_ptr + split * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
+    lse_ptrs = (lse_ptr + pid_s * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
                 + rows_s % Hq)
     gl.store(lse_ptrs, lse, mask=rows_s < Tq * Hq)
 
@@ -272,16 +261,15 @@ def _gluon_latent_kernel(
     s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
     lat0, lat1, lat2, lat3, rope_col, qk_scale, Hq, Tq, n_splits, n_streams,
     W: gl.constexpr, R: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
-    SUB: gl.constexpr, NUM_BUF: gl.constexpr, WG: gl.constexpr, PARTS: gl.constexpr,
-    PDL: gl.constexpr,
+    SUB: gl.constexpr, NUM_BUF: gl.constexpr, WG: gl.constexpr, PDL: gl.constexpr,
 ):
     """Grid ``(row blocks x streams, splits, sequences)``; see the module docstring."""
     BLOCK_M: gl.constexpr = ROWS
     dtype: gl.constexpr = kl_desc.dtype
     ql_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, W], dtype)
     qr_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, R], dtype)
-    ql_smem = gl.allocate_shared_memory(dtype, [PARTS, BLOCK_M, W], ql_layout)
-    qr_smem = gl.allocate_shared_memory(dtype, [PARTS, BLOCK_M, R], qr_layout)
+    ql_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, W], ql_layout)
+    qr_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, R], qr_layout)
     kl_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, W], kl_desc.layout)
     kr_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, R], kr_desc.layout)
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
@@ -296,34 +284,16 @@ def _gluon_latent_kernel(
     j = gl.program_id(0) % n_streams
     lat_col = gl.where(j == 0, lat0, gl.where(j == 1, lat1, gl.where(j == 2, lat2, lat3)))
 
-    # (Gluon takes the partitions' functions and arguments only written out in the call)
-    if PARTS == 1:
-        gl.warp_specialize(
-            [(_consumer, (q_lat_ptr, q_rope_ptr, ql_smem.index(0), qr_smem.index(0),
-                          kl_smem, kr_smem, ready, empty, seq_lens_ptr, o_ptr, lse_ptr,
-                          s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh, s_os, s_ob, s_ot, s_oj,
-                          s_oh, s_ls, s_lb, s_lt, s_lj, qk_scale, Hq, Tq, n_splits, n_streams,
-                          W, R, BLOCK_M, BLOCK_N, NUM_BUF, WG, 0, 1)),
-             (_producer, (kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr,
-                          seq_lens_ptr, s_btb, lat_col, rope_col, Tq, n_splits, W, R, PAGE,
-                          BLOCK_N, SUB, NUM_BUF))],
-            [1], [40])
-    else:  # ping-pong: a second consumer warpgroup takes the odd tiles
-        gl.warp_specialize(
-            [(_consumer, (q_lat_ptr, q_rope_ptr, ql_smem.index(0), qr_smem.index(0),
-                          kl_smem, kr_smem, ready, empty, seq_lens_ptr, o_ptr, lse_ptr,
-                          s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh, s_os, s_ob, s_ot, s_oj,
-                          s_oh, s_ls, s_lb, s_lt, s_lj, qk_scale, Hq, Tq, n_splits, n_streams,
-                          W, R, BLOCK_M, BLOCK_N, NUM_BUF, WG, 0, 2)),
-             (_consumer, (q_lat_ptr, q_rope_ptr, ql_smem.index(1), qr_smem.index(1),
-                          kl_smem, kr_smem, ready, empty, seq_lens_ptr, o_ptr, lse_ptr,
-                          s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh, s_os, s_ob, s_ot, s_oj,
-                          s_oh, s_ls, s_lb, s_lt, s_lj, qk_scale, Hq, Tq, n_splits, n_streams,
-                          W, R, BLOCK_M, BLOCK_N, NUM_BUF, WG, 1, 2)),
-             (_producer, (kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr,
-                          seq_lens_ptr, s_btb, lat_col, rope_col, Tq, n_splits, W, R, PAGE,
-                          BLOCK_N, SUB, NUM_BUF))],
-            [4, 1], [232, 40])
+    gl.warp_specialize(
+        [(_consumer, (q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, empty,
+                      seq_lens_ptr, o_ptr, lse_ptr, s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh,
+                      s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
+                      qk_scale, Hq, Tq, n_splits, n_streams, W, R, BLOCK_M, BLOCK_N, NUM_BUF,
+                      WG)),
+         (_producer, (kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr, seq_lens_ptr,
+                      s_btb, lat_col, rope_col, Tq, n_splits, W, R, PAGE, BLOCK_N, SUB,
+                      NUM_BUF))],
+        [1], [40])
     if PDL:
         _gdc_launch_dependents()
     for k in gl.static_range(NUM_BUF):
@@ -419,8 +389,7 @@ def paged_latent_decode_gluon(
     m_blocks = triton.cdiv(Tq * Hq, BLOCK_M)
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * NB, cfg.block_n, cache, ctas_per_sm=1)
-    parts = 2 if cfg.pingpong else 1
-    o_ws, lse_ws = split_workspaces(num_splits * parts, out, lse)
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = [int(o) for o in latent_offsets] + [0] * (MAX_STREAMS - NB)
     pdl = pdl_mode(cache) > 0
     _gluon_latent_kernel[(m_blocks * NB, num_splits, B)](
@@ -431,7 +400,7 @@ def paged_latent_decode_gluon(
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
         *offs, rope_offset, float(scale) * LOG2E, Hq, Tq, num_splits, NB,
         W=W, R=R, PAGE=page, BLOCK_N=cfg.block_n, SUB=sub, NUM_BUF=cfg.num_buf,
-        WG=cfg.warpgroups, PARTS=parts, PDL=int(pdl), num_warps=4 * cfg.warpgroups,
+        WG=cfg.warpgroups, PDL=int(pdl), num_warps=4 * cfg.warpgroups,
         **({"launch_pdl": True} if pdl else {}),
     )
     finish_splits(o_ws, lse_ws, out, lse)
@@ -449,8 +418,7 @@ def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None
     cfg = default_gluon_config(w, r, page, smem, config)
     sub = min(page, cfg.block_n)
     consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
-              "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PARTS": 2 if cfg.pingpong else 1,
-              "PDL": int(pdl)}
+              "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
     params = list(_gluon_latent_kernel.arg_names)
     lay = {k: gl.NVMMASharedLayout.get_default_for([cfg.block_n, c], gl.bfloat16)
            for k, c in (("kl_desc", w), ("kr_desc", r))}
