@@ -6,7 +6,9 @@ documented in :mod:`mlra.kernels.reference`; the dispatch picks the Triton kerne
 (:mod:`mlra.kernels.triton_latent`, :mod:`mlra.kernels.triton_gqa`,
 :mod:`mlra.kernels.triton_tpa`) when the cache is on a CUDA device, Triton is importable and the
 shapes are ones the kernels take (:func:`latent_kernel_supports`, :func:`gqa_kernel_supports`,
-:func:`tpa_kernel_supports`), the reference otherwise.
+:func:`tpa_kernel_supports`), the reference otherwise. On Hopper the latent family's 256- and
+512-wide streams go to the Gluon kernel (:mod:`mlra.kernels.gluon_latent`,
+:func:`gluon_latent_wanted`; ``MLRA_GLUON_LATENT=0`` keeps Triton).
 The decode-step operations around the attention kernel (``skinny_linear``,
 ``latent_decode_prepare``, ``latent_up_output``, ``gqa_decode_prepare``) dispatch the same way
 (:mod:`mlra.kernels.triton_skinny`, :mod:`mlra.kernels.triton_step`).

@@ -12,14 +12,16 @@ and one split of the cached tokens. Two partitions run side by side:
   block table (one load per page a tile covers) -- into a ring of ``NUM_BUF`` shared buffers,
   each guarded by a pair of mbarriers (``ready``: the bytes landed; ``empty``: the consumers
   released it);
-* two consumer warpgroups (side by side along the key / value columns) compute ``S = Q_rope
+* consumer warpgroups (two side by side along the key / value columns for 512-wide streams,
+  whose 64 x 512 fp32 accumulator needs them; one for narrower ones) compute ``S = Q_rope
   K_rope^T + Q_lat K_lat^T`` with wgmma from shared memory, the online softmax in base 2 and
   ``O += P V`` (V = the latent tile), then release the buffer.
 
 So the loads of the next tiles are in flight while the tensor cores work on the current one:
 at 1M tokens, 64 heads and 512 + 64 columns this reached 91% of the H200's memory floor in
 the probe (``benchmarks/decode/gluon_mla_probe.py``, ``results/h200/gluon``), where the
-Triton kernel, which waits for each tile's loads before its products, reaches 55%.
+Triton kernel, which waits for each tile's loads before its products, reaches 55%; paged, in
+``mlra bench decode``, 0.99x FlashMLA's time at 1M tokens (``results/h200/gluon/call4``).
 
 Masking: the sequence's last tile may hold rows past its length (NaN in a pool's unused rows
 must not leak): the consumers zero those rows of the latent tile in shared memory before
@@ -58,10 +60,10 @@ from mlra.kernels._triton_common import (
     pdl_mode,
     split_workspaces,
 )
+from mlra.kernels.triton_latent import MAX_STREAMS
 
 BLOCK_M = 64  # query rows per program: one wgmma M per warpgroup
 ROWS = gl.constexpr(BLOCK_M)
-MAX_STREAMS = 4  # latent streams per launch (their column offsets are scalar arguments)
 SMEM_RESERVE = 8 << 10  # shared memory kept free for the compiler's own scratch
 
 
@@ -343,32 +345,23 @@ def paged_latent_decode_gluon(
     :func:`mlra.kernels.triton_latent.paged_latent_decode_triton`."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from mlra.kernels.triton_latent import _check_inputs
+    from mlra.kernels.triton_latent import _check_inputs, decode_outputs, in_stream_groups
 
     _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
     if not gluon_latent_supports(q_latent, q_rope, cache):
         raise ValueError("paged_latent_decode_gluon: shapes outside gluon_latent_supports")
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
-    dev = q_latent.device
-    if out is None:
-        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
-    if lse is None:
-        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    out, lse = decode_outputs(q_latent, out, lse)
+    if NB > MAX_STREAMS:  # groups of four streams (the latent columns go in as scalars)
+        return in_stream_groups(
+            paged_latent_decode_gluon, q_latent, q_rope, cache, block_table, seq_lens,
+            latent_offsets, rope_offset, scale, out, lse,
+            num_splits=num_splits, config=config, max_seq_len=max_seq_len)
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     if B == 0 or Tq == 0 or Hq == 0:
         return out.zero_(), lse.fill_(float("-inf"))
-    if NB > MAX_STREAMS:  # groups of four streams (the latent columns go in as scalars)
-        for g in range(0, NB, MAX_STREAMS):
-            sl = slice(g, min(NB, g + MAX_STREAMS))
-            o_g, l_g = paged_latent_decode_gluon(
-                q_latent[:, :, sl], q_rope, cache, block_table, seq_lens,
-                list(latent_offsets)[sl], rope_offset, scale, num_splits=num_splits,
-                config=config, max_seq_len=max_seq_len)
-            out[:, :, sl] = o_g
-            lse[:, :, sl] = l_g
-        return out, lse
     es = cache.element_size()
     for off in (*latent_offsets, rope_offset):
         if (off * es) % 16:

@@ -310,6 +310,31 @@ def _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets
         raise ValueError("block_table and seq_lens need one row per sequence")
 
 
+def decode_outputs(q_latent: torch.Tensor, out: torch.Tensor | None, lse: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out`` / ``lse`` of a latent decode call, allocated (fp32) where not given."""
+    B, Tq, NB, Hq, W = q_latent.shape
+    if out is None:
+        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=q_latent.device)
+    if lse is None:
+        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=q_latent.device)
+    return out, lse
+
+
+def in_stream_groups(decode, q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
+                     rope_offset, scale, out, lse, **extras) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode`` (a latent decode implementation) over groups of :data:`MAX_STREAMS`
+    streams, written into ``out`` / ``lse``."""
+    nb = q_latent.shape[2]
+    for g in range(0, nb, MAX_STREAMS):
+        sl = slice(g, min(nb, g + MAX_STREAMS))
+        o_g, l_g = decode(q_latent[:, :, sl], q_rope, cache, block_table, seq_lens,
+                          list(latent_offsets)[sl], rope_offset, scale, **extras)
+        out[:, :, sl] = o_g
+        lse[:, :, sl] = l_g
+    return out, lse
+
+
 def paged_latent_decode_triton(
     q_latent: torch.Tensor,
     q_rope: torch.Tensor,
@@ -336,21 +361,12 @@ def paged_latent_decode_triton(
     _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
-    dev = q_latent.device
-    if out is None:
-        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=dev)
-    if lse is None:
-        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=dev)
+    out, lse = decode_outputs(q_latent, out, lse)
     if NB > MAX_STREAMS:  # groups of four streams, each reading the RoPE keys once
-        for g in range(0, NB, MAX_STREAMS):
-            sl = slice(g, min(NB, g + MAX_STREAMS))
-            o_g, l_g = paged_latent_decode_triton(
-                q_latent[:, :, sl], q_rope, cache, block_table, seq_lens,
-                list(latent_offsets)[sl], rope_offset, scale,
-                num_splits=num_splits, config=config, max_seq_len=max_seq_len)
-            out[:, :, sl] = o_g
-            lse[:, :, sl] = l_g
-        return out, lse
+        return in_stream_groups(
+            paged_latent_decode_triton, q_latent, q_rope, cache, block_table, seq_lens,
+            latent_offsets, rope_offset, scale, out, lse,
+            num_splits=num_splits, config=config, max_seq_len=max_seq_len)
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     if B == 0 or Tq == 0 or Hq == 0:
