@@ -60,7 +60,11 @@ def test_report_lists_every_point_and_the_targets(tmp_path: Path):
     assert md.count("\n| 1 | ") == 3 and md.count("\n| 128 | 16K |") == 1
     assert "mla (flashmla)" in md
     # our MLA is 1.25/1.1 of FlashMLA in the fake data
-    assert "our MLA / FlashMLA, batch 1 x 1M: 1.14x" in md
+    assert "our MLA / FlashMLA, batch 1 x 1M: 1.14x (target <= 1.10x)" in md
+    # issue 12's bandwidth targets: 85% for the latent shapes, 95% for GQA (fake data: 80%)
+    assert "- mla (triton) b1 x 1M: 80.0% of copy bandwidth (target >= 85%)" in md
+    assert "- gqa_tp8 (triton) b128 x 16K: 80.0% of copy bandwidth (target >= 95%)" in md
+    assert "MLRA-4 TP4, batch 1 x 128K:" in md and "(target <= 30)" in md
     row = next(r for r in res["rows"] if r["shape"] == "mlra4_tp4" and r["seq_len"] == 2 << 20)
     assert row["frac_copy"] == pytest.approx(0.8, rel=1e-3)
     json.dumps(res)  # JSON-able
