@@ -179,3 +179,44 @@ def test_dispatch_sends_hopper_latent_calls_to_gluon(monkeypatch):
     monkeypatch.setenv(kernels.GLUON_LATENT_ENV, "0")
     assert not kernels.gluon_latent_wanted(case["q_latent"], case["q_rope"], case["cache"])
     _check(*kernels.paged_latent_decode(**case), ref_out, ref_lse)
+
+
+def test_a_gluon_build_failure_falls_back_to_triton_once_with_a_warning(monkeypatch):
+    """Gluon's interface changes between Triton versions: if the kernel cannot be built
+    here, the dispatch warns once and decodes with the Triton kernel from then on; a bad
+    call (any other error) still raises."""
+    from triton.runtime.errors import OutOfResources
+
+    import mlra.kernels.gluon_latent as gluon_latent
+    import mlra.kernels.triton_latent as triton_latent
+
+    case = random_latent_case([40, 7], 64, 1, 1, 4, 512, seed=4)  # CPU tensors
+    ref = paged_latent_decode_ref(**case)
+    attempts = []
+
+    def broken(*args, **kwargs):
+        attempts.append(1)
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(kernels, "_GLUON_FAILURE", [])
+    monkeypatch.setattr(kernels, "use_triton", lambda t: True)
+    monkeypatch.setattr(gluon_latent, "gluon_latent_supports", lambda *a: True)
+    monkeypatch.setattr(gluon_latent, "paged_latent_decode_gluon", broken)
+    monkeypatch.setattr(kernels, "gluon_available", lambda: True)
+    monkeypatch.setattr(triton_latent, "paged_latent_decode_triton",
+                        lambda *a, **k: paged_latent_decode_ref(*a, **k))
+    with pytest.warns(RuntimeWarning, match="failed to build.*MLRA_GLUON_LATENT=0"):
+        out, lse = kernels.paged_latent_decode(**case)
+    assert torch.equal(out, ref[0]) and torch.equal(lse, ref[1])
+    kernels.paged_latent_decode(**case)  # no second attempt
+    assert len(attempts) == 1
+    assert not kernels.gluon_latent_wanted(case["q_latent"], case["q_rope"], case["cache"])
+
+    monkeypatch.setattr(kernels, "_GLUON_FAILURE", [])
+
+    def bad_call(*args, **kwargs):
+        raise ValueError("column offset 3 is not 16-byte aligned (TMA)")
+
+    monkeypatch.setattr(gluon_latent, "paged_latent_decode_gluon", bad_call)
+    with pytest.raises(ValueError, match="16-byte"):
+        kernels.paged_latent_decode(**case)

@@ -96,6 +96,29 @@ GLUON_MIN_WIDTH = 256
 :func:`gluon_latent_wanted`)."""
 
 
+_GLUON_FAILURE: list[str] = []
+
+
+def _compile_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says a kernel could not be built here (Gluon is experimental and its
+    interface changes between Triton versions), as opposed to a bad call."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    return isinstance(exc, CompilationError | OutOfResources)
+
+
+def _gluon_failed(exc: BaseException) -> None:
+    """Turn the Gluon kernel off for this process after it failed to build, with one warning
+    that says why and how to silence it."""
+    import warnings
+
+    _GLUON_FAILURE.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+    warnings.warn(f"the Gluon latent decode kernel failed to build with this Triton "
+                  f"({_GLUON_FAILURE[-1]}); using the Triton kernel instead (set "
+                  f"{GLUON_LATENT_ENV}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
+
+
 @functools.lru_cache(maxsize=1)
 def gluon_available() -> bool:
     """Whether this Triton has Gluon's Hopper pieces (TMA, mbarriers, wgmma, warp
@@ -113,16 +136,17 @@ def gluon_latent_wanted(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: tor
                         ) -> bool:
     """Whether :func:`paged_latent_decode` sends this call to the Gluon kernel: a Hopper GPU,
     shapes it takes (:func:`mlra.kernels.gluon_latent.gluon_latent_supports`) with streams at
-    least :data:`GLUON_MIN_WIDTH` wide, Gluon in this Triton, :data:`GLUON_LATENT_ENV` not 0.
+    least :data:`GLUON_MIN_WIDTH` wide, Gluon in this Triton and not failed to build in this
+    process, :data:`GLUON_LATENT_ENV` not 0.
 
     128-wide streams (MLRA-4) stay on the Triton kernel, which measured faster there on the
     H200 at 1M tokens (MLRA-4 at TP 4: 117.6 us against 125.2 for the best Gluon form;
     ``benchmarks/decode/results/h200/gluon/call3``); for 256-wide streams (GLA-2 at TP 2) the
     Gluon kernel takes 174.8 against 186.9 us, for MLA's 512 343.1 against 530.3 us (call 2
     and 3)."""
-    if not cache.is_cuda or os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
+    if os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
         return False
-    if q_latent.shape[-1] < GLUON_MIN_WIDTH:
+    if q_latent.shape[-1] < GLUON_MIN_WIDTH or _GLUON_FAILURE:
         return False
     if not gluon_available():
         return False
@@ -154,8 +178,13 @@ def paged_latent_decode(
     if use_triton(cache) and gluon_latent_wanted(q_latent, q_rope, cache):
         from mlra.kernels.gluon_latent import paged_latent_decode_gluon
 
-        return paged_latent_decode_gluon(q_latent, q_rope, cache, block_table, seq_lens,
-                                         latent_offsets, rope_offset, scale)
+        try:
+            return paged_latent_decode_gluon(q_latent, q_rope, cache, block_table, seq_lens,
+                                             latent_offsets, rope_offset, scale)
+        except Exception as exc:
+            if not _compile_failure(exc):
+                raise
+            _gluon_failed(exc)  # the Triton kernel below serves from now on
     if use_triton(cache) and latent_kernel_supports(q_latent, q_rope, cache):
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 

@@ -29,7 +29,7 @@ must not leak): the consumers zero those rows of the latent tile in shared memor
 ``Tq`` new tokens). Splits are merged as for the Triton kernel
 (:func:`mlra.kernels._triton_common.finish_splits`).
 
-Numerics as the Triton kernel: bf16 / fp16 operands, fp32 accumulation and statistics,
+Numerics as the Triton kernel: bf16 operands, fp32 accumulation and statistics,
 probabilities rounded to the cache dtype for ``P V``, fp32 outputs.
 
 Import only after checking :func:`mlra.kernels.gluon_available`.
@@ -305,17 +305,18 @@ def _gluon_latent_kernel(
 
 def gluon_latent_supports(q_latent: torch.Tensor, q_rope: torch.Tensor,
                           cache: torch.Tensor) -> bool:
-    """Shapes the kernel takes on a Hopper GPU: a bf16 / fp16 pool that TMA can read (one
-    row-major 2-D array, 16-byte aligned rows and column offsets), one stream's width a power
-    of two from 64 to 512, a RoPE width a power of two from 16 to 128, pages a multiple of 16
-    (a tile covers several pages) or of 64."""
+    """Shapes the kernel takes on a Hopper GPU: a bf16 pool (fp16 would compile but is not
+    tested on a GPU: the Triton kernel takes it) that TMA can read (one row-major 2-D array,
+    16-byte aligned rows and column offsets), one stream's width a power of two from 64 to
+    512, a RoPE width a power of two from 16 to 128, pages of 16, 32 or a multiple of 64 (a
+    tile covers several pages or part of one)."""
     if not (cache.is_cuda and cache.dim() == 3 and q_latent.dim() == 5):
         return False
     if torch.cuda.get_device_capability(cache.device)[0] != 9:
         return False
     W, R, page = q_latent.shape[-1], q_rope.shape[-1], cache.shape[1]
     es = cache.element_size()
-    return (cache.dtype in (torch.bfloat16, torch.float16)
+    return (cache.dtype == torch.bfloat16
             and W == next_pow2(W) and 64 <= W <= 512
             and R == next_pow2(R) and 16 <= R <= 128
             and (page % 64 == 0 or 64 % page == 0) and page >= 16
@@ -374,7 +375,7 @@ def paged_latent_decode_gluon(
     if cfg.block_n % sub or page % sub:
         raise ValueError(f"block_n {cfg.block_n} and page {page} do not tile each other")
     flat = cache.as_strided((cache.shape[0] * page, cache.shape[2]), (cache.stride(1), 1))
-    gdt = gl.bfloat16 if cache.dtype == torch.bfloat16 else gl.float16
+    gdt = gl.bfloat16
     kl_desc = TensorDescriptor.from_tensor(
         flat, [sub, W], gl.NVMMASharedLayout.get_default_for([cfg.block_n, W], gdt))
     kr_desc = TensorDescriptor.from_tensor(
