@@ -27,10 +27,11 @@ def test_parse_size():
 
 def test_bytes_and_flops_per_token_match_the_paper():
     """Per-device bytes per token (bf16): GQA TP8 2 d_h, MLA 4.5 d_h, GLA-2 TP2 2.5 d_h,
-    MLRA-4 TP4 1.5 d_h (d_h = 128), the fused MLRA-4 the same bytes as MLA."""
+    MLRA-4 TP4 1.5 d_h, MLRA-2 TP2 2.5 d_h (two blocks for half the heads; d_h = 128), the
+    fused MLRA-4 the same bytes as MLA."""
     per_dh = {k: s.bytes_per_token / 2 / 128 for k, s in SHAPES.items()}
     assert per_dh == {"gqa_tp8": 2.0, "mla": 4.5, "gla2_tp2": 2.5, "mlra4_tp4": 1.5,
-                      "mlra4_fused": 4.5}
+                      "mlra2_tp2": 2.5, "mlra4_fused": 4.5}
     # the RoPE logits are shared by the fused streams: same FLOPs as MLA
     assert SHAPES["mlra4_fused"].flops_per_token == SHAPES["mla"].flops_per_token
     # the official script's ideal time at 2M tokens (3.35 TB/s): MLRA 240 us, MLA 721 us

@@ -62,6 +62,8 @@ SHAPES: dict[str, DecodeShape] = {s.name: s for s in (
     DecodeShape("mla", "MLA: 64 heads, 512+64, page 64", "latent", 64, 64, w=512),
     DecodeShape("gla2_tp2", "GLA-2 TP2: 32 heads, 256+64, page 64", "latent", 32, 64, w=256),
     DecodeShape("mlra4_tp4", "MLRA-4 TP4: 64 heads, 128+64, page 64", "latent", 64, 64, w=128),
+    DecodeShape("mlra2_tp2", "MLRA-2 TP2: 32 heads (half), 2x128+64, page 64", "latent", 32, 64,
+                nb=2, w=128),
     DecodeShape("mlra4_fused", "MLRA-4 fused, 1 GPU: 64 heads, 4x128+64, page 64", "latent",
                 64, 64, nb=4, w=128),
 )}
