@@ -346,9 +346,10 @@ def paged_latent_decode_gluon(
     :func:`mlra.kernels.triton_latent.paged_latent_decode_triton`."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from mlra.kernels.triton_latent import _check_inputs, decode_outputs, in_stream_groups
+    from mlra.kernels.triton_latent import check_latent_inputs, decode_outputs, in_stream_groups
 
-    _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
+    check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
+                        rope_offset)
     if not gluon_latent_supports(q_latent, q_rope, cache):
         raise ValueError("paged_latent_decode_gluon: shapes outside gluon_latent_supports")
     B, Tq, NB, Hq, W = q_latent.shape

@@ -285,7 +285,9 @@ def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,
                               streams_per_program=1)
 
 
-def _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset):
+def check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
+                        rope_offset) -> None:
+    """Refuse inputs of a latent decode call that break its contract, saying what is wrong."""
     if q_latent.dim() != 5 or q_rope.dim() != 4 or cache.dim() != 3:
         raise ValueError("expected q_latent [B,Tq,NB,Hq,W], q_rope [B,Tq,Hq,R], cache [P,page,row]")
     B, Tq, NB, Hq, W = q_latent.shape
@@ -358,7 +360,8 @@ def paged_latent_decode_triton(
     outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
     default: the block table's capacity, so the call never synchronises the device).
     """
-    _check_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets, rope_offset)
+    check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
+                        rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
     out, lse = decode_outputs(q_latent, out, lse)
