@@ -86,16 +86,16 @@ def test_default_configurations_follow_the_width_and_shared_memory():
     """512-wide streams: 64-row tiles, two warpgroups, two buffers beside the query block;
     narrower: 128-row tiles, one warpgroup, as many buffers (up to 4) as fit; never fewer
     than two (a ring of one would serialise loads and products)."""
-    mla = default_gluon_config(512, 64, 64, SM90_SMEM)
+    mla = default_gluon_config(512, 64, SM90_SMEM)
     assert (mla.block_n, mla.warpgroups, mla.num_buf) == (64, 2, 2)
     assert (64 * 576 * 2) * (mla.num_buf + 1) <= SM90_SMEM  # ring + query block fit
-    gla = default_gluon_config(256, 64, 64, SM90_SMEM)
+    gla = default_gluon_config(256, 64, SM90_SMEM)
     assert (gla.block_n, gla.warpgroups, gla.num_buf) == (128, 1, 2)
-    narrow = default_gluon_config(128, 64, 16, SM90_SMEM)
+    narrow = default_gluon_config(128, 64, SM90_SMEM)
     assert (narrow.block_n, narrow.warpgroups, narrow.num_buf) == (128, 1, 4)
-    assert default_gluon_config(128, 64, 64, 100_000).num_buf == 2
+    assert default_gluon_config(128, 64, 100_000).num_buf == 2
     # what the caller sets is kept, the rest follows from it
-    mine = default_gluon_config(128, 64, 64, SM90_SMEM, GluonLatentConfig(block_n=32))
+    mine = default_gluon_config(128, 64, SM90_SMEM, GluonLatentConfig(block_n=32))
     assert mine.block_n == 32 and mine.warpgroups == 1 and mine.num_buf == 4
 
 

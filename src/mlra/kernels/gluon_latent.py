@@ -77,8 +77,8 @@ class GluonLatentConfig:
     warpgroups: int | None = None
 
 
-def default_gluon_config(w: int, r: int, page: int, smem: int,
-                         config: GluonLatentConfig | None = None) -> GluonLatentConfig:
+def default_gluon_config(w: int, r: int, smem: int, config: GluonLatentConfig | None = None
+                         ) -> GluonLatentConfig:
     """``config`` with its unset fields chosen: for 512-wide streams 64-row tiles and two
     consumer warpgroups (side by side along the columns), for narrower ones 128-row tiles and
     one (H200, 1M tokens: GLA-2 at TP 2 174.8 us against 229.3 for 64 rows and two;
@@ -371,7 +371,7 @@ def paged_latent_decode_gluon(
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
     page = cache.shape[1]
-    cfg = default_gluon_config(W, R, page, block_shared_memory(cache), config)
+    cfg = default_gluon_config(W, R, block_shared_memory(cache), config)
     sub = min(page, cfg.block_n)
     if cfg.block_n % sub or page % sub:
         raise ValueError(f"block_n {cfg.block_n} and page {page} do not tile each other")
@@ -410,7 +410,7 @@ def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    cfg = default_gluon_config(w, r, page, smem, config)
+    cfg = default_gluon_config(w, r, smem, config)
     sub = min(page, cfg.block_n)
     consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
               "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
