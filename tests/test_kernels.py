@@ -30,7 +30,12 @@ from mlra.kernels import (  # noqa: E402
     use_triton,
 )
 from mlra.kernels.reference import paged_gqa_decode_ref, paged_latent_decode_ref  # noqa: E402
-from mlra.kernels.testing import random_gqa_case, random_latent_case, rel_error  # noqa: E402
+from mlra.kernels.testing import (  # noqa: E402
+    assert_decode_matches,
+    random_gqa_case,
+    random_latent_case,
+    rel_error,
+)
 from mlra.kernels.triton_gqa import GQAKernelConfig, paged_gqa_decode_triton  # noqa: E402
 from mlra.kernels.triton_latent import (  # noqa: E402
     LatentKernelConfig,
@@ -43,11 +48,7 @@ LSE_TOL = 2e-3  # absolute error of lse (fp32 logits from bf16 operands)
 
 
 def _check(out, lse, ref_out, ref_lse):
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten or NaN output"
-    assert rel_error(out, ref_out) < OUT_TOL
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(finite, torch.isfinite(lse))
-    assert (lse[finite] - ref_lse[finite]).abs().max().item() < LSE_TOL if finite.any() else True
+    assert_decode_matches(out, lse, ref_out, ref_lse, OUT_TOL, LSE_TOL)
 
 
 def _nan_outputs(shape_out, shape_lse):

@@ -28,7 +28,7 @@ from mlra.cache import PagedKVCache  # noqa: E402
 from mlra.decoding import Decoder  # noqa: E402
 from mlra.kernels import paged_tpa_decode, tpa_kernel_supports, use_triton  # noqa: E402
 from mlra.kernels.reference import paged_gqa_decode_ref, paged_tpa_decode_ref  # noqa: E402
-from mlra.kernels.testing import random_tpa_case, rel_error  # noqa: E402
+from mlra.kernels.testing import assert_decode_matches, random_tpa_case, rel_error  # noqa: E402
 from mlra.kernels.triton_tpa import TPAKernelConfig, paged_tpa_decode_triton  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -37,12 +37,7 @@ LSE_TOL = 2e-3  # absolute error of lse (fp32 logits from bf16 operands)
 
 
 def _check(out, lse, ref_out, ref_lse):
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten or NaN output"
-    assert rel_error(out, ref_out) < OUT_TOL
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(finite, torch.isfinite(lse))
-    if finite.any():
-        assert (lse[finite] - ref_lse[finite]).abs().max().item() < LSE_TOL
+    assert_decode_matches(out, lse, ref_out, ref_lse, OUT_TOL, LSE_TOL)
 
 
 def _run(case, **kwargs):

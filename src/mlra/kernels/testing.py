@@ -118,3 +118,18 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (NaN anywhere gives NaN)."""
     out, ref = out.double(), ref.double()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def assert_decode_matches(out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor,
+                          ref_lse: torch.Tensor, out_tol: float = 1e-2,
+                          lse_tol: float = 2e-3) -> None:
+    """Assert a decode kernel's ``out`` / ``lse`` against the reference's: nothing unwritten
+    or NaN, ``out`` within ``out_tol`` relative L2 error (bf16 probabilities in ``P @ V`` give
+    about 2e-3), the same rows with no visible token (``lse`` = -inf) and the others'
+    ``lse`` within ``lse_tol`` absolute."""
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten or NaN output"
+    assert rel_error(out, ref_out) < out_tol
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    if finite.any():
+        assert (lse[finite] - ref_lse[finite]).abs().max().item() < lse_tol
