@@ -44,13 +44,12 @@ COMPILED = [(512, 64, 2, True), (256, 64, 2, False), (128, 64, 2, True), (128, 6
 
 _COMPILE_SCRIPT = """
 import json, sys
-from mlra.kernels.aot import ptxas_usage
+from mlra.kernels.aot import hopper_summary
 from mlra.kernels.gluon_latent import GluonLatentConfig, compile_for_sm90
 res = {}
 for w, page, wg, pdl in json.loads(sys.argv[1]):
     k = compile_for_sm90(w, 64, page, GluonLatentConfig(warpgroups=wg), pdl=pdl)
-    res[f"{w}-{page}-{wg}-{pdl}"] = dict(ptx=k.asm["ptx"], shared=k.metadata.shared,
-                                         use=ptxas_usage(k.asm["ptx"]))
+    res[f"{w}-{page}-{wg}-{pdl}"] = dict(ptx=k.asm["ptx"], **hopper_summary(k))
 json.dump(res, open(sys.argv[2], "w"))
 """
 
@@ -72,11 +71,15 @@ def test_kernel_compiles_for_sm90_within_registers_and_shared_memory(compiled, w
                                                                      pdl):
     k = compiled[f"{w}-{page}-{wg}-{pdl}"]
     ptx = k["ptx"]
-    assert k["use"]["spill_stores"] == 0 and k["use"]["spill_loads"] == 0
-    assert k["shared"] <= SM90_SMEM
-    assert "wgmma.mma_async" in ptx and "mbarrier.try_wait" in ptx
+    assert k["spill_stores"] == 0 and k["spill_loads"] == 0
+    assert k["shared"] <= SM90_SMEM and k["fits"]
+    assert k["warp_specialized"] and k["counts"]["wgmma.mma_async"] > 0
+    assert k["counts"]["mbarrier.try_wait"] > 0
+    # the partitions' register budgets: the producer warp low, the consumers high
+    budgets = sorted(int(n) for _, n in k["setmaxnreg"])
+    assert budgets[0] <= 40 and budgets[-1] >= 160
     # TMA loads of the cache tiles: a latent and a RoPE load per page a tile covers
-    assert ptx.count("cp.async.bulk.tensor") >= 2 * (64 // min(page, 64))
+    assert k["counts"]["cp.async.bulk.tensor"] >= 2 * (64 // min(page, 64))
     assert ("griddepcontrol.wait" in ptx) == pdl
     if pdl:  # the wait comes before any global load (lengths, block table, queries)
         assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global")

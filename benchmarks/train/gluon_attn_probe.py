@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -68,11 +67,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from mlra.kernels.aot import clean, compile_gluon_sm90, format_hopper_summary, hopper_summary
+
 LOG2E = 1.4426950408889634
 BLOCK_M = 128  # query rows per program: 64 per consumer warpgroup
 CONSUMER_WARPS = 8  # two warpgroups stacked along M
 PRODUCER_REGS = 24  # registers of the producer warp (setmaxnreg), as the decode probe
-SM90_SMEM_PER_BLOCK = 232448  # 227 KB: the most shared memory one block may use on sm_90
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,12 +214,6 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
     m_b = m_a
     l_b = l_a
     acc_b = acc_a
-    m_c = m_a
-    l_c = l_a
-    acc_c = acc_a
-    m_d = m_a
-    l_d = l_a
-    acc_d = acc_a
 
     mbarrier.wait(q_bar, 0)
     if OVERLAP:
@@ -242,19 +236,6 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
                 m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
                                               masked, n0, rows, cols, T, qk_scale, row_o,
                                               p_layout)
-            if BPP > 2:
-                s = warpgroup_mma_wait(0, deps=[tok])
-                s_r, tok = _next_scores(i, 2, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
-                                        kr_smem, ready, s_zero, BPP, NUM_BUF, True)
-                m_c, l_c, acc_c = _softmax_pv(s, v_smem.index(slot * BPP + 2), m_c, l_c, acc_c,
-                                              masked, n0, rows, cols, T, qk_scale, row_o,
-                                              p_layout)
-                s = warpgroup_mma_wait(0, deps=[tok])
-                s_r, tok = _next_scores(i, 3, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
-                                        kr_smem, ready, s_zero, BPP, NUM_BUF, True)
-                m_d, l_d, acc_d = _softmax_pv(s, v_smem.index(slot * BPP + 3), m_d, l_d, acc_d,
-                                              masked, n0, rows, cols, T, qk_scale, row_o,
-                                              p_layout)
             mbarrier.arrive(empty.index(slot), count=1)
         # the last tile: no prefetch past it
         i = n_tiles - 1
@@ -271,15 +252,6 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
             s_r, tok = _next_scores(i, 1, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
                                     kr_smem, ready, s_zero, BPP, NUM_BUF, False)
             m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
-                                          masked, n0, rows, cols, T, qk_scale, row_o, p_layout)
-        if BPP > 2:
-            s = warpgroup_mma_wait(0, deps=[tok])
-            s_r, tok = _next_scores(i, 2, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
-                                    kr_smem, ready, s_zero, BPP, NUM_BUF, False)
-            m_c, l_c, acc_c = _softmax_pv(s, v_smem.index(slot * BPP + 2), m_c, l_c, acc_c,
-                                          masked, n0, rows, cols, T, qk_scale, row_o, p_layout)
-            s = warpgroup_mma_wait(0, deps=[tok])
-            m_d, l_d, acc_d = _softmax_pv(s, v_smem.index(slot * BPP + 3), m_d, l_d, acc_d,
                                           masked, n0, rows, cols, T, qk_scale, row_o, p_layout)
         mbarrier.arrive(empty.index(slot), count=1)
     else:
@@ -299,15 +271,6 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
                 m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
                                               masked, n0, rows, cols, T, qk_scale, row_o,
                                               p_layout)
-            if BPP > 2:
-                s = warpgroup_mma(qn_smem, k_smem.index(slot * BPP + 2).permute((1, 0)), s_r)
-                m_c, l_c, acc_c = _softmax_pv(s, v_smem.index(slot * BPP + 2), m_c, l_c, acc_c,
-                                              masked, n0, rows, cols, T, qk_scale, row_o,
-                                              p_layout)
-                s = warpgroup_mma(qn_smem, k_smem.index(slot * BPP + 3).permute((1, 0)), s_r)
-                m_d, l_d, acc_d = _softmax_pv(s, v_smem.index(slot * BPP + 3), m_d, l_d, acc_d,
-                                              masked, n0, rows, cols, T, qk_scale, row_o,
-                                              p_layout)
             mbarrier.arrive(empty.index(slot), count=1)
 
     # epilogue: per-branch LSE [B, NB, H, T]; out (or this chunk's fp32 partial) [.., T, H, DV]
@@ -316,9 +279,6 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
     out = _finish(acc_a, m_a, l_a, lse_base, rows, T, out_scale, row_o)
     if BPP > 1:
         out += _finish(acc_b, m_b, l_b, lse_base + H * T, rows, T, out_scale, row_o)
-    if BPP > 2:
-        out += _finish(acc_c, m_c, l_c, lse_base + 2 * H * T, rows, T, out_scale, row_o)
-        out += _finish(acc_d, m_d, l_d, lse_base + 3 * H * T, rows, T, out_scale, row_o)
     rows_o = m0 + gl.arange(0, BLOCK_M, row_o)
     cols_o = gl.arange(0, DV, col_o)
     o_rows = (chunk * n_rows + b * T + rows_o) * H + h
@@ -416,8 +376,8 @@ class Config:
 
 
 def _validate(cfg: Config) -> None:
-    if cfg.nb % cfg.bpp or cfg.bpp not in (1, 2, 4):
-        raise ValueError(f"BPP must be 1, 2 or 4 and divide NB; got {cfg}")
+    if cfg.nb % cfg.bpp or cfg.bpp not in (1, 2):
+        raise ValueError(f"BPP must be 1 or 2 and divide NB; got {cfg}")
     if BLOCK_M % cfg.block_n:
         raise ValueError("BLOCK_N must divide BLOCK_M (diagonal tiles)")
     if cfg.num_buf < 2:
@@ -428,7 +388,7 @@ def _validate(cfg: Config) -> None:
 #: configurations compiled by ``--compile-sm90 --sweep`` (the first is the default)
 SWEEP = tuple(
     Config(nb=nb, block_n=bn, num_buf=nbuf, bpp=bpp, overlap=ov)
-    for nb, bpp in ((4, 2), (1, 1), (4, 1), (4, 4))
+    for nb, bpp in ((4, 2), (1, 1), (4, 1))
     for ov in (False, True)
     for bn in (32, 64, 128)
     for nbuf in (2, 3)
@@ -450,85 +410,23 @@ BENCH = (
 
 def compile_sm90(cfg: Config) -> Any:
     """``_latent_train_fwd_ws`` compiled for sm_90 without a GPU (Triton's bundled ptxas)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     _validate(cfg)
     layouts, blocks = cfg.layouts(), cfg.blocks()
-    consts = cfg.consts()
-    params = list(_latent_train_fwd_ws.arg_names)
-    out_ty = "*bf16" if cfg.chunks == 1 else "*fp32"
-    signature: dict[str, str] = {}
-    for p in params:
-        if p in consts:
-            signature[p] = "constexpr"
-        elif p.endswith("_desc"):
-            k = p[:-5]
-            signature[p] = f"tensordesc<bf16{blocks[k]},{layouts[k]!r}>"
-        elif p == "o_ptr":
-            signature[p] = out_ty
-        elif p == "lse_ptr":
-            signature[p] = "*fp32"
-        elif p in ("qk_scale", "out_scale"):
-            signature[p] = "fp32"
-        else:
-            signature[p] = "i32"
-    src = GluonASTSource(fn=_latent_train_fwd_ws, signature=signature,
-                         constexprs={(params.index(k),): v for k, v in consts.items()},
-                         attrs={(params.index(p),): [["tt.divisibility", 16]]
-                                for p in ("o_ptr", "lse_ptr")})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": CONSUMER_WARPS})
-
-
-def sass_peak_registers(cubin: bytes) -> int | None:
-    """Highest general register index + 1 in the SASS (Triton's bundled ``nvdisasm``): what the
-    busiest partition (the consumers, under their ``setmaxnreg`` budget) really uses. ``ptxas
-    -v`` reports the launch's register count instead (65536 / 384 threads, rounded)."""
-    import os
-    import subprocess
-    import tempfile
-
-    from triton.backends.nvidia import compiler
-
-    nvdisasm = os.path.join(os.path.dirname(compiler.get_ptxas(90).path), "nvdisasm")
-    if not os.path.exists(nvdisasm):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        run = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True)
-    regs = [int(r) for r in re.findall(r"\bR(\d+)\b", run.stdout)]
-    return max(regs) + 1 if regs else None
+    types = {f"{k}_desc": f"tensordesc<bf16{blocks[k]},{layouts[k]!r}>" for k in blocks}
+    types.update(o_ptr="*bf16" if cfg.chunks == 1 else "*fp32", lse_ptr="*fp32",
+                 qk_scale="fp32", out_scale="fp32")
+    return compile_gluon_sm90(_latent_train_fwd_ws, types, cfg.consts(),
+                              aligned=("o_ptr", "lse_ptr"), num_warps=CONSUMER_WARPS)
 
 
 def compile_summary(cfg: Config) -> dict[str, Any]:
-    """Compile one configuration; a dict of what the compiler made of it (``error`` set on a
-    compiler failure)."""
-    from mlra.kernels.aot import ptxas_usage
-
+    """Compile one configuration: :func:`mlra.kernels.aot.hopper_summary` of it, or
+    ``{"error": ...}`` on a compiler failure."""
     try:
-        k = compile_sm90(cfg)
+        return hopper_summary(compile_sm90(cfg))
     except Exception as e:  # a probe: report any compiler failure
         msg = str(e).strip().splitlines()
         return {"error": f"{type(e).__name__}: {' | '.join(msg[-6:])[:1500]}"}
-    ptx = k.asm["ptx"]
-    use = ptxas_usage(ptx)
-    return {
-        "kernel": k, "ptx": ptx, **use, "shared": k.metadata.shared,
-        "sass_regs": sass_peak_registers(k.asm["cubin"]),
-        "fits": k.metadata.shared <= SM90_SMEM_PER_BLOCK,
-        "num_warps": k.metadata.num_warps,
-        "checks": {n: n in ptx for n in ("cp.async.bulk.tensor", "mbarrier", "wgmma",
-                                         "setmaxnreg")},
-        "setmaxnreg": sorted(set(re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)",
-                                            ptx))),
-        "shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)",
-                                        ptx))),
-        "ws": "ttg.warp_specialize" in k.asm["ttgir"],
-    }
 
 
 def report_compile(cfg: Config) -> bool:
@@ -538,26 +436,9 @@ def report_compile(cfg: Config) -> bool:
     if "error" in res:
         print(f"[{cfg}] FAILED: {res['error']}")
         return False
-    ptx = res["ptx"]
-    print(f"[{cfg}] compiled OK")
-    print(f"  registers (ptxas -v, sm_90a): {res['registers']}, spill stores/loads "
-          f"{res['spill_stores']}/{res['spill_loads']} bytes, "
-          f"warpgroup.arrive injected: {res['arrive_injected']}; peak register in the SASS "
-          f"(consumers): {res['sass_regs']}")
-    print(f"  shared memory: {res['shared']} bytes ({'fits' if res['fits'] else 'EXCEEDS'} "
-          f"sm_90's {SM90_SMEM_PER_BLOCK} per block; buffers {cfg.smem_estimate()}); "
-          f"num_warps {res['num_warps']}")
-    print("  PTX contains: " + ", ".join(f"{n}={v}" for n, v in res["checks"].items()))
-    print(f"  setmaxnreg: {res['setmaxnreg']}; TTGIR has ttg.warp_specialize: {res['ws']}")
-    print(f"  instruction counts: cp.async.bulk.tensor {ptx.count('cp.async.bulk.tensor')}, "
-          f"wgmma.mma_async {ptx.count('wgmma.mma_async')} {res['shapes']}, "
-          f"wgmma.wait_group {ptx.count('wgmma.wait_group')}, "
-          f"mbarrier.try_wait {ptx.count('mbarrier.try_wait')}, "
-          f"mbarrier.arrive {ptx.count('mbarrier.arrive')}")
-    meta = getattr(res["kernel"].metadata, "tensordesc_meta", None)
-    if meta:
-        print(f"  TMA boxes per descriptor (qn, qr, k, v, kr): {[m['block_size'] for m in meta]}")
-    return bool(res["fits"]) and not res["spill_stores"] and not res["spill_loads"]
+    print(f"[{cfg}] compiled OK (buffers {cfg.smem_estimate()} bytes)")
+    print("\n".join(format_hopper_summary(res)))
+    return clean(res)
 
 
 def sweep_table(configs: tuple[Config, ...]) -> bool:
@@ -570,12 +451,10 @@ def sweep_table(configs: tuple[Config, ...]) -> bool:
         if "error" in res:
             print(f"{str(cfg):<48} {'FAILED':<10} {res['error'][:200]}")
             continue
-        clean = res["fits"] and not res["spill_stores"] and not res["spill_loads"]
-        first_ok |= n == 0 and clean
-        print(f"{str(cfg):<48} {'ok' if clean else 'compiled':<10} {res['registers']:>5} "
+        first_ok |= n == 0 and clean(res)
+        print(f"{str(cfg):<48} {'ok' if clean(res) else 'compiled':<10} {res['registers']:>5} "
               f"{res['sass_regs']!s:>5} {res['spill_stores']:>5}/{res['spill_loads']:<6} "
-              f"{res['shared']:>7} "
-              f"{'yes' if res['fits'] else 'NO':>5}")
+              f"{res['shared']:>7} {'yes' if res['fits'] else 'NO':>5}")
     return first_ok
 
 
@@ -775,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             for cfg in SWEEP:
                 res = compile_summary(cfg)
-                if "error" in res or not res["fits"] or res["spill_stores"]:
+                if "error" in res or not clean(res):
                     print(f"check [{cfg}]: skipped (does not compile cleanly)")
                     continue
                 ok &= check(cfg)

@@ -142,8 +142,8 @@ def gluon_latent_wanted(q_latent: torch.Tensor, q_rope: torch.Tensor, cache: tor
     128-wide streams (MLRA-4) stay on the Triton kernel, which measured faster there on the
     H200 at 1M tokens (MLRA-4 at TP 4: 117.6 us against 125.2 for the best Gluon form;
     ``benchmarks/decode/results/h200/gluon/call3``); for 256-wide streams (GLA-2 at TP 2) the
-    Gluon kernel takes 174.8 against 186.9 us, for MLA's 512 343.1 against 530.3 us (call 2
-    and 3)."""
+    Gluon kernel takes 174.8 against 186.9 us (call 3), for MLA's 512 338.0 against 530.3 us
+    (call 2)."""
     if os.environ.get(GLUON_LATENT_ENV, "1") in ("", "0"):
         return False
     if q_latent.shape[-1] < GLUON_MIN_WIDTH or _GLUON_FAILURE:

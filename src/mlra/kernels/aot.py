@@ -40,6 +40,91 @@ def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+#: the most shared memory one thread block may use on sm_90 (227 KB)
+SM90_SMEM_PER_BLOCK = 232448
+
+
+def compile_gluon_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
+                       aligned: Iterable[str] = (), **options: Any) -> Any:
+    """As :func:`compile_sm90` for a ``gluon.jit`` kernel (its tensor descriptors typed as
+    ``tensordesc<bf16[rows, cols],layout>`` in ``types``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    params = list(kernel.arg_names)
+    signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
+    src = GluonASTSource(fn=kernel, signature=signature,
+                         constexprs={(params.index(k),): v for k, v in consts.items()},
+                         attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def sass_peak_registers(cubin: bytes) -> int | None:
+    """Highest general register index + 1 in the SASS (Triton's bundled ``nvdisasm``): what
+    the busiest partition of a warp-specialised kernel really uses under its ``setmaxnreg``
+    budget (``ptxas -v`` reports the launch's register count instead)."""
+    from triton.backends.nvidia import compiler
+
+    nvdisasm = os.path.join(os.path.dirname(compiler.get_ptxas(90).path), "nvdisasm")
+    if not os.path.exists(nvdisasm):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        run = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True)
+    regs = [int(r) for r in re.findall(r"\bR(\d+)\b", run.stdout)]
+    return max(regs) + 1 if regs else None
+
+
+_COUNTED = ("cp.async.bulk.tensor", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.try_wait",
+            "mbarrier.arrive", "setmaxnreg")
+
+
+def hopper_summary(compiled: Any) -> dict[str, Any]:
+    """What the compiler made of a kernel compiled for sm_90: :func:`ptxas_usage`, the SASS
+    peak register, shared memory (and whether it fits a block), warps, counts of the Hopper
+    instructions (TMA, wgmma, mbarriers, ``setmaxnreg``), the wgmma shapes, the
+    ``setmaxnreg`` values and whether the TTGIR is warp-specialised."""
+    ptx = compiled.asm["ptx"]
+    shared = compiled.metadata.shared
+    return {
+        **ptxas_usage(ptx), "sass_regs": sass_peak_registers(compiled.asm["cubin"]),
+        "shared": shared, "fits": shared <= SM90_SMEM_PER_BLOCK,
+        "num_warps": compiled.metadata.num_warps,
+        "counts": {n: ptx.count(n) for n in _COUNTED},
+        "wgmma_shapes": sorted(set(re.findall(
+            r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+        "setmaxnreg": sorted(set(re.findall(
+            r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)", ptx))),
+        "warp_specialized": "ttg.warp_specialize" in compiled.asm["ttgir"],
+        "tma_boxes": [m["block_size"] for m in
+                      getattr(compiled.metadata, "tensordesc_meta", None) or []],
+    }
+
+
+def format_hopper_summary(summary: dict[str, Any]) -> list[str]:
+    """:func:`hopper_summary` as report lines."""
+    s = summary
+    return [
+        f"  registers (ptxas -v, sm_90a): {s['registers']}, spill stores/loads "
+        f"{s['spill_stores']}/{s['spill_loads']} bytes, warpgroup.arrive injected: "
+        f"{s['arrive_injected']}; peak register in the SASS: {s['sass_regs']}",
+        f"  shared memory: {s['shared']} bytes ({'fits' if s['fits'] else 'EXCEEDS'} sm_90's "
+        f"{SM90_SMEM_PER_BLOCK} per block); num_warps {s['num_warps']}",
+        "  instruction counts: " + ", ".join(f"{n} {c}" for n, c in s["counts"].items())
+        + f"; wgmma shapes {s['wgmma_shapes']}",
+        f"  setmaxnreg: {s['setmaxnreg']}; warp-specialised TTGIR: {s['warp_specialized']}; "
+        f"TMA boxes per descriptor: {s['tma_boxes']}",
+    ]
+
+
+def clean(summary: dict[str, Any]) -> bool:
+    """Whether a :func:`hopper_summary` shows no spills and a block that fits."""
+    return bool(summary["fits"]) and not summary["spill_stores"] and not summary["spill_loads"]
+
+
 def ptxas_usage(ptx: str) -> dict:
     """What ``ptxas -v`` (Triton's, sm_90a) reports for ``ptx``: ``registers``,
     ``spill_stores`` / ``spill_loads`` (bytes per thread; None where not reported) and

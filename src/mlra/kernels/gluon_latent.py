@@ -19,8 +19,8 @@ and one split of the cached tokens. Two partitions run side by side:
 
 So the loads of the next tiles are in flight while the tensor cores work on the current one:
 at 1M tokens, 64 heads and 512 + 64 columns this reached 91% of the H200's memory floor in
-the probe (``benchmarks/decode/gluon_mla_probe.py``, ``results/h200/gluon``), where the
-Triton kernel, which waits for each tile's loads before its products, reaches 55%; paged, in
+a first, unpaged form of it (``benchmarks/decode/results/h200/gluon/call1``), where the
+Triton kernel, which waits for each tile's loads before its products, reaches 54%; paged, in
 ``mlra bench decode``, 0.99x FlashMLA's time at 1M tokens (``results/h200/gluon/call4``).
 
 Masking: the sequence's last tile may hold rows past its length (NaN in a pool's unused rows
@@ -407,34 +407,16 @@ def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None
                      pdl: bool = True, smem: int = 232448):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
     resource reports: registers, spills, shared memory and the PTX of one configuration."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
+    from mlra.kernels.aot import compile_gluon_sm90
 
     cfg = default_gluon_config(w, r, smem, config)
     sub = min(page, cfg.block_n)
     consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
               "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
-    params = list(_gluon_latent_kernel.arg_names)
-    lay = {k: gl.NVMMASharedLayout.get_default_for([cfg.block_n, c], gl.bfloat16)
-           for k, c in (("kl_desc", w), ("kr_desc", r))}
-    sig: dict[str, str] = {}
-    for name in params:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name in lay:
-            c = w if name == "kl_desc" else r
-            sig[name] = f"tensordesc<bf16[{sub}, {c}],{lay[name]!r}>"
-        elif name in ("q_lat_ptr", "q_rope_ptr"):
-            sig[name] = "*bf16"
-        elif name in ("bt_ptr", "seq_lens_ptr"):
-            sig[name] = "*i32"
-        elif name in ("o_ptr", "lse_ptr"):
-            sig[name] = "*fp32"
-        elif name == "qk_scale":
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    src = GluonASTSource(fn=_gluon_latent_kernel, signature=sig,
-                         constexprs={(params.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": 4 * cfg.warpgroups})
+    descs = {name: f"tensordesc<bf16[{sub}, {c}],"
+             f"{gl.NVMMASharedLayout.get_default_for([cfg.block_n, c], gl.bfloat16)!r}>"
+             for name, c in (("kl_desc", w), ("kr_desc", r))}
+    types = {**descs, "q_lat_ptr": "*bf16", "q_rope_ptr": "*bf16", "bt_ptr": "*i32",
+             "seq_lens_ptr": "*i32", "o_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32"}
+    return compile_gluon_sm90(_gluon_latent_kernel, types, consts,
+                              num_warps=4 * cfg.warpgroups)

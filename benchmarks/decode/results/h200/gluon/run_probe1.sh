@@ -3,6 +3,7 @@
 # beside FlashMLA and our Triton MLA kernel (`mlra bench decode`, same run); the GPU tests of
 # the per-stream counters; the one-launch MLP as a cooperative grid beside the default, alone
 # and in the batch-1 step.
+# The probe was removed later (it became mlra.kernels.gluon_latent): check out 309ce2f first.
 # From the repository root: OUT=dir bash benchmarks/decode/results/h200/gluon/run_probe1.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/.carry
 OUT=${OUT:-out}; mkdir -p "$OUT"
