@@ -26,7 +26,13 @@ def main() -> None:
     ap.add_argument("--shapes", default="mlra4_tp4,gla2_tp2,mla_2p9b")
     ap.add_argument("--lengths", default="128K,1M")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--configs", default=None,
+                    help="block_n,num_buf,warpgroups;... (0 = default) instead of the list above")
     args = ap.parse_args()
+    configs = CONFIGS
+    if args.configs:
+        configs = [GluonLatentConfig(*(int(v) or None for v in c.split(",")))
+                   for c in args.configs.split(";")]
     shapes = {**SHAPES, **PAPER_SHAPES}
     bw = copy_bandwidth("cuda")
     flush = l2_flush_buffer("cuda")
@@ -40,7 +46,7 @@ def main() -> None:
             cands = [("triton", partial(paged_latent_decode_triton, **inputs,
                                         max_seq_len=length))]
             cands += [(f"gluon {c}", partial(paged_latent_decode_gluon, **inputs, config=c,
-                                             max_seq_len=length)) for c in CONFIGS]
+                                             max_seq_len=length)) for c in configs]
             floor = io_bytes(shape, 1, length) / bw * 1e6
             for label, fn in cands:
                 try:

@@ -79,6 +79,10 @@ PDL_ENV = "MLRA_PDL"
 PREFETCH_ENV = "MLRA_PDL_PREFETCH"
 """Set to ``0`` to keep the PDL launches but skip the L2 prefetch before the wait."""
 
+PARTIALS_ENV = "MLRA_SPLIT_PARTIALS"
+"""Set to ``fp32`` to keep the split partials in fp32 (see :func:`partial_dtype_for`)."""
+PARTIALS_FP32 = os.environ.get(PARTIALS_ENV, "") == "fp32"
+
 
 @functools.lru_cache(maxsize=16)
 def _hopper(device_index: int) -> bool:
@@ -312,14 +316,30 @@ def num_splits_for(
 
 
 def split_workspaces(
-    num_splits: int, out: torch.Tensor, lse: torch.Tensor
+    num_splits: int, out: torch.Tensor, lse: torch.Tensor,
+    partial_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the splits write: ``out`` / ``lse`` themselves for one split, else fp32 buffers
-    ``[num_splits, *out.shape]`` / ``[num_splits, *lse.shape]`` for :func:`finish_splits`."""
+    """Where the splits write: ``out`` / ``lse`` themselves for one split, else buffers
+    ``[num_splits, *out.shape]`` (``partial_dtype``, see :func:`partial_dtype_for`) /
+    ``[num_splits, *lse.shape]`` (fp32) for :func:`finish_splits`."""
     if num_splits == 1:
         return out.unsqueeze(0), lse.unsqueeze(0)
-    return (torch.empty(num_splits, *out.shape, dtype=torch.float32, device=out.device),
+    return (torch.empty(num_splits, *out.shape, dtype=partial_dtype, device=out.device),
             torch.empty(num_splits, *lse.shape, dtype=torch.float32, device=out.device))
+
+
+def partial_dtype_for(cache: torch.Tensor) -> torch.dtype:
+    """The dtype of the split partials: bf16 for a bf16 cache (unless
+    ``MLRA_SPLIT_PARTIALS=fp32``), else fp32.
+
+    Each partial is a normalised output whose LSE stays fp32; storing it in bf16 (fp32's
+    range, so nothing overflows) halves the bytes the kernel writes at its end and the merge
+    reads back (17 MB for MLA at 1M tokens on 132 SMs), at one rounding of each partial --
+    the rounding ``P`` already gets before ``P V``.
+    """
+    if PARTIALS_FP32 or cache.dtype != torch.bfloat16:
+        return torch.float32
+    return torch.bfloat16
 
 
 def finish_splits(o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor,
@@ -413,32 +433,48 @@ def _merge_kernel(
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
-    Splits are read ``BLOCK_S`` at a time (all at once for up to ``BLOCK_S`` splits)."""
+
+    Up to ``BLOCK_S`` splits (the usual case) are read in one pass, the LSEs and the partials
+    loaded together (no load waits for another); more are read ``BLOCK_S`` at a time. Every
+    split stored a finite partial (zeros where it saw no position), so a zero weight needs no
+    mask on the partial's load."""
     pdl_wait(PDL)
     pdl_launch_next(PDL)
     r = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    for s0 in range(0, n_splits, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
-        m = tl.maximum(m, tl.load(lse_ws_ptr + ss * s_lws + r, mask=ss < n_splits,
-                                  other=float("-inf")))
-    m_max = tl.max(m, 0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    total = tl.zeros([BLOCK_S], dtype=tl.float32)
-    for s0 in range(0, n_splits, BLOCK_S):
-        ss = s0 + tl.arange(0, BLOCK_S)
+    if n_splits <= BLOCK_S:
+        ss = tl.arange(0, BLOCK_S)
         s_ok = ss < n_splits
         ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
-        ws = tl.exp(ls - m_safe)
-        total += ws
         o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                    mask=(s_ok & (ws > 0))[:, None] & d_ok[None, :], other=0.0)
-        acc += tl.sum(ws[:, None] * o, 0)
-    tot = tl.sum(total, 0)
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        m_max = tl.max(ls, 0)
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        ws = tl.exp(ls - m_safe)
+        tot = tl.sum(ws, 0)
+        acc = tl.sum(ws[:, None] * o, 0)
+    else:
+        m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+        for s0 in range(0, n_splits, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            m = tl.maximum(m, tl.load(lse_ws_ptr + ss * s_lws + r, mask=ss < n_splits,
+                                      other=float("-inf")))
+        m_max = tl.max(m, 0)
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        total = tl.zeros([BLOCK_S], dtype=tl.float32)
+        for s0 in range(0, n_splits, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            s_ok = ss < n_splits
+            ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
+            ws = tl.exp(ls - m_safe)
+            total += ws
+            o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
+                        mask=s_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(ws[:, None] * o, 0)
+        tot = tl.sum(total, 0)
     ok = tot > 0
     tot_safe = tl.where(ok, tot, 1.0)
     tl.store(out_ptr + r * s_or + offs_d, acc * tl.where(ok, 1.0 / tot_safe, 0.0), mask=d_ok)
@@ -449,8 +485,8 @@ def _merge_kernel(
 def merge_splits(
     o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
 ) -> None:
-    """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
-    and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
+    """Merge split partials ``o_ws [S, rows, D]`` (fp32, bf16 or fp16) / ``lse_ws [S, rows]``
+    into ``out [rows, D]`` and ``lse [rows]`` (fp32; all contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
     block_s = min(256, max(2, next_pow2(n_splits)))
     block_d = max(16, min(128, next_pow2(d), 8192 // block_s))
