@@ -137,6 +137,34 @@ def test_latent_split_invariance_and_empty_sequence():
     torch.testing.assert_close(results[0][0], results[2][0], atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("n_splits", [3, 300])  # one pass; more than 256: in blocks
+def test_merge_splits_matches_logsumexp(n_splits):
+    """The split merge equals a float64 log-sum-exp combination, with empty splits (LSE
+    -inf, partial 0) among them and a row that no split saw (0 / -inf)."""
+    from mlra.kernels._triton_common import merge_splits
+
+    g = torch.Generator().manual_seed(n_splits)
+    rows, d = 5, 40
+    o_ws = torch.randn(n_splits, rows, d, generator=g)
+    lse_ws = torch.randn(n_splits, rows, generator=g) * 3
+    empty = torch.rand(n_splits, rows, generator=g) < 0.3
+    lse_ws[empty] = float("-inf")
+    o_ws[empty] = 0.0
+    lse_ws[:, 2] = float("-inf")
+    o_ws[:, 2] = 0.0
+    out = torch.full((rows, d), float("nan"))
+    lse = torch.full((rows,), float("nan"))
+    o_dev, l_dev = o_ws.to(DEVICE), lse_ws.to(DEVICE)
+    out, lse = out.to(DEVICE), lse.to(DEVICE)
+    merge_splits(o_dev, l_dev, out, lse)
+    ref_lse = torch.logsumexp(lse_ws.double(), 0)
+    w = torch.exp(lse_ws.double() - torch.nan_to_num(ref_lse, neginf=0.0))
+    ref_out = (w[..., None] * o_ws.double()).sum(0) / w.sum(0).clamp_min(1e-300)[:, None]
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.cpu().double(), ref_lse, atol=1e-5, rtol=1e-5)
+    assert torch.all(out[2] == 0) and lse[2].item() == float("-inf")
+
+
 def test_latent_scale_is_used():
     case = random_latent_case([40], 16, 1, 1, 4, 64, device=DEVICE, seed=3)
     a, _ = paged_latent_decode_triton(**case)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlra.bench.decode import SHAPES, _row, io_bytes, markdown_report, parse_size, plot
-from mlra.bench.timing import Timing
+from mlra.bench.timing import Timing, flush_l2, l2_flush_buffer, time_cuda
 from mlra.cli import main
 from mlra.errors import ConfigError
 
@@ -82,3 +82,31 @@ def test_cli_without_gpu_is_a_clean_error(capsys):
 def test_cli_rejects_unknown_variant(capsys):
     assert main(["bench", "decode", "--variants", "mla,bogus"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+def test_l2_flush_reads_by_default_and_writes_on_request():
+    """The default flush only reads the buffer (nothing dirty left in the L2); ``write``
+    zeroes it; anything else is refused by name."""
+    buf = l2_flush_buffer("cpu", nbytes=4096)
+    buf.copy_(torch.arange(buf.numel(), dtype=buf.dtype))
+    before = buf.clone()
+    flush_l2(buf)
+    assert torch.equal(buf, before)
+    flush_l2(buf, "write")
+    assert torch.count_nonzero(buf) == 0
+    with pytest.raises(ValueError, match="flush mode"):
+        flush_l2(buf, "dirty")
+    with pytest.raises(ValueError, match="flush mode"):
+        time_cuda(lambda: None, flush=buf, flush_mode="dirty")
+
+
+def test_report_says_how_the_l2_was_flushed():
+    res = _fake_result()
+    assert "flushed by reading" in markdown_report({**res, "flush": "read"}, "x")
+    assert "flushed by writing" in markdown_report({**res, "flush": "write"}, "x")
+
+
+def test_cli_rejects_unknown_flush_mode(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "decode", "--flush", "dirty"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -3,7 +3,9 @@ latency benchmark) against the memory roofline and, for MLA, FlashMLA.
 
 Each row times one attention call of one layer on one device (no projections, no
 communication), as the paper's figure does: median of many calls timed with CUDA events, L2
-flushed before each, random bf16 data in a randomly permuted paged cache. Achieved bandwidth
+flushed before each (by reading a large buffer; ``--flush write`` zeroes it instead and so
+charges each call the write-back of a dirty L2, see :mod:`mlra.bench.timing`), random bf16
+data in a randomly permuted paged cache. Achieved bandwidth
 counts the cache bytes the call must read plus the queries read and outputs written; the
 ceiling is a device-to-device copy measured in the same run (bytes read plus written).
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mlra.bench.timing import copy_bandwidth, l2_flush_buffer, time_cuda
+from mlra.bench.timing import FLUSH_MODES, copy_bandwidth, l2_flush_buffer, time_cuda
 from mlra.errors import ConfigError, MlraError
 
 
@@ -222,9 +224,10 @@ def _row(shape, kernel, batch, length, timing, copy_bw, tflops, extra) -> dict:
 def run_decode_bench(
     shapes: Sequence[DecodeShape], lengths: Sequence[int], batches: Sequence[int],
     batch_lengths: Sequence[int], reps: int = 100, use_flashmla: bool = True,
-    check: bool = True, log: Callable[[str], None] = print,
+    check: bool = True, log: Callable[[str], None] = print, flush_mode: str = "read",
 ) -> dict:
-    """Run the sweep; returns the JSON-able result (environment, ceilings, rows)."""
+    """Run the sweep; returns the JSON-able result (environment, ceilings, rows).
+    ``flush_mode``: how the L2 is flushed before each timed call (:func:`time_cuda`)."""
     if not torch.cuda.is_available():
         raise MlraError("`mlra bench decode` needs a CUDA GPU (none is visible)")
     from mlra.kernels import triton_available
@@ -257,7 +260,7 @@ def run_decode_bench(
             extra: dict = {"impl": implementation(shape, inputs)}
             if check and batch == 1 and length == min(lengths):
                 extra["ref_rel_err"] = reference_error(shape, inputs, result)
-            timing = time_cuda(fn, reps=reps, flush=flush)
+            timing = time_cuda(fn, reps=reps, flush=flush, flush_mode=flush_mode)
             rows.append(_row(shape, "triton", batch, length, timing, copy_bw, tflops, extra))
             log(_fmt(rows[-1]))
             if fm is not None and shape.name == "mla":
@@ -268,7 +271,7 @@ def run_decode_bench(
                     fm_out = fm_fn()
                     from mlra.kernels.testing import rel_error
                     err = rel_error(fm_out[0].float(), result[0][:, :, 0])
-                    t = time_cuda(fm_fn, reps=reps, flush=flush)
+                    t = time_cuda(fm_fn, reps=reps, flush=flush, flush_mode=flush_mode)
                     rows.append(_row(shape, "flashmla", batch, length, t, copy_bw, tflops,
                                      {"rel_err_vs_triton": err}))
                     log(_fmt(rows[-1]))
@@ -282,7 +285,7 @@ def run_decode_bench(
         device=props.name, sms=props.multi_processor_count,
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         copy_gbps=round(copy_bw / 1e9, 1), matmul_tflops=round(tflops, 1),
-        flashmla=None if fm_reason is None else fm_reason, reps=reps,
+        flashmla=None if fm_reason is None else fm_reason, reps=reps, flush=flush_mode,
         shapes={s.name: {**asdict(s), "bytes_per_token": s.bytes_per_token,
                          "flops_per_token": s.flops_per_token} for s in shapes},
         rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -320,8 +323,10 @@ def markdown_report(res: dict, command: str) -> str:
         f"{res['triton']}; measured copy bandwidth {res['copy_gbps']} GB/s (read+write), bf16 "
         f"matmul {res['matmul_tflops']} TFLOP/s; {res['time']}.", "",
         f"Command: `{command}`", "",
-        "Cells: median us over " f"{res['reps']} L2-flushed calls (achieved bandwidth as % of "
-        "the measured copy bandwidth). One attention call of one layer on one device.", "",
+        "Cells: median us over " f"{res['reps']} L2-flushed calls (L2 flushed by "
+        f"{'reading' if res.get('flush', 'write') == 'read' else 'writing'} 256 MB before "
+        "each; achieved bandwidth as % of the measured copy bandwidth). One attention call of "
+        "one layer on one device.", "",
     ]
     if res.get("flashmla"):
         out += [f"FlashMLA: {res['flashmla']}", ""]
@@ -410,6 +415,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="directory for decode.json / decode.md / decode.png")
     p.add_argument("--no-flashmla", action="store_true", help="do not time FlashMLA")
     p.add_argument("--no-check", action="store_true", help="skip the reference check")
+    p.add_argument("--flush", choices=FLUSH_MODES, default="read",
+                   help="flush the L2 before each call by reading 256 MB (default: nothing "
+                        "dirty left to write back) or by zeroing it (the write-back of a dirty "
+                        "L2 is then charged to each call, 3-8 us on an H200)")
     p.set_defaults(func=run)
 
 
@@ -431,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
     batches = [int(b) for b in args.batches.split(",") if b.strip()] if batch_lengths else []
     res = run_decode_bench([SHAPES[n] for n in names], lengths, batches, batch_lengths,
                            reps=args.reps, use_flashmla=not args.no_flashmla,
-                           check=not args.no_check)
+                           check=not args.no_check, flush_mode=args.flush)
     res["command"] = "mlra " + shlex.join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,13 @@
 """Device timing: CUDA events around each call (L2 flushed before each in :func:`time_cuda`),
-median of many; wall-clock on the CPU for smoke tests; CUDA-graph capture for timing steps."""
+median of many; wall-clock on the CPU for smoke tests; CUDA-graph capture for timing steps.
+
+The L2 flush reads a buffer larger than the L2 (``read``, the default) so the timed call
+finds none of its inputs cached and nothing dirty to write back. Zeroing it instead
+(``write``, the usual practice of ``triton.testing.do_bench``) leaves the L2 full of dirty
+lines that the timed call pays to write back: about 50 MB, 3-8 us on an H200
+(``benchmarks/decode/results/h200/fixed``), a quarter of a 30 us decode call -- a cost of the
+benchmark, not of the kernel, which in a model step follows kernels that read weights.
+"""
 
 from __future__ import annotations
 
@@ -27,19 +35,48 @@ class Timing:
         return asdict(self)
 
 
+FLUSH_MODES = ("read", "write")
+
+
 def l2_flush_buffer(device: torch.device | str = "cuda", nbytes: int = 256 << 20) -> torch.Tensor:
-    """A buffer larger than any L2 cache; writing it evicts the cached inputs."""
-    return torch.empty(nbytes // 4, dtype=torch.int32, device=device)
+    """A buffer larger than any L2 cache; reading (or writing) it evicts the cached inputs."""
+    return torch.zeros(nbytes // 4, dtype=torch.float32, device=device)
+
+
+def flush_l2(buf: torch.Tensor, mode: str = "read") -> None:
+    """Evict the L2 by reading ``buf`` (one reduction kernel into its last element's scalar
+    sum, leaving clean lines) or by zeroing it (``write``: dirty lines), see the module
+    docstring."""
+    if mode == "read":
+        torch.sum(buf, dim=0, out=_flush_sink(buf))
+    elif mode == "write":
+        buf.zero_()
+    else:
+        raise ValueError(f"flush mode must be one of {FLUSH_MODES}, got {mode!r}")
+
+
+_SINKS: dict[torch.device, torch.Tensor] = {}
+
+
+def _flush_sink(buf: torch.Tensor) -> torch.Tensor:
+    sink = _SINKS.get(buf.device)
+    if sink is None:
+        sink = _SINKS[buf.device] = torch.empty((), dtype=buf.dtype, device=buf.device)
+    return sink
 
 
 def time_cuda(
     fn: Callable[[], object], reps: int = 100, warmup: int = 5,
     flush: torch.Tensor | None = None, host_shield_cycles: int = 1_000_000,
+    flush_mode: str = "read",
 ) -> Timing:
-    """Median device time of ``fn()``. Before each call the L2 flush and a short device-side
-    spin (``host_shield_cycles``, ~0.5 ms) are queued ahead of the start event, so the host
-    enqueues ``fn``'s launches while the device is busy and launch overhead is not counted:
-    the number is the device time of the call, as inside a CUDA graph."""
+    """Median device time of ``fn()``. Before each call the L2 flush (``flush_mode``, see
+    :func:`flush_l2`) and a short device-side spin (``host_shield_cycles``, ~0.5 ms) are
+    queued ahead of the start event, so the host enqueues ``fn``'s launches while the device
+    is busy and launch overhead is not counted: the number is the device time of the call, as
+    inside a CUDA graph."""
+    if flush_mode not in FLUSH_MODES:
+        raise ValueError(f"flush mode must be one of {FLUSH_MODES}, got {flush_mode!r}")
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -49,7 +86,7 @@ def time_cuda(
     gc.disable()  # a collection pause could outlast the shield
     for i in range(reps):
         if flush is not None:
-            flush.zero_()
+            flush_l2(flush, flush_mode)
         if host_shield_cycles:
             torch.cuda._sleep(host_shield_cycles)
         starts[i].record()

@@ -79,10 +79,6 @@ PDL_ENV = "MLRA_PDL"
 PREFETCH_ENV = "MLRA_PDL_PREFETCH"
 """Set to ``0`` to keep the PDL launches but skip the L2 prefetch before the wait."""
 
-PARTIALS_ENV = "MLRA_SPLIT_PARTIALS"
-"""Set to ``fp32`` to keep the split partials in fp32 (see :func:`partial_dtype_for`)."""
-PARTIALS_FP32 = os.environ.get(PARTIALS_ENV, "") == "fp32"
-
 
 @functools.lru_cache(maxsize=16)
 def _hopper(device_index: int) -> bool:
@@ -316,30 +312,14 @@ def num_splits_for(
 
 
 def split_workspaces(
-    num_splits: int, out: torch.Tensor, lse: torch.Tensor,
-    partial_dtype: torch.dtype = torch.float32,
+    num_splits: int, out: torch.Tensor, lse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the splits write: ``out`` / ``lse`` themselves for one split, else buffers
-    ``[num_splits, *out.shape]`` (``partial_dtype``, see :func:`partial_dtype_for`) /
-    ``[num_splits, *lse.shape]`` (fp32) for :func:`finish_splits`."""
+    """Where the splits write: ``out`` / ``lse`` themselves for one split, else fp32 buffers
+    ``[num_splits, *out.shape]`` / ``[num_splits, *lse.shape]`` for :func:`finish_splits`."""
     if num_splits == 1:
         return out.unsqueeze(0), lse.unsqueeze(0)
-    return (torch.empty(num_splits, *out.shape, dtype=partial_dtype, device=out.device),
+    return (torch.empty(num_splits, *out.shape, dtype=torch.float32, device=out.device),
             torch.empty(num_splits, *lse.shape, dtype=torch.float32, device=out.device))
-
-
-def partial_dtype_for(cache: torch.Tensor) -> torch.dtype:
-    """The dtype of the split partials: bf16 for a bf16 cache (unless
-    ``MLRA_SPLIT_PARTIALS=fp32``), else fp32.
-
-    Each partial is a normalised output whose LSE stays fp32; storing it in bf16 (fp32's
-    range, so nothing overflows) halves the bytes the kernel writes at its end and the merge
-    reads back (17 MB for MLA at 1M tokens on 132 SMs), at one rounding of each partial --
-    the rounding ``P`` already gets before ``P V``.
-    """
-    if PARTIALS_FP32 or cache.dtype != torch.bfloat16:
-        return torch.float32
-    return torch.bfloat16
 
 
 def finish_splits(o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor,
@@ -449,7 +429,7 @@ def _merge_kernel(
         s_ok = ss < n_splits
         ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
         o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                    mask=s_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
         m_max = tl.max(ls, 0)
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         ws = tl.exp(ls - m_safe)
@@ -472,7 +452,7 @@ def _merge_kernel(
             ws = tl.exp(ls - m_safe)
             total += ws
             o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                        mask=s_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                        mask=s_ok[:, None] & d_ok[None, :], other=0.0)
             acc += tl.sum(ws[:, None] * o, 0)
         tot = tl.sum(total, 0)
     ok = tot > 0
@@ -485,8 +465,8 @@ def _merge_kernel(
 def merge_splits(
     o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
 ) -> None:
-    """Merge split partials ``o_ws [S, rows, D]`` (fp32, bf16 or fp16) / ``lse_ws [S, rows]``
-    into ``out [rows, D]`` and ``lse [rows]`` (fp32; all contiguous in the last dim)."""
+    """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
+    and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
     block_s = min(256, max(2, next_pow2(n_splits)))
     block_d = max(16, min(128, next_pow2(d), 8192 // block_s))

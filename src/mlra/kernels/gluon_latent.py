@@ -57,7 +57,6 @@ from mlra.kernels._triton_common import (
     finish_splits,
     next_pow2,
     num_splits_for,
-    partial_dtype_for,
     pdl_mode,
     split_workspaces,
 )
@@ -385,7 +384,7 @@ def paged_latent_decode_gluon(
     m_blocks = triton.cdiv(Tq * Hq, BLOCK_M)
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * NB, cfg.block_n, cache, ctas_per_sm=1)
-    o_ws, lse_ws = split_workspaces(num_splits, out, lse, partial_dtype_for(cache))
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = [int(o) for o in latent_offsets] + [0] * (MAX_STREAMS - NB)
     pdl = pdl_mode(cache) > 0
     _gluon_latent_kernel[(m_blocks * NB, num_splits, B)](

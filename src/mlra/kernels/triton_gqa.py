@@ -23,7 +23,6 @@ from mlra.kernels._triton_common import (
     make_descriptor,
     next_pow2,
     num_splits_for,
-    partial_dtype_for,
     pdl_launch_next,
     pdl_mode,
     pdl_wait,
@@ -219,7 +218,7 @@ def paged_gqa_decode_triton(
         k_desc, v_desc = k_cache, v_cache
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * Hkv * m_blocks,
                                 cfg.block_n, k_cache, ctas_per_sm=2)
-    o_ws, lse_ws = split_workspaces(num_splits, out, lse, partial_dtype_for(k_cache))
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B * Hkv)
     pdl = pdl_mode(k_cache)
     es = k_cache.element_size()

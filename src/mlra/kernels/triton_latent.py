@@ -32,7 +32,6 @@ from mlra.kernels._triton_common import (
     make_descriptor,
     next_pow2,
     num_splits_for,
-    partial_dtype_for,
     pdl_launch_next,
     pdl_mode,
     pdl_wait,
@@ -406,7 +405,7 @@ def paged_latent_decode_triton(
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
                                 ctas_per_sm=1 if width >= 512 else 2)
-    o_ws, lse_ws = split_workspaces(num_splits, out, lse, partial_dtype_for(cache))
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
     pdl = pdl_mode(cache)

@@ -31,7 +31,6 @@ from mlra.kernels._triton_common import (
     load_cols,
     next_pow2,
     num_splits_for,
-    partial_dtype_for,
     resolve_config,
     split_range,
     split_workspaces,
@@ -223,7 +222,7 @@ def paged_tpa_decode_triton(
     m_blocks = triton.cdiv(rows, cfg.block_m)
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * m_blocks,
                                 cfg.block_n, b_k, ctas_per_sm=2)
-    o_ws, lse_ws = split_workspaces(num_splits, out, lse, partial_dtype_for(a_v))
+    o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B)
     _tpa_decode_kernel[grid](
         q, a_k, b_k, a_v, b_v, block_table, seq_lens, o_ws, lse_ws,
