@@ -156,6 +156,28 @@ def test_gluon_launch_configurations_agree(cfg, w):
 
 
 @needs_hopper
+@pytest.mark.parametrize("case_args", [c for c in CASES if c[1] == 512])
+def test_seesaw_schedule_matches_reference(case_args):
+    """The seesaw form of the 512-wide kernel: ragged lengths (odd and even tile counts per
+    split, a split of one tile), NaN past every length, Tq 2, pages of 16, forced splits."""
+    nb, w, hq, tq, page, lens, splits, layout = case_args
+    case = random_latent_case(lens, page, tq, nb, hq, w, layout=layout, device="cuda",
+                              seed=len(lens) * 31 + tq)
+    ref_out, ref_lse = paged_latent_decode_ref(**case)
+    out = torch.full(ref_out.shape, float("nan"), device="cuda")
+    lse = torch.full(ref_lse.shape, float("nan"), device="cuda")
+    paged_latent_decode_gluon(**case, num_splits=splits, out=out, lse=lse,
+                              config=GluonLatentConfig(seesaw=True))
+    _check(out, lse, ref_out, ref_lse)
+    for s in (1, 3):  # and an empty sequence gives 0 / -inf
+        empty = random_latent_case([64 * 5 + 3, 0], 64, 1, 1, 24, 512, device="cuda", seed=s)
+        o, lz = paged_latent_decode_gluon(**empty, num_splits=s,
+                                          config=GluonLatentConfig(seesaw=True))
+        _check(o, lz, *paged_latent_decode_ref(**empty))
+        assert torch.all(o[1] == 0) and torch.all(lz[1] == float("-inf"))
+
+
+@needs_hopper
 def test_gluon_split_invariance_and_empty_sequence():
     """Any split factor gives the same result; a sequence with no tokens gives 0 / -inf."""
     case = random_latent_case([20000, 0], 64, 1, 1, 24, 512, device="cuda", seed=7)

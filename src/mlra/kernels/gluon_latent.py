@@ -37,6 +37,7 @@ Import only after checking :func:`mlra.kernels.gluon_available`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,8 @@ from mlra.kernels.triton_latent import MAX_STREAMS
 BLOCK_M = 64  # query rows per program: one wgmma M per warpgroup
 ROWS = gl.constexpr(BLOCK_M)
 SMEM_RESERVE = 8 << 10  # shared memory kept free for the compiler's own scratch
+#: ``MLRA_GLUON_SEESAW=1``: 512-wide streams take the seesaw schedule by default
+SEESAW_DEFAULT = os.environ.get("MLRA_GLUON_SEESAW", "0") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class GluonLatentConfig:
     num_buf: int | None = None
     #: consumer warpgroups (1 or 2), side by side along the score and value columns
     warpgroups: int | None = None
+    #: 512-wide streams: the two warpgroups take turns scoring whole tiles
+    #: (:mod:`mlra.kernels.gluon_seesaw`) instead of sharing every tile's scores
+    seesaw: bool | None = None
 
 
 def default_gluon_config(w: int, r: int, smem: int, config: GluonLatentConfig | None = None
@@ -83,15 +89,26 @@ def default_gluon_config(w: int, r: int, smem: int, config: GluonLatentConfig | 
     consumer warpgroups (side by side along the columns), for narrower ones 128-row tiles and
     one (H200, 1M tokens: GLA-2 at TP 2 174.8 us against 229.3 for 64 rows and two;
     ``benchmarks/decode/results/h200/gluon/call3``); as many ring buffers (2..4) as ``smem``
-    bytes of shared memory hold beside the query block (MLA's 512 + 64 columns: two)."""
+    bytes of shared memory hold beside the query block (MLA's 512 + 64 columns: two), and for
+    the seesaw schedule its probability buffers (two where they fit, else one)."""
     config = config or GluonLatentConfig()
     wide = w >= 512
     block_n = config.block_n or (64 if wide else 128)
+    seesaw = wide and (SEESAW_DEFAULT if config.seesaw is None else bool(config.seesaw))
     tile = block_n * (w + r) * 2
     q_bytes = BLOCK_M * (w + r) * 2
-    num_buf = config.num_buf or max(2, min(4, (smem - SMEM_RESERVE - q_bytes) // tile))
+    p_bytes = BLOCK_M * block_n * 2 if seesaw else 0
+    num_buf = config.num_buf or max(2, min(4, (smem - SMEM_RESERVE - q_bytes - p_bytes) // tile))
     return GluonLatentConfig(block_n=block_n, num_buf=num_buf,
-                             warpgroups=config.warpgroups or (2 if wide else 1))
+                             warpgroups=2 if seesaw else config.warpgroups or (2 if wide else 1),
+                             seesaw=seesaw)
+
+
+def seesaw_p_slots(cfg: GluonLatentConfig, w: int, r: int, smem: int) -> int:
+    """Probability buffers of the seesaw schedule: two where shared memory holds them beside
+    the query block and the ring, else one."""
+    used = (BLOCK_M + cfg.num_buf * cfg.block_n) * (w + r) * 2 + SMEM_RESERVE // 4
+    return 2 if used + 2 * BLOCK_M * cfg.block_n * 2 <= smem else 1
 
 
 @gluon.jit
@@ -387,17 +404,26 @@ def paged_latent_decode_gluon(
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = [int(o) for o in latent_offsets] + [0] * (MAX_STREAMS - NB)
     pdl = pdl_mode(cache) > 0
-    _gluon_latent_kernel[(m_blocks * NB, num_splits, B)](
+    args = (
         q_latent, q_rope, kl_desc, kr_desc, block_table, seq_lens, o_ws, lse_ws,
         q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
         q_rope.stride(0), q_rope.stride(1), q_rope.stride(2), block_table.stride(0),
         o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
-        *offs, rope_offset, float(scale) * LOG2E, Hq, Tq, num_splits, NB,
-        W=W, R=R, PAGE=page, BLOCK_N=cfg.block_n, SUB=sub, NUM_BUF=cfg.num_buf,
-        WG=cfg.warpgroups, PDL=int(pdl), num_warps=4 * cfg.warpgroups,
-        **({"launch_pdl": True} if pdl else {}),
-    )
+        *offs, rope_offset, float(scale) * LOG2E, Hq, Tq, num_splits, NB)
+    grid = (m_blocks * NB, num_splits, B)
+    launch = {"launch_pdl": True} if pdl else {}
+    if cfg.seesaw:
+        from mlra.kernels.gluon_seesaw import _seesaw_kernel
+
+        _seesaw_kernel[grid](
+            *args, W=W, R=R, PAGE=page, BLOCK_N=cfg.block_n, SUB=sub, NUM_BUF=cfg.num_buf,
+            P_SLOTS=seesaw_p_slots(cfg, W, R, block_shared_memory(cache)), PDL=int(pdl),
+            num_warps=4, **launch)
+    else:
+        _gluon_latent_kernel[grid](
+            *args, W=W, R=R, PAGE=page, BLOCK_N=cfg.block_n, SUB=sub, NUM_BUF=cfg.num_buf,
+            WG=cfg.warpgroups, PDL=int(pdl), num_warps=4 * cfg.warpgroups, **launch)
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse
 
@@ -412,11 +438,17 @@ def compile_for_sm90(w: int, r: int, page: int, config: GluonLatentConfig | None
     cfg = default_gluon_config(w, r, smem, config)
     sub = min(page, cfg.block_n)
     consts = {"W": w, "R": r, "PAGE": page, "BLOCK_N": cfg.block_n, "SUB": sub,
-              "NUM_BUF": cfg.num_buf, "WG": cfg.warpgroups, "PDL": int(pdl)}
+              "NUM_BUF": cfg.num_buf, "PDL": int(pdl)}
     descs = {name: f"tensordesc<bf16[{sub}, {c}],"
              f"{gl.NVMMASharedLayout.get_default_for([cfg.block_n, c], gl.bfloat16)!r}>"
              for name, c in (("kl_desc", w), ("kr_desc", r))}
     types = {**descs, "q_lat_ptr": "*bf16", "q_rope_ptr": "*bf16", "bt_ptr": "*i32",
              "seq_lens_ptr": "*i32", "o_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32"}
+    if cfg.seesaw:
+        from mlra.kernels.gluon_seesaw import _seesaw_kernel
+
+        consts["P_SLOTS"] = seesaw_p_slots(cfg, w, r, smem)
+        return compile_gluon_sm90(_seesaw_kernel, types, consts, num_warps=4)
+    consts["WG"] = cfg.warpgroups
     return compile_gluon_sm90(_gluon_latent_kernel, types, consts,
                               num_warps=4 * cfg.warpgroups)
