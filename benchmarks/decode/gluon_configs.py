@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="128K,1M")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--configs", default=None,
-                    help="block_n,num_buf,warpgroups[,seesaw];... (0 = default) instead of the list above")
+                    help="block_n,num_buf,warpgroups[,seesaw];... (0 = default) instead of "
+                         "the list above")
     args = ap.parse_args()
     configs = CONFIGS
     if args.configs:
