@@ -102,6 +102,53 @@ def test_default_configurations_follow_the_width_and_shared_memory():
     assert mine.block_n == 32 and mine.warpgroups == 1 and mine.num_buf == 4
 
 
+def test_seesaw_schedule_is_chosen_by_split_length(monkeypatch):
+    """512-wide streams take the seesaw schedule where a split holds enough tokens (long
+    contexts), the default one for short splits; narrower streams never; the environment and
+    an explicit configuration override the length."""
+    from mlra.kernels import gluon_latent as gk
+
+    monkeypatch.setattr(gk, "SEESAW_ENV", "")
+    long_split = gk.SEESAW_MIN_TOKENS * 4
+    assert default_gluon_config(512, 64, SM90_SMEM, tokens_per_split=long_split).seesaw
+    assert not default_gluon_config(512, 64, SM90_SMEM, tokens_per_split=993).seesaw
+    assert not default_gluon_config(512, 64, SM90_SMEM).seesaw
+    assert not default_gluon_config(256, 64, SM90_SMEM, tokens_per_split=long_split).seesaw
+    off = GluonLatentConfig(seesaw=False)
+    assert not default_gluon_config(512, 64, SM90_SMEM, off, tokens_per_split=long_split).seesaw
+    monkeypatch.setattr(gk, "SEESAW_ENV", "1")
+    assert default_gluon_config(512, 64, SM90_SMEM, tokens_per_split=993).seesaw
+    monkeypatch.setattr(gk, "SEESAW_ENV", "0")
+    assert not default_gluon_config(512, 64, SM90_SMEM, tokens_per_split=long_split).seesaw
+    cfg = default_gluon_config(512, 64, SM90_SMEM, GluonLatentConfig(seesaw=True))
+    assert cfg.warpgroups == 2 and cfg.num_buf == 2  # ring, query block and P buffer fit
+    assert gk.seesaw_p_slots(cfg, 512, 64, SM90_SMEM) == 1
+
+
+def test_seesaw_kernel_compiles_for_sm90(tmp_path):
+    """Two consumer partitions (one per output half) and the producer: warp-specialised,
+    within shared memory, spills bounded (132 bytes when written; H200 timing in
+    benchmarks/decode/results/h200/fixed/call5)."""
+    script = (
+        "import json, sys\n"
+        "from mlra.kernels.aot import hopper_summary\n"
+        "from mlra.kernels.gluon_latent import GluonLatentConfig, compile_for_sm90\n"
+        "k = compile_for_sm90(512, 64, 64, GluonLatentConfig(seesaw=True))\n"
+        "json.dump(hopper_summary(k), open(sys.argv[1], 'w'))\n")
+    out = tmp_path / "seesaw.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    k = json.loads(out.read_text())
+    assert k["fits"] and k["warp_specialized"]
+    assert k["spill_stores"] <= 256 and k["spill_loads"] <= 256
+    budgets = sorted(int(n) for _, n in k["setmaxnreg"])
+    assert budgets[0] <= 40 and budgets[-1] >= 232
+    # the two consumers each: the score product (K = 512 + 64) and their half of P V
+    assert "m64n256k16" in k["wgmma_shapes"] and "m64n64k16" in k["wgmma_shapes"]
+
+
 def test_supports_refuses_what_the_kernel_cannot_take():
     case = random_latent_case([40], 64, 1, 1, 4, 128)  # CPU tensors
     assert not gluon_latent_supports(case["q_latent"], case["q_rope"], case["cache"])

@@ -66,8 +66,12 @@ from mlra.kernels.triton_latent import MAX_STREAMS
 BLOCK_M = 64  # query rows per program: one wgmma M per warpgroup
 ROWS = gl.constexpr(BLOCK_M)
 SMEM_RESERVE = 8 << 10  # shared memory kept free for the compiler's own scratch
-#: ``MLRA_GLUON_SEESAW=1``: 512-wide streams take the seesaw schedule by default
-SEESAW_DEFAULT = os.environ.get("MLRA_GLUON_SEESAW", "0") not in ("", "0")
+#: 512-wide streams take the seesaw schedule where a split holds at least this many tokens
+#: (H200: 313.4 against 334.8 us at 1M tokens, 7944 per split; 65.6 against 58.7 us at 128K,
+#: 993 per split; ``benchmarks/decode/results/h200/fixed/call5``)
+SEESAW_MIN_TOKENS = 2048
+#: ``MLRA_GLUON_SEESAW=1`` / ``0``: always / never the seesaw schedule (unset: by length)
+SEESAW_ENV = os.environ.get("MLRA_GLUON_SEESAW", "")
 
 
 @dataclass(frozen=True)
@@ -83,18 +87,23 @@ class GluonLatentConfig:
     seesaw: bool | None = None
 
 
-def default_gluon_config(w: int, r: int, smem: int, config: GluonLatentConfig | None = None
-                         ) -> GluonLatentConfig:
+def default_gluon_config(w: int, r: int, smem: int, config: GluonLatentConfig | None = None,
+                         tokens_per_split: int | None = None) -> GluonLatentConfig:
     """``config`` with its unset fields chosen: for 512-wide streams 64-row tiles and two
     consumer warpgroups (side by side along the columns), for narrower ones 128-row tiles and
     one (H200, 1M tokens: GLA-2 at TP 2 174.8 us against 229.3 for 64 rows and two;
     ``benchmarks/decode/results/h200/gluon/call3``); as many ring buffers (2..4) as ``smem``
-    bytes of shared memory hold beside the query block (MLA's 512 + 64 columns: two), and for
-    the seesaw schedule its probability buffers (two where they fit, else one)."""
+    bytes of shared memory hold beside the query block (MLA's 512 + 64 columns: two). 512-wide
+    streams take the seesaw schedule (:mod:`mlra.kernels.gluon_seesaw`) where a split holds
+    ``tokens_per_split >= SEESAW_MIN_TOKENS`` (``MLRA_GLUON_SEESAW`` overrides)."""
     config = config or GluonLatentConfig()
     wide = w >= 512
     block_n = config.block_n or (64 if wide else 128)
-    seesaw = wide and (SEESAW_DEFAULT if config.seesaw is None else bool(config.seesaw))
+    seesaw = config.seesaw
+    if seesaw is None:
+        by_length = tokens_per_split is not None and tokens_per_split >= SEESAW_MIN_TOKENS
+        seesaw = {"1": True, "0": False}.get(SEESAW_ENV, by_length)
+    seesaw = bool(seesaw) and wide
     tile = block_n * (w + r) * 2
     q_bytes = BLOCK_M * (w + r) * 2
     p_bytes = BLOCK_M * block_n * 2 if seesaw else 0
@@ -401,6 +410,10 @@ def paged_latent_decode_gluon(
     m_blocks = triton.cdiv(Tq * Hq, BLOCK_M)
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * NB, cfg.block_n, cache, ctas_per_sm=1)
+    if W >= 512 and (config is None or config.seesaw is None):
+        longest = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+        cfg = default_gluon_config(W, R, block_shared_memory(cache), config,
+                                   tokens_per_split=longest // num_splits)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = [int(o) for o in latent_offsets] + [0] * (MAX_STREAMS - NB)
     pdl = pdl_mode(cache) > 0
