@@ -23,6 +23,11 @@ a first, unpaged form of it (``benchmarks/decode/results/h200/gluon/call1``), wh
 Triton kernel, which waits for each tile's loads before its products, reaches 54%; paged, in
 ``mlra bench decode``, 0.99x FlashMLA's time at 1M tokens (``results/h200/gluon/call4``).
 
+For 512-wide streams whose splits are long, a second schedule of the same contract runs the
+two consumer warpgroups as separate partitions that take turns scoring whole tiles
+(:mod:`mlra.kernels.gluon_seesaw`; 91% of the floor at 1M tokens against 85%); see
+:func:`default_gluon_config`.
+
 Masking: the sequence's last tile may hold rows past its length (NaN in a pool's unused rows
 must not leak): the consumers zero those rows of the latent tile in shared memory before
 ``P V`` and mask the scores of every position a query row may not see (causal inside the
