@@ -127,7 +127,8 @@ def test_seesaw_schedule_is_chosen_by_split_length(monkeypatch):
 
 def test_seesaw_kernel_compiles_for_sm90(tmp_path):
     """Two consumer partitions (one per output half) and the producer: warp-specialised,
-    within shared memory, spills bounded (132 bytes when written; H200 timing in
+    within shared memory, spills bounded (180 bytes when written: hoisted wgmma descriptors,
+    benchmarks/decode/NOTES.md; H200 timing in
     benchmarks/decode/results/h200/fixed/call5)."""
     script = (
         "import json, sys\n"
