@@ -25,7 +25,9 @@ longest programs start first). Two partitions:
   causal mask on diagonal tiles only (and keys ``>= T``), the online softmax in base 2,
   ``acc_b += P_b V_b`` (P from registers). With ``OVERLAP`` the next score product (the next
   branch of the tile, or the next tile's RoPE + first branch) is issued as an async wgmma
-  before this branch's softmax.
+  before this branch's softmax. With ``SPLIT`` the two warpgroups are two partitions (4 warps
+  each, its 64 rows of the query block), so neither waits for the other's softmax: the lesson
+  of the decode kernel's seesaw schedule (both release every slot: ``empty`` counts two).
 
 Buffer protocol (per slot ``s``, ``ready[s]`` / ``empty[s]`` count-1 mbarriers; tile ``i`` uses
 slot ``i % NUM_BUF`` in round ``r = i // NUM_BUF``): the producer waits ``empty[s]`` with parity
@@ -73,6 +75,7 @@ LOG2E = 1.4426950408889634
 BLOCK_M = 128  # query rows per program: 64 per consumer warpgroup
 CONSUMER_WARPS = 8  # two warpgroups stacked along M
 PRODUCER_REGS = 24  # registers of the producer warp (setmaxnreg), as the decode probe
+CONSUMER_REGS = 240  # registers of the second consumer partition (``split``)
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,10 +191,11 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
               T, H, NB, n_rows, qk_scale, out_scale,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.constexpr,
               BPP: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
-              WARPS: gl.constexpr):
-    """Default partition (two warpgroups along M): scores, online softmax and ``P V`` per
-    branch of the chunk, buffer release; epilogue (sum of the chunk's normalised branch outputs,
-    per-branch LSE)."""
+              WARPS: gl.constexpr, ROWS: gl.constexpr, ME: gl.constexpr):
+    """A consumer partition (``WARPS`` warps for ``ROWS`` query rows from ``m0 + ME * ROWS``:
+    the whole block in one partition of two warpgroups, or one half per ``SPLIT`` partition):
+    scores, online softmax and ``P V`` per branch of the chunk, buffer release; epilogue (sum
+    of the chunk's normalised branch outputs, per-branch LSE)."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -203,14 +207,17 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
     b, h, chunk, m0 = _coords(T, H, NB, BLOCK_M, BPP)
+    # every partition takes every tile of the block (the buffers are released by all)
     n_tiles = gl.cdiv(gl.minimum(m0 + BLOCK_M, T), BLOCK_N)
-    rows = m0 + gl.arange(0, BLOCK_M, row_s)
+    rows = m0 + ME * ROWS + gl.arange(0, ROWS, row_s)
     cols = gl.arange(0, BLOCK_N, col_s)
+    qn_smem = qn_smem.slice(ME * ROWS, ROWS, dim=0)
+    qr_smem = qr_smem.slice(ME * ROWS, ROWS, dim=0)
 
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    m_a = gl.full([BLOCK_M], -1.0e30, gl.float32, row_s)
-    l_a = gl.zeros([BLOCK_M], gl.float32, row_s)
-    acc_a = gl.zeros([BLOCK_M, DV], gl.float32, o_layout)
+    s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    m_a = gl.full([ROWS], -1.0e30, gl.float32, row_s)
+    l_a = gl.zeros([ROWS], gl.float32, row_s)
+    acc_a = gl.zeros([ROWS, DV], gl.float32, o_layout)
     m_b = m_a
     l_b = l_a
     acc_b = acc_a
@@ -279,7 +286,7 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
     out = _finish(acc_a, m_a, l_a, lse_base, rows, T, out_scale, row_o)
     if BPP > 1:
         out += _finish(acc_b, m_b, l_b, lse_base + H * T, rows, T, out_scale, row_o)
-    rows_o = m0 + gl.arange(0, BLOCK_M, row_o)
+    rows_o = m0 + ME * ROWS + gl.arange(0, ROWS, row_o)
     cols_o = gl.arange(0, DV, col_o)
     o_rows = (chunk * n_rows + b * T + rows_o) * H + h
     o_ptrs = o_ptr + gl.expand_dims(o_rows, 1) * DV + gl.expand_dims(cols_o, 0)
@@ -293,7 +300,8 @@ def _latent_train_fwd_ws(qn_desc, qr_desc, k_desc, v_desc, kr_desc, o_ptr, lse_p
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
                          DV: gl.constexpr, R: gl.constexpr, BPP: gl.constexpr,
                          NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr, WARPS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, SPLIT: gl.constexpr,
+                         CONSUMER_REGS: gl.constexpr):
     """Grid ``(B * H * NB / BPP, cdiv(T, BLOCK_M))``; see the module docstring."""
     qn_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_M, D], qn_desc.layout)
     qr_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_M, R], qr_desc.layout)
@@ -307,17 +315,30 @@ def _latent_train_fwd_ws(qn_desc, qr_desc, k_desc, v_desc, kr_desc, o_ptr, lse_p
     mbarrier.init(q_bar, count=1)
     for s in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1 + SPLIT)  # every consumer partition releases
     fence_async_shared()
 
-    gl.warp_specialize(
-        [(_consumer, (qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_ptr,
-                      lse_ptr, T, H, NB, n_rows, qk_scale, out_scale, BLOCK_M, BLOCK_N, DV,
-                      BPP, NUM_BUF, OVERLAP, WARPS)),
-         (_producer, (qn_desc, qr_desc, k_desc, v_desc, kr_desc, qn_smem, qr_smem, k_smem,
-                      v_smem, kr_smem, q_bar, ready, empty, T, H, HKV, NB, BLOCK_M, BLOCK_N,
-                      D, DV, R, BPP, NUM_BUF))],
-        [1], [PRODUCER_REGS])
+    if SPLIT:  # one partition per warpgroup: each drifts on its own (FA3's ping-pong, unforced)
+        gl.warp_specialize(
+            [(_consumer, (qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty,
+                          o_ptr, lse_ptr, T, H, NB, n_rows, qk_scale, out_scale, BLOCK_M,
+                          BLOCK_N, DV, BPP, NUM_BUF, OVERLAP, WARPS, BLOCK_M // 2, 0)),
+             (_consumer, (qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty,
+                          o_ptr, lse_ptr, T, H, NB, n_rows, qk_scale, out_scale, BLOCK_M,
+                          BLOCK_N, DV, BPP, NUM_BUF, OVERLAP, WARPS, BLOCK_M // 2, 1)),
+             (_producer, (qn_desc, qr_desc, k_desc, v_desc, kr_desc, qn_smem, qr_smem, k_smem,
+                          v_smem, kr_smem, q_bar, ready, empty, T, H, HKV, NB, BLOCK_M,
+                          BLOCK_N, D, DV, R, BPP, NUM_BUF))],
+            [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize(
+            [(_consumer, (qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty,
+                          o_ptr, lse_ptr, T, H, NB, n_rows, qk_scale, out_scale, BLOCK_M,
+                          BLOCK_N, DV, BPP, NUM_BUF, OVERLAP, WARPS, BLOCK_M, 0)),
+             (_producer, (qn_desc, qr_desc, k_desc, v_desc, kr_desc, qn_smem, qr_smem, k_smem,
+                          v_smem, kr_smem, q_bar, ready, empty, T, H, HKV, NB, BLOCK_M,
+                          BLOCK_N, D, DV, R, BPP, NUM_BUF))],
+            [1], [PRODUCER_REGS])
 
     mbarrier.invalidate(q_bar)
     for s in gl.static_range(NUM_BUF):
@@ -338,6 +359,8 @@ class Config:
     num_buf: int = 2
     bpp: int = 2
     overlap: bool = False
+    #: one consumer partition per warpgroup (each its 64 query rows) instead of one for both
+    split: bool = False
     d: int = 128
     dv: int = 128
     r: int = 64
@@ -367,12 +390,19 @@ class Config:
         """The kernel's constexpr arguments."""
         return {"BLOCK_M": BLOCK_M, "BLOCK_N": self.block_n, "D": self.d, "DV": self.dv,
                 "R": self.r, "BPP": self.bpp, "NUM_BUF": self.num_buf,
-                "OVERLAP": int(self.overlap), "WARPS": CONSUMER_WARPS,
-                "PRODUCER_REGS": PRODUCER_REGS}
+                "OVERLAP": int(self.overlap), "WARPS": self.warps,
+                "PRODUCER_REGS": PRODUCER_REGS, "SPLIT": int(self.split),
+                "CONSUMER_REGS": CONSUMER_REGS}
+
+    @property
+    def warps(self) -> int:
+        """Warps of the launch's default partition: both consumer warpgroups, or one."""
+        return CONSUMER_WARPS // (2 if self.split else 1)
 
     def __str__(self) -> str:
         return (f"NB={self.nb} BLOCK_N={self.block_n} NUM_BUF={self.num_buf} "
-                f"BPP={self.bpp} OVERLAP={int(self.overlap)}")
+                f"BPP={self.bpp} OVERLAP={int(self.overlap)}"
+                + (" SPLIT=1" if self.split else ""))
 
 
 def _validate(cfg: Config) -> None:
@@ -405,6 +435,10 @@ BENCH = (
     Config(nb=1, block_n=128, num_buf=2, bpp=1),
     Config(nb=1, block_n=128, num_buf=2, bpp=1, overlap=True),
     Config(nb=1, block_n=64, num_buf=3, bpp=1, overlap=True),
+    Config(nb=4, block_n=128, num_buf=2, bpp=1, split=True),
+    Config(nb=4, block_n=64, num_buf=2, bpp=2, split=True),
+    Config(nb=1, block_n=128, num_buf=2, bpp=1, split=True),
+    Config(nb=1, block_n=128, num_buf=2, bpp=1, overlap=True, split=True),
 )
 
 
@@ -416,7 +450,7 @@ def compile_sm90(cfg: Config) -> Any:
     types.update(o_ptr="*bf16" if cfg.chunks == 1 else "*fp32", lse_ptr="*fp32",
                  qk_scale="fp32", out_scale="fp32")
     return compile_gluon_sm90(_latent_train_fwd_ws, types, cfg.consts(),
-                              aligned=("o_ptr", "lse_ptr"), num_warps=CONSUMER_WARPS)
+                              aligned=("o_ptr", "lse_ptr"), num_warps=cfg.warps)
 
 
 def compile_summary(cfg: Config) -> dict[str, Any]:
@@ -492,7 +526,7 @@ def attention(q_nope: Any, q_rope: Any, kv: Any, k_rope: Any, scale: float, out_
     lse = torch.empty(B, NB, H, T, dtype=torch.float32, device=dev)
     grid = (B * H * nc, (T + BLOCK_M - 1) // BLOCK_M)
     _latent_train_fwd_ws[grid](*descs, o, lse, T, H, HKV, NB, B * T, scale * LOG2E, out_scale,
-                               **cfg.consts(), num_warps=CONSUMER_WARPS)
+                               **cfg.consts(), num_warps=cfg.warps)
     if nc > 1 and reduce:
         o = o.sum(0).to(torch.bfloat16)
     return o, lse
@@ -628,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="branches per program (default: 2 for an even NB, else 1)")
     ap.add_argument("--overlap", action="store_true",
                     help="issue the next score wgmma before this branch's softmax")
+    ap.add_argument("--split", action="store_true",
+                    help="one consumer partition per warpgroup (64 query rows each)")
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args(argv)
     if not (args.compile_sm90 or args.check or args.bench):
@@ -636,9 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     def cfg_for(nb: int) -> Config:
         bpp = min(args.bpp or (2 if nb % 2 == 0 else 1), nb)
         return Config(nb=nb, block_n=args.block_n or (64 if bpp > 1 else 128),
-                      num_buf=args.num_buf, bpp=bpp, overlap=args.overlap)
+                      num_buf=args.num_buf, bpp=bpp, overlap=args.overlap, split=args.split)
 
-    explicit = (args.block_n, args.bpp) != (None, None) or args.num_buf != 2 or args.overlap
+    explicit = ((args.block_n, args.bpp) != (None, None) or args.num_buf != 2 or args.overlap
+                or args.split)
 
     ok = True
     if args.compile_sm90:
