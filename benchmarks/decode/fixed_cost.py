@@ -21,7 +21,6 @@ Needs a CUDA GPU; writes ``fixed_cost.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -31,36 +30,23 @@ from pathlib import Path
 import torch
 
 from mlra.bench.decode import SHAPES, build_inputs, fmt_size, io_bytes, parse_size, triton_call
-from mlra.bench.timing import copy_bandwidth
+from mlra.bench.timing import copy_bandwidth, flush_l2, l2_flush_buffer, time_cuda
 
 POINTS = (
     "mla:128K,mla:1M,mlra4_tp4:128K,mlra4_tp4:1M,gqa_tp8:128K,gqa_tp8:1M,gla2_tp2:1M,mlra2_tp2:1M"
 )
 
 
-def timed(fn: Callable[[], object], before: Callable[[], object] | None, reps: int) -> float:
-    """Median device time (us) of ``fn`` with ``before`` and a ~0.5 ms device spin queued
-    ahead of the start event (as ``mlra.bench.timing.time_cuda``)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    gc.disable()
-    for i in range(reps):
-        if before is not None:
-            before()
-        torch.cuda._sleep(1_000_000)
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    gc.enable()
-    return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends, strict=True))
+def timed(fn: Callable[[], object], flush: torch.Tensor, mode: str, reps: int) -> float:
+    """Median device time (us) of ``fn`` by :func:`mlra.bench.timing.time_cuda`, the L2
+    flushed by reading or writing ``flush`` before each call, or (``none``) not at all."""
+    buf = None if mode == "none" else flush
+    return time_cuda(fn, reps=reps, warmup=3, flush=buf,
+                     flush_mode="read" if buf is None else mode).median_us
 
 
-def profile_split(fn: Callable[[], object], before: Callable[[], object], reps: int,
-                  marker: str) -> dict:
+def profile_split(fn: Callable[[], object], flush: torch.Tensor, reps: int,
+                  marker: str = "reduce") -> dict:
     """Kernel durations inside the call, from a profiler trace of ``reps`` calls."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -69,7 +55,7 @@ def profile_split(fn: Callable[[], object], before: Callable[[], object], reps: 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
-            before()
+            flush_l2(flush, "read")
             torch.cuda._sleep(1_000_000)
             fn()
         torch.cuda.synchronize()
@@ -115,16 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     copy_bw = copy_bandwidth("cuda")
-    buf = torch.zeros(256 << 18, dtype=torch.float32, device="cuda")  # 256 MB
-    sink = torch.empty((), dtype=torch.float32, device="cuda")
-    flushes = {
-        "write": lambda: buf.zero_(),
-        "read": lambda: torch.sum(buf, dim=0, out=sink),  # one reduction kernel, reads only
-        "none": None,
-    }
+    buf = l2_flush_buffer("cuda")
     tiny = torch.zeros(1, device="cuda")
-    floor = {"empty_us": timed(lambda: None, flushes["read"], args.reps),
-             "tiny_kernel_us": timed(lambda: tiny.add_(1), flushes["read"], args.reps)}
+    floor = {"empty_us": timed(lambda: None, buf, "read", args.reps),
+             "tiny_kernel_us": timed(lambda: tiny.add_(1), buf, "read", args.reps)}
     print(f"copy {copy_bw / 1e9:.0f} GB/s; event floor: empty {floor['empty_us']:.2f} us, "
           f"one tiny kernel {floor['tiny_kernel_us']:.2f} us")
     rows = []
@@ -136,17 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = io_bytes(shape, 1, length)
         row: dict = {"shape": name, "length": length, "bytes": nbytes,
                      "floor_us": round(nbytes / copy_bw * 1e6, 2)}
-        for mode, before in flushes.items():
-            row[f"{mode}_us"] = round(timed(fn, before, args.reps), 2)
-        row["profile"] = profile_split(fn, flushes["read"], 10, marker="reduce")
+        for mode in ("write", "read", "none"):
+            row[f"{mode}_us"] = round(timed(fn, buf, mode, args.reps), 2)
+        row["profile"] = profile_split(fn, buf, 10)
         sweep = {}
-        for mult in (float(m) for m in args.splits.split(",") if m):
-            default = _default_splits(row["profile"], fn, shape, inputs)
-            if default is None:
-                break
+        mults = [float(m) for m in args.splits.split(",") if m]
+        default = _default_splits(fn) if mults else None
+        for mult in mults if default else []:
             s = max(1, round(default * mult))
             f = triton_call(shape, inputs, length, num_splits=s)
-            sweep[s] = round(timed(f, flushes["read"], args.reps), 2)
+            sweep[s] = round(timed(f, buf, "read", args.reps), 2)
         row["splits_read_us"] = sweep
         rows.append(row)
         p = row["profile"]
@@ -166,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _default_splits(profile: dict, fn, shape, inputs) -> int | None:
+def _default_splits(fn: Callable[[], object]) -> int | None:
     """The split count the default call used (from its workspace: the merge reads it)."""
     from mlra.kernels import _triton_common as common
 

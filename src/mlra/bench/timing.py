@@ -4,7 +4,7 @@ median of many; wall-clock on the CPU for smoke tests; CUDA-graph capture for ti
 The L2 flush reads a buffer larger than the L2 (``read``, the default) so the timed call
 finds none of its inputs cached and nothing dirty to write back. Zeroing it instead
 (``write``, the usual practice of ``triton.testing.do_bench``) leaves the L2 full of dirty
-lines that the timed call pays to write back: about 50 MB, 3-8 us on an H200
+lines that the timed call pays to write back: 3.5-8 us per call on an H200
 (``benchmarks/decode/results/h200/fixed``), a quarter of a 30 us decode call -- a cost of the
 benchmark, not of the kernel, which in a model step follows kernels that read weights.
 """
@@ -44,25 +44,14 @@ def l2_flush_buffer(device: torch.device | str = "cuda", nbytes: int = 256 << 20
 
 
 def flush_l2(buf: torch.Tensor, mode: str = "read") -> None:
-    """Evict the L2 by reading ``buf`` (one reduction kernel into its last element's scalar
-    sum, leaving clean lines) or by zeroing it (``write``: dirty lines), see the module
-    docstring."""
+    """Evict the L2 by reading ``buf`` (one reduction kernel, leaving clean lines) or by
+    zeroing it (``write``: dirty lines), see the module docstring."""
     if mode == "read":
-        torch.sum(buf, dim=0, out=_flush_sink(buf))
+        buf.sum()
     elif mode == "write":
         buf.zero_()
     else:
         raise ValueError(f"flush mode must be one of {FLUSH_MODES}, got {mode!r}")
-
-
-_SINKS: dict[torch.device, torch.Tensor] = {}
-
-
-def _flush_sink(buf: torch.Tensor) -> torch.Tensor:
-    sink = _SINKS.get(buf.device)
-    if sink is None:
-        sink = _SINKS[buf.device] = torch.empty((), dtype=buf.dtype, device=buf.device)
-    return sink
 
 
 def time_cuda(
