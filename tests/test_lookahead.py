@@ -98,11 +98,12 @@ def test_kernel_chunks_cover_exactly_the_planned_bytes(chunk):
     all 16-byte aligned."""
     from mlra.kernels.triton_lookahead import lookahead_triton
 
-    wo = torch.zeros(50, 40, dtype=torch.bfloat16)  # 4000 bytes: not a multiple of a chunk
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on a CPU
+    wo = torch.zeros(50, 40, dtype=torch.bfloat16, device=dev)  # 4000 bytes: not whole chunks
     hidden, d = 37, 24  # 37 units over 5 programs: ranges of 7 and 8 units
-    g = torch.zeros(hidden, d, dtype=torch.bfloat16)
-    u = torch.zeros(hidden, d, dtype=torch.bfloat16)
-    dn = torch.zeros(hidden, d, dtype=torch.bfloat16).t()
+    g = torch.zeros(hidden, d, dtype=torch.bfloat16, device=dev)
+    u = torch.zeros(hidden, d, dtype=torch.bfloat16, device=dev)
+    dn = torch.zeros(hidden, d, dtype=torch.bfloat16, device=dev).t()
     spans = [s.aligned() for s in [lookahead.whole(wo),
                                    *lookahead.mlp_row_spans(g, u, dn, 5, rows=3)]]
     assert all(s is not None for s in spans)
@@ -136,15 +137,28 @@ def test_step_with_lookahead_equals_the_step_without(name, monkeypatch):
     device = torch.device("cuda")
     cache, block_table, seq_lens = random_paged_cache(cfg, 1, 900, 64, torch.bfloat16, device)
     ids = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
+    from mlra.kernels import triton_lookahead
+
+    launches = []
+    real = triton_lookahead.lookahead_triton
+    monkeypatch.setattr(triton_lookahead, "lookahead_triton",
+                        lambda *a, **k: launches.append(1) or real(*a, **k))
     out = {}
     with torch.no_grad():
-        for mb in ("0", "64"):
+        for mb, method in (("0", "bulk"), ("64", "bulk"), ("64", "lines")):
             monkeypatch.setenv(lookahead.LOOKAHEAD_ENV, mb)
+            monkeypatch.setenv(lookahead.METHOD_ENV, method)
             step = DecodeStep(model, cache, fused=True)
             assert step.fused
-            fn, error = graphed(lambda step=step: step(ids, block_table, seq_lens), device,
-                                True)
-            assert error is None
-            for _ in range(3):
-                out[mb] = fn().clone()
-    torch.testing.assert_close(out["64"], out["0"], rtol=0, atol=0)
+            n = len(launches)
+
+            def run(step=step, key=(mb, method)):
+                out[key] = step(ids, block_table, seq_lens)
+
+            fn, error = graphed(run, device)
+            assert error is None, error
+            fn()
+            torch.cuda.synchronize()
+            assert (len(launches) > n) == (mb != "0")  # one launch per layer, or none
+    assert torch.equal(out[("64", "bulk")], out[("0", "bulk")])
+    assert torch.equal(out[("64", "lines")], out[("0", "bulk")])

@@ -368,7 +368,7 @@ def decode_lookahead(x: torch.Tensor, wholes: Sequence[torch.Tensor] = (),
     if spans:
         from mlra.kernels.triton_lookahead import lookahead_triton
 
-        lookahead_triton(spans, x)
+        lookahead_triton(spans, x, lines=lookahead.lookahead_lines())
 
 
 def _pow2_width(n: int) -> bool:

@@ -35,6 +35,15 @@ DEFAULT_LOOKAHEAD_MB = 24.0
 """Default budget: what the H200 fetches while the latency-bound kernels of one layer run at
 short contexts, without evicting it again before use (L2 holds 50 MB)."""
 
+METHOD_ENV = "MLRA_LOOKAHEAD_METHOD"
+"""``bulk`` (default: bulk prefetches by the copy engines) or ``lines`` (128-byte line
+prefetches by the threads)."""
+
+PLACE_ENV = "MLRA_LOOKAHEAD_AT"
+"""Where a decode layer launches its lookahead: ``attention`` (default: after the query
+preparation, before the attention kernel) or ``output`` (after the attention, before the head
+outputs and the output projection)."""
+
 ALIGN = 16
 """Bulk prefetches take 16-byte aligned addresses and sizes that are multiples of 16."""
 
@@ -90,6 +99,22 @@ def lookahead_budget() -> int:
         raise ValueError(f"{LOOKAHEAD_ENV}={raw!r} is not a number of megabytes "
                          f"(0 turns the L2 lookahead off)") from exc
     return max(0, int(mb * (1 << 20)))
+
+
+def lookahead_lines() -> bool:
+    """Whether the lookahead prefetches by lines (:data:`METHOD_ENV`)."""
+    method = os.environ.get(METHOD_ENV, "bulk").strip() or "bulk"
+    if method not in ("bulk", "lines"):
+        raise ValueError(f"{METHOD_ENV}={method!r}: use bulk or lines")
+    return method == "lines"
+
+
+def lookahead_place() -> str:
+    """Where a decode layer launches its lookahead (:data:`PLACE_ENV`)."""
+    place = os.environ.get(PLACE_ENV, "attention").strip() or "attention"
+    if place not in ("attention", "output"):
+        raise ValueError(f"{PLACE_ENV}={place!r}: use attention or output")
+    return place
 
 
 def whole(tensor: torch.Tensor) -> Span:

@@ -46,6 +46,17 @@ def _bulk_prefetch_l2(addr, size, ok):
 
 
 @triton.jit
+def _line_prefetch_l2(addr, size, ok, CHUNK: tl.constexpr):
+    """The same bytes as :func:`_bulk_prefetch_l2` as 128-byte line prefetches, one line of
+    every lane's chunk per step."""
+    for j in tl.static_range(0, CHUNK, 128):
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; }  // dummy $0",
+            "=r,l,r", [addr + j, (ok & (j < size)).to(tl.int32)], dtype=tl.int32,
+            is_pure=False, pack=1)
+
+
+@triton.jit
 def _chunk(c, start, addr, count, stride, spread, length, CHUNK: tl.constexpr):
     """Address and size of chunk ``c`` (global index) of one span set whose chunks start at
     global index ``start``; size 0 outside the set. Range ``i`` of the set starts at
@@ -67,7 +78,7 @@ def _chunk(c, start, addr, count, stride, spread, length, CHUNK: tl.constexpr):
 def _lookahead_kernel(a0, n0, s0, p0, l0, a1, n1, s1, p1, l1, a2, n2, s2, p2, l2,
                       a3, n3, s3, p3, l3, rec_ptr,
                       CHUNK: tl.constexpr, LANES: tl.constexpr, PDL: tl.constexpr,
-                      RECORD: tl.constexpr):
+                      RECORD: tl.constexpr, LINES: tl.constexpr = False):
     pdl_launch_next(PDL)  # nothing here is waited for by the next kernel's data
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -89,6 +100,8 @@ def _lookahead_kernel(a0, n0, s0, p0, l0, a1, n1, s1, p1, l1, a2, n2, s2, p2, l2
         if RECORD:
             tl.store(rec_ptr + 2 * c, addr, mask=ok)
             tl.store(rec_ptr + 2 * c + 1, size.to(tl.int64), mask=ok)
+        elif LINES:
+            _line_prefetch_l2(addr, size, ok, CHUNK)
         else:
             _bulk_prefetch_l2(addr, size, ok)
     pdl_wait(PDL)
@@ -109,19 +122,21 @@ def total_chunks(spans: Sequence[Span], chunk: int = CHUNK) -> int:
 
 
 def lookahead_triton(spans: Sequence[Span], ref: torch.Tensor, record: bool = False,
-                     chunk: int = CHUNK) -> torch.Tensor | None:
+                     chunk: int = CHUNK, lines: bool = False) -> torch.Tensor | None:
     """Launch the lookahead for ``spans`` (already 16-byte aligned, see
     :meth:`Span.aligned`) on ``ref``'s device and stream. ``record``: write each chunk's
     (address, size) to a returned ``[chunks, 2]`` int64 tensor instead of prefetching (the
-    form the interpreter runs)."""
+    form the interpreter runs). ``lines``: 128-byte line prefetches instead of bulk ones.
+    Nothing but the one kernel is launched (no allocation kernel that would break the PDL
+    chain)."""
     chunks = total_chunks(spans, chunk)
     if chunks == 0:
         return torch.zeros(0, 2, dtype=torch.int64, device=ref.device) if record else None
     if not record and INTERPRET:
         return None  # the interpreter has no inline assembly
-    rec = torch.zeros(chunks if record else 1, 2, dtype=torch.int64, device=ref.device)
+    rec = torch.zeros(chunks, 2, dtype=torch.int64, device=ref.device) if record else ref
     pdl = 0 if record else pdl_mode(ref)
     grid = (max(1, min(-(-chunks // LANES), device_sms(ref))),)
     _lookahead_kernel[grid](*_args(spans), rec, CHUNK=chunk, LANES=LANES, PDL=pdl,
-                            RECORD=record, num_warps=1, **launch_options(pdl))
+                            RECORD=record, LINES=lines, num_warps=1, **launch_options(pdl))
     return rec if record else None
