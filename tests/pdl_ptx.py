@@ -145,18 +145,8 @@ def _mlp():
     return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True)
 
 
-def _lookahead():
-    from mlra.kernels.triton_lookahead import _lookahead_kernel
-
-    types = {f"{k}{i}": "i64" if k == "a" else "i32" for i in range(4) for k in "anspl"}
-    types.update(rec_ptr="*i64")
-    consts = dict(CHUNK=16384, LANES=32, PDL=2, RECORD=False)
-    return _compile_sm90(_lookahead_kernel, types, consts, num_warps=1, launch_pdl=True)
-
-
 BUILDS = {
     "mlp_pdl2": _mlp,
-    "lookahead": _lookahead,
     "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
     "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
     "skinny_pdl1": lambda: _skinny(1, 16, False),

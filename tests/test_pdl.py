@@ -83,21 +83,6 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
 
 
 @needs_ptxas
-def test_lookahead_lets_the_next_kernel_launch_prefetches_then_waits(ptx):
-    k = ptx["lookahead"]
-    assert k["launch_pdl"]
-    ptx = k["ptx"]
-    trigger = ptx.index("griddepcontrol.launch_dependents")
-    prefetch = ptx.index("cp.async.bulk.prefetch.L2.global")
-    wait = ptx.index("griddepcontrol.wait")
-    # the next kernel may launch at once; this one exits only after its own predecessor, so
-    # the next kernel's wait still orders it after everything before
-    assert trigger < prefetch < wait
-    assert ptx.rindex("cp.async.bulk.prefetch.L2.global") < wait
-    assert "st.global" not in ptx and "ld.global" not in ptx and "atom." not in ptx
-
-
-@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]

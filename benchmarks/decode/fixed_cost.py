@@ -29,7 +29,15 @@ from pathlib import Path
 
 import torch
 
-from mlra.bench.decode import SHAPES, build_inputs, fmt_size, io_bytes, parse_size, triton_call
+from mlra.bench.decode import (
+    PAPER_SHAPES,
+    SHAPES,
+    build_inputs,
+    fmt_size,
+    io_bytes,
+    parse_size,
+    triton_call,
+)
 from mlra.bench.timing import copy_bandwidth, flush_l2, l2_flush_buffer, time_cuda
 
 POINTS = (
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for point in args.points.split(","):
         name, length_text = point.split(":")
-        shape, length = SHAPES[name], parse_size(length_text)
+        shape, length = {**SHAPES, **PAPER_SHAPES}[name], parse_size(length_text)
         inputs = build_inputs(shape, 1, length, "cuda", seed=length)
         fn = triton_call(shape, inputs, length)
         nbytes = io_bytes(shape, 1, length)

@@ -74,18 +74,7 @@ MODE_ENV: dict[str, dict[str, str]] = {
 fused kernels, programmatic dependent launch with L2 prefetch on Hopper), ``fused-nopdl`` and
 ``fused-noprefetch`` (the same kernels launched plainly / without the prefetch, for an in-run
 comparison), ``graph`` (module by module), ``compile`` (module by module, dense parts
-compiled). ``fused-la<MB>`` is ``fused`` with an L2 lookahead budget of ``MB`` megabytes
-(``MLRA_LOOKAHEAD_MB``; ``fused-la0``: none)."""
-
-
-def mode_env(mode: str) -> dict[str, str] | None:
-    """The environment of ``mode`` (see :data:`MODE_ENV`), None for an unknown mode."""
-    if mode.startswith("fused-la"):
-        try:
-            return {"MLRA_LOOKAHEAD_MB": str(float(mode.removeprefix("fused-la")))}
-        except ValueError:
-            return None
-    return MODE_ENV.get(mode)
+compiled)."""
 
 
 @torch.no_grad()
@@ -175,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="fused,graph,compile",
                    help="decode-step forms to time: fused (the fused per-layer kernels, the "
                    "default on a GPU), fused-nopdl / fused-noprefetch (the same without "
-                   "programmatic dependent launch / its L2 prefetch), fused-la<MB> (fused with "
-                   "an L2 lookahead of MB megabytes, 0 for none), graph (module by module), "
+                   "programmatic dependent launch / its L2 prefetch), graph (module by module), "
                    "compile (module by module, dense parts compiled); all replayed as CUDA "
                    "graphs")
     p.add_argument("--compile-batches", default="1",
@@ -209,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     compile_batches = _ints(args.compile_batches)
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = {m for m in modes if mode_env(m) is None}
+    unknown = set(modes) - set(MODE_ENV)
     if unknown:
-        p.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODE_ENV)} or "
-                "fused-la<MB>")
+        p.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODE_ENV)}")
 
     def run_one(model: Transformer, variant: str, batch: int, context: int,
                 mode: str) -> dict:
@@ -231,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} b={batch} ctx={context}: {row['skipped']}", flush=True)
                 return row
         try:
-            with env_vars(mode_env(mode)):
+            with env_vars(MODE_ENV[mode]):
                 row = bench_config(model, batch, context, args.page_size, args.reps,
                                    bandwidth, not args.no_graph, mode=mode)
         except Exception as exc:

@@ -59,32 +59,13 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
         query = kernels.latent_decode_prepare(
             q, c_kv, rope.positions, inv_freq, attn.kv_norm, attn.kv_scale, attn.wkv_b(),
             pools["rows"], ctx.slots, attn.branches, cfg.head_dim, cfg.norm_eps)
-        _lookahead(block, x, "attention")
         return x, query, {}
     q, k, v = kernels.skinny_linear(x, [attn.wq.weight, attn.wk.weight, attn.wv.weight],
                                     norm_weight=norm.weight, eps=norm.eps)
     inv_freq = _inv_freq(cfg.head_dim, rope.base, x.device)
     q = kernels.gqa_decode_prepare(q, k, v, rope.positions, inv_freq, pools["k"], pools["v"],
                                    ctx.slots, cfg.head_dim)
-    _lookahead(block, x, "attention")
     return x, q, {}
-
-
-def _lookahead(block: Block, x: torch.Tensor, place: str) -> None:
-    """At batch 1, at ``place`` (see :data:`mlra.kernels.lookahead.PLACE_ENV`): prefetch into
-    L2 the output projection and the first rows of the MLP
-    (:func:`mlra.kernels.decode_lookahead`), which DRAM then fetches while the latency-bound
-    attention kernels run."""
-    if x.numel() != x.shape[-1] or not kernels.use_triton(x):
-        return
-    from mlra.kernels.lookahead import lookahead_place
-
-    if lookahead_place() != place:
-        return
-    mlp, norm = block.mlp, block.mlp_norm
-    weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
-    one_launch = kernels.use_triton(x) and kernels.mlp_kernel_supports(x, norm.weight, *weights)
-    kernels.decode_lookahead(x, [block.attn.wo.weight], weights if one_launch else None)
 
 
 def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
@@ -92,7 +73,6 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
     MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
     attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
-    _lookahead(block, x, "output")
     if cfg.family == "latent":
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:

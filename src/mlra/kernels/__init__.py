@@ -19,9 +19,7 @@ package never imports Triton. Set ``MLRA_DISABLE_TRITON=1`` to force the referen
 decode references; the SDPA path in training). On Hopper the decode-step kernels launch with
 programmatic dependent launch and an L2 prefetch of their weights
 (:func:`mlra.kernels._triton_common.pdl_mode`): ``MLRA_PDL=0`` launches them plainly,
-``MLRA_PDL_PREFETCH=0`` keeps PDL without the prefetch. A batch-1 step also prefetches the
-output projection and the MLP's first rows while its attention runs (``decode_lookahead``,
-:mod:`mlra.kernels.lookahead`; ``MLRA_LOOKAHEAD_MB=0`` turns that off).
+``MLRA_PDL_PREFETCH=0`` keeps PDL without the prefetch.
 """
 
 from __future__ import annotations
@@ -346,29 +344,6 @@ def swiglu_mlp(
         return swiglu_mlp_triton(x, norm_weight, eps, w_gate, w_up, w_down, residual)
     (act,) = skinny_linear(x, [w_gate, w_up], norm_weight=norm_weight, eps=eps, swiglu=True)
     return skinny_linear(act, [w_down], residual=residual)[0]
-
-
-def decode_lookahead(x: torch.Tensor, wholes: Sequence[torch.Tensor] = (),
-                     mlp: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
-    """Prefetch into L2 the weights the rest of a batch-1 decode layer will read
-    (:mod:`mlra.kernels.lookahead`): ``wholes`` entirely, then the first rows of the one-launch
-    MLP kernel's programs (``mlp`` = gate, up, column-major down), within the budget
-    ``MLRA_LOOKAHEAD_MB``. One launch on Hopper with PDL and L2 prefetch on; a no-op
-    elsewhere. It changes no value."""
-    if not use_triton(x):
-        return
-    from mlra.kernels import lookahead
-    from mlra.kernels._triton_common import device_sms, pdl_mode
-
-    budget = lookahead.lookahead_budget()
-    if budget == 0 or pdl_mode(x) < 2:
-        return
-    spans = lookahead.plan(budget, wholes, mlp, device_sms(x))
-    spans = [a for a in (s.aligned() for s in spans) if a is not None]
-    if spans:
-        from mlra.kernels.triton_lookahead import lookahead_triton
-
-        lookahead_triton(spans, x, lines=lookahead.lookahead_lines())
 
 
 def _pow2_width(n: int) -> bool:
