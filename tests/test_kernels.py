@@ -248,3 +248,27 @@ def test_256_wide_streams_get_five_stages_only_with_hoppers_shared_memory(monkey
         .num_stages == 5  # 128 wide: 5 stages fit everywhere
     assert block_shared_memory(torch.zeros(1)) >= triton_latent.LARGE_SMEM_BYTES
     assert 163 * 1024 < triton_latent.LARGE_SMEM_BYTES <= 227 * 1024
+
+
+def test_latent_config_from_the_environment_changes_the_launch(monkeypatch):
+    """``MLRA_LATENT_CONFIG`` sets the launch parameters of calls without a config (tuning
+    runs of whole steps): 32-token tiles (16 by default here) still give the reference's
+    result, and a malformed value is refused with a message naming the variable."""
+    from mlra.kernels import triton_latent
+
+    torch.manual_seed(0)
+    q_lat = torch.randn(1, 1, 1, 5, 32)
+    q_rope = torch.randn(1, 1, 5, 16)
+    cache = torch.randn(6, 32, 48)
+    table = torch.tensor([[3, 1, 4, 0]], dtype=torch.int32)
+    lens = torch.tensor([100], dtype=torch.int32)
+    ref = paged_latent_decode_ref(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
+    monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_m": 16, "block_n": 32}')
+    assert triton_latent.env_config() == triton_latent.LatentKernelConfig(block_m=16,
+                                                                          block_n=32)
+    out, lse = paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
+    torch.testing.assert_close(out, ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lse, ref[1], rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_rows": 16}')
+    with pytest.raises(ValueError, match="MLRA_LATENT_CONFIG"):
+        paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)

@@ -14,6 +14,8 @@ probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -254,6 +256,24 @@ def _latent_decode_kernel(
 LARGE_SMEM_BYTES = 200 * 1024
 
 
+CONFIG_ENV = "MLRA_LATENT_CONFIG"
+"""Environment variable with launch parameters as JSON (fields of :class:`LatentKernelConfig`,
+e.g. ``{"block_m": 32, "num_stages": 3}``) for every call without a ``config``: tuning runs of
+whole decode steps."""
+
+
+def env_config() -> LatentKernelConfig | None:
+    """The launch parameters of :data:`CONFIG_ENV`, None when unset."""
+    raw = os.environ.get(CONFIG_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return LatentKernelConfig(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{CONFIG_ENV}={raw!r} is not a JSON object of LatentKernelConfig "
+                         f"fields ({exc})") from exc
+
+
 def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,
                           large_smem: bool = True) -> LatentKernelConfig:
     """Launch parameters tuned on an H100 and an H200 (benchmarks/decode/NOTES.md).
@@ -385,6 +405,8 @@ def paged_latent_decode_triton(
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]
     large_smem = block_shared_memory(cache) >= LARGE_SMEM_BYTES
+    if config is None:
+        config = env_config()
     cfg = resolve_config(config, default_latent_config(NB, W, R, Tq * Hq, page, large_smem))
     spp = cfg.streams_per_program
     if spp < 1 or NB % spp:
