@@ -257,18 +257,19 @@ def test_latent_config_from_the_environment_changes_the_launch(monkeypatch):
     from mlra.kernels import triton_latent
 
     torch.manual_seed(0)
-    q_lat = torch.randn(1, 1, 1, 5, 32)
-    q_rope = torch.randn(1, 1, 5, 16)
-    cache = torch.randn(6, 32, 48)
-    table = torch.tensor([[3, 1, 4, 0]], dtype=torch.int32)
-    lens = torch.tensor([100], dtype=torch.int32)
-    ref = paged_latent_decode_ref(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    q_lat = torch.randn(1, 1, 1, 5, 32, device=DEVICE, dtype=dtype)
+    q_rope = torch.randn(1, 1, 5, 16, device=DEVICE, dtype=dtype)
+    cache = torch.randn(6, 32, 48, device=DEVICE, dtype=dtype)
+    table = torch.tensor([[3, 1, 4, 0]], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([100], dtype=torch.int32, device=DEVICE)
+    ref = paged_latent_decode_ref(q_lat.float(), q_rope.float(), cache.float(), table, lens,
+                                  [0], 32, 0.3)
     monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_m": 16, "block_n": 32}')
     assert triton_latent.env_config() == triton_latent.LatentKernelConfig(block_m=16,
                                                                           block_n=32)
     out, lse = paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
-    torch.testing.assert_close(out, ref[0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(lse, ref[1], rtol=1e-4, atol=1e-4)
+    _check(out, lse, *ref)
     monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_rows": 16}')
     with pytest.raises(ValueError, match="MLRA_LATENT_CONFIG"):
         paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
