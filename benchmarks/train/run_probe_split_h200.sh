@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next GPU call for issue 18 (written 2026-12-03, not yet run): the training probe's BENCH
+# GPU call for issue 18 (run 2026-12-03; results in results/h200/gluon_probe/split): the training probe's BENCH
 # configurations, the four split-consumer forms among them, checked and timed beside the
 # Triton forward. From the repository root: OUT=dir bash benchmarks/train/run_probe_split_h200.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
