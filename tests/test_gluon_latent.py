@@ -81,7 +81,11 @@ def test_kernel_compiles_for_sm90_within_registers_and_shared_memory(compiled, w
     # TMA loads of the cache tiles: a latent and a RoPE load per page a tile covers
     assert k["counts"]["cp.async.bulk.tensor"] >= 2 * (64 // min(page, 64))
     assert ("griddepcontrol.wait" in ptx) == pdl
-    if pdl:  # the wait comes before any global load (lengths, block table, queries)
+    if pdl:
+        # two waits: the consumers' before any global load (lengths, queries), the
+        # producer's before the first tile that may hold the step's new rows (the tiles
+        # before it load while the previous kernel still runs)
+        assert ptx.count("griddepcontrol.wait") == 2
         assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global")
 
 

@@ -153,16 +153,29 @@ def _tile_range(seq_len, Tq, pid_s, n_splits, BLOCK_N: gl.constexpr):
 def _producer(kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr, seq_lens_ptr,
               s_btb, lat_col, rope_col, Tq, n_splits, W: gl.constexpr, R: gl.constexpr,
               PAGE: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr,
-              NUM_BUF: gl.constexpr):
+              NUM_BUF: gl.constexpr, PDL: gl.constexpr = 0):
     """Worker partition (one warp): TMA loads of the cache tiles into the ring, one load per
-    page a tile covers (``SUB`` rows each)."""
+    page a tile covers (``SUB`` rows each).
+
+    ``PDL``: the kernel launched early (programmatic dependent launch) and this partition has
+    not waited yet. Only the step's previous kernel writes the cache (the ``Tq`` new rows of
+    each sequence); the lengths and the block table were staged before the step. So the tiles
+    that end before the new rows load at once, while the previous kernel still runs, and the
+    partition waits (``griddepcontrol.wait``) before the first tile that may hold a new row."""
     b = gl.program_id(2)
     seq_len = gl.load(seq_lens_ptr + b)
     start, end, full_end = _tile_range(seq_len, Tq, gl.program_id(1), n_splits, BLOCK_N)
     n_tiles = gl.cdiv(gl.maximum(end - start, 0), BLOCK_N)
+    # leading tiles that read only rows older than this step's (parts past `end` re-read
+    # rows below `end`, so a tile is old when min(its end, end) <= seq_len - Tq)
+    new_from = seq_len - Tq
+    early = gl.where(end <= new_from, n_tiles, gl.maximum(new_from - start, 0) // BLOCK_N)
     tile_bytes: gl.constexpr = BLOCK_N * (W + R) * 2
     bt_row = bt_ptr + b * s_btb
     for i in range(n_tiles):
+        if PDL:
+            if i == early:
+                _gdc_wait()
         slot = i % NUM_BUF
         # wait until the consumers released this slot in the previous round (round 0:
         # parity 1 is the phase before the barrier's first and passes at once)
@@ -203,10 +216,13 @@ def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, 
               s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
               qk_scale, Hq, Tq, n_splits, n_streams,
               W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_BUF: gl.constexpr, WG: gl.constexpr):
+              NUM_BUF: gl.constexpr, WG: gl.constexpr, PDL: gl.constexpr = 0):
     """Default partition (``WG`` warpgroups): the query block into shared memory, then per
     tile the scores, the online softmax and ``P V``; the normalised output and the
-    natural-log LSE of its rows at the end."""
+    natural-log LSE of its rows at the end. ``PDL``: waits for the previous kernel (which
+    wrote the queries) first."""
+    if PDL:
+        _gdc_wait()
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, BLOCK_N // WG, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -312,8 +328,8 @@ def _gluon_latent_kernel(
         mbarrier.init(ready.index(k), count=1)
         mbarrier.init(empty.index(k), count=1)
     fence_async_shared()
-    if PDL:
-        _gdc_wait()  # the query, the new cache rows and the lengths come from earlier kernels
+    # no wait here: with PDL the consumers wait before reading the queries, the producer
+    # before the first tile that may hold this step's new rows (see _producer)
     j = gl.program_id(0) % n_streams
     lat_col = gl.where(j == 0, lat0, gl.where(j == 1, lat1, gl.where(j == 2, lat2, lat3)))
 
@@ -322,10 +338,10 @@ def _gluon_latent_kernel(
                       seq_lens_ptr, o_ptr, lse_ptr, s_qb, s_qt, s_qj, s_qh, s_rb, s_rt, s_rh,
                       s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj,
                       qk_scale, Hq, Tq, n_splits, n_streams, W, R, BLOCK_M, BLOCK_N, NUM_BUF,
-                      WG)),
+                      WG, PDL)),
          (_producer, (kl_desc, kr_desc, kl_smem, kr_smem, ready, empty, bt_ptr, seq_lens_ptr,
                       s_btb, lat_col, rope_col, Tq, n_splits, W, R, PAGE, BLOCK_N, SUB,
-                      NUM_BUF))],
+                      NUM_BUF, PDL))],
         [1], [40])
     if PDL:
         _gdc_launch_dependents()
