@@ -34,6 +34,11 @@ must not leak): the consumers zero those rows of the latent tile in shared memor
 ``Tq`` new tokens). Splits are merged as for the Triton kernel
 (:func:`mlra.kernels._triton_common.finish_splits`).
 
+Programmatic dependent launch (Hopper): the kernel starts while the previous one (which
+wrote the queries and the step's new cache rows) still runs. The consumers wait for it before
+reading anything; the producer loads the tiles that hold no row of this step at once and
+waits only before the first tile that may (see :func:`_producer`).
+
 Numerics as the Triton kernel: bf16 operands, fp32 accumulation and statistics,
 probabilities rounded to the cache dtype for ``P V``, fp32 outputs.
 
