@@ -229,6 +229,29 @@ def test_seesaw_schedule_matches_reference(case_args):
         assert torch.all(o[1] == 0) and torch.all(lz[1] == float("-inf"))
 
 
+def test_launch_parameters_come_from_the_environment(monkeypatch):
+    """``MLRA_GLUON_CONFIG`` (tuning runs of whole steps): a JSON object of
+    :class:`GluonLatentConfig` fields, refused by name when malformed; on a Hopper GPU a call
+    without ``config`` runs with it and still matches the reference."""
+    from mlra.kernels._triton_common import config_from_env
+    from mlra.kernels.gluon_latent import CONFIG_ENV
+
+    monkeypatch.setenv(CONFIG_ENV, '{"block_n": 32, "num_buf": 3}')
+    assert config_from_env(CONFIG_ENV, GluonLatentConfig) == GluonLatentConfig(block_n=32,
+                                                                               num_buf=3)
+    if HOPPER:
+        case = random_latent_case([5000, 70], 64, 1, 1, 64, 256, device="cuda", seed=5)
+        ref_out, ref_lse = paged_latent_decode_ref(**case)
+        out, lse = paged_latent_decode_gluon(**case, num_splits=3)
+        _check(out, lse, ref_out, ref_lse)
+    monkeypatch.setenv(CONFIG_ENV, "block_n=32")
+    with pytest.raises(ValueError, match="MLRA_GLUON_CONFIG"):
+        config_from_env(CONFIG_ENV, GluonLatentConfig)
+    if HOPPER:
+        with pytest.raises(ValueError, match="MLRA_GLUON_CONFIG"):
+            paged_latent_decode_gluon(**case, num_splits=3)
+
+
 @needs_hopper
 def test_gluon_split_invariance_and_empty_sequence():
     """Any split factor gives the same result; a sequence with no tokens gives 0 / -inf."""

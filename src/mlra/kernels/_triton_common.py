@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 
@@ -220,6 +221,20 @@ def stream_counters(device: torch.device, name: str, n: int, stream: int | None 
     elif buf.numel() != n:
         raise ValueError(f"counters {name!r} hold {buf.numel()} entries, asked for {n}")
     return buf
+
+
+def config_from_env(name: str, cls):
+    """``cls`` (a launch-parameter dataclass) from the JSON object in environment variable
+    ``name`` (e.g. ``{"block_n": 32}``), None when unset; a malformed value is refused with a
+    message naming the variable. For tuning runs of whole decode steps."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return cls(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}={raw!r} is not a JSON object of {cls.__name__} fields "
+                         f"({exc})") from exc
 
 
 def next_pow2(n: int) -> int:

@@ -65,6 +65,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from mlra.kernels._triton_common import (
     LOG2E,
     block_shared_memory,
+    config_from_env,
     finish_splits,
     next_pow2,
     num_splits_for,
@@ -82,6 +83,10 @@ SMEM_RESERVE = 8 << 10  # shared memory kept free for the compiler's own scratch
 SEESAW_MIN_TOKENS = 2048
 #: ``MLRA_GLUON_SEESAW=1`` / ``0``: always / never the seesaw schedule (unset: by length)
 SEESAW_ENV = os.environ.get("MLRA_GLUON_SEESAW", "")
+CONFIG_ENV = "MLRA_GLUON_CONFIG"
+"""Environment variable with launch parameters as JSON (fields of :class:`GluonLatentConfig`,
+e.g. ``{"block_n": 32, "num_buf": 3}``) for every call without a ``config``: tuning runs of
+whole decode steps."""
 
 
 @dataclass(frozen=True)
@@ -423,6 +428,8 @@ def paged_latent_decode_gluon(
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
     page = cache.shape[1]
+    if config is None:
+        config = config_from_env(CONFIG_ENV, GluonLatentConfig)
     cfg = default_gluon_config(W, R, block_shared_memory(cache), config)
     sub = min(page, cfg.block_n)
     if cfg.block_n % sub or page % sub:

@@ -14,8 +14,6 @@ probabilities rounded to the cache dtype for the ``P @ V`` product, fp32 outputs
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ from mlra.kernels._triton_common import (
     LOG2E,
     KernelConfig,
     block_shared_memory,
+    config_from_env,
     finish_splits,
     launch_options,
     load_cols,
@@ -264,14 +263,7 @@ whole decode steps."""
 
 def env_config() -> LatentKernelConfig | None:
     """The launch parameters of :data:`CONFIG_ENV`, None when unset."""
-    raw = os.environ.get(CONFIG_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return LatentKernelConfig(**json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{CONFIG_ENV}={raw!r} is not a JSON object of LatentKernelConfig "
-                         f"fields ({exc})") from exc
+    return config_from_env(CONFIG_ENV, LatentKernelConfig)
 
 
 def default_latent_config(nb: int, w: int, r: int, rows: int, page: int,

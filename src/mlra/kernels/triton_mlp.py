@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 
 import torch
 import triton
@@ -41,6 +39,7 @@ from mlra.kernels import column_major
 from mlra.kernels._triton_common import (
     INTERPRET,
     block_shared_memory,
+    config_from_env,
     device_sms,
     launch_options,
     next_pow2,
@@ -156,8 +155,7 @@ tuning runs."""
 
 
 def _env_config() -> MlpConfig:
-    raw = os.environ.get(CONFIG_ENV)
-    return MlpConfig(**json.loads(raw)) if raw else MlpConfig()
+    return config_from_env(CONFIG_ENV, MlpConfig) or MlpConfig()
 
 
 @functools.lru_cache(maxsize=8)
