@@ -297,20 +297,35 @@ def _consumer(q_lat_ptr, q_rope_ptr, ql_smem, qr_smem, kl_smem, kr_smem, ready, 
         m_i = m_new
         mbarrier.arrive(empty.index(slot), count=1)
 
+    _store_outputs(acc, m_i, l_i, rows_s, o_ptr, lse_ptr, pid_m, pid_s, b, j,
+                   s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj, Hq, Tq,
+                   0, W, W, BLOCK_M, row_o, col_o, True)
+
+
+@gluon.jit
+def _store_outputs(acc, m_i, l_i, rows_s, o_ptr, lse_ptr, pid_m, pid_s, b, j,
+                   s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj, Hq, Tq,
+                   COL0: gl.constexpr, COLS: gl.constexpr, W: gl.constexpr,
+                   BLOCK_M: gl.constexpr, row_o: gl.constexpr, col_o: gl.constexpr,
+                   STORE_LSE: gl.constexpr):
+    """A consumer's epilogue: output columns ``COL0 .. COL0 + COLS`` of its rows normalised
+    by the row sums ``l_i`` (zero where a row saw nothing) and, with ``STORE_LSE``, the rows'
+    natural-log LSE from the running maxima ``m_i`` (base 2) and ``l_i``."""
     ok = l_i > 0
     inv = gl.where(ok, 1.0 / gl.where(ok, l_i, 1.0), 0.0)
     out = acc * gl.expand_dims(gl.convert_layout(inv, row_o), 1)
     rows_o = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, row_o)
     ot = gl.expand_dims(rows_o // Hq, 1)
     oh = gl.expand_dims(rows_o % Hq, 1)
-    co = gl.expand_dims(gl.arange(0, W, col_o), 0)
+    co = gl.expand_dims(COL0 + gl.arange(0, COLS, col_o), 0)
     o_ptrs = o_ptr + pid_s * s_os + b * s_ob + j * s_oj + ot * s_ot + oh * s_oh + co
     gl.store(o_ptrs, out, mask=gl.expand_dims(rows_o < Tq * Hq, 1) & (co < W))
-    lse = gl.where(ok, (m_i + gl.log2(gl.where(ok, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    lse_ptrs = (lse_ptr + pid_s * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
-                + rows_s % Hq)
-    gl.store(lse_ptrs, lse, mask=rows_s < Tq * Hq)
+    if STORE_LSE:
+        lse = gl.where(ok, (m_i + gl.log2(gl.where(ok, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        lse_ptrs = (lse_ptr + pid_s * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
+                    + rows_s % Hq)
+        gl.store(lse_ptrs, lse, mask=rows_s < Tq * Hq)
 
 
 @gluon.jit

@@ -37,6 +37,7 @@ from mlra.kernels.gluon_latent import (
     _gdc_launch_dependents,
     _gdc_wait,
     _producer,
+    _store_outputs,
     _tile_range,
     _zero_rows_past,
 )
@@ -116,21 +117,9 @@ def _seesaw_consumer(ql_smem, qr_smem, kl_smem, kr_smem, p_smem, m_smem, l_smem,
     mbarrier.arrive(l_bar, count=1)
     mbarrier.wait(l_bar, 0)
     l_i = l_own + l_smem.index(1 - ME).load(row_s)
-    ok = l_i > 0
-    inv = gl.where(ok, 1.0 / gl.where(ok, l_i, 1.0), 0.0)
-    out = acc * gl.expand_dims(gl.convert_layout(inv, row_o), 1)
-    rows_o = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, row_o)
-    ot = gl.expand_dims(rows_o // Hq, 1)
-    oh = gl.expand_dims(rows_o % Hq, 1)
-    co = gl.expand_dims(ME * HALF + gl.arange(0, HALF, col_o), 0)
-    o_ptrs = o_ptr + pid_s * s_os + b * s_ob + j * s_oj + ot * s_ot + oh * s_oh + co
-    gl.store(o_ptrs, out, mask=gl.expand_dims(rows_o < Tq * Hq, 1) & (co < W))
-    if ME == 0:
-        lse = gl.where(ok, (m_run + gl.log2(gl.where(ok, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
-        lse_ptrs = (lse_ptr + pid_s * s_ls + b * s_lb + j * s_lj + (rows_s // Hq) * s_lt
-                    + rows_s % Hq)
-        gl.store(lse_ptrs, lse, mask=rows_s < Tq * Hq)
+    _store_outputs(acc, m_run, l_i, rows_s, o_ptr, lse_ptr, pid_m, pid_s, b, j,
+                   s_os, s_ob, s_ot, s_oj, s_oh, s_ls, s_lb, s_lt, s_lj, Hq, Tq,
+                   ME * HALF, HALF, W, BLOCK_M, row_o, col_o, ME == 0)
 
 
 @gluon.jit
