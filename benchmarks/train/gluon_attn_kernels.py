@@ -169,6 +169,32 @@ def _next_scores(i, j, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem, kr_smem, rea
 
 
 @gluon.jit
+def _overlap_tile(i, n_tiles, s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b, qn_smem, qr_smem,
+                  k_smem, v_smem, kr_smem, ready, empty, s_zero, m0, rows, cols, T, qk_scale,
+                  BLOCK_N: gl.constexpr, BPP: gl.constexpr, NUM_BUF: gl.constexpr,
+                  row_o: gl.constexpr, p_layout: gl.constexpr, PREFETCH: gl.constexpr):
+    """``OVERLAP``: tile ``i``'s branches, each's softmax and ``P V`` run while the next score
+    product (the tile's next branch, or with ``PREFETCH`` the next tile's first) is in
+    flight; the tile's buffer released at the end."""
+    slot = i % NUM_BUF
+    n0 = i * BLOCK_N
+    masked = n0 + BLOCK_N - 1 > m0
+    s = warpgroup_mma_wait(0, deps=[tok])
+    s_r, tok = _next_scores(i, 0, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem, kr_smem,
+                            ready, s_zero, BPP, NUM_BUF, PREFETCH)
+    m_a, l_a, acc_a = _softmax_pv(s, v_smem.index(slot * BPP), m_a, l_a, acc_a, masked,
+                                  n0, rows, cols, T, qk_scale, row_o, p_layout)
+    if BPP > 1:
+        s = warpgroup_mma_wait(0, deps=[tok])
+        s_r, tok = _next_scores(i, 1, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem, kr_smem,
+                                ready, s_zero, BPP, NUM_BUF, PREFETCH)
+        m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
+                                      masked, n0, rows, cols, T, qk_scale, row_o, p_layout)
+    mbarrier.arrive(empty.index(slot), count=1)
+    return s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b
+
+
+@gluon.jit
 def _finish(acc, m_i, l_i, lse_ptr, rows_s, T, out_scale, row_o: gl.constexpr):
     """Store one branch's log2-domain LSE (rows < T); return ``out_scale * acc / l``."""
     gl.store(lse_ptr + rows_s, m_i + gl.log2(l_i), mask=rows_s < T)
@@ -217,39 +243,15 @@ def _consumer(qn_smem, qr_smem, k_smem, v_smem, kr_smem, q_bar, ready, empty, o_
         s_r, tok = _first_scores(qn_smem, qr_smem, k_smem.index(0), kr_smem.index(0), s_zero,
                                  BPP > 1)
         for i in range(n_tiles - 1):
-            slot = i % NUM_BUF
-            n0 = i * BLOCK_N
-            masked = n0 + BLOCK_N - 1 > m0
-            s = warpgroup_mma_wait(0, deps=[tok])
-            s_r, tok = _next_scores(i, 0, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem, kr_smem,
-                                    ready, s_zero, BPP, NUM_BUF, True)
-            m_a, l_a, acc_a = _softmax_pv(s, v_smem.index(slot * BPP), m_a, l_a, acc_a, masked,
-                                          n0, rows, cols, T, qk_scale, row_o, p_layout)
-            if BPP > 1:
-                s = warpgroup_mma_wait(0, deps=[tok])
-                s_r, tok = _next_scores(i, 1, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
-                                        kr_smem, ready, s_zero, BPP, NUM_BUF, True)
-                m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
-                                              masked, n0, rows, cols, T, qk_scale, row_o,
-                                              p_layout)
-            mbarrier.arrive(empty.index(slot), count=1)
+            s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b = _overlap_tile(
+                i, n_tiles, s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b, qn_smem, qr_smem,
+                k_smem, v_smem, kr_smem, ready, empty, s_zero, m0, rows, cols, T, qk_scale,
+                BLOCK_N, BPP, NUM_BUF, row_o, p_layout, True)
         # the last tile: no prefetch past it
-        i = n_tiles - 1
-        slot = i % NUM_BUF
-        n0 = i * BLOCK_N
-        masked = n0 + BLOCK_N - 1 > m0
-        s = warpgroup_mma_wait(0, deps=[tok])
-        s_r, tok = _next_scores(i, 0, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem, kr_smem,
-                                ready, s_zero, BPP, NUM_BUF, False)
-        m_a, l_a, acc_a = _softmax_pv(s, v_smem.index(slot * BPP), m_a, l_a, acc_a, masked,
-                                      n0, rows, cols, T, qk_scale, row_o, p_layout)
-        if BPP > 1:
-            s = warpgroup_mma_wait(0, deps=[tok])
-            s_r, tok = _next_scores(i, 1, n_tiles, s_r, tok, qn_smem, qr_smem, k_smem,
-                                    kr_smem, ready, s_zero, BPP, NUM_BUF, False)
-            m_b, l_b, acc_b = _softmax_pv(s, v_smem.index(slot * BPP + 1), m_b, l_b, acc_b,
-                                          masked, n0, rows, cols, T, qk_scale, row_o, p_layout)
-        mbarrier.arrive(empty.index(slot), count=1)
+        s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b = _overlap_tile(
+            n_tiles - 1, n_tiles, s_r, tok, m_a, l_a, acc_a, m_b, l_b, acc_b, qn_smem, qr_smem,
+            k_smem, v_smem, kr_smem, ready, empty, s_zero, m0, rows, cols, T, qk_scale,
+            BLOCK_N, BPP, NUM_BUF, row_o, p_layout, False)
     else:
         for i in range(n_tiles):
             slot = i % NUM_BUF
