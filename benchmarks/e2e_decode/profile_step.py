@@ -89,6 +89,7 @@ def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: i
             g[0] += avg.count
             g[1] += avg.device_time_total / 1e3  # ms
     exposed = exposed_times(prof, reps)
+    positions = position_times(prof, reps, model.config.n_layers)
     kernels = sum(g[0] for g in groups.values()) / reps
     busy = sum(g[1] for g in groups.values()) / reps
     table_rows = sorted(((n, c / reps, t / reps) for n, (c, t) in groups.items()),
@@ -96,7 +97,8 @@ def profile_mode(model: Transformer, context: int, compile: bool | dict, reps: i
     return {"compile": compile, "wall_ms": wall_ms, "kernels_per_step": kernels,
             "kernel_ms": busy, "idle_ms": wall_ms - busy,
             "groups": [{"name": n, "per_step": c, "ms": t,
-                        "exposed_ms": exposed.get(n, 0.0)} for n, c, t in table_rows]}
+                        "exposed_ms": exposed.get(n, 0.0)} for n, c, t in table_rows],
+            "positions": positions}
 
 
 def exposed_times(prof, reps: int) -> dict[str, float]:
@@ -110,6 +112,39 @@ def exposed_times(prof, reps: int) -> dict[str, float]:
     for (t0, name), (t1, _) in zip(spans, spans[1:], strict=False):
         out[name] += (t1 - t0) / 1e3 / reps
     return dict(out)
+
+
+def position_times(prof, reps: int, n_layers: int) -> list[dict]:
+    """Per launch position of a layer, in step order: a kernel launched ``k`` times per layer
+    is split into roles ``name[0] .. name[k-1]`` (its occurrences taken in step order, layer
+    after layer; launches beyond ``k x n_layers`` -- the head -- are ``name[extra]``), each with
+    its exposed and own (start to end, PDL wait included) microseconds per launch, averaged
+    over layers and replays. Shows which of a layer's projection launches holds the time."""
+    events = sorted((e.time_range.start, e.time_range.end, short(e.name)) for e in prof.events()
+                    if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0)
+    if not events:
+        return []
+    per_step = defaultdict(int)
+    for _, _, name in events:
+        per_step[name] += 1
+    roles: dict[str, list[float]] = {}
+    order: list[str] = []
+    seen: dict[str, int] = defaultdict(int)
+    step_of: dict[str, int] = {n: c // reps for n, c in per_step.items()}
+    for (t0, t1, name), nxt in zip(events, [*events[1:], None], strict=True):
+        i = seen[name] % step_of[name]
+        seen[name] += 1
+        k = step_of[name] // n_layers
+        role = f"{name}[{i % k}]" if k and i < k * n_layers else f"{name}[extra]"
+        if role not in roles:
+            roles[role] = [0, 0.0, 0.0]
+            order.append(role)
+        r = roles[role]
+        r[0] += 1
+        r[1] += ((nxt[0] if nxt else t1) - t0)
+        r[2] += t1 - t0
+    return [{"role": n, "per_step": roles[n][0] / reps, "exposed_us": roles[n][1] / roles[n][0],
+             "own_us": roles[n][2] / roles[n][0]} for n in order]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{g['ms'] / r['wall_ms']:.1%} | {g['exposed_ms']:.3f} |"
                   for g in r["groups"][: args.top]]
         lines.append("")
+        if r["positions"]:
+            lines += [f"### {mode}: per launch position (us per launch, layers and replays "
+                      "averaged)", "", "| role | per step | exposed us | own us |",
+                      "|---|---|---|---|"]
+            lines += [f"| `{q['role']}` | {q['per_step']:.0f} | {q['exposed_us']:.2f} | "
+                      f"{q['own_us']:.2f} |" for q in r["positions"]]
+            lines.append("")
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
