@@ -258,10 +258,16 @@ def test_decode_slots_match_reference(T):
 FUSED_VARIANTS = ["mla", "gla_2", "gla_4", "mlra_2", "mlra_4", "gqa", "mha", "mqa"]
 
 
-def _decode_logits(model, fused, dtype, device):
+def _decode_logits(model, fused, dtype, device, one_row: bool = False):
+    """Logits of two decode steps (one and two new tokens each) of three sequences, or
+    (``one_row``) three steps of one new token of one sequence: the batch-1 kernels."""
     cache = PagedKVCache.for_model(model, max_tokens=256, page_size=16, dtype=dtype,
                                    device=device)
     dec = Decoder(model, cache, fused=fused)
+    if one_row:
+        sid = dec.add_sequence()
+        dec.prefill([sid], [[1, 2, 3, 4, 5, 6, 7]])
+        return dec.step.fused, [dec.decode([sid], torch.tensor([t])) for t in (11, 12, 13)]
     sids = [dec.add_sequence() for _ in range(3)]
     dec.prefill(sids, [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]])
     steps = [dec.decode(sids, torch.tensor([11, 12, 13])),
@@ -307,16 +313,18 @@ def test_fused_forms_are_skipped_for_an_output_gate():
 
 @pytest.mark.skipif(not ON_GPU, reason="bf16 Triton decode step on a GPU")
 @pytest.mark.parametrize("name", FUSED_VARIANTS)
-def test_fused_bf16_step_tracks_fp32_reference_on_gpu(name):
+@pytest.mark.parametrize("one_row", [False, True], ids=["batch3", "batch1"])
+def test_fused_bf16_step_tracks_fp32_reference_on_gpu(name, one_row):
     """The fused bf16 step (Triton) against the module step in fp32: logits within bf16
-    rounding of the fp32 ones, as close as the module step's own bf16 run."""
+    rounding of the fp32 ones, as close as the module step's own bf16 run (batch 1: the
+    one-row kernels, the output projection inside the MLP kernel among them)."""
     torch.manual_seed(0)
     cfg = ModelConfig.preset(name, "small", zero_init_output=False)
     model = Transformer(cfg).to(DEVICE).eval()
-    _, ref = _decode_logits(model, False, torch.float32, DEVICE)
+    _, ref = _decode_logits(model, False, torch.float32, DEVICE, one_row)
     model16 = model.to(BF)
-    used, fused = _decode_logits(model16, True, BF, DEVICE)
-    _, plain = _decode_logits(model16, False, BF, DEVICE)
+    used, fused = _decode_logits(model16, True, BF, DEVICE, one_row)
+    _, plain = _decode_logits(model16, False, BF, DEVICE, one_row)
     assert used
     for f, p, e in zip(fused, plain, ref, strict=True):
         err_fused, err_plain = rel_error(f.float(), e), rel_error(p.float(), e)
