@@ -83,23 +83,6 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
 
 
 @needs_ptxas
-def test_mlp_kernel_with_the_output_projection_meets_twice_after_one_wait(ptx):
-    """The output projection run first inside the MLP kernel: all four weights prefetched
-    before the wait, nothing else touched; the projected rows stored, then the first barrier;
-    the next kernel triggered only after the MLP's weight stream, before the second."""
-    ptx = ptx["mlp_pre_pdl2"]["ptx"]
-    wait = ptx.index("griddepcontrol.wait")
-    assert ptx.count("griddepcontrol.wait") == 1
-    assert ptx[:wait].count("prefetch.global.L2") >= 4  # W_in, gate, up and down rows
-    assert _before_wait(ptx) == []
-    first_store = ptx.index("st.global", wait)
-    barriers = [m.start() for m in re.finditer(r"atom\.global[.\w]*\.add", ptx)]
-    trigger = ptx.index("griddepcontrol.launch_dependents")
-    assert wait < first_store < barriers[0] < trigger < barriers[1]
-    assert ptx.count("ld.volatile.global") >= 2  # both barriers poll with plain loads
-
-
-@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]

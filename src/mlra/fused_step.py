@@ -77,11 +77,15 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
         o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
         o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
+    local = block.reduce is _identity
+    if local:
+        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
+    else:
+        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     norm = block.mlp_norm
     weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
-    if block.reduce is _identity:  # one launch for both where the MLP kernel runs
-        return kernels.projection_mlp(o, attn.wo.weight, x, norm.weight, norm.eps, *weights)
-    x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
+    if local:
+        return kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights, residual=x)
     return x + block.reduce(kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights))
 
 

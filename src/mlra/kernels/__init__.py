@@ -40,7 +40,6 @@ from mlra.kernels.reference import (
     paged_gqa_decode_ref,
     paged_latent_decode_ref,
     paged_tpa_decode_ref,
-    projection_mlp_ref,
     skinny_linear_ref,
     swiglu_mlp_ref,
 )
@@ -347,39 +346,6 @@ def swiglu_mlp(
     return skinny_linear(act, [w_down], residual=residual)[0]
 
 
-MLP_PROJECTION_ENV = "MLRA_MLP_PROJECTION"
-"""Set to 0 to run a batch-1 decode step's output projection as its own launch instead of
-inside the one-launch MLP kernel (:func:`projection_mlp`)."""
-
-
-def projection_mlp(
-    a: torch.Tensor,
-    w_in: torch.Tensor,
-    residual: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-) -> torch.Tensor:
-    """``h = residual + w_in a`` then ``h + MLP(h)`` (see :func:`projection_mlp_ref`): for one
-    row the MLP kernel runs the projection first, in the same launch (unless
-    :data:`MLP_PROJECTION_ENV` is 0); otherwise :func:`skinny_linear` then
-    :func:`swiglu_mlp`."""
-    if (use_triton(residual) and os.environ.get(MLP_PROJECTION_ENV, "1") not in ("", "0")
-            and a.numel() == a.shape[-1] and w_in.dim() == 2 and w_in.stride(1) == 1
-            and w_in.dtype == w_gate.dtype and tuple(w_in.shape) == (residual.shape[-1],
-                                                                      a.shape[-1])
-            and a.dtype in (w_in.dtype, torch.float32)
-            and residual.dtype in (w_in.dtype, torch.float32)
-            and mlp_kernel_supports(residual, norm_weight, w_gate, w_up, w_down)):
-        from mlra.kernels.triton_mlp import projection_mlp_triton
-
-        return projection_mlp_triton(a, w_in, residual, norm_weight, eps, w_gate, w_up, w_down)
-    (h,) = skinny_linear(a, [w_in], residual=residual)
-    return swiglu_mlp(h, norm_weight, eps, w_gate, w_up, w_down, residual=h)
-
-
 def _pow2_width(n: int) -> bool:
     return n >= 2 and n & (n - 1) == 0
 
@@ -548,8 +514,7 @@ __all__ = [
     "latent_train_attention", "latent_train_attention_fused", "latent_train_attention_ref",
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
-    "swiglu_mlp", "swiglu_mlp_ref", "projection_mlp", "projection_mlp_ref",
-    "mlp_kernel_supports", "column_major",
+    "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gluon_available", "gluon_latent_wanted", "GLUON_LATENT_ENV",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",

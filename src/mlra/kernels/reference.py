@@ -240,23 +240,6 @@ def swiglu_mlp_ref(
     return skinny_linear_ref(act, [w_down], residual=residual)[0]
 
 
-def projection_mlp_ref(
-    a: torch.Tensor,
-    w_in: torch.Tensor,
-    residual: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-) -> torch.Tensor:
-    """A decode step's output projection and MLP: ``h = residual + w_in a`` (``a`` cast to
-    the weights' dtype), then ``h + MLP(h)`` (:func:`swiglu_mlp_ref` with ``h`` as its
-    residual)."""
-    (h,) = skinny_linear_ref(a, [w_in], residual=residual)
-    return swiglu_mlp_ref(h, norm_weight, eps, w_gate, w_up, w_down, residual=h)
-
-
 def rotate_half_ref(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
                     ) -> torch.Tensor:
     """Rotate-half RoPE of ``x [B, T, heads, r]`` at ``positions [B, T]`` with the

@@ -78,53 +78,17 @@ class MlpConfig:
     cooperative: bool | None = None
 
 
-@triton.jit
-def _grid_barrier(cnt_ptr, n_parts):
-    """Wait until all ``n_parts`` programs (all resident) arrive; their earlier stores are then
-    visible (read them past L1)."""
-    tl.debug_barrier()  # every thread's stores issued before the arrival is counted
-    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-    while seen < n_parts:  # poll with plain (volatile) loads, not atomics
-        seen = tl.load(cnt_ptr, volatile=True)
-    tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' stores visible
-
-
-@triton.jit
-def _input_projection(a_ptr, wi_ptr, res_ptr, x_ptr, r_lo, r_hi, K, s_i,
-                      K_PAD: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """Rows ``[r_lo, r_hi)`` of ``x = res + W_in a``: ``a`` rounded to the weights' dtype, fp32
-    sums, one rounding to ``x``'s dtype (as :func:`~mlra.kernels.skinny_linear` with a
-    residual)."""
-    offs_k = tl.arange(0, K_PAD)
-    mask_k = offs_k < K
-    a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0).to(wi_ptr.dtype.element_ty)
-    a = a.to(tl.float32)
-    for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=NUM_STAGES):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < r_hi
-        w = tl.load(wi_ptr + offs_r[:, None] * s_i + offs_k[None, :],
-                    mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-        v = tl.sum(w.to(tl.float32) * a[None, :], axis=1)
-        v += tl.load(res_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        tl.store(x_ptr + offs_r, v.to(x_ptr.dtype.element_ty), mask=mask_r)
-
-
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
 def _mlp_kernel(
     x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
-    D, H, n_parts, s_g, s_u, s_d, eps, a_ptr, wi_ptr, K, s_i,
+    D, H, n_parts, s_g, s_u, s_d, eps,
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, PRE: tl.constexpr = False, K_PAD: tl.constexpr = 16,
-    BLOCK_R: tl.constexpr = 1, PF_IN: tl.constexpr = 0,
+    LINE: tl.constexpr = 64,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
-    1: partials only; 2: column sums only (programs = column slices); 3: the input
-    projection only. ``PRE``: the MLP's input ``x`` (at ``x_ptr``, also the residual at
-    ``res_ptr``) is first computed as ``res + W_in a`` (``W_in [D, K]`` at ``wi_ptr``), each
-    program a slice of its rows, then a grid barrier (PHASE 0) or the end of the launch
-    (PHASE 3)."""
+    1: partials only; 2: column sums only (programs = column slices)."""
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
         D = (D // 8) * 8
@@ -133,16 +97,7 @@ def _mlp_kernel(
     if PHASE != 2:
         h_lo = pid * H // n_parts
         h_hi = (pid + 1) * H // n_parts
-        if PRE and PHASE != 1:
-            r_lo = pid * D // n_parts
-            r_hi = (pid + 1) * D // n_parts
-            if PF_IN > 0:  # this program's rows of W_in, before the wait
-                offs_l = tl.arange(0, K_PAD // LINE) * LINE
-                rows = r_lo + tl.arange(0, PF_IN)
-                ok = (rows < r_hi)[:, None] & (offs_l < K)[None, :]
-                prefetch_l2(tl.where(ok, wi_ptr + rows[:, None] * s_i + offs_l[None, :], wi_ptr),
-                            PDL)
-        if PF_ROWS > 0 and PHASE != 3:  # the first rows of this program's three weights
+        if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
             offs_l = tl.arange(0, D_PAD // LINE) * LINE
             rows = h_lo + tl.arange(0, PF_ROWS)
             ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
@@ -150,19 +105,7 @@ def _mlp_kernel(
             prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
             prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
         pdl_wait(PDL)
-        if PRE and PHASE != 1:
-            _input_projection(a_ptr, wi_ptr, res_ptr, x_ptr, r_lo, r_hi, K, s_i, K_PAD, BLOCK_R,
-                              NUM_STAGES)
-        if PRE and PHASE == 0:  # every row of x written and visible
-            _grid_barrier(cnt_ptr + 2, n_parts)
-        if PHASE == 3:
-            pdl_launch_next(PDL)
-    if PHASE == 0 or PHASE == 1:
-        if PRE:  # x written by other programs of this launch: read past L1
-            x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0, cache_modifier=".cg")
-        else:
-            x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0)
-        x = x.to(tl.float32)
+        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y = tl.zeros([D_PAD], dtype=tl.float32)
@@ -180,10 +123,14 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # grid barrier: every partial written and visible
-        _grid_barrier(cnt_ptr, n_parts)
+        tl.debug_barrier()
+        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
+            seen = tl.load(cnt_ptr, volatile=True)
+        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
     if PHASE == 2:
         pdl_wait(PDL)
-    if PHASE == 0 or PHASE == 2:
+    if PHASE != 1:
         if pid * COLS < D:
             offs_p = tl.arange(0, P_PAD)
             offs_c = pid * COLS + tl.arange(0, COLS)
@@ -192,10 +139,7 @@ def _mlp_kernel(
                            mask=(offs_p < n_parts)[:, None] & mask_c[None, :], other=0.0,
                            cache_modifier=".cg")
             out = tl.sum(part, axis=0)
-            if PRE:  # the residual is the projected input x
-                out += tl.load(x_ptr + offs_c, mask=mask_c, other=0.0,
-                               cache_modifier=".cg").to(tl.float32)
-            elif HAS_RES:
+            if HAS_RES:
                 out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
     if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
@@ -203,8 +147,6 @@ def _mlp_kernel(
         if done == n_parts - 1:
             tl.store(cnt_ptr, 0)
             tl.store(cnt_ptr + 1, 0)
-            if PRE:
-                tl.store(cnt_ptr + 2, 0)
 
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
@@ -293,91 +235,44 @@ def swiglu_mlp_triton(
     (``x [..., d_model]`` with one row in all); ``w_down`` column-major
     (:func:`column_major`). ``config`` overrides launch parameters (benchmarks, tests)."""
     D = x.shape[-1]
+    H = w_gate.shape[0]
     if x.numel() != D:
         raise ValueError(f"swiglu_mlp_triton takes one row, got {x.numel() // D}")
-    x2 = x.reshape(1, D).contiguous()
-    res = residual.reshape(1, D) if residual is not None else None
-    return _launch(x2, res, None, norm_weight, eps, w_gate, w_up, w_down, config).view(x.shape)
-
-
-def projection_mlp_triton(
-    a: torch.Tensor,
-    w_in: torch.Tensor,
-    residual: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-    config: MlpConfig | None = None,
-) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.projection_mlp_ref` for one
-    row: ``h = residual + W_in a`` (a decode step's output projection), then ``h + MLP(h)``, in
-    one launch -- the projection's rows split over the MLP kernel's programs, then a grid
-    barrier -- instead of two. ``a [..., K]``, ``w_in [d_model, K]`` with contiguous rows,
-    ``residual [..., d_model]`` (its shape is the output's); ``w_down`` column-major."""
-    D = residual.shape[-1]
-    if residual.numel() != D or a.numel() != a.shape[-1]:
-        raise ValueError("projection_mlp_triton takes one row")
-    if w_in.dim() != 2 or tuple(w_in.shape) != (D, a.shape[-1]) or w_in.stride(1) != 1:
-        raise ValueError(f"w_in must be [{D}, {a.shape[-1]}] with contiguous rows, got "
-                         f"{tuple(w_in.shape)}")
-    res = residual.reshape(1, D)
-    h = torch.empty(1, D, dtype=torch.promote_types(residual.dtype, w_in.dtype),
-                    device=residual.device)
-    out = _launch(h, res, (a.reshape(1, -1).contiguous(), w_in), norm_weight, eps, w_gate, w_up,
-                  w_down, config)
-    return out.view(residual.shape)
-
-
-def _launch(x2: torch.Tensor, res: torch.Tensor | None, pre: tuple | None,
-            norm_weight: torch.Tensor, eps: float, w_gate: torch.Tensor, w_up: torch.Tensor,
-            w_down: torch.Tensor, config: MlpConfig | None) -> torch.Tensor:
-    """The MLP kernel's launch(es) for one row ``x2 [1, D]`` (with ``pre = (a, w_in)``: the
-    buffer the kernel writes ``res + w_in a`` to first)."""
-    D = x2.shape[-1]
-    H = w_gate.shape[0]
     if not column_major(w_down):
         raise ValueError("w_down must be column-major (w_down.t() contiguous)")
+    x2 = x.reshape(1, D).contiguous()
     cfg = _env_config() if config is None else config
     d_pad = next_pow2(D)
     block_h = cfg.block_h or default_block_h(d_pad)
-    sms = device_sms(x2)
+    sms = device_sms(x)
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
     per_sm = cfg.per_sm or 1
     ws_rows = min(per_sm * sms, H)
     pdl = pdl_mode(x2)
     es = w_gate.element_size()
-    a, w_in = pre if pre is not None else (x2, w_gate)
-    K = a.shape[-1] if pre is not None else 0
-    k_pad = next_pow2(max(K, 16))
-    out = torch.empty(1, D, dtype=w_down.dtype, device=x2.device)
-    common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=res is not None,
+    res = residual.reshape(1, D) if residual is not None else x2
+    out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
+    common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=residual is not None,
                   NUM_STAGES=cfg.num_stages or default_stages(3 * block_h * d_pad * es,
-                                                              block_shared_memory(x2)),
+                                                              block_shared_memory(x)),
                   ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
                                              for w in (w_gate, w_up, w_down)),
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
-    if pre is not None:
-        common.update(PRE=True, K_PAD=k_pad, BLOCK_R=max(1, min(16, TILE_ELEMENTS // k_pad)))
-    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x2.device)
-    args = [x2, norm_weight, res if res is not None else x2, w_gate, w_up, w_down, out, ws,
-            stream_counters(x2.device, "mlp", 3),
-            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps),
-            a, w_in, K, w_in.stride(0)]
+    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
+    args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
+            stream_counters(x.device, "mlp", 2),
+            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
     parts = ws_rows
     if one_launch:
-        key = (x2.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
-               res is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype, K)
-        parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x2.device,
+        key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
+               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype)
+        parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
                                          {**common, "PHASE": 0, "PDL": pdl}))
         one_launch = parts > 0
         parts = parts or ws_rows
         args[11] = parts
     pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
         if pdl > 1 else 0
-    if pre is not None and pdl > 1:
-        common["PF_IN"] = prefetch_units(triton.cdiv(D, parts), parts, K * es, sms, per_sm, 32)
     cols = next_pow2(triton.cdiv(D, parts))
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
@@ -385,8 +280,6 @@ def _launch(x2: torch.Tensor, res: torch.Tensor | None, pre: tuple | None,
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop)
     else:
-        if pre is not None:
-            _mlp_kernel[(parts,)](*args, PHASE=3, LINE=128 // es, **common)
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
         _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, **common)
-    return out
+    return out.view(x.shape)
