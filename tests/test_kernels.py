@@ -117,31 +117,6 @@ def test_gqa_tma_and_pointer_loads(use_tma):
     _check(out, lse, ref_out, ref_lse)
 
 
-# (streams, width, query heads, Tq, block_m, TMA): the query rows as the N side of the products
-if ON_GPU:
-    QUERY_COL_CASES = [(4, 128, 24, 1, 32, True), (4, 128, 24, 2, 64, True),
-                       (1, 256, 16, 3, 64, True), (1, 512, 24, 1, 32, True),
-                       (2, 128, 40, 1, 32, False)]
-else:
-    QUERY_COL_CASES = [(4, 64, 6, 1, 16, False), (1, 128, 4, 2, 16, True),
-                       (2, 64, 20, 1, 16, False), (3, 32, 5, 3, 32, True)]
-
-
-@pytest.mark.parametrize("nb,w,hq,tq,block_m,use_tma", QUERY_COL_CASES)
-def test_latent_query_cols_matches_reference(nb, w, hq, tq, block_m, use_tma):
-    """Scores transposed (tokens x query rows, ``query_cols``): the same results, also with
-    several row blocks, several new tokens (causal within the step) and partial tiles."""
-    lens = [70, 21, 3] if not ON_GPU else [9000, 2100, 3]
-    case = random_latent_case(lens, 16 if not ON_GPU else 64, tq, nb, hq, w, device=DEVICE,
-                              seed=nb * 7 + hq)
-    ref_out, ref_lse = paged_latent_decode_ref(**case)
-    out, lse = _nan_outputs(ref_out.shape, ref_lse.shape)
-    cfg = LatentKernelConfig(block_n=16 if not ON_GPU else 64, block_m=block_m, use_tma=use_tma,
-                             streams_per_program=1 if nb == 4 else None, query_cols=True)
-    paged_latent_decode_triton(**case, config=cfg, num_splits=3, out=out, lse=lse)
-    _check(out, lse, ref_out, ref_lse)
-
-
 def test_latent_more_than_four_streams():
     lens = [40, 9] if not ON_GPU else [5000, 9]
     case = random_latent_case(lens, 16, 1, 5, 4, 64, device=DEVICE, seed=5)

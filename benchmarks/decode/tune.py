@@ -4,7 +4,7 @@ MLA, and dumps register/spill/shared-memory use of every compiled kernel.
 
     PYTHONPATH=src:.carry python benchmarks/decode/tune.py --out DIR [--shapes mla,...]
 
-``--configs "bn,warps,stages,tma,spp[,block_m[,query_cols]];..."`` replaces the per-shape lists,
+``--configs "bn,warps,stages,tma,spp[,block_m];..."`` replaces the per-shape lists,
 ``--points "1x128K,32x16K"`` the (batch x length) points, ``--splits base`` times only the
 wave model's split factor, ``--split-list 16,32,64`` the given ones; the paper-size shapes
 (``mlra4_2p9b``, ``mla_2p9b``) are accepted.
@@ -51,13 +51,11 @@ ALL_SHAPES = {**SHAPES, **PAPER_SHAPES}
 
 
 def parse_configs(text: str) -> list[tuple]:
-    """``"64,4,5,1,1,32[,1];..."`` -> [(block_n, warps, stages, tma, spp, block_m or None,
-    query_cols), ...] (``query_cols``: the latent kernel's transposed scores, default 0)."""
+    """``"64,4,5,1,1,32;..."`` -> [(block_n, warps, stages, tma, spp, block_m or None), ...]."""
     out = []
     for part in filter(None, text.split(";")):
         v = [int(x) for x in part.split(",")]
-        out.append((v[0], v[1], v[2], bool(v[3]), v[4], v[5] if len(v) > 5 else None,
-                    bool(v[6]) if len(v) > 6 else False))
+        out.append((v[0], v[1], v[2], bool(v[3]), v[4], v[5] if len(v) > 5 else None))
     return out
 
 
@@ -89,8 +87,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default=",".join(CONFIGS))
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--configs", default=None,
-                    help="bn,warps,stages,tma,spp[,block_m[,query_cols]];...")
+    ap.add_argument("--configs", default=None, help="bn,warps,stages,tma,spp[,block_m];...")
     ap.add_argument("--points", default=None, help="BATCHxLENGTH,... (default 1x1M,128x16K,1x128K)")
     ap.add_argument("--split-list", default=None,
                     help="explicit split factors to time (e.g. 16,32,64) instead of --splits")
@@ -116,15 +113,15 @@ def main() -> None:
     for name in args.shapes.split(","):
         shape = ALL_SHAPES[name]
         configs = parse_configs(args.configs) if args.configs else \
-            [(*c, None, False) for c in CONFIGS[name]]
+            [(*c, None) for c in CONFIGS[name]]
         for batch, length in points:
             inputs = build_inputs(shape, batch, length)
             nbytes = io_bytes(shape, batch, length)
-            for bn, nw, ns, tma, spp, bm, qcols in configs:
+            for bn, nw, ns, tma, spp, bm in configs:
                 if shape.kind == "latent":
                     cfg = triton_latent.LatentKernelConfig(
                         block_n=bn, num_warps=nw, num_stages=ns, use_tma=tma,
-                        streams_per_program=spp, block_m=bm, query_cols=qcols)
+                        streams_per_program=spp, block_m=bm)
                 else:
                     cfg = triton_gqa.GQAKernelConfig(block_n=bn, num_warps=nw, num_stages=ns,
                                                      use_tma=tma)
@@ -147,15 +144,13 @@ def main() -> None:
                               f"{str(exc)[:200]}", flush=True)
                         break
                     r = dict(shape=name, batch=batch, seq_len=length, block_n=bn, warps=nw,
-                             stages=ns, tma=tma, spp=spp, block_m=bm, query_cols=qcols,
-                             splits=splits,
+                             stages=ns, tma=tma, spp=spp, block_m=bm, splits=splits,
                              us=round(t.median_us, 2),
                              frac_copy=round(nbytes / (t.median_us * 1e-6) / bw, 4),
                              wall_s=round(time.time() - t0, 1))
                     rows.append(r)
                     print(f"{name:12s} b{batch:<4d} {fmt_size(length):>5s} bn{bn:<4d} w{nw} "
-                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} m{bm or '-'}"
-                          f"{'T' if qcols else ''} s{splits:<4d} "
+                          f"st{ns} {'tma' if tma else 'ptr'} g{spp} m{bm or '-'} s{splits:<4d} "
                           f"{r['us']:9.1f} us {100 * r['frac_copy']:5.1f}%", flush=True)
             if fm is not None and name == "mla":
                 fn = flashmla_mla_call(fm, inputs["q_latent"], inputs["q_rope"], inputs["cache"],

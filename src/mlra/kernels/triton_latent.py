@@ -55,35 +55,19 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: query rows as the N side of the products (scores transposed, ``[tokens, rows]``): the
-    #: tokens fill the 64-row side of Hopper's MMA, so a block of few query rows (24 heads at
-    #: batch 1) is padded to ``block_m`` >= 16 instead of 64
-    query_cols: bool | None = None
 
 
 @triton.jit
-def _stream_update(q, lat, s_rope, m_i, l_i, acc, offs_n, limit, qk_scale, MASK: tl.constexpr,
-                   QCOLS: tl.constexpr = False):
-    """One online-softmax step of one latent stream over one tile (``QCOLS``: ``q``,
-    ``s_rope`` and ``acc`` transposed, query rows as columns)."""
-    if QCOLS:
-        s = tl.dot(lat, q, s_rope) * qk_scale  # [tokens, rows]
-        if MASK:
-            s = tl.where(offs_n[:, None] < limit[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[None, :])
-        l_i = l_i * alpha + tl.sum(p, 0)
-        acc = acc * alpha[None, :] + tl.dot(tl.trans(lat), p.to(lat.dtype))
-    else:
-        s = tl.dot(q, tl.trans(lat), s_rope) * qk_scale
-        if MASK:
-            s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+def _stream_update(q, lat, s_rope, m_i, l_i, acc, offs_n, limit, qk_scale, MASK: tl.constexpr):
+    """One online-softmax step of one latent stream over one tile."""
+    s = tl.dot(q, tl.trans(lat), s_rope) * qk_scale
+    if MASK:
+        s = tl.where(offs_n[None, :] < limit[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
     return m_new, l_i, acc
 
 
@@ -105,55 +89,48 @@ def _latent_tile(
     m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
     NB: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_PAGE: tl.constexpr, MASK: tl.constexpr,
-    USE_TMA: tl.constexpr, QCOLS: tl.constexpr = False,
+    USE_TMA: tl.constexpr,
 ):
     if USE_TMA:  # the tile lies in one page: rows row0 .. row0 + BLOCK_N of the 2-D pool
         offs_n = n0 + tl.arange(0, BLOCK_N)
         row0 = tl.load(bt_row_ptr + n0 // PAGE) * PAGE + n0 % PAGE
         kr = rope_desc.load([row0, rope_off])
-        s_rope = tl.dot(kr, qr) if QCOLS else tl.dot(qr, tl.trans(kr))
+        s_rope = tl.dot(qr, tl.trans(kr))
         lat = _tma_tile(lat_desc, row0, off0, offs_n, end, MASK)
     else:
         offs_n, page, slot = tile_pages(bt_row_ptr, n0, end, PAGE, BLOCK_N, SCALAR_PAGE, MASK)
         rows = cache_ptr + (page * s_cp + slot * s_cr)
         offs_w = tl.arange(0, W_PAD)
         kr = load_cols(rows + rope_off, offs_n, end, tl.arange(0, R), R, R, MASK)
-        s_rope = tl.dot(kr, qr) if QCOLS else tl.dot(qr, tl.trans(kr))
+        s_rope = tl.dot(qr, tl.trans(kr))
         lat = load_cols(rows + off0, offs_n, end, offs_w, W, W_PAD, MASK)
-    m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale,
-                                MASK, QCOLS)
+    m0, l0, a0 = _stream_update(q0, lat, s_rope, m0, l0, a0, offs_n, limit, qk_scale, MASK)
     if NB > 1:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off1, offs_n, end, MASK)
         else:
             lat = load_cols(rows + off1, offs_n, end, offs_w, W, W_PAD, MASK)
-        m1, l1, a1 = _stream_update(q1, lat, s_rope, m1, l1, a1, offs_n, limit, qk_scale,
-                                    MASK, QCOLS)
+        m1, l1, a1 = _stream_update(q1, lat, s_rope, m1, l1, a1, offs_n, limit, qk_scale, MASK)
     if NB > 2:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off2, offs_n, end, MASK)
         else:
             lat = load_cols(rows + off2, offs_n, end, offs_w, W, W_PAD, MASK)
-        m2, l2, a2 = _stream_update(q2, lat, s_rope, m2, l2, a2, offs_n, limit, qk_scale,
-                                    MASK, QCOLS)
+        m2, l2, a2 = _stream_update(q2, lat, s_rope, m2, l2, a2, offs_n, limit, qk_scale, MASK)
     if NB > 3:
         if USE_TMA:
             lat = _tma_tile(lat_desc, row0, off3, offs_n, end, MASK)
         else:
             lat = load_cols(rows + off3, offs_n, end, offs_w, W, W_PAD, MASK)
-        m3, l3, a3 = _stream_update(q3, lat, s_rope, m3, l3, a3, offs_n, limit, qk_scale,
-                                    MASK, QCOLS)
+        m3, l3, a3 = _stream_update(q3, lat, s_rope, m3, l3, a3, offs_n, limit, qk_scale, MASK)
     return m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3
 
 
 @triton.jit
-def _store_stream(o_ptrs, lse_ptrs, m_i, l_i, acc, mask_o, mask_m, QCOLS: tl.constexpr = False):
+def _store_stream(o_ptrs, lse_ptrs, m_i, l_i, acc, mask_o, mask_m):
     ok = l_i > 0
     inv = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
-    if QCOLS:  # acc, o_ptrs and mask_o transposed
-        tl.store(o_ptrs, acc * inv[None, :], mask=mask_o)
-    else:
-        tl.store(o_ptrs, acc * inv[:, None], mask=mask_o)
+    tl.store(o_ptrs, acc * inv[:, None], mask=mask_o)
     lse = tl.where(ok, (m_i + tl.math.log2(tl.where(ok, l_i, 1.0))) * 0.6931471805599453,
                    float("-inf"))
     tl.store(lse_ptrs, lse, mask=mask_m)
@@ -178,7 +155,7 @@ def _latent_decode_kernel(
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, W_LINES: tl.constexpr = 1,
-    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64, QCOLS: tl.constexpr = False,
+    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
     # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
     # side by side, so the RoPE keys they share come from L2 after the first read
@@ -218,18 +195,11 @@ def _latent_decode_kernel(
 
     offs_w = tl.arange(0, W_PAD)
     offs_r = tl.arange(0, R)
-    if QCOLS:  # queries, accumulators and outputs transposed: [width, rows]
-        q_mask = (offs_w < W)[:, None] & m_ok[None, :]
-        q_ptrs = (q_lat_ptr + b * s_qb + j0 * s_qj + t[None, :] * s_qt + h[None, :] * s_qh
-                  + offs_w[:, None])
-        qr = tl.load(q_rope_ptr + b * s_rb + t[None, :] * s_rt + h[None, :] * s_rh
-                     + offs_r[:, None], mask=m_ok[None, :], other=0.0)
-    else:
-        q_mask = m_ok[:, None] & (offs_w < W)[None, :]
-        q_ptrs = (q_lat_ptr + b * s_qb + j0 * s_qj + t[:, None] * s_qt + h[:, None] * s_qh
-                  + offs_w[None, :])
-        qr = tl.load(q_rope_ptr + b * s_rb + t[:, None] * s_rt + h[:, None] * s_rh
-                     + offs_r[None, :], mask=m_ok[:, None], other=0.0)
+    q_mask = m_ok[:, None] & (offs_w < W)[None, :]
+    q_ptrs = (q_lat_ptr + b * s_qb + j0 * s_qj + t[:, None] * s_qt + h[:, None] * s_qh
+              + offs_w[None, :])
+    qr = tl.load(q_rope_ptr + b * s_rb + t[:, None] * s_rt + h[:, None] * s_rh + offs_r[None, :],
+                 mask=m_ok[:, None], other=0.0)
     q0 = tl.load(q_ptrs, mask=q_mask, other=0.0)
     q1 = q0
     q2 = q0
@@ -243,10 +213,7 @@ def _latent_decode_kernel(
 
     m0 = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l0 = tl.zeros([BLOCK_M], tl.float32)
-    if QCOLS:
-        a0 = tl.zeros([W_PAD, BLOCK_M], tl.float32)
-    else:
-        a0 = tl.zeros([BLOCK_M, W_PAD], tl.float32)
+    a0 = tl.zeros([BLOCK_M, W_PAD], tl.float32)
     m1 = m0
     l1 = l0
     a1 = a0
@@ -261,29 +228,25 @@ def _latent_decode_kernel(
             cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA, QCOLS)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, False, USE_TMA)
     for n0 in range(full_end, end, BLOCK_N):
         m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3 = _latent_tile(
             cache_ptr, lat_desc, rope_desc, bt_row_ptr, n0, end, limit, s_cp, s_cr,
             off0, off1, off2, off3, rope_off, qk_scale, qr, q0, q1, q2, q3,
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
-            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA, QCOLS)
+            NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
     pdl_launch_next(PDL)
 
-    if QCOLS:
-        o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[None, :] * s_ot
-                  + h[None, :] * s_oh + offs_w[:, None])
-    else:
-        o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
-                  + h[:, None] * s_oh + offs_w[None, :])
+    o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
+              + h[:, None] * s_oh + offs_w[None, :])
     lse_ptrs = lse_ptr + pid_s * s_ls + b * s_lb + j0 * s_lj + t * s_lt + h
-    _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok, QCOLS)
+    _store_stream(o_ptrs, lse_ptrs, m0, l0, a0, q_mask, m_ok)
     if NB > 1:
-        _store_stream(o_ptrs + s_oj, lse_ptrs + s_lj, m1, l1, a1, q_mask, m_ok, QCOLS)
+        _store_stream(o_ptrs + s_oj, lse_ptrs + s_lj, m1, l1, a1, q_mask, m_ok)
     if NB > 2:
-        _store_stream(o_ptrs + 2 * s_oj, lse_ptrs + 2 * s_lj, m2, l2, a2, q_mask, m_ok, QCOLS)
+        _store_stream(o_ptrs + 2 * s_oj, lse_ptrs + 2 * s_lj, m2, l2, a2, q_mask, m_ok)
     if NB > 3:
-        _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok, QCOLS)
+        _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
 
 
 #: shared memory per block from which 256-wide streams get five stages: their tiles need
@@ -477,8 +440,7 @@ def paged_latent_decode_triton(
         NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
-        QCOLS=bool(cfg.query_cols), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(pdl),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse
