@@ -68,6 +68,25 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
 
 
 @needs_ptxas
+def test_skinny_kernel_preloads_weight_tiles_but_reads_its_input_after_the_wait(ptx):
+    """With ``preload``, weight tiles (no kernel of the step writes them) are loaded before the
+    wait; the input, the norm weight, the residual, the workspace and every store after it."""
+    plain = _before_wait(ptx["skinny_pdl1"]["ptx"])
+    ptx = ptx["skinny_preload2_pdl2"]["ptx"]
+    early = _before_wait(ptx)
+    assert early and set(early) == {"ld.global"}  # loads only: no store, atomic or async copy
+    assert plain == []
+    wait = ptx.index("griddepcontrol.wait")
+    # exactly the two bf16 tiles of 16 rows x 256 columns, spread over 128 threads: nothing
+    # else (the input, the norm weight) is read before the wait
+    loaded = 0
+    for m in re.finditer(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx[:wait]):
+        loaded += int(m.group(1) or 1) * int(m.group(2)) // 8
+    assert loaded == 2 * 16 * 256 * 2 // 128
+    assert ptx.index("st.global", wait) > wait and ptx.index("atom.", wait) > wait
+
+
+@needs_ptxas
 def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
     k = ptx["mlp_pdl2"]
     assert k["launch_pdl"]
