@@ -87,6 +87,20 @@ def test_skinny_kernel_preloads_weight_tiles_but_reads_its_input_after_the_wait(
 
 
 @needs_ptxas
+def test_skinny_early_launch_lets_the_next_kernel_start_right_after_the_wait(ptx):
+    early = ptx["skinny_early_pdl2"]["ptx"]
+    wait = early.index("griddepcontrol.wait")
+    trigger = early.index("griddepcontrol.launch_dependents")
+    assert early.count("griddepcontrol.launch_dependents") == 1
+    # after the wait, before the input is read or anything is stored
+    assert wait < trigger < early.index("ld.global", wait)
+    assert trigger < early.index("st.global")
+    late = ptx["skinny_preload2_pdl2"]["ptx"]  # the default: after the main loop
+    assert late.index("griddepcontrol.launch_dependents") > late.index("ld.global",
+                                                                       late.index("griddepcontrol.wait"))
+
+
+@needs_ptxas
 def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
     k = ptx["mlp_pdl2"]
     assert k["launch_pdl"]

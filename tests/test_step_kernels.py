@@ -108,10 +108,12 @@ else:
 @needs_triton
 @pytest.mark.parametrize("case", PRELOAD, ids=lambda c: f"K{c[0]}-{len(c[1])}w-p{c[6]}")
 @pytest.mark.parametrize("lane_sums", [True, False], ids=["lane-sums", "tile-sums"])
-def test_skinny_preloaded_tiles_match_reference(case, lane_sums):
+@pytest.mark.parametrize("early", [False, True], ids=["late-launch", "early-launch"])
+def test_skinny_preloaded_tiles_match_reference(case, lane_sums, early):
     """One-row projections whose first K tiles are loaded before the PDL wait: the same
     results for every number of preloaded tiles, also more than a program's K range holds (the
-    rest masked), under split-K, with several weights, a norm or a residual."""
+    rest masked), under split-K, with several weights, a norm or a residual; also with the
+    next kernel launched right after the wait (``early_launch``)."""
     from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
 
     K, ns, norm, res, block_k, split, preload = case
@@ -128,7 +130,7 @@ def test_skinny_preloaded_tiles_match_reference(case, lane_sums):
     for _ in range(2):  # twice: split-K counters left at zero
         out = skinny_linear_triton(x, ws, residual=r, **kw, config=SkinnyConfig(
             block_n=8, block_k=block_k, split_k=split, lane_sums=lane_sums, num_stages=1,
-            preload=preload))
+            preload=preload, early_launch=early))
         for o, e, q in zip(out, ref, plain, strict=True):
             assert rel_error(o.float(), e) < TOL
             if not ON_GPU:  # the interpreter: the same sums in the same order as without

@@ -53,6 +53,9 @@ MAX_PRELOAD = 4
 PRELOAD_ENV = "MLRA_SKINNY_PRELOAD"
 """Environment variable: K tiles each one-row projection program loads before its PDL wait
 (:attr:`SkinnyConfig.preload`) where no config or tuned entry sets it; for tuning runs."""
+EARLY_LAUNCH_ENV = "MLRA_SKINNY_EARLY_LAUNCH"
+"""Environment variable: 1 sets :attr:`SkinnyConfig.early_launch` where no config or tuned
+entry sets it; for tuning runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,10 @@ class SkinnyConfig:
     #: slice loaded into registers before its wait (weights no kernel of the step writes), so
     #: they arrive while the previous kernel finishes; 0 = none, at most :data:`MAX_PRELOAD`
     preload: int | None = None
+    #: under PDL, let the next kernel launch right after this one's wait instead of after its
+    #: main loop (so it starts its own preload / prefetch earlier; it still waits for this
+    #: kernel to finish before reading anything)
+    early_launch: bool | None = None
 
 
 @triton.jit(do_not_specialize=["N1", "N2", "N3", "T1", "T2"])
@@ -86,7 +93,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True, PRELOAD: tl.constexpr = 0,
+    LANE_SUMS: tl.constexpr = True, PRELOAD: tl.constexpr = 0, EARLY_LAUNCH: tl.constexpr = False,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -141,6 +148,8 @@ def _skinny_kernel(
     if PRELOAD > 3:
         p3 = _weight_tile(w_ptr, sw, offs_n, mask_n, k_lo + 3 * BLOCK_K, k_hi, offs_kb)
     pdl_wait(PDL)
+    if EARLY_LAUNCH:
+        pdl_launch_next(PDL)
     k_first = k_lo
     if PRELOAD > 0:
         fma, acc, ss = _row_tile(x_ptr, g_ptr, p0, k_lo, k_hi, offs_kb, fma, acc, ss,
@@ -185,7 +194,8 @@ def _skinny_kernel(
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
-    pdl_launch_next(PDL)
+    if not EARLY_LAUNCH:
+        pdl_launch_next(PDL)
     if BLOCK_M == 1 and LANE_SUMS:
         acc = tl.sum(fma, axis=1)[None, :]
         if SWIGLU:
@@ -453,6 +463,8 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums), PRELOAD=preload,
+        EARLY_LAUNCH=bool(cfg.early_launch if cfg.early_launch is not None
+                          else os.environ.get(EARLY_LAUNCH_ENV, "0") not in ("", "0")),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)
