@@ -101,6 +101,19 @@ def test_skinny_early_launch_lets_the_next_kernel_start_right_after_the_wait(ptx
 
 
 @needs_ptxas
+def test_w_uv_preload_loads_only_its_weight_slice_before_the_wait(ptx):
+    ptx = ptx["up_preload"]["ptx"]
+    wait = ptx.index("griddepcontrol.wait")
+    assert set(_before_wait(ptx)) == {"ld.global"}
+    assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch
+    loaded = 0
+    for m in re.finditer(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx[:wait]):
+        loaded += int(m.group(1) or 1) * int(m.group(2)) // 8
+    # 4 branches x 128 latent rows x 32 columns of bf16 over 128 threads, nothing else
+    assert loaded == 4 * 128 * 32 * 2 // 128
+
+
+@needs_ptxas
 def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
     k = ptx["mlp_pdl2"]
     assert k["launch_pdl"]

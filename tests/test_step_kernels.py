@@ -241,8 +241,12 @@ LATENT = ([(2, 1, 4, 1, 24, 128, 128, 64), (1, 2, 1, 1, 24, 512, 128, 64),
 
 @needs_triton
 @pytest.mark.parametrize("shape", LATENT, ids=lambda s: f"B{s[0]}T{s[1]}nb{s[2]}G{s[3]}w{s[5]}")
-def test_latent_prepare_and_up_output_match_reference(shape):
-    from mlra.kernels.triton_step import latent_decode_prepare_triton, latent_up_output_triton
+def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
+    from mlra.kernels.triton_step import (
+        PRELOAD_ENV,
+        latent_decode_prepare_triton,
+        latent_up_output_triton,
+    )
 
     B, T, nb, G, Hg, w, d, r = shape
     q, c_kv, pos, inv_freq, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
@@ -262,10 +266,12 @@ def test_latent_prepare_and_up_output_match_reference(shape):
     assert torch.isnan(flat[others]).all(), "a row other than the new tokens' was written"
 
     z = torch.randn(B, T, nb, G, Hg, w, generator=_gen(3)).to(DEVICE)
-    o = latent_up_output_triton(z, w_up, 0.5, d)
     e = latent_up_output_ref(z, w_up.float(), 0.5, d)
-    assert o.dtype == BF and o.shape == e.shape == (B, T, G * Hg * d)
-    assert rel_error(o.float(), e) < TOL
+    for preload in ("0", "1"):  # 1: one token's W_UV slice loaded before the PDL wait
+        monkeypatch.setenv(PRELOAD_ENV, preload)
+        o = latent_up_output_triton(z, w_up, 0.5, d)
+        assert o.dtype == BF and o.shape == e.shape == (B, T, G * Hg * d)
+        assert rel_error(o.float(), e) < TOL
 
 
 @needs_triton

@@ -16,6 +16,8 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +32,15 @@ from mlra.kernels._triton_common import (
 )
 
 TWO_PI = tl.constexpr(6.283185307179586)
+
+PRELOAD_ENV = "MLRA_STEP_PRELOAD"
+"""Environment variable: 1 makes the one-token W_UV launch load its whole weight slice into
+registers before its PDL wait instead of prefetching it into L2; for tuning runs."""
+
+
+def preload_wanted() -> bool:
+    """Whether :data:`PRELOAD_ENV` asks for weight slices loaded before the PDL wait."""
+    return os.environ.get(PRELOAD_ENV, "0") not in ("", "0")
 
 
 @triton.jit
@@ -187,18 +198,27 @@ def _latent_up_kernel(
     z_ptr, w_ptr, o_ptr, M, out_scale, stride_wl, stride_ww, stride_om,
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
     BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1,
+    LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1, PRELOAD: tl.constexpr = False,
+    NB_PAD: tl.constexpr = 1,
 ):
     """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
     attention result times W_UV, summed (one token: elementwise products and one reduction;
-    a block of tokens: one matrix product per branch)."""
+    a block of tokens: one matrix product per branch). ``PRELOAD`` (one token): the program's
+    whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait."""
     m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
     mask_d = offs_d < D
     g = h // HG
     i = h % HG
-    if PDL > 1:  # this program's W_UV slice into L2 before the wait
+    if PRELOAD:  # the whole slice into registers before the wait (no kernel writes weights)
+        offs_nb = tl.arange(0, NB_PAD)
+        offs_wp = tl.arange(0, W_PAD)
+        mask_nw = (offs_nb < NB)[:, None] & (offs_wp < W)[None, :]
+        w_all = tl.load(w_ptr + ((offs_nb * G + g) * stride_wl + i * 2 * D + D)[:, None, None]
+                        + offs_wp[None, :, None] * stride_ww + offs_d[None, None, :],
+                        mask=mask_nw[:, :, None] & mask_d[None, None, :], other=0.0)
+    elif PDL > 1:  # this program's W_UV slice into L2 before the wait
         for n in tl.static_range(NB):
             w_rows = w_ptr + (n * G + g) * stride_wl + i * 2 * D + D + tl.program_id(2) * BD
             offs_r = tl.arange(0, W_PAD)
@@ -206,7 +226,14 @@ def _latent_up_kernel(
                         + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
     pdl_wait(PDL)
     pdl_launch_next(PDL)
-    if BM == 1:
+    if PRELOAD:
+        z_rows = ((m0 * NB + offs_nb) * G + g) * HG + i
+        z = tl.load(z_ptr + z_rows[:, None] * W + offs_wp[None, :], mask=mask_nw, other=0.0)
+        z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
+        acc = tl.sum(tl.sum(w_all.to(tl.float32) * z[:, :, None], axis=1), axis=0)
+        tl.store(o_ptr + m0 * stride_om + h * D + offs_d,
+                 (acc * out_scale).to(o_ptr.dtype.element_ty), mask=mask_d)
+    elif BM == 1:
         # elementwise products summed over branches and chunks, one reduction over W at the end
         acc2d = tl.zeros([BW, BD], dtype=tl.float32)
         for n in tl.static_range(NB):
@@ -260,11 +287,12 @@ def latent_up_output_triton(
         bd, bw = min(64, max(16, next_pow2(D))), min(128, max(16, next_pow2(W)))
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
+    preload = bm == 1 and preload_wanted()
     _latent_up_kernel[(triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))](
         z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
-        PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), num_warps=4,
-        **launch_options(pdl),
+        PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), PRELOAD=preload,
+        NB_PAD=next_pow2(NB), num_warps=4, **launch_options(pdl),
     )
     return out
 
