@@ -39,6 +39,13 @@ def _before_wait(ptx: str) -> list[str]:
     return [m.group(1) for m in _MEMORY_OP.finditer(head)]
 
 
+def _bytes_loaded(ptx: str) -> int:
+    """Bytes one thread reads with the ``ld.global`` instructions of ``ptx`` (vector width x
+    element bits)."""
+    return sum(int(m.group(1) or 1) * int(m.group(2)) // 8 for m in re.finditer(
+        r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx))
+
+
 needs_ptxas = pytest.mark.skipif(not ptxas_for_sm90(), reason="no ptxas for sm_90")
 
 
@@ -79,10 +86,7 @@ def test_skinny_kernel_preloads_weight_tiles_but_reads_its_input_after_the_wait(
     wait = ptx.index("griddepcontrol.wait")
     # exactly the two bf16 tiles of 16 rows x 256 columns, spread over 128 threads: nothing
     # else (the input, the norm weight) is read before the wait
-    loaded = 0
-    for m in re.finditer(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx[:wait]):
-        loaded += int(m.group(1) or 1) * int(m.group(2)) // 8
-    assert loaded == 2 * 16 * 256 * 2 // 128
+    assert _bytes_loaded(ptx[:wait]) == 2 * 16 * 256 * 2 // 128
     assert ptx.index("st.global", wait) > wait and ptx.index("atom.", wait) > wait
 
 
@@ -106,11 +110,8 @@ def test_w_uv_preload_loads_only_its_weight_slice_before_the_wait(ptx):
     wait = ptx.index("griddepcontrol.wait")
     assert set(_before_wait(ptx)) == {"ld.global"}
     assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch
-    loaded = 0
-    for m in re.finditer(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx[:wait]):
-        loaded += int(m.group(1) or 1) * int(m.group(2)) // 8
     # 4 branches x 128 latent rows x 32 columns of bf16 over 128 threads, nothing else
-    assert loaded == 4 * 128 * 32 * 2 // 128
+    assert _bytes_loaded(ptx[:wait]) == 4 * 128 * 32 * 2 // 128
 
 
 @needs_ptxas

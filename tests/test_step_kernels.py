@@ -138,12 +138,25 @@ def test_skinny_preloaded_tiles_match_reference(case, lane_sums, early):
 
 
 @needs_triton
-def test_skinny_preload_is_refused_out_of_range():
-    from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
+def test_skinny_preload_comes_from_config_else_environment_and_is_checked(monkeypatch):
+    from mlra.kernels import triton_skinny as ts
 
+    cpu = torch.device("cpu")
+    cfg = ts.effective_config(cpu, 1, 32, [8], False)
+    assert (cfg.preload, cfg.early_launch) == (0, False)
+    monkeypatch.setenv(ts.PRELOAD_ENV, "3")
+    monkeypatch.setenv(ts.EARLY_LAUNCH_ENV, "1")
+    cfg = ts.effective_config(cpu, 1, 32, [8], False)
+    assert (cfg.preload, cfg.early_launch) == (3, True)
+    cfg = ts.effective_config(cpu, 1, 32, [8], False, ts.SkinnyConfig(preload=1,
+                                                                       early_launch=False))
+    assert (cfg.preload, cfg.early_launch) == (1, False)  # a config wins over the variables
+    monkeypatch.setenv(ts.PRELOAD_ENV, "lots")
+    with pytest.raises(ValueError, match="MLRA_SKINNY_PRELOAD='lots'"):
+        ts.effective_config(cpu, 1, 32, [8], False)
     with pytest.raises(ValueError, match="preload must be 0..4"):
-        skinny_linear_triton(torch.zeros(1, 32), [torch.zeros(8, 32)],
-                             config=SkinnyConfig(preload=5))
+        ts.skinny_linear_triton(torch.zeros(1, 32), [torch.zeros(8, 32)],
+                                config=ts.SkinnyConfig(preload=5))
 
 
 @needs_triton

@@ -72,8 +72,8 @@ class SkinnyConfig:
     #: one row: keep per-lane partial sums over the K loop and reduce them once at the end
     #: (False: reduce every tile across lanes)
     lane_sums: bool | None = None
-    #: one row, no SwiGLU, under PDL: the first ``preload`` K tiles of each program's weight
-    #: slice loaded into registers before its wait (weights no kernel of the step writes), so
+    #: one row, no SwiGLU: the first ``preload`` K tiles of each program's weight slice loaded
+    #: into registers before its PDL wait (weights no kernel of the step writes), so under PDL
     #: they arrive while the previous kernel finishes; 0 = none, at most :data:`MAX_PRELOAD`
     preload: int | None = None
     #: under PDL, let the next kernel launch right after this one's wait instead of after its
@@ -170,11 +170,9 @@ def _skinny_kernel(
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         xv = xv.to(w1_ptr.dtype.element_ty)  # an fp32 input is rounded as the reference does
-        w = tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        w = _weight_tile(w_ptr, sw, offs_n, mask_n, k0, k_hi, offs_kb)
         if SWIGLU:
-            w2 = tl.load(w2_ptr + offs_n[:, None] * sw2 + kk[None, :],
-                         mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            w2 = _weight_tile(w2_ptr, sw2, offs_n, mask_n, k0, k_hi, offs_kb)
         if HAS_NORM:
             xf = xv.to(tl.float32)
             ss += tl.sum(xf * xf, axis=1)
@@ -380,11 +378,29 @@ def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], sw
     tuned = tuned_config(device, row_block(M), K, ns, swiglu)
     if tuned is not None:
         base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
-    if config is None:
-        return base
-    return dataclasses.replace(base, **{f.name: getattr(config, f.name)
-                                        for f in dataclasses.fields(config)
-                                        if getattr(config, f.name) is not None})
+    if config is not None:
+        base = dataclasses.replace(base, **{f.name: getattr(config, f.name)
+                                            for f in dataclasses.fields(config)
+                                            if getattr(config, f.name) is not None})
+    if base.preload is None:  # the tuning variables fill what nothing else set
+        base = dataclasses.replace(base, preload=_env_preload())
+    if base.early_launch is None:
+        base = dataclasses.replace(
+            base, early_launch=os.environ.get(EARLY_LAUNCH_ENV, "0") not in ("", "0"))
+    if not 0 <= base.preload <= MAX_PRELOAD:
+        raise ValueError(f"preload must be 0..{MAX_PRELOAD} K tiles, got {base.preload}")
+    return base
+
+
+def _env_preload() -> int:
+    """:data:`PRELOAD_ENV` (0 when unset); a value that is not a whole number is refused
+    naming the variable."""
+    raw = os.environ.get(PRELOAD_ENV, "").strip() or "0"
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{PRELOAD_ENV}={raw!r} is not a number of K tiles (0..{MAX_PRELOAD})"
+                         ) from None
 
 
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
@@ -446,13 +462,10 @@ def skinny_linear_triton(
     es = ws_in[0].element_size()
     pf = prefetch_lines(k_split, bn, tiles * split, device_sms(x), es, 2 if swiglu else 1) \
         if pdl > 1 else 0
-    preload = cfg.preload if cfg.preload is not None else int(os.environ.get(PRELOAD_ENV) or 0)
-    if not 0 <= preload <= MAX_PRELOAD:
-        raise ValueError(f"preload must be 0..{MAX_PRELOAD} K tiles, got {preload}")
     # only where it applies (one row, no SwiGLU), no more tiles than the K range; without PDL
     # the wait is a no-op and the loads merely come first
-    preload = min(preload, triton.cdiv(k_split, cfg.block_k)) if block_m == 1 and not swiglu \
-        else 0
+    preload = min(cfg.preload, triton.cdiv(k_split, cfg.block_k)) \
+        if block_m == 1 and not swiglu else 0
     _skinny_kernel[(tiles, split)](
         x2, g, res, ws, cnt, *pad_w, *pad_o,
         M, K, ns[0], ns[1], ns[2], t[0], t[1],
@@ -463,8 +476,7 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums), PRELOAD=preload,
-        EARLY_LAUNCH=bool(cfg.early_launch if cfg.early_launch is not None
-                          else os.environ.get(EARLY_LAUNCH_ENV, "0") not in ("", "0")),
+        EARLY_LAUNCH=bool(cfg.early_launch),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)
