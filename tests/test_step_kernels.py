@@ -288,6 +288,19 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("value,wanted", [(None, True), ("", True), ("1", True), ("0", False),
+                                          (" 0 ", False)])
+def test_w_uv_preload_is_the_default_and_0_turns_it_off(value, wanted, monkeypatch):
+    from mlra.kernels.triton_step import PRELOAD_ENV, preload_wanted
+
+    if value is None:
+        monkeypatch.delenv(PRELOAD_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PRELOAD_ENV, value)
+    assert preload_wanted() is wanted
+
+
+@needs_triton
 @pytest.mark.parametrize("heads", [(24, 6, 128), (4, 2, 16)] if ON_GPU else [(4, 2, 16),
                                                                               (3, 1, 8)])
 def test_gqa_prepare_matches_reference(heads):

@@ -34,13 +34,16 @@ from mlra.kernels._triton_common import (
 TWO_PI = tl.constexpr(6.283185307179586)
 
 PRELOAD_ENV = "MLRA_STEP_PRELOAD"
-"""Environment variable: 1 makes the one-token W_UV launch load its whole weight slice into
-registers before its PDL wait instead of prefetching it into L2; for tuning runs."""
+"""Environment variable: 0 makes the one-token W_UV launch prefetch its weight slice into L2
+instead of loading it into registers before its PDL wait (the default since it measured
+0.02-0.04 ms faster per batch-1 step on the H200, ``benchmarks/e2e_decode/results/h200/
+preload``); for A/B runs."""
 
 
 def preload_wanted() -> bool:
-    """Whether :data:`PRELOAD_ENV` asks for weight slices loaded before the PDL wait."""
-    return os.environ.get(PRELOAD_ENV, "0") not in ("", "0")
+    """Whether the one-token W_UV launch loads its weight slice before the PDL wait (unless
+    :data:`PRELOAD_ENV` is 0)."""
+    return os.environ.get(PRELOAD_ENV, "").strip() != "0"
 
 
 @triton.jit
