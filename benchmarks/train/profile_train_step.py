@@ -24,9 +24,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mlra import ModelConfig, Transformer
+from mlra.loss import compiled_token_cross_entropy
 
 CLASSES = [
     ("attention", r"^_(fwd|delta|dq|dkv)_kernel|attn|flash|fmha"),
@@ -62,7 +62,7 @@ def build_step(variant: str, args: argparse.Namespace):
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(inp).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+        loss = compiled_token_cross_entropy()(logits, tgt)  # as mlra train --compile
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

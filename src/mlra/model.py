@@ -16,6 +16,7 @@ from torch import nn
 from mlra.attention import Attention, build_attention
 from mlra.config import ModelConfig
 from mlra.layers import RMSNorm, Rotary, SwiGLU
+from mlra.loss import token_cross_entropy
 
 
 @dataclass
@@ -153,11 +154,7 @@ class Transformer(nn.Module):
         logits = self.logits(hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(),
-                labels[:, 1:].flatten(),
-                ignore_index=-100,
-            )
+            loss = token_cross_entropy(logits[:, :-1], labels[:, 1:])
         return ModelOutput(logits=logits, loss=loss)
 
     def hidden_states(

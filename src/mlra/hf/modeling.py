@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mlra.hf.cache import MlraCache
 from mlra.hf.config import MlraConfig
+from mlra.loss import IGNORE_INDEX, token_cross_entropy
 from mlra.model import AttentionContext, Block, Transformer
-
-IGNORE_INDEX = -100
 
 # Keyword arguments transformers passes that need nothing from us.
 _ACCEPTED = frozenset({"return_dict", "cache_position", "num_items_in_batch"})
@@ -158,8 +156,7 @@ class MlraForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None:  # no target at padding, none predicted from padding
             pad = (attention_mask[:, 1:] == 0) | (attention_mask[:, :-1] == 0)
             targets = targets.masked_fill(pad, IGNORE_INDEX)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE_INDEX)
+        return token_cross_entropy(logits[:, :-1], targets, ignore_index=IGNORE_INDEX)
 
     def _cached(self, input_ids, cache: MlraCache, attention_mask, position_ids) -> torch.Tensor:
         """Append the new tokens' compact state to ``cache`` and attend over the whole of it:

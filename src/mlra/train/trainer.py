@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
@@ -52,6 +51,7 @@ from mlra.data.sources import DataSource, resolve_data
 from mlra.data.tokenizers import pad_vocab
 from mlra.devices import parse_device
 from mlra.errors import CheckpointError, ConfigError, DataError, MlraError
+from mlra.loss import compiled_token_cross_entropy, token_cross_entropy
 from mlra.model import Transformer
 from mlra.train.config import RESUME_FIXED, TrainConfig
 from mlra.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown
@@ -411,7 +411,9 @@ class Trainer:
     # ------------------------------------------------------------------ maths
     def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if self.cfg.compile:  # the fp32 cast fused into the reductions: no fp32 logits copy
+            return compiled_token_cross_entropy()(logits, y)
+        return token_cross_entropy(logits, y)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -423,9 +425,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             with self.autocast:
                 logits = self.raw_model(x).logits
-            per_token = F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), reduction="none"
-            ).view(y.shape)
+            per_token = token_cross_entropy(logits, y, reduction="none")
             total[0] += per_token[:n_real].sum(dtype=torch.float64)
             total[1] += n_real * y.shape[1]
         all_reduce_sum(total, self.dist)
