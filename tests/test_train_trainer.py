@@ -17,7 +17,7 @@ from mlra.data.prepare import prepare
 from mlra.errors import CheckpointError, ConfigError
 from mlra.train.config import TrainConfig
 from mlra.train.metrics import read_metrics
-from mlra.train.optim import is_decayed, lr_at, param_groups
+from mlra.train.optim import clip_gradients, is_decayed, lr_at, param_groups
 from mlra.train.trainer import Trainer, TrainingDiverged, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,3 +261,35 @@ def test_lr_schedule():
     assert lr_at(500, peak, total, warm) == pytest.approx(0.1 * peak)
     values = [lr_at(s, peak, total, warm) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6, math.inf])
+@pytest.mark.parametrize("fused", [False, True])
+def test_clip_gradients_steps_like_clip_grad_norm(max_norm, fused):
+    """Clipped (0.5), not clipped (1e6) or no limit: the same weights as clip_grad_norm_ +
+    step; with a fused AdamW the factor goes to the kernel and the gradients stay as they are."""
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(40, 30, generator=g), torch.randn(30, generator=g)]
+    grads = [3 * torch.randn(t.shape, generator=g) for t in init]
+    results = []
+    for ours in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=fused)
+        for _ in range(2):
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr.clone()
+            if ours:
+                norm = clip_gradients(opt, params, max_norm)
+                unchanged = all(torch.equal(p.grad, gr)
+                                for p, gr in zip(params, grads, strict=True))
+                if max_norm == 0.5:  # clipped: only the unfused path rewrites the gradients
+                    assert unchanged == fused
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            opt.step()
+        results.append((norm, [p.detach() for p in params]))
+    (norm_ref, ref), (norm_ours, got) = results
+    torch.testing.assert_close(norm_ours, norm_ref)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ref[0], init[0])

@@ -9,7 +9,9 @@ One command (about 3 minutes on one H100, no extra installs)::
 Method: random tokens (B x T), fp32 master weights with bf16 autocast, fused AdamW, each
 transformer block compiled separately (regional compilation: identical blocks share one
 compiled graph) and the loss compiled too, as ``mlra train --compile`` does
-(:func:`mlra.loss.compiled_token_cross_entropy`: no fp32 copy of the logits). Warm-up steps (which include compilation) are excluded; the timed steps are
+(:func:`mlra.loss.compiled_token_cross_entropy`: no fp32 copy of the logits), gradient clipping
+at 1.0 as the trainer clips (:func:`mlra.train.optim.clip_gradients`: the factor handed to the
+fused AdamW kernel). Warm-up steps (which include compilation) are excluded; the timed steps are
 measured with CUDA events and the median step is reported. MFU = model FLOPs / step time /
 peak bf16 FLOP/s, with model FLOPs = 6 x parameters x tokens + causal attention
 (3 x 2 x 2 x T/2 x heads x (qk width + v width) per token per layer per branch), the PaLM
@@ -45,6 +47,7 @@ import torch
 from mlra import ModelConfig, Transformer
 from mlra.layers import Rotary
 from mlra.loss import compiled_token_cross_entropy, token_cross_entropy
+from mlra.train.optim import clip_gradients
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
              "B200": 2250e12}
@@ -149,7 +152,7 @@ def bench_variant(name: str, args: argparse.Namespace, peak: float | None, path:
             logits = model(inp).logits
         loss = loss_fn(logits, tgt)  # as mlra train: compiled with the blocks
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(opt, model.parameters(), 1.0)  # as mlra train
         opt.step()
         opt.zero_grad(set_to_none=True)
 

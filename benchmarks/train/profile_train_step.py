@@ -27,6 +27,7 @@ import torch
 
 from mlra import ModelConfig, Transformer
 from mlra.loss import compiled_token_cross_entropy
+from mlra.train.optim import clip_gradients
 
 CLASSES = [
     ("attention", r"^_(fwd|delta|dq|dkv)_kernel|attn|flash|fmha"),
@@ -64,7 +65,7 @@ def build_step(variant: str, args: argparse.Namespace):
             logits = model(inp).logits
         loss = compiled_token_cross_entropy()(logits, tgt)  # as mlra train --compile
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(opt, model.parameters(), 1.0)  # as mlra train
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -56,7 +56,7 @@ from mlra.model import Transformer
 from mlra.train.config import RESUME_FIXED, TrainConfig
 from mlra.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown
 from mlra.train.metrics import METRICS_FILE, MetricsLog, plot_run
-from mlra.train.optim import build_optimizer, lr_at
+from mlra.train.optim import build_optimizer, clip_gradients, lr_at
 
 RUN_FILE = ckpt.RUN_FILE
 
@@ -461,7 +461,7 @@ class Trainer:
                 (loss / len(micro)).backward()
             loss_sum += loss.detach()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        grad_norm = clip_gradients(self.optimizer, self.raw_model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         mean_loss = all_reduce_sum(loss_sum / len(micro), self.dist) / self.dist.world_size
