@@ -75,36 +75,6 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
 
 
 @needs_ptxas
-def test_skinny_kernel_preloads_weight_tiles_but_reads_its_input_after_the_wait(ptx):
-    """With ``preload``, weight tiles (no kernel of the step writes them) are loaded before the
-    wait; the input, the norm weight, the residual, the workspace and every store after it."""
-    plain = _before_wait(ptx["skinny_pdl1"]["ptx"])
-    ptx = ptx["skinny_preload2_pdl2"]["ptx"]
-    early = _before_wait(ptx)
-    assert early and set(early) == {"ld.global"}  # loads only: no store, atomic or async copy
-    assert plain == []
-    wait = ptx.index("griddepcontrol.wait")
-    # exactly the two bf16 tiles of 16 rows x 256 columns, spread over 128 threads: nothing
-    # else (the input, the norm weight) is read before the wait
-    assert _bytes_loaded(ptx[:wait]) == 2 * 16 * 256 * 2 // 128
-    assert ptx.index("st.global", wait) > wait and ptx.index("atom.", wait) > wait
-
-
-@needs_ptxas
-def test_skinny_early_launch_lets_the_next_kernel_start_right_after_the_wait(ptx):
-    early = ptx["skinny_early_pdl2"]["ptx"]
-    wait = early.index("griddepcontrol.wait")
-    trigger = early.index("griddepcontrol.launch_dependents")
-    assert early.count("griddepcontrol.launch_dependents") == 1
-    # after the wait, before the input is read or anything is stored
-    assert wait < trigger < early.index("ld.global", wait)
-    assert trigger < early.index("st.global")
-    late = ptx["skinny_preload2_pdl2"]["ptx"]  # the default: after the main loop
-    assert late.index("griddepcontrol.launch_dependents") > late.index("ld.global",
-                                                                       late.index("griddepcontrol.wait"))
-
-
-@needs_ptxas
 def test_w_uv_preload_loads_only_its_weight_slice_before_the_wait(ptx):
     ptx = ptx["up_preload"]["ptx"]
     wait = ptx.index("griddepcontrol.wait")

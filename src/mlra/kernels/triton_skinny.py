@@ -49,13 +49,6 @@ from mlra.kernels._triton_common import (
 
 MAX_ROWS = 64
 MAX_WEIGHTS = 3
-MAX_PRELOAD = 4
-PRELOAD_ENV = "MLRA_SKINNY_PRELOAD"
-"""Environment variable: K tiles each one-row projection program loads before its PDL wait
-(:attr:`SkinnyConfig.preload`) where no config or tuned entry sets it; for tuning runs."""
-EARLY_LAUNCH_ENV = "MLRA_SKINNY_EARLY_LAUNCH"
-"""Environment variable: 1 sets :attr:`SkinnyConfig.early_launch` where no config or tuned
-entry sets it; for tuning runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +65,6 @@ class SkinnyConfig:
     #: one row: keep per-lane partial sums over the K loop and reduce them once at the end
     #: (False: reduce every tile across lanes)
     lane_sums: bool | None = None
-    #: one row, no SwiGLU: the first ``preload`` K tiles of each program's weight slice loaded
-    #: into registers before its PDL wait (weights no kernel of the step writes), so under PDL
-    #: they arrive while the previous kernel finishes; 0 = none, at most :data:`MAX_PRELOAD`
-    preload: int | None = None
-    #: under PDL, let the next kernel launch right after this one's wait instead of after its
-    #: main loop (so it starts its own preload / prefetch earlier; it still waits for this
-    #: kernel to finish before reading anything)
-    early_launch: bool | None = None
 
 
 @triton.jit(do_not_specialize=["N1", "N2", "N3", "T1", "T2"])
@@ -93,7 +78,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True, PRELOAD: tl.constexpr = 0, EARLY_LAUNCH: tl.constexpr = False,
+    LANE_SUMS: tl.constexpr = True,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -139,32 +124,8 @@ def _skinny_kernel(
         if SWIGLU:
             prefetch_l2(tl.where(pf_ok, w2_ptr + offs_n[:, None] * sw2 + pf_k[None, :], w2_ptr),
                         PDL)
-    if PRELOAD > 0:  # (one row, no SwiGLU) weight tiles into registers before the wait
-        p0 = _weight_tile(w_ptr, sw, offs_n, mask_n, k_lo, k_hi, offs_kb)
-    if PRELOAD > 1:
-        p1 = _weight_tile(w_ptr, sw, offs_n, mask_n, k_lo + BLOCK_K, k_hi, offs_kb)
-    if PRELOAD > 2:
-        p2 = _weight_tile(w_ptr, sw, offs_n, mask_n, k_lo + 2 * BLOCK_K, k_hi, offs_kb)
-    if PRELOAD > 3:
-        p3 = _weight_tile(w_ptr, sw, offs_n, mask_n, k_lo + 3 * BLOCK_K, k_hi, offs_kb)
     pdl_wait(PDL)
-    if EARLY_LAUNCH:
-        pdl_launch_next(PDL)
-    k_first = k_lo
-    if PRELOAD > 0:
-        fma, acc, ss = _row_tile(x_ptr, g_ptr, p0, k_lo, k_hi, offs_kb, fma, acc, ss,
-                                 HAS_NORM, LANE_SUMS)
-        k_first = k_lo + PRELOAD * BLOCK_K
-    if PRELOAD > 1:
-        fma, acc, ss = _row_tile(x_ptr, g_ptr, p1, k_lo + BLOCK_K, k_hi, offs_kb, fma, acc, ss,
-                                 HAS_NORM, LANE_SUMS)
-    if PRELOAD > 2:
-        fma, acc, ss = _row_tile(x_ptr, g_ptr, p2, k_lo + 2 * BLOCK_K, k_hi, offs_kb, fma, acc,
-                                 ss, HAS_NORM, LANE_SUMS)
-    if PRELOAD > 3:
-        fma, acc, ss = _row_tile(x_ptr, g_ptr, p3, k_lo + 3 * BLOCK_K, k_hi, offs_kb, fma, acc,
-                                 ss, HAS_NORM, LANE_SUMS)
-    for k0 in tl.range(k_first, k_hi, BLOCK_K, num_stages=NUM_STAGES):
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
         mask_k = kk < k_hi
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
@@ -192,8 +153,7 @@ def _skinny_kernel(
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
-    if not EARLY_LAUNCH:
-        pdl_launch_next(PDL)
+    pdl_launch_next(PDL)
     if BLOCK_M == 1 and LANE_SUMS:
         acc = tl.sum(fma, axis=1)[None, :]
         if SWIGLU:
@@ -236,27 +196,6 @@ def _weight_tile(w_ptr, sw, offs_n, mask_n, k0, k_hi, offs_kb):
     kk = k0 + offs_kb
     return tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
                    mask=mask_n[:, None] & (kk < k_hi)[None, :], other=0.0)
-
-
-@triton.jit
-def _row_tile(x_ptr, g_ptr, w, k0, k_hi, offs_kb, fma, acc, ss, HAS_NORM: tl.constexpr,
-              LANE_SUMS: tl.constexpr):
-    """One K tile of the one-row product with the weight tile ``w`` already loaded (as the
-    main loop's ``BLOCK_M == 1`` body)."""
-    kk = k0 + offs_kb
-    mask_k = kk < k_hi
-    xv = tl.load(x_ptr + kk[None, :], mask=mask_k[None, :], other=0.0)
-    xv = xv.to(w.dtype)  # an fp32 input is rounded as the reference does
-    if HAS_NORM:
-        xf = xv.to(tl.float32)
-        ss += tl.sum(xf * xf, axis=1)
-        xv = xf * tl.load(g_ptr + kk, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-    xf = xv.to(tl.float32)
-    if LANE_SUMS:
-        fma += w.to(tl.float32) * xf
-    else:
-        acc += tl.sum(w.to(tl.float32) * xf, axis=1)[None, :]
-    return fma, acc, ss
 
 
 @triton.jit
@@ -382,25 +321,7 @@ def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], sw
         base = dataclasses.replace(base, **{f.name: getattr(config, f.name)
                                             for f in dataclasses.fields(config)
                                             if getattr(config, f.name) is not None})
-    if base.preload is None:  # the tuning variables fill what nothing else set
-        base = dataclasses.replace(base, preload=_env_preload())
-    if base.early_launch is None:
-        base = dataclasses.replace(
-            base, early_launch=os.environ.get(EARLY_LAUNCH_ENV, "0") not in ("", "0"))
-    if not 0 <= base.preload <= MAX_PRELOAD:
-        raise ValueError(f"preload must be 0..{MAX_PRELOAD} K tiles, got {base.preload}")
     return base
-
-
-def _env_preload() -> int:
-    """:data:`PRELOAD_ENV` (0 when unset); a value that is not a whole number is refused
-    naming the variable."""
-    raw = os.environ.get(PRELOAD_ENV, "").strip() or "0"
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{PRELOAD_ENV}={raw!r} is not a number of K tiles (0..{MAX_PRELOAD})"
-                         ) from None
 
 
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
@@ -462,10 +383,6 @@ def skinny_linear_triton(
     es = ws_in[0].element_size()
     pf = prefetch_lines(k_split, bn, tiles * split, device_sms(x), es, 2 if swiglu else 1) \
         if pdl > 1 else 0
-    # only where it applies (one row, no SwiGLU), no more tiles than the K range; without PDL
-    # the wait is a no-op and the loads merely come first
-    preload = min(cfg.preload, triton.cdiv(k_split, cfg.block_k)) \
-        if block_m == 1 and not swiglu else 0
     _skinny_kernel[(tiles, split)](
         x2, g, res, ws, cnt, *pad_w, *pad_o,
         M, K, ns[0], ns[1], ns[2], t[0], t[1],
@@ -475,8 +392,7 @@ def skinny_linear_triton(
         HAS_RES=residual is not None, SPLIT_K=split, K_SPLIT=k_split,
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
-        PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums), PRELOAD=preload,
-        EARLY_LAUNCH=bool(cfg.early_launch),
+        PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-03 (fifth session), NOT YET RUN (the session's device time was spent):
+# Run 2026-12-03 (sixth session) at a92ee22, results in README.md / call1/. The skinny knobs it
+# sets (MLRA_SKINNY_PRELOAD, MLRA_SKINNY_EARLY_LAUNCH) were removed afterwards (measured
+# slower); at a later commit they are ignored. MLRA_STEP_PRELOAD is now on unless set to 0.
 # one-row projections that load their first K tiles into registers before the PDL wait
 # (SkinnyConfig.preload, MLRA_SKINNY_PRELOAD for every one-row launch without a tuned value).
 # GPU tests, then batch-1 steps of MLRA-4 / MLA / GQA at 8K and 128K with 0 (today's code
