@@ -70,12 +70,18 @@ def test_compiled_form_equals_the_eager_one_in_value_and_gradient():
     assert grad_e[0, 2].abs().max() == 0  # an ignored target gets no gradient
 
 
-def test_compiled_training_follows_the_eager_run(tmp_path, mlra_cache):
-    """``compile=True`` (compiled blocks and loss) trains to the same losses as eager."""
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_training_follows_the_eager_run(tmp_path, mlra_cache, device):
+    """``compile=True`` (compiled blocks and loss) trains to the same losses as eager: to fp32
+    rounding on a CPU; on a GPU (bf16 autocast) within the rounding the compiled blocks'
+    different fusion brings (3e-5..5e-4 measured on an H200)."""
     common = dict(model="mla", size="tiny", data="builtin", steps=3, batch_size=2, seq_len=32,
                   lr=3e-3, warmup_steps=1, eval_interval=3, val_tokens=128, log_interval=1,
-                  progress=False, model_overrides={"n_layers": 1, "zero_init_output": False})
-
+                  progress=False, model_overrides={"n_layers": 1, "zero_init_output": False},
+                  device=device)
     losses = []
     for compiled in (False, True):
         out = tmp_path / f"run{int(compiled)}"
@@ -83,4 +89,4 @@ def test_compiled_training_follows_the_eager_run(tmp_path, mlra_cache):
         losses.append([r["loss"] for r in read_metrics(out / "metrics.jsonl")
                        if r["split"] == "train"])
     assert len(losses[0]) == 3
-    assert losses[1] == pytest.approx(losses[0], abs=2e-4)
+    assert losses[1] == pytest.approx(losses[0], abs=2e-4 if device == "cpu" else 2e-3)

@@ -14,7 +14,7 @@ at 1.0 as the trainer clips (:func:`mlra.train.optim.clip_gradients`: the factor
 fused AdamW kernel). Warm-up steps (which include compilation) are excluded; the timed steps are
 measured with CUDA events and the median step is reported. MFU = model FLOPs / step time /
 peak bf16 FLOP/s, with model FLOPs = 6 x parameters x tokens + causal attention
-(3 x 2 x 2 x T/2 x heads x (qk width + v width) per token per layer per branch), the PaLM
+(3 x 2 x T/2 x heads x (qk width + v width) per token per layer per branch), the PaLM
 definition with the causal half counted.
 
 Attention paths (``--paths``, default ``fused,sdpa``): each latent variant (MLA, GLA, MLRA) is
