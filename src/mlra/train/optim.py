@@ -55,7 +55,7 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: Iterable[nn.Paramet
     if not optimizer.defaults.get("fused"):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    norm = torch.nn.utils.get_total_norm(grads)
     # clip_grad_norm_ multiplies by min(max_norm / (norm + 1e-6), 1); this divides by the inverse
     optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
     return norm
