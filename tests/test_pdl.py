@@ -85,6 +85,17 @@ def test_w_uv_preload_loads_only_its_weight_slice_before_the_wait(ptx):
 
 
 @needs_ptxas
+def test_w_uk_preload_loads_only_its_weight_slice_before_the_wait(ptx):
+    ptx = ptx["prepare_preload"]["ptx"]
+    wait = ptx.index("griddepcontrol.wait")
+    assert set(_before_wait(ptx)) == {"ld.global"}
+    assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch
+    # one [128 latent rows x 128 head columns] bf16 slice over 128 threads, nothing else (the
+    # cache-row and RoPE programs' loads are masked off, not skipped: same instructions)
+    assert _bytes_loaded(ptx[:wait]) == 128 * 128 * 2 // 128
+
+
+@needs_ptxas
 def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
     k = ptx["mlp_pdl2"]
     assert k["launch_pdl"]

@@ -199,40 +199,55 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
     B, T, nb, G, Hg, w, d, r = shape
     q, c_kv, pos, inv_freq, kv_norm, w_up, pool, slots = _latent_case(7, *shape)
     ref_pool = pool.float().clone()
-    q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, pos, inv_freq, kv_norm, 1.3, w_up,
-                                                 pool, slots, nb, d, 1e-6)
     e_abs, e_rope = latent_decode_prepare_ref(q.float(), c_kv.float(), pos, inv_freq,
                                               kv_norm.float(), 1.3, w_up.float(), ref_pool,
                                               slots, nb, d, 1e-6)
-    assert q_abs.shape == e_abs.shape and q_rope.shape == e_rope.shape
-    assert rel_error(q_abs.float(), e_abs) < TOL
-    assert rel_error(q_rope.float(), e_rope) < TOL
-    flat, ref_flat = pool.view(-1, pool.shape[-1]), ref_pool.view(-1, pool.shape[-1])
-    assert rel_error(flat[slots].float(), ref_flat[slots]) < TOL
-    others = torch.ones(flat.shape[0], dtype=torch.bool, device=DEVICE)
-    others[slots] = False
-    assert torch.isnan(flat[others]).all(), "a row other than the new tokens' was written"
-
     z = torch.randn(B, T, nb, G, Hg, w, generator=_gen(3)).to(DEVICE)
     e = latent_up_output_ref(z, w_up.float(), 0.5, d)
-    for preload in ("0", "1"):  # 1: one token's W_UV slice loaded before the PDL wait
+    outputs = []
+    # 0: weight slices prefetched; w_uv,w_uk: one token's W_UV / W_UK slices loaded into
+    # registers before the PDL wait -- the same products, so the same bits
+    for preload in ("0", "w_uv,w_uk"):
         monkeypatch.setenv(PRELOAD_ENV, preload)
+        q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, pos, inv_freq, kv_norm, 1.3,
+                                                     w_up, pool, slots, nb, d, 1e-6)
+        assert q_abs.shape == e_abs.shape and q_rope.shape == e_rope.shape
+        assert rel_error(q_abs.float(), e_abs) < TOL
+        assert rel_error(q_rope.float(), e_rope) < TOL
+        flat, ref_flat = pool.view(-1, pool.shape[-1]), ref_pool.view(-1, pool.shape[-1])
+        assert rel_error(flat[slots].float(), ref_flat[slots]) < TOL
+        others = torch.ones(flat.shape[0], dtype=torch.bool, device=DEVICE)
+        others[slots] = False
+        assert torch.isnan(flat[others]).all(), "a row other than the new tokens' was written"
         o = latent_up_output_triton(z, w_up, 0.5, d)
         assert o.dtype == BF and o.shape == e.shape == (B, T, G * Hg * d)
         assert rel_error(o.float(), e) < TOL
+        outputs.append((q_abs, q_rope, o))
+    for a, b in zip(*outputs, strict=True):
+        assert torch.equal(a, b)
 
 
 @needs_triton
-@pytest.mark.parametrize("value,wanted", [(None, True), ("", True), ("1", True), ("0", False),
-                                          (" 0 ", False)])
-def test_w_uv_preload_is_the_default_and_0_turns_it_off(value, wanted, monkeypatch):
-    from mlra.kernels.triton_step import PRELOAD_ENV, preload_wanted
+@pytest.mark.parametrize("value,expected", [
+    (None, {"w_uv"}), ("", {"w_uv"}), ("1", {"w_uv"}), ("0", set()), (" 0 ", set()),
+    ("w_uk", {"w_uk"}), ("w_uv, w_uk", {"w_uv", "w_uk"})])
+def test_preloads_default_to_w_uv_and_follow_the_environment(value, expected, monkeypatch):
+    from mlra.kernels.triton_step import PRELOAD_ENV, preloads
 
     if value is None:
         monkeypatch.delenv(PRELOAD_ENV, raising=False)
     else:
         monkeypatch.setenv(PRELOAD_ENV, value)
-    assert preload_wanted() is wanted
+    assert preloads() == expected
+
+
+@needs_triton
+def test_unknown_preload_is_refused_by_name(monkeypatch):
+    from mlra.kernels.triton_step import PRELOAD_ENV, preloads
+
+    monkeypatch.setenv(PRELOAD_ENV, "w_uv,w_q")
+    with pytest.raises(ValueError, match="MLRA_STEP_PRELOAD='w_uv,w_q'.*w_uv, w_uk"):
+        preloads()
 
 
 @needs_triton
