@@ -23,12 +23,12 @@ run on the fused Triton training attention (the default on a GPU) and on the SDP
 fastest path.
 
 Attention profile (``--profile``, on by default): one layer's ``attn_norm + attention``
-forward+backward alone (compiled, CUDA events) against the whole step, and an eager
-torch.profiler split of that layer's GPU time into the attention kernel (SDPA or the fused
-kernel), matmuls (projections, the latent up-projection per branch) and the rest (norms, RoPE,
-concatenation and expansion copies, branch sum). The attention kernel's achieved TFLOP/s (its
-useful FLOPs, see :func:`kernel_flops`, over its profiled GPU time) is printed against the
-measured bf16 matmul rate.
+forward+backward alone (compiled, CUDA events) against the whole step, and a torch.profiler
+split of that compiled layer's GPU kernels, classed by name (``kernel_classes.py``), into the
+attention kernel (SDPA or the fused kernel), matmuls (projections, the latent up-projection per
+branch) and the rest (norms, RoPE, copies, branch sum); on a CPU the eager operators. The
+attention kernel's achieved TFLOP/s (its useful FLOPs, see :func:`kernel_flops`, over its
+profiled GPU time) is printed against the measured bf16 matmul rate.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+from kernel_classes import kernel_class
 
 from mlra import ModelConfig, Transformer
 from mlra.layers import Rotary
@@ -196,26 +197,52 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
     times, _ = timed(compiled, args.steps, 3)
     layer_ms = statistics.median(times)
 
-    # Eager kernel split with the profiler.
+    # Kernel split with the profiler: on a GPU the kernels of the layer as timed (compiled),
+    # classed by name; on a CPU the eager operators.
+    profiled = compiled if dev == "cuda" else layer
     for _ in range(2):
-        layer()
+        profiled()
     sync()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if dev == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(3):
-            layer()
+            profiled()
         sync()
     split = {"attention_kernel": 0.0, "matmul": 0.0, "other": 0.0}
     top = []
-    for ev in prof.key_averages():  # operators only (kernels are counted in their operator)
-        if dev == "cuda":
-            t = getattr(ev, "self_device_time_total", None)
-            if t is None:
-                t = getattr(ev, "self_cuda_time_total", 0.0)
-        else:
-            t = ev.self_cpu_time_total
+    if dev == "cuda":
+        kernels: dict[str, float] = {}
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[ev.name] = kernels.get(ev.name, 0.0) + ev.device_time
+        for name, t in kernels.items():
+            cls = kernel_class(name)
+            split["attention_kernel" if cls == "attention" else
+                  "matmul" if cls == "matmul" else "other"] += t
+            top.append((t, name[:80]))
+    else:
+        _eager_op_split(prof, split, top)
+    total = sum(split.values()) or 1.0
+    top.sort(reverse=True)
+    kernel_ms = split["attention_kernel"] / 1e3 / 3  # profiler times are us, 3 iterations
+    return {
+        "kernel_ms": kernel_ms,
+        "kernel_tflops": kernel_flops(cfg, B, T) / (kernel_ms / 1e3) / 1e12 if kernel_ms else None,
+        "layer_fwd_bwd_ms": layer_ms,
+        "all_layers_ms": layer_ms * cfg.n_layers,
+        "share_of_step": layer_ms * cfg.n_layers / step_ms,
+        "split": {k: v / total for k, v in split.items()},
+        "top": [{"name": k, "share": d / total} for d, k in top[:8]],
+        "branches": cfg.latent_branches, "groups": cfg.latent_groups,
+    }
+
+
+def _eager_op_split(prof, split: dict[str, float], top: list) -> None:
+    """CPU: operators' self time into the split (kernels are counted in their operator)."""
+    for ev in prof.key_averages():
+        t = ev.self_cpu_time_total
         if t <= 0:
             continue
         key = ev.key.lower()
@@ -230,19 +257,6 @@ def profile_attention(model: Transformer, cfg: ModelConfig, args: argparse.Names
         else:
             continue
         top.append((t, ev.key))
-    total = sum(split.values()) or 1.0
-    top.sort(reverse=True)
-    kernel_ms = split["attention_kernel"] / 1e3 / 3  # profiler times are us, 3 iterations
-    return {
-        "kernel_ms": kernel_ms,
-        "kernel_tflops": kernel_flops(cfg, B, T) / (kernel_ms / 1e3) / 1e12 if kernel_ms else None,
-        "layer_fwd_bwd_ms": layer_ms,
-        "all_layers_ms": layer_ms * cfg.n_layers,
-        "share_of_step": layer_ms * cfg.n_layers / step_ms,
-        "eager_split": {k: v / total for k, v in split.items()},
-        "eager_top_ops": [{"op": k, "share": d / total} for d, k in top[:8]],
-        "branches": cfg.latent_branches, "groups": cfg.latent_groups,
-    }
 
 
 def main() -> int:
@@ -302,15 +316,16 @@ def main() -> int:
               f"{r['step_ms_median']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | {vs} |")
     prof = [r for r in rows if "attention" in r]
     if prof:
-        print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step; eager "
-              "split; attention kernel TFLOP/s (useful FLOPs)"
+        print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step; its "
+              "kernels by class (GPU: compiled; CPU: eager operators); attention kernel TFLOP/s "
+              "(useful FLOPs)"
               + (f" and its share of the {mm:.0f} TFLOP/s matmul rate:" if mm else ":"))
         print("| variant | attention | layer ms | x layers ms | share of step | attn kernel | "
               "matmul | other | kernel ms | kernel TFLOP/s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in prof:
             a = r["attention"]
-            s = a["eager_split"]
+            s = a["split"]
             rate = a["kernel_tflops"]
             rate_s = "n/a" if rate is None else (
                 f"{rate:.0f}" + (f" ({100 * rate / mm:.0f}%)" if mm else ""))

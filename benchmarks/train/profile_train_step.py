@@ -18,34 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from kernel_classes import kernel_class
 
 from mlra import ModelConfig, Transformer
 from mlra.loss import compiled_token_cross_entropy
 from mlra.train.optim import clip_gradients
-
-CLASSES = [
-    ("attention", r"^_(fwd|delta|dq|dkv)_kernel|attn|flash|fmha"),
-    ("compiled", r"^triton_"),
-    ("optimizer", r"adam|multi_tensor|foreach|_amp_|lpnorm"),
-    ("matmul", r"gemm|sm90_|cutlass|nvjet|xmma|wgmma|matmul|gemv|splitk"),
-    ("loss/head", r"log_softmax|softmax|nll|cross_entropy"),
-    ("copy/cast", r"copy|cast|elementwise|fill|cat|index|reduce"),
-]
-
-
-def kernel_class(name: str) -> str:
-    """The class of a CUDA kernel from its name (first matching pattern of ``CLASSES``)."""
-    low = name.lower()
-    for cls, pattern in CLASSES:
-        if re.search(pattern, low):
-            return cls
-    return "other"
 
 
 def build_step(variant: str, args: argparse.Namespace):
