@@ -65,7 +65,8 @@ HELP = {
     "shuffle": "shuffle the training windows each epoch (default on)",
     "device": "auto (default: CUDA when present), cpu, cuda",
     "dtype": "auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, bf16",
-    "compile": "torch.compile the model",
+    "compile": "torch.compile each block and the loss (faster GPU steps after a start-up "
+               "compilation; the loss then makes no fp32 copy of the logits)",
     "fsdp": "shard parameters with FSDP under torchrun (default: DDP)",
     "progress": "progress bar (default on)",
 }
