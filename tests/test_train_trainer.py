@@ -275,6 +275,8 @@ def test_clip_gradients_steps_like_clip_grad_norm(max_norm, fused):
     for ours in (False, True):
         params = [torch.nn.Parameter(t.clone()) for t in init]
         opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=fused)
+        if ours and fused:
+            opt.grad_scale = torch.tensor(5.0)  # a stale factor must not survive the call
         for _ in range(2):
             for p, gr in zip(params, grads, strict=True):
                 p.grad = gr.clone()
@@ -293,3 +295,22 @@ def test_clip_gradients_steps_like_clip_grad_norm(max_norm, fused):
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert not torch.equal(ref[0], init[0])
+
+
+def test_clip_gradients_takes_bf16_parameters():
+    """The factor handed to the fused kernel is fp32 whatever the gradients' dtype."""
+    g = torch.Generator().manual_seed(4)
+    init = torch.randn(64, 32, generator=g).bfloat16()
+    grad = (4 * torch.randn(64, 32, generator=g)).bfloat16()
+    results = []
+    for ours in (False, True):
+        p = torch.nn.Parameter(init.clone())
+        opt = torch.optim.AdamW([p], lr=1e-2, fused=True)
+        p.grad = grad.clone()
+        norm = (clip_gradients(opt, [p], 0.5) if ours
+                else torch.nn.utils.clip_grad_norm_([p], 0.5))
+        opt.step()
+        results.append((norm.float(), p.detach().float()))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-2, atol=1e-2)
+    assert not torch.equal(results[1][1], init.float())

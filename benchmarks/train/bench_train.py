@@ -317,7 +317,8 @@ def main() -> int:
     prof = [r for r in rows if "attention" in r]
     if prof:
         print("\nattention (norm + attention) of one layer, fwd+bwd, vs the whole step; its "
-              "kernels by class (GPU: compiled; CPU: eager operators); attention kernel TFLOP/s "
+              "kernels by class (GPU: the layer as timed; CPU: eager operators); attention kernel "
+              "TFLOP/s "
               "(useful FLOPs)"
               + (f" and its share of the {mm:.0f} TFLOP/s matmul rate:" if mm else ":"))
         print("| variant | attention | layer ms | x layers ms | share of step | attn kernel | "

@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 CLASSES = [
-    ("attention", r"^_(fwd|delta|dq|dkv)_kernel|attn|flash|fmha|sdpa"),
-    ("compiled", r"^triton_"),
+    # inductor names its kernels after the ATen ops they fuse ("..._latent_train_attn_fwd_...",
+    # "..._scaled_dot_product_flash_attention_..."): they are compiled elementwise, not attention
+    ("compiled", r"^triton_(poi|red|per|for)_"),
+    ("attention", r"^_(fwd|delta|dq|dkv)_kernel\b|flash_(fwd|bwd)|fmha|cudnn.*sdpa"),
+    ("matmul", r"^triton_tem_|gemm|sm90_|cutlass|nvjet|xmma|wgmma|matmul|gemv|splitk"),
     ("optimizer", r"adam|multi_tensor|foreach|_amp_|lpnorm"),
-    ("matmul", r"gemm|sm90_|cutlass|nvjet|xmma|wgmma|matmul|gemv|splitk"),
     ("loss/head", r"log_softmax|softmax|nll|cross_entropy"),
     ("copy/cast", r"copy|cast|elementwise|fill|cat|index|reduce"),
 ]

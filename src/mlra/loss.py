@@ -37,6 +37,7 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
 @functools.cache
 def compiled_token_cross_entropy() -> Callable[..., torch.Tensor]:
-    """:func:`token_cross_entropy` through ``torch.compile`` (built once per process; shapes
-    that change recompile, as for any compiled function)."""
+    """:func:`token_cross_entropy` through ``torch.compile``, built once per process and shared
+    by its callers: a second shape recompiles once with dynamic shapes; past dynamo's
+    recompile limit (many distinct ranks or dtypes in one process) it falls back to eager."""
     return torch.compile(token_cross_entropy)

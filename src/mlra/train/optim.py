@@ -46,18 +46,23 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: Iterable[nn.Paramet
     """Scale the gradients of ``params`` so that their global 2-norm is at most ``max_norm``
     (as :func:`torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
 
-    With a fused AdamW the gradients are not rewritten here: the factor goes to the fused
-    kernel as its ``grad_scale`` input (the attribute :class:`torch.amp.GradScaler` sets), and
-    the kernel divides each gradient as it reads it -- one pass over all gradients fewer per
-    step. Call it right before ``optimizer.step()``, every step.
+    With a fused AdamW the factor goes to the fused kernel as its ``grad_scale`` input (the
+    attribute :class:`torch.amp.GradScaler` sets) instead of a separate multiply over all
+    gradients: the kernel divides each gradient as it reads it (and stores it back divided),
+    which saves one read of every gradient per step. Call it before every ``optimizer.step()``
+    (the factor stays on the optimizer until the next call).
     """
     params = list(params)
     if not optimizer.defaults.get("fused"):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)
-    # clip_grad_norm_ multiplies by min(max_norm / (norm + 1e-6), 1); this divides by the inverse
-    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+    if math.isinf(max_norm):  # nothing to clip: no factor, no write-back of the gradients
+        optimizer.__dict__.pop("grad_scale", None)
+        return norm
+    # clip_grad_norm_ multiplies by min(max_norm / (norm + 1e-6), 1); this divides by the
+    # inverse (fp32, what the fused kernel takes, whatever the gradients' dtype)
+    optimizer.grad_scale = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
     return norm
 
 
