@@ -74,25 +74,18 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
     assert ptx.index("atom.") > ptx.index("griddepcontrol.wait")
 
 
+# bytes each of 128 threads reads before the wait: W_UV, 4 branches x 128 latent rows x 32
+# columns; W_UK, one [128 latent rows x 128 head columns] slice (the cache-row and RoPE
+# programs' loads are masked off, not skipped: the same instructions); bf16
 @needs_ptxas
-def test_w_uv_preload_loads_only_its_weight_slice_before_the_wait(ptx):
-    ptx = ptx["up_preload"]["ptx"]
+@pytest.mark.parametrize("kernel,nbytes", [("up_preload", 4 * 128 * 32 * 2 // 128),
+                                           ("prepare_preload", 128 * 128 * 2 // 128)])
+def test_weight_preload_loads_only_its_slice_before_the_wait(ptx, kernel, nbytes):
+    ptx = ptx[kernel]["ptx"]
     wait = ptx.index("griddepcontrol.wait")
     assert set(_before_wait(ptx)) == {"ld.global"}
     assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch
-    # 4 branches x 128 latent rows x 32 columns of bf16 over 128 threads, nothing else
-    assert _bytes_loaded(ptx[:wait]) == 4 * 128 * 32 * 2 // 128
-
-
-@needs_ptxas
-def test_w_uk_preload_loads_only_its_weight_slice_before_the_wait(ptx):
-    ptx = ptx["prepare_preload"]["ptx"]
-    wait = ptx.index("griddepcontrol.wait")
-    assert set(_before_wait(ptx)) == {"ld.global"}
-    assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch
-    # one [128 latent rows x 128 head columns] bf16 slice over 128 threads, nothing else (the
-    # cache-row and RoPE programs' loads are masked off, not skipped: same instructions)
-    assert _bytes_loaded(ptx[:wait]) == 128 * 128 * 2 // 128
+    assert _bytes_loaded(ptx[:wait]) == nbytes
 
 
 @needs_ptxas

@@ -131,9 +131,11 @@ def _skinny_kernel(
         xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         xv = xv.to(w1_ptr.dtype.element_ty)  # an fp32 input is rounded as the reference does
-        w = _weight_tile(w_ptr, sw, offs_n, mask_n, k0, k_hi, offs_kb)
+        w = tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if SWIGLU:
-            w2 = _weight_tile(w2_ptr, sw2, offs_n, mask_n, k0, k_hi, offs_kb)
+            w2 = tl.load(w2_ptr + offs_n[:, None] * sw2 + kk[None, :],
+                         mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if HAS_NORM:
             xf = xv.to(tl.float32)
             ss += tl.sum(xf * xf, axis=1)
@@ -188,14 +190,6 @@ def _skinny_kernel(
     else:
         _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n,
                 mask_m, mask_n, SWIGLU, HAS_NORM, HAS_RES)
-
-
-@triton.jit
-def _weight_tile(w_ptr, sw, offs_n, mask_n, k0, k_hi, offs_kb):
-    """The ``[BLOCK_N, BLOCK_K]`` weight tile at ``k0`` (zeros past ``k_hi``)."""
-    kk = k0 + offs_kb
-    return tl.load(w_ptr + offs_n[:, None] * sw + kk[None, :],
-                   mask=mask_n[:, None] & (kk < k_hi)[None, :], other=0.0)
 
 
 @triton.jit
@@ -317,11 +311,11 @@ def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], sw
     tuned = tuned_config(device, row_block(M), K, ns, swiglu)
     if tuned is not None:
         base = dataclasses.replace(base, **{k: v for k, v in tuned.items() if v is not None})
-    if config is not None:
-        base = dataclasses.replace(base, **{f.name: getattr(config, f.name)
-                                            for f in dataclasses.fields(config)
-                                            if getattr(config, f.name) is not None})
-    return base
+    if config is None:
+        return base
+    return dataclasses.replace(base, **{f.name: getattr(config, f.name)
+                                        for f in dataclasses.fields(config)
+                                        if getattr(config, f.name) is not None})
 
 
 def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None

@@ -98,6 +98,19 @@ def _latent_cache_row(m, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr, k
 
 
 @triton.jit
+def _w_uk_rows(w_ptr, pp, stride_wl, stride_ww, W: tl.constexpr, D: tl.constexpr,
+               HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr,
+               WB: tl.constexpr):
+    """Absorbed-query program ``pp`` (head ``pp // (NB * WB)``, branch, width block): the
+    address of each of its ``BW`` W_UK rows (clamped into the weight) and which are real."""
+    h = pp // (NB * WB)
+    rows_w = (pp % WB) * BW + tl.arange(0, BW)
+    rows = (w_ptr + ((pp // WB) % NB * G + h // HG) * stride_wl
+            + tl.minimum(rows_w, W - 1) * stride_ww + (h % HG) * 2 * D)
+    return rows, rows_w < W
+
+
+@triton.jit
 def _latent_prepare_kernel(
     q_ptr, c_ptr, pos_ptr, inv_ptr, kvn_ptr, w_ptr, pool_ptr, slot_ptr, qabs_ptr, qrope_ptr,
     M, kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
@@ -115,20 +128,15 @@ def _latent_prepare_kernel(
     p = tl.program_id(1)
     n_pre = BM * (1 + HG * G)  # the cache-row and RoPE-query programs
     if PRELOAD:  # (one token) the W_UK slice into registers before the wait; none for the
-        pw = tl.maximum(p - n_pre, 0)  # cache-row and RoPE programs (masked off)
-        hw = pw // (NB * WB)
-        rows_w = (pw % WB) * BW + tl.arange(0, BW)
-        w_pre = tl.load(w_ptr + ((pw // WB) % NB * G + hw // HG) * stride_wl
-                        + rows_w[:, None] * stride_ww + (hw % HG) * 2 * D
-                        + tl.arange(0, D)[None, :],
-                        mask=(rows_w < W)[:, None] & (p >= n_pre), other=0.0)
+        # cache-row and RoPE programs (masked off)
+        w_rows, w_ok = _w_uk_rows(w_ptr, tl.maximum(p - n_pre, 0), stride_wl, stride_ww,
+                                  W, D, HG, G, NB, BW, WB)
+        w_pre = tl.load(w_rows[:, None] + tl.arange(0, D)[None, :],
+                        mask=w_ok[:, None] & (p >= n_pre), other=0.0)
     elif PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
         if p >= n_pre:
-            pp = p - n_pre
-            hh = pp // (NB * WB)
-            rows_w = (pp % WB) * BW + tl.arange(0, BW)
-            w_rows = (w_ptr + ((pp // WB) % NB * G + hh // HG) * stride_wl
-                      + tl.minimum(rows_w, W - 1) * stride_ww + (hh % HG) * 2 * D)
+            w_rows, _ = _w_uk_rows(w_ptr, p - n_pre, stride_wl, stride_ww, W, D, HG, G, NB, BW,
+                                   WB)
             prefetch_l2(w_rows[:, None] + (tl.arange(0, (D + LINE - 1) // LINE) * LINE)[None, :],
                         PDL)
     pdl_wait(PDL)
@@ -156,12 +164,11 @@ def _latent_prepare_kernel(
         offs_d = tl.arange(0, D)
         offs_w = wb * BW + tl.arange(0, BW)
         mask_w = offs_w < W
-        l = n * G + g
         if PRELOAD:
             w_uk = w_pre
         else:
-            w_uk = tl.load(w_ptr + l * stride_wl + offs_w[:, None] * stride_ww + i * 2 * D
-                           + offs_d[None, :], mask=mask_w[:, None], other=0.0)
+            w_rows, _ = _w_uk_rows(w_ptr, p, stride_wl, stride_ww, W, D, HG, G, NB, BW, WB)
+            w_uk = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_w[:, None], other=0.0)
         if BM == 1:  # one token: a dot product per output
             q_nope = tl.load(q_ptr + m0 * stride_qm + h * (D + R) + offs_d).to(tl.float32)
             q_abs = tl.sum(w_uk.to(tl.float32) * q_nope[None, :], axis=1)
