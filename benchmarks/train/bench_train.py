@@ -40,6 +40,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -131,31 +132,40 @@ def timed(fn, steps: int, warmup: int) -> tuple[list[float], float]:
     return times, warm_s
 
 
-def bench_variant(name: str, args: argparse.Namespace, peak: float | None, path: str) -> dict:
-    os.environ["MLRA_DISABLE_TRITON"] = "1" if path == "sdpa" else "0"
-    cfg = ModelConfig.preset(name, size=args.size)
+def build_training(name: str, size: str, batch: int, seq: int, device: str, compile: bool
+                   ) -> tuple[ModelConfig, Transformer, Callable[[], None]]:
+    """The preset ``name`` and one training step on random tokens, set up as ``mlra train``
+    does (bf16 autocast, fused AdamW on CUDA, clipping at 1.0; with ``compile`` each block
+    and the loss compiled)."""
+    cfg = ModelConfig.preset(name, size=size)
     torch.manual_seed(0)
-    with torch.device(args.device):
+    with torch.device(device):
         model = Transformer(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    if args.compile:
+    if compile:
         compile_blocks(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            fused=args.device == "cuda")
-    B, T = args.batch, args.seq
-    x = torch.randint(0, cfg.vocab_size, (B, T + 1), device=args.device)
+                            fused=device == "cuda")
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
     inp, tgt = x[:, :-1], x[:, 1:]
-
-    loss_fn = compiled_token_cross_entropy() if args.compile else token_cross_entropy
+    loss_fn = compiled_token_cross_entropy() if compile else token_cross_entropy
 
     def step() -> None:
-        with torch.autocast(args.device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             logits = model(inp).logits
-        loss = loss_fn(logits, tgt)  # as mlra train: compiled with the blocks
-        loss.backward()
-        clip_gradients(opt, model.parameters(), 1.0)  # as mlra train
+        loss_fn(logits, tgt).backward()
+        clip_gradients(opt, model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return cfg, model, step
+
+
+def bench_variant(name: str, args: argparse.Namespace, peak: float | None, path: str) -> dict:
+    os.environ["MLRA_DISABLE_TRITON"] = "1" if path == "sdpa" else "0"
+    cfg, model, step = build_training(name, args.size, args.batch, args.seq, args.device,
+                                      args.compile)
+    n_params = sum(p.numel() for p in model.parameters())
+    B, T = args.batch, args.seq
 
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -23,39 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from bench_train import build_training
 from kernel_classes import kernel_class
-
-from mlra import ModelConfig, Transformer
-from mlra.loss import compiled_token_cross_entropy
-from mlra.train.optim import clip_gradients
-
-
-def build_step(variant: str, args: argparse.Namespace):
-    cfg = ModelConfig.preset(variant, size=args.size)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Transformer(cfg)
-    for block in model.layers:
-        block.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            fused=True)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device="cuda")
-    inp, tgt = x[:, :-1], x[:, 1:]
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(inp).logits
-        loss = compiled_token_cross_entropy()(logits, tgt)  # as mlra train --compile
-        loss.backward()
-        clip_gradients(opt, model.parameters(), 1.0)  # as mlra train
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def profile_variant(variant: str, args: argparse.Namespace) -> dict:
-    step = build_step(variant, args)
+    _, _, step = build_training(variant, args.size, args.batch, args.seq, "cuda", True)
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
