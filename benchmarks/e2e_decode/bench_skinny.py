@@ -3,7 +3,8 @@
 sweep) beside the module path (RMSNorm + ``F.linear`` per weight, cuBLAS), against the bytes.
 
 Each timing replays a CUDA graph of 20 calls cycling through enough copies of the weights to
-overflow the L2 cache (so every call streams its weights from memory, as in a decode step).
+overflow the L2 cache (so every call streams its weights from memory, as in a decode step);
+``--hot`` uses one copy instead, so weights that fit stay in L2.
 ``GB/s`` counts weight bytes only; ``% copy`` is against the measured copy bandwidth.
 
     PYTHONPATH=src python benchmarks/e2e_decode/bench_skinny.py --out "$OUT/skinny"
@@ -126,13 +127,19 @@ def main(argv: list[str] | None = None) -> int:
                    "into registers without shared-memory staging")
     p.add_argument("--quick", action="store_true",
                    help="skip the no-PDL / no-prefetch / tile-sums columns")
+    p.add_argument("--hot", action="store_true",
+                   help="one copy of the weights (L2-resident where they fit: 50 MB on an "
+                   "H200), to separate a kernel's latency from its memory traffic")
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated substrings of the projection names to run")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
     dt = torch.bfloat16
     rows_list = [int(r) for r in args.rows.split(",")]
     results = []
-    lines = [f"# Small-batch projections, {torch.cuda.get_device_name(dev)}", "",
+    lines = [f"# Small-batch projections, {torch.cuda.get_device_name(dev)}"
+             + (" (--hot: one weight copy, L2-resident where it fits)" if args.hot else ""), "",
              f"torch {torch.__version__}, copy bandwidth {bw / 1e9:.0f} GB/s; "
              f"`{' '.join(['python', *sys.argv])}`", "",
              "| projection | rows | weights MB | floor us | ours us (% copy) | best sweep us "
@@ -140,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
              "ours, tile sums | max rel err |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     t0 = time.time()
-    for (name, (K, ns, norm, res, swiglu)), M in itertools.product(SHAPES.items(), rows_list):
+    shapes = {n: v for n, v in SHAPES.items()
+              if not args.shapes or any(part in n for part in args.shapes.split(","))}
+    for (name, (K, ns, norm, res, swiglu)), M in itertools.product(shapes.items(), rows_list):
         wbytes = sum(n * K for n in ns) * 2
-        copies = max(2, -(-256 * 2**20 // wbytes))
+        copies = 1 if args.hot else max(2, -(-256 * 2**20 // wbytes))
         wsets = [[torch.randn(n, K, device=dev, dtype=dt) * K ** -0.5 for n in ns]
                  for _ in range(copies)]
         x = torch.randn(M, K, device=dev, dtype=dt)
