@@ -101,7 +101,7 @@ def _small(kernel: str):
         types.update(_ptr_types("pos_ptr slot_ptr", "*i64"), inv_ptr="*fp32",
                      kv_scale="fp32", eps="fp32")
         consts = dict(L=4, W=128, W_PAD=128, R=64, D=128, HG=24, G=1, NB=4, BW=128, WB=1,
-                      BM=rows, PDL=2, LINE=64, PRELOAD=preload)
+                      BM=rows, PDL=2, LINE=64)
     elif kernel == "up":
         fn = step._latent_up_kernel
         types = _ptr_types("w_ptr o_ptr")
@@ -157,7 +157,7 @@ BUILDS = {
     "gqa_pdl2": lambda: _gqa(2, 64),
     **{name: (lambda name=name: _small(name))
        for name in ("prepare", "up", "prepare_rows", "up_rows", "merge", "gqa_prepare",
-                    "slots", "up_preload", "prepare_preload")},
+                    "slots", "up_preload")},
 }
 
 

@@ -75,13 +75,11 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
 
 
 # bytes each of 128 threads reads before the wait: W_UV, 4 branches x 128 latent rows x 32
-# columns; W_UK, one [128 latent rows x 128 head columns] slice (the cache-row and RoPE
-# programs' loads are masked off, not skipped: the same instructions); bf16
+# columns, bf16
 @needs_ptxas
-@pytest.mark.parametrize("kernel,nbytes", [("up_preload", 4 * 128 * 32 * 2 // 128),
-                                           ("prepare_preload", 128 * 128 * 2 // 128)])
-def test_weight_preload_loads_only_its_slice_before_the_wait(ptx, kernel, nbytes):
-    ptx = ptx[kernel]["ptx"]
+def test_w_uv_preload_loads_only_its_slice_before_the_wait(ptx):
+    nbytes = 4 * 128 * 32 * 2 // 128
+    ptx = ptx["up_preload"]["ptx"]
     wait = ptx.index("griddepcontrol.wait")
     assert set(_before_wait(ptx)) == {"ld.global"}
     assert "prefetch.global.L2" not in ptx  # registers instead of the L2 prefetch

@@ -206,9 +206,9 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
     z = torch.randn(B, T, nb, G, Hg, w, generator=_gen(3)).to(DEVICE)
     e = latent_up_output_ref(z, w_up.float(), 0.5, d)
     outputs = []
-    # 0: weight slices prefetched; w_uv,w_uk: one token's W_UV / W_UK slices loaded into
-    # registers before the PDL wait -- the same products, so the same bits
-    for preload in ("0", "w_uv,w_uk"):
+    # 0: weight slices prefetched; 1: one token's W_UV slice loaded into registers before the
+    # PDL wait -- the same products, so the same bits
+    for preload in ("0", "1"):
         monkeypatch.setenv(PRELOAD_ENV, preload)
         q_abs, q_rope = latent_decode_prepare_triton(q, c_kv, pos, inv_freq, kv_norm, 1.3,
                                                      w_up, pool, slots, nb, d, 1e-6)
@@ -229,26 +229,27 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("value,expected", [
-    (None, {"w_uv"}), ("", {"w_uv"}), ("1", {"w_uv"}), ("0", set()), (" 0 ", set()),
-    ("w_uk", {"w_uk"}), ("w_uv, w_uk", {"w_uv", "w_uk"})])
-def test_preloads_default_to_w_uv_and_follow_the_environment(value, expected, monkeypatch):
-    from mlra.kernels.triton_step import PRELOAD_ENV, preloads
+@pytest.mark.parametrize("value,expected", [(None, True), ("", True), ("1", True), (" 1 ", True),
+                                            ("0", False), (" 0 ", False)])
+def test_w_uv_preload_is_on_by_default_and_follows_the_environment(value, expected,
+                                                                   monkeypatch):
+    from mlra.kernels.triton_step import PRELOAD_ENV, preload_w_uv
 
     if value is None:
         monkeypatch.delenv(PRELOAD_ENV, raising=False)
     else:
         monkeypatch.setenv(PRELOAD_ENV, value)
-    assert preloads() == expected
+    assert preload_w_uv() is expected
 
 
 @needs_triton
-def test_unknown_preload_is_refused_by_name(monkeypatch):
-    from mlra.kernels.triton_step import PRELOAD_ENV, preloads
+@pytest.mark.parametrize("value", ["w_uv", "true", "2"])
+def test_unknown_preload_value_is_refused_by_name(value, monkeypatch):
+    from mlra.kernels.triton_step import PRELOAD_ENV, preload_w_uv
 
-    monkeypatch.setenv(PRELOAD_ENV, "w_uv,w_q")
-    with pytest.raises(ValueError, match="MLRA_STEP_PRELOAD='w_uv,w_q'.*w_uv, w_uk"):
-        preloads()
+    monkeypatch.setenv(PRELOAD_ENV, value)
+    with pytest.raises(ValueError, match=f"MLRA_STEP_PRELOAD='{value}'.*expected 0"):
+        preload_w_uv()
 
 
 @needs_triton

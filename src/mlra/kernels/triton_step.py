@@ -34,31 +34,20 @@ from mlra.kernels._triton_common import (
 TWO_PI = tl.constexpr(6.283185307179586)
 
 PRELOAD_ENV = "MLRA_STEP_PRELOAD"
-"""Environment variable: which one-token launches load their weight slice into registers
-before the PDL wait instead of prefetching it into L2 -- a comma list of ``w_uv`` (the head
-outputs) and ``w_uk`` (the absorbed queries), ``0`` for none; unset: :data:`DEFAULT_PRELOADS`.
-For A/B runs."""
-
-PRELOADS = ("w_uv", "w_uk")
-DEFAULT_PRELOADS = frozenset({"w_uv"})
-"""``w_uv`` measured 0.03-0.06 ms faster per batch-1 step for MLA and 0.02-0.03 for MLRA-4 at
-128K (unchanged at 8K) on the H200 (``benchmarks/e2e_decode/results/h200/preload``, three
-alternated pairs); ``w_uk`` is not measured yet."""
+"""Environment variable: ``0`` makes the one-token W_UV launch prefetch its weight slice into L2
+before the PDL wait instead of loading it into registers (the default, measured 0.03-0.06 ms
+faster per batch-1 step for MLA and 0.02-0.03 for MLRA-4 at 128K on the H200,
+``benchmarks/e2e_decode/results/h200/preload``). For A/B runs. (The same for the query
+preparation's W_UK slices measured no different, ``results/h200/latency``, and was removed.)"""
 
 
-def preloads() -> frozenset[str]:
-    """The one-token launches that load their weight slice before the PDL wait
-    (:data:`PRELOAD_ENV`); an unknown name is refused naming the variable."""
+def preload_w_uv() -> bool:
+    """Whether the one-token W_UV launch loads its weight slice before the PDL wait
+    (:data:`PRELOAD_ENV`: unset or ``1`` yes, ``0`` no; anything else is refused by name)."""
     raw = os.environ.get(PRELOAD_ENV, "").strip()
-    if raw in ("", "1"):
-        return DEFAULT_PRELOADS
-    if raw == "0":
-        return frozenset()
-    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
-    if not names <= set(PRELOADS):
-        raise ValueError(f"{PRELOAD_ENV}={raw!r}: expected 0, 1 or a comma list of "
-                         f"{', '.join(PRELOADS)}")
-    return names
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{PRELOAD_ENV}={raw!r}: expected 0 (off) or 1 (on, the default)")
+    return raw != "0"
 
 
 @triton.jit
@@ -118,23 +107,14 @@ def _latent_prepare_kernel(
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
     BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    PRELOAD: tl.constexpr = False,
 ):
     """Tokens ``[m0, m0 + BM)`` (one token, or a block whose absorbed queries are one matrix
     product per head, branch and width block). Axis 1: ``BM`` programs write one token's cache
-    row each, ``BM x H`` its RoPE queries (one head each), the rest its absorbed queries.
-    ``PRELOAD`` (one token): each absorbed-query program's ``[BW, D]`` W_UK slice loaded into
-    registers before the PDL wait."""
+    row each, ``BM x H`` its RoPE queries (one head each), the rest its absorbed queries."""
     m0 = tl.program_id(0) * BM
     p = tl.program_id(1)
     n_pre = BM * (1 + HG * G)  # the cache-row and RoPE-query programs
-    if PRELOAD:  # (one token) the W_UK slice into registers before the wait; none for the
-        # cache-row and RoPE programs (masked off)
-        w_rows, w_ok = _w_uk_rows(w_ptr, tl.maximum(p - n_pre, 0), stride_wl, stride_ww,
-                                  W, D, HG, G, NB, BW, WB)
-        w_pre = tl.load(w_rows[:, None] + tl.arange(0, D)[None, :],
-                        mask=w_ok[:, None] & (p >= n_pre), other=0.0)
-    elif PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
+    if PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
         if p >= n_pre:
             w_rows, _ = _w_uk_rows(w_ptr, p - n_pre, stride_wl, stride_ww, W, D, HG, G, NB, BW,
                                    WB)
@@ -165,11 +145,8 @@ def _latent_prepare_kernel(
         offs_d = tl.arange(0, D)
         offs_w = wb * BW + tl.arange(0, BW)
         mask_w = offs_w < W
-        if PRELOAD:
-            w_uk = w_pre
-        else:
-            w_rows, _ = _w_uk_rows(w_ptr, p, stride_wl, stride_ww, W, D, HG, G, NB, BW, WB)
-            w_uk = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_w[:, None], other=0.0)
+        w_rows, _ = _w_uk_rows(w_ptr, p, stride_wl, stride_ww, W, D, HG, G, NB, BW, WB)
+        w_uk = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_w[:, None], other=0.0)
         if BM == 1:  # one token: a dot product per output
             q_nope = tl.load(q_ptr + m0 * stride_qm + h * (D + R) + offs_d).to(tl.float32)
             q_abs = tl.sum(w_uk.to(tl.float32) * q_nope[None, :], axis=1)
@@ -227,7 +204,7 @@ def latent_decode_prepare_triton(
         M, float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb, BM=bm,
-        PDL=pdl, LINE=128 // w_up.element_size(), PRELOAD=bm == 1 and "w_uk" in preloads(),
+        PDL=pdl, LINE=128 // w_up.element_size(),
         num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
@@ -327,7 +304,7 @@ def latent_up_output_triton(
         bd, bw = min(64, max(16, next_pow2(D))), min(128, max(16, next_pow2(W)))
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
-    preload = bm == 1 and "w_uv" in preloads()
+    preload = bm == 1 and preload_w_uv()
     _latent_up_kernel[(triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))](
         z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
