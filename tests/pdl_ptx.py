@@ -9,11 +9,15 @@ import json
 import re
 import sys
 
+_TRACED = []  # non-empty while a traced build runs: kernels get a trace_ptr (*i64)
+
 
 def _compile_sm90(kernel, types: dict[str, str], consts: dict, **options):
     """PTX and metadata of ``kernel`` compiled for sm_90."""
     from mlra.kernels.aot import compile_sm90
 
+    if _TRACED:
+        types = {**types, "trace_ptr": "*i64"}
     compiled = compile_sm90(kernel, types, consts, **options)
     return compiled.asm["ptx"], compiled.metadata
 
@@ -159,6 +163,22 @@ BUILDS = {
        for name in ("prepare", "up", "prepare_rows", "up_rows", "merge", "gqa_prepare",
                     "slots", "up_preload")},
 }
+
+
+def _traced(build):
+    """``build`` with the kernel's ``trace_ptr`` given (a :class:`mlra.kernels.kernel_trace.
+    KernelTrace` active): the timer marks compiled in."""
+    def run():
+        _TRACED.append(True)
+        try:
+            return build()
+        finally:
+            _TRACED.pop()
+    return run
+
+
+BUILDS.update({f"{name}_traced": _traced(BUILDS[name]) for name in (
+    "mlp_pdl2", "skinny_swiglu_pdl2", "latent_pdl2", "prepare", "up", "merge")})
 
 
 def main(out: str) -> int:

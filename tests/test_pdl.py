@@ -226,3 +226,23 @@ def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, monkeypatch):
         fn()
         torch.cuda.synchronize()
     assert torch.equal(out["logits"], plain)
+
+
+_TIMER = "%globaltimer"
+
+
+@needs_ptxas
+@pytest.mark.parametrize("kernel", ["mlp_pdl2", "skinny_swiglu_pdl2", "latent_pdl2", "prepare",
+                                    "up", "merge"])
+def test_traced_kernels_mark_entry_wait_trigger_and_exit_untraced_have_no_timer(ptx, kernel):
+    assert _TIMER not in ptx[kernel]["ptx"]  # the default build: marks compiled out
+    k = ptx[f"{kernel}_traced"]
+    assert k["launch_pdl"]
+    code = k["ptx"]
+    reads = [m.start() for m in re.finditer(re.escape(_TIMER), code)]
+    assert len(reads) == 4, len(reads)  # one read per mark
+    wait = code.index("griddepcontrol.wait")
+    trigger = code.index("griddepcontrol.launch_dependents")
+    assert reads[0] < wait < reads[1] < trigger < reads[2] < reads[3]
+    # before the wait the only global access besides the kernel's own is the entry mark's store
+    assert _before_wait(code) == ["st.global"] + _before_wait(ptx[kernel]["ptx"])

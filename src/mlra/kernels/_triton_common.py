@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mlra.kernels.kernel_trace import trace_slot
+
 LOG2E = 1.4426950408889634
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -134,6 +136,19 @@ def pdl_launch_next(PDL: tl.constexpr):
     beside a running one and its prefetches land just before they are used."""
     if PDL > 0:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def trace_mark(trace_ptr, MARK: tl.constexpr):
+    """Write the GPU's nanosecond timer as mark ``MARK`` of this program
+    (:data:`mlra.kernels.kernel_trace.MARKS`) at ``trace_ptr`` (``[programs, 4]`` int64, the
+    programs numbered axis 0 fastest); compiled out when ``trace_ptr`` is None."""
+    if trace_ptr is not None:
+        pid = tl.program_id(0) + tl.num_programs(0) * (
+            tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+        now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                        is_pure=False, pack=1)
+        tl.store(trace_ptr + pid.to(tl.int64) * 4 + MARK, now)
 
 
 @triton.jit
@@ -426,6 +441,7 @@ def _merge_kernel(
     s_ows, s_owr, s_lws,
     s_or,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
+    trace_ptr=None,
 ):
     """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
 
@@ -433,8 +449,11 @@ def _merge_kernel(
     loaded together (no load waits for another); more are read ``BLOCK_S`` at a time. Every
     split stored a finite partial (zeros where it saw no position), so a zero weight needs no
     mask on the partial's load."""
+    trace_mark(trace_ptr, 0)
     pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
     pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
     r = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -475,6 +494,7 @@ def _merge_kernel(
     tl.store(out_ptr + r * s_or + offs_d, acc * tl.where(ok, 1.0 / tot_safe, 0.0), mask=d_ok)
     if d0 == 0:
         tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(tot_safe), float("-inf")))
+    trace_mark(trace_ptr, 3)
 
 
 def merge_splits(
@@ -490,5 +510,6 @@ def merge_splits(
     _merge_kernel[grid](
         o_ws, lse_ws, out, lse, rows, n_splits,
         o_ws.stride(0), o_ws.stride(1), lse_ws.stride(0), out.stride(0),
-        D=d, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl, num_warps=4, **launch_options(pdl),
+        D=d, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl, trace_ptr=trace_slot("merge", grid, out),
+        num_warps=4, **launch_options(pdl),
     )

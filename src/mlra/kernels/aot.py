@@ -29,9 +29,12 @@ def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
     sig = inspect.signature(kernel.fn).parameters
     params = list(sig)
     # constexpr parameters not given take their defaults as constants (as a launch does);
-    # typed as i32 they would compile every branch on them at run time
+    # typed as i32 they would compile every branch on them at run time; so do parameters
+    # defaulting to None that are neither typed nor given (a launch that omits one passes a
+    # constexpr None, e.g. ``trace_ptr``)
     consts = {**{p: v.default for p, v in sig.items()
-                 if "constexpr" in str(v.annotation) and v.default is not inspect.Parameter.empty},
+                 if ("constexpr" in str(v.annotation) and v.default is not inspect.Parameter.empty)
+                 or (v.default is None and p not in types)},
               **consts}
     signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
     src = ASTSource(fn=kernel, signature=signature,

@@ -43,7 +43,9 @@ from mlra.kernels._triton_common import (
     split_workspaces,
     tile_pages,
     tma_possible,
+    trace_mark,
 )
+from mlra.kernels.kernel_trace import trace_slot
 
 MAX_STREAMS = 4  # streams per launch; more are processed in groups of four
 
@@ -155,8 +157,9 @@ def _latent_decode_kernel(
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, W_LINES: tl.constexpr = 1,
-    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
+    R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64, trace_ptr=None,
 ):
+    trace_mark(trace_ptr, 0)
     # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
     # side by side, so the RoPE keys they share come from L2 after the first read
     grp = tl.program_id(0) % n_groups
@@ -183,6 +186,7 @@ def _latent_decode_kernel(
                              _pick(j, off0, off1, off2, off3), PF_TOKENS, W_LINES, PAGE, LINE,
                              PDL)
     pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
     seq_len = tl.load(seq_lens_ptr + b)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -236,6 +240,7 @@ def _latent_decode_kernel(
             m0, l0, a0, m1, l1, a1, m2, l2, a2, m3, l3, a3,
             NB, W, W_PAD, R, PAGE, BLOCK_N, SCALAR_PAGE, True, USE_TMA)
     pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
 
     o_ptrs = (o_ptr + pid_s * s_os + b * s_ob + j0 * s_oj + t[:, None] * s_ot
               + h[:, None] * s_oh + offs_w[None, :])
@@ -247,6 +252,7 @@ def _latent_decode_kernel(
         _store_stream(o_ptrs + 2 * s_oj, lse_ptrs + 2 * s_lj, m2, l2, a2, q_mask, m_ok)
     if NB > 3:
         _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
+    trace_mark(trace_ptr, 3)
 
 
 #: shared memory per block from which 256-wide streams get five stages: their tiles need
@@ -440,6 +446,7 @@ def paged_latent_decode_triton(
         NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
+        trace_ptr=trace_slot("latent", grid, cache),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
     finish_splits(o_ws, lse_ws, out, lse)

@@ -49,7 +49,9 @@ from mlra.kernels._triton_common import (
     prefetch_l2,
     prefetch_units,
     stream_counters,
+    trace_mark,
 )
+from mlra.kernels.kernel_trace import trace_slot
 
 #: elements of one weight tile (block of hidden units x padded model width) per loop step
 TILE_ELEMENTS = 8192
@@ -85,10 +87,11 @@ def _mlp_kernel(
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64,
+    LINE: tl.constexpr = 64, trace_ptr=None,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
     1: partials only; 2: column sums only (programs = column slices)."""
+    trace_mark(trace_ptr, 0)
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
         D = (D // 8) * 8
@@ -105,6 +108,7 @@ def _mlp_kernel(
             prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
             prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
         pdl_wait(PDL)
+        trace_mark(trace_ptr, 1)
         x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -121,6 +125,7 @@ def _mlp_kernel(
             act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
             y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
         pdl_launch_next(PDL)
+        trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # grid barrier: every partial written and visible
         tl.debug_barrier()
@@ -130,6 +135,8 @@ def _mlp_kernel(
         tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
     if PHASE == 2:
         pdl_wait(PDL)
+        trace_mark(trace_ptr, 1)
+        trace_mark(trace_ptr, 2)
     if PHASE != 1:
         if pid * COLS < D:
             offs_p = tl.arange(0, P_PAD)
@@ -147,6 +154,7 @@ def _mlp_kernel(
         if done == n_parts - 1:
             tl.store(cnt_ptr, 0)
             tl.store(cnt_ptr + 1, 0)
+    trace_mark(trace_ptr, 3)
 
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
@@ -278,8 +286,12 @@ def swiglu_mlp_triton(
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
-        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop)
+        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
+                              trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
-        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common)
-        _mlp_kernel[(triton.cdiv(D, cols),)](*args, PHASE=2, **common)
+        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
+                              trace_ptr=trace_slot("mlp_partials", (parts,), x2))
+        _mlp_kernel[(triton.cdiv(D, cols),)](
+            *args, PHASE=2, **common,
+            trace_ptr=trace_slot("mlp_sums", (triton.cdiv(D, cols),), x2))
     return out.view(x.shape)

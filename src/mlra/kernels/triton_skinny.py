@@ -45,7 +45,9 @@ from mlra.kernels._triton_common import (
     prefetch_l2,
     prefetch_units,
     stream_counters,
+    trace_mark,
 )
+from mlra.kernels.kernel_trace import trace_slot
 
 MAX_ROWS = 64
 MAX_WEIGHTS = 3
@@ -78,11 +80,12 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True,
+    LANE_SUMS: tl.constexpr = True, trace_ptr=None,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
     from the same loads (per K range, summed with the partials under split-K)."""
+    trace_mark(trace_ptr, 0)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_cols = tl.num_programs(0) * BLOCK_N  # workspace row width
@@ -125,6 +128,7 @@ def _skinny_kernel(
             prefetch_l2(tl.where(pf_ok, w2_ptr + offs_n[:, None] * sw2 + pf_k[None, :], w2_ptr),
                         PDL)
     pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
         mask_k = kk < k_hi
@@ -156,6 +160,7 @@ def _skinny_kernel(
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
     pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
     if BLOCK_M == 1 and LANE_SUMS:
         acc = tl.sum(fma, axis=1)[None, :]
         if SWIGLU:
@@ -190,6 +195,7 @@ def _skinny_kernel(
     else:
         _finish(acc, acc2, ss, K, eps, in_scale, res_ptr, stride_rm, o_ptr, so, offs_m, offs_n,
                 mask_m, mask_n, SWIGLU, HAS_NORM, HAS_RES)
+    trace_mark(trace_ptr, 3)
 
 
 @triton.jit
@@ -387,6 +393,7 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
+        trace_ptr=trace_slot("skinny", (tiles, split), x2),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)

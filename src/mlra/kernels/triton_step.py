@@ -29,7 +29,9 @@ from mlra.kernels._triton_common import (
     pdl_mode,
     pdl_wait,
     prefetch_l2,
+    trace_mark,
 )
+from mlra.kernels.kernel_trace import trace_slot
 
 TWO_PI = tl.constexpr(6.283185307179586)
 
@@ -106,11 +108,12 @@ def _latent_prepare_kernel(
     M, kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
-    BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64, trace_ptr=None,
 ):
     """Tokens ``[m0, m0 + BM)`` (one token, or a block whose absorbed queries are one matrix
     product per head, branch and width block). Axis 1: ``BM`` programs write one token's cache
     row each, ``BM x H`` its RoPE queries (one head each), the rest its absorbed queries."""
+    trace_mark(trace_ptr, 0)
     m0 = tl.program_id(0) * BM
     p = tl.program_id(1)
     n_pre = BM * (1 + HG * G)  # the cache-row and RoPE-query programs
@@ -121,7 +124,9 @@ def _latent_prepare_kernel(
             prefetch_l2(w_rows[:, None] + (tl.arange(0, (D + LINE - 1) // LINE) * LINE)[None, :],
                         PDL)
     pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
     pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
     if p < BM:  # the cache row of token m0 + p
         m = m0 + p
         if m < M:
@@ -163,6 +168,7 @@ def _latent_prepare_kernel(
             tl.store(qabs_ptr + rows[:, None] * W + offs_w[None, :],
                      q_abs.to(qabs_ptr.dtype.element_ty),
                      mask=mask_m[:, None] & mask_w[None, :])
+    trace_mark(trace_ptr, 3)
 
 
 def _row_block(M: int) -> int:
@@ -199,12 +205,13 @@ def latent_decode_prepare_triton(
     bw = min(128, next_pow2(W)) if bm == 1 else min(128, max(16, next_pow2(W)))
     wb = triton.cdiv(W, bw)
     pdl = pdl_mode(q2)
-    _latent_prepare_kernel[(triton.cdiv(M, bm), bm * (1 + H) + H * branches * wb)](
+    grid = (triton.cdiv(M, bm), bm * (1 + H) + H * branches * wb)
+    _latent_prepare_kernel[grid](
         q2, c2, pos, inv_freq, kv_norm, w_up, pool, slots, q_abs, q_rope,
         M, float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb, BM=bm,
-        PDL=pdl, LINE=128 // w_up.element_size(),
+        PDL=pdl, LINE=128 // w_up.element_size(), trace_ptr=trace_slot("prepare", grid, q2),
         num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
@@ -216,12 +223,13 @@ def _latent_up_kernel(
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
     BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
     LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1, PRELOAD: tl.constexpr = False,
-    NB_PAD: tl.constexpr = 1,
+    NB_PAD: tl.constexpr = 1, trace_ptr=None,
 ):
     """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
     attention result times W_UV, summed (one token: elementwise products and one reduction;
     a block of tokens: one matrix product per branch). ``PRELOAD`` (one token): the program's
     whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait."""
+    trace_mark(trace_ptr, 0)
     m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
     offs_d = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -242,7 +250,9 @@ def _latent_up_kernel(
             prefetch_l2(w_rows + tl.minimum(offs_r, W - 1)[:, None] * stride_ww
                         + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
     pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
     pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
     if PRELOAD:
         z_rows = ((m0 * NB + offs_nb) * G + g) * HG + i
         z = tl.load(z_ptr + z_rows[:, None] * W + offs_wp[None, :], mask=mask_nw, other=0.0)
@@ -285,6 +295,7 @@ def _latent_up_kernel(
         tl.store(o_ptr + offs_m[:, None] * stride_om + h * D + offs_d[None, :],
                  (acc * out_scale).to(o_ptr.dtype.element_ty),
                  mask=mask_m[:, None] & mask_d[None, :])
+    trace_mark(trace_ptr, 3)
 
 
 def latent_up_output_triton(
@@ -305,11 +316,13 @@ def latent_up_output_triton(
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
     preload = bm == 1 and preload_w_uv()
-    _latent_up_kernel[(triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))](
+    grid = (triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))
+    _latent_up_kernel[grid](
         z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), PRELOAD=preload,
-        NB_PAD=next_pow2(NB), num_warps=4, **launch_options(pdl),
+        NB_PAD=next_pow2(NB), trace_ptr=trace_slot("up", grid, z), num_warps=4,
+        **launch_options(pdl),
     )
     return out
 
