@@ -123,3 +123,16 @@ def test_trace_step_splits_each_launch_into_early_gap_work_and_share():
     assert ts.roles(["s", "s", "m", "s", "s", "m", "s"], n_layers=2) == [
         "s[0]", "s[1]", "m[0]", "s[0]", "s[1]", "m[0]", "s[extra]"]
     assert ts.timer_step_ns([a, b]) == ns
+
+
+def test_layer_programs_are_one_layers_launches_from_its_first_release():
+    from mlra.kernels.kernel_trace import TracedLaunch
+
+    ts = _trace_step_module()
+    marks = torch.tensor([[0, 1, 2, 3]])
+    launches = [TracedLaunch(n, marks * 1000 + 10_000 * i)
+                for i, n in enumerate(["a", "b", "a", "b", "head"])]
+    layer = ts.layer_programs(launches, n_layers=2, layer=1)
+    assert [x["name"] for x in layer] == ["a", "b"]
+    assert layer[0]["marks_us"] == [[-1.0, 0.0, 1.0, 2.0]]  # released at 21 us
+    assert layer[1]["marks_us"] == [[9.0, 10.0, 11.0, 12.0]]

@@ -83,8 +83,20 @@ def timer_step_ns(launches: list[TracedLaunch]) -> float:
     return float(diffs[diffs > 0].min()) if diffs.size else float("nan")
 
 
+def layer_programs(launches: list[TracedLaunch], n_layers: int, layer: int) -> list[dict]:
+    """The launches of layer ``layer`` (a step's launches less the extra ones, split evenly
+    over ``n_layers``) with every program's marks in microseconds from the layer's first
+    release, for a closer look at one launch (which programs end last)."""
+    per_layer = len(launches) // n_layers
+    mine = launches[layer * per_layer:(layer + 1) * per_layer]
+    t0 = mine[0].first("wait_done")
+    return [{"name": t.name, "marks_us": ((t.times - t0) / 1e3).round(decimals=3).tolist()}
+            for t in mine]
+
+
 @torch.no_grad()
-def trace_step(variant: str, context: int, reps: int, batch: int = 1) -> dict:
+def trace_step(variant: str, context: int, reps: int, batch: int = 1,
+               dump_layer: int | None = None) -> dict:
     device = torch.device("cuda")
     model = build(variant, context, device)
     cfg = model.config
@@ -136,7 +148,8 @@ def trace_step(variant: str, context: int, reps: int, batch: int = 1) -> dict:
     table_rows = [{"role": r, "per_step": len(per_role[r][0]) / reps,
                    **{f: float(np.mean(v)) if v else None
                       for f, v in zip(FIELDS, per_role[r], strict=True)}} for r in order]
-    return {"variant": variant, "context": context, "batch": batch,
+    programs = None if dump_layer is None else layer_programs(launches, cfg.n_layers, dump_layer)
+    return {"variant": variant, "context": context, "batch": batch, "layer_programs": programs,
             "step_ms_untraced": plain_ms, "step_ms_traced": traced_ms,
             "traced_span_us": float(np.median(step_us)),
             "timer_granularity_ns": float(np.min(granularity)),
@@ -164,13 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="mlra_4")
     p.add_argument("--contexts", default="8192")
     p.add_argument("--reps", type=int, default=10, help="replays whose marks are averaged")
+    p.add_argument("--dump-layer", type=int, default=None,
+                   help="also save every program's marks of this layer (last replay) in the json")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     results, lines = [], [f"# Decode step traces, {torch.cuda.get_device_name()}", "",
                           f"torch {torch.__version__}; `{' '.join(['python', *sys.argv])}`", ""]
     for variant in args.variants.split(","):
         for context in (int(c) for c in args.contexts.split(",")):
-            r = trace_step(variant, context, args.reps)
+            r = trace_step(variant, context, args.reps, dump_layer=args.dump_layer)
             results.append(r)
             lines += format_result(r)
             print("\n".join(format_result(r)), flush=True)
