@@ -105,7 +105,7 @@ def _small(kernel: str):
         types.update(_ptr_types("pos_ptr slot_ptr", "*i64"), inv_ptr="*fp32",
                      kv_scale="fp32", eps="fp32")
         consts = dict(L=4, W=128, W_PAD=128, R=64, D=128, HG=24, G=1, NB=4, BW=128, WB=1,
-                      BM=rows, PDL=2, LINE=64)
+                      BM=rows, PDL=2, LINE=64, L_PAD=4)
     elif kernel == "up":
         fn = step._latent_up_kernel
         types = _ptr_types("w_ptr o_ptr")

@@ -98,7 +98,15 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
     # program is then resident, so the barrier cannot wait on one that has not started)
     trigger = ptx.index("griddepcontrol.launch_dependents")
     assert wait < trigger < ptx.index("atom.")
-    assert "ld.volatile.global" in ptx[trigger:]  # the barrier polls with plain loads
+    # the barrier: the generation read, one arrival (acq_rel), the last program's count reset
+    # and release of the next generation, the others' acquire polls; no atomic after it
+    barrier = ptx[trigger:]
+    gen = barrier.index("ld.volatile.global")
+    arrive = barrier.index("atom.global.gpu.acq_rel.add")
+    poll = barrier.index("ld.acquire.gpu.global")
+    assert gen < arrive < barrier.index("atom.global.gpu.release.add") < poll
+    after = {m.group(1) for m in _MEMORY_OP.finditer(barrier[poll:])}
+    assert not after & {"atom.", "red."}, after
 
 
 @needs_ptxas

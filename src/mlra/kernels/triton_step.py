@@ -70,22 +70,29 @@ def _rope(src_ptr, pos, inv_ptr, R: tl.constexpr):
 
 @triton.jit
 def _latent_cache_row(m, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr, kv_scale,
-                      eps, stride_cm, stride_pool, L: tl.constexpr, W: tl.constexpr,
-                      W_PAD: tl.constexpr, R: tl.constexpr):
-    """The cache row of token ``m``: per latent head RMSNorm x weight x scale, the RoPE key."""
+                      eps, stride_cm, stride_pool, L: tl.constexpr, L_PAD: tl.constexpr,
+                      W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr):
+    """The cache row of token ``m``: per latent head RMSNorm x weight x scale, the RoPE key.
+    Every input is loaded before the first store, all latent heads as one tile: the compiler
+    does not move a load above a store that may alias it, so a loop of load-normalise-store per
+    head waited one memory latency per head (this program was the query preparation's last
+    to finish, 3.8 us against 1.8 for the others: ``benchmarks/e2e_decode/results/h200/
+    latency``)."""
+    tl.static_assert(L_PAD >= L)
     pos = tl.load(pos_ptr + m)
     dst = pool_ptr + tl.load(slot_ptr + m).to(tl.int64) * stride_pool
+    offs_l = tl.arange(0, L_PAD)
     offs = tl.arange(0, W_PAD)
-    mask = offs < W
-    for l in tl.static_range(L):
-        x = tl.load(c_ptr + m * stride_cm + l * W + offs, mask=mask, other=0.0)
-        xf = x.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / W + eps)
-        weight = tl.load(kvn_ptr + l * W + offs, mask=mask, other=0.0)
-        normed = (xf * rstd).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
-        y = normed.to(x.dtype).to(tl.float32) * kv_scale
-        tl.store(dst + l * W + offs, y.to(pool_ptr.dtype.element_ty), mask=mask)
+    mask = (offs_l < L)[:, None] & (offs < W)[None, :]
+    cols = offs_l[:, None] * W + offs[None, :]
+    x = tl.load(c_ptr + m * stride_cm + cols, mask=mask, other=0.0)
+    weight = tl.load(kvn_ptr + cols, mask=mask, other=0.0)
     k_rope = _rope(c_ptr + m * stride_cm + L * W, pos, inv_ptr, R)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / W + eps)
+    normed = (xf * rstd[:, None]).to(x.dtype).to(tl.float32) * weight.to(tl.float32)
+    y = normed.to(x.dtype).to(tl.float32) * kv_scale
+    tl.store(dst + cols, y.to(pool_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + L * W + tl.arange(0, R), k_rope.to(pool_ptr.dtype.element_ty))
 
 
@@ -108,7 +115,8 @@ def _latent_prepare_kernel(
     M, kv_scale, eps, stride_qm, stride_cm, stride_wl, stride_ww, stride_pool,
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
-    BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64, trace_ptr=None,
+    BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    L_PAD: tl.constexpr = 1, trace_ptr=None,
 ):
     """Tokens ``[m0, m0 + BM)`` (one token, or a block whose absorbed queries are one matrix
     product per head, branch and width block). Axis 1: ``BM`` programs write one token's cache
@@ -131,7 +139,7 @@ def _latent_prepare_kernel(
         m = m0 + p
         if m < M:
             _latent_cache_row(m, c_ptr, pos_ptr, inv_ptr, kvn_ptr, pool_ptr, slot_ptr,
-                              kv_scale, eps, stride_cm, stride_pool, L, W, W_PAD, R)
+                              kv_scale, eps, stride_cm, stride_pool, L, L_PAD, W, W_PAD, R)
     elif p < n_pre:  # the RoPE query of one head of one token
         m = m0 + (p - BM) % BM
         h = (p - BM) // BM
@@ -211,7 +219,8 @@ def latent_decode_prepare_triton(
         M, float(kv_scale), float(eps), q2.stride(0), c2.stride(0), w_up.stride(0),
         w_up.stride(1), pool.stride(1),
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb, BM=bm,
-        PDL=pdl, LINE=128 // w_up.element_size(), trace_ptr=trace_slot("prepare", grid, q2),
+        PDL=pdl, LINE=128 // w_up.element_size(), L_PAD=next_pow2(L),
+        trace_ptr=trace_slot("prepare", grid, q2),
         num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
