@@ -6,9 +6,10 @@
 # OUT=dir bash benchmarks/e2e_decode/results/h200/latency/run_call5.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
 OUT=${OUT:-out}; mkdir -p "$OUT"
-timeout 170 python -m pytest -p no:cacheprovider -v tests/test_pdl.py -k "step_in_a_cuda_graph" \
-  tests/test_mlp_kernel.py tests/test_step_kernels.py -k "step_in_a_cuda_graph or prepare or mlp" \
-  --tb=short > "$OUT/pytest.txt" 2>&1
+timeout 170 python -m pytest -p no:cacheprovider -v tests/test_pdl.py tests/test_mlp_kernel.py \
+  tests/test_step_kernels.py --tb=short \
+  -k "step_in_a_cuda_graph or prepare_and_up or (mlp_kernel and not prefetches)" \
+  > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$?"; grep -cE " PASSED" "$OUT/pytest.txt"; grep -E "^E |FAILED|passed|failed|error" "$OUT/pytest.txt" | tail -5
 for early in 0 1; do
   MLRA_EARLY_QUERY_UP=$early timeout 80 python benchmarks/e2e_decode/bench_decode.py \
