@@ -17,8 +17,6 @@ module-by-module forms; :func:`fused_supported` says which.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from mlra import kernels
@@ -33,21 +31,6 @@ def fused_supported(block: Block) -> bool:
     if cfg.output_gate:
         return False
     return cfg.family == "latent" or (cfg.family == "standard" and block.attn.layout.direct_kv)
-
-
-EARLY_QUERY_UP_ENV = "MLRA_EARLY_QUERY_UP"
-"""``1``: the latent family's down projection lets the query up-projection launch (and
-prefetch its weights) as soon as it is past its PDL wait, beside its own weight stream; unset
-or ``0``: after its main loop (the default). For A/B runs (the down projection streams at
-about half of the copy bandwidth, ``benchmarks/e2e_decode/results/h200/latency``)."""
-
-
-def early_query_up() -> bool:
-    """Whether :data:`EARLY_QUERY_UP_ENV` is on (``1``); other values than 0 / 1 refused."""
-    raw = os.environ.get(EARLY_QUERY_UP_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{EARLY_QUERY_UP_ENV}={raw!r}: expected 0 or 1")
-    return raw == "1"
 
 
 _INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}
@@ -69,8 +52,7 @@ def fused_pre(ctx, block: Block, x: torch.Tensor, rope: Rotary, decode_form: boo
     norm = block.attn_norm
     if cfg.family == "latent":
         c_q, c_kv = kernels.skinny_linear(x, [attn.wq_a.weight, attn.wkv_a.weight],
-                                          norm_weight=norm.weight, eps=norm.eps,
-                                          launch_next_early=early_query_up())
+                                          norm_weight=norm.weight, eps=norm.eps)
         (q,) = kernels.skinny_linear(c_q, [attn.wq_b.weight], norm_weight=attn.q_norm.weight,
                                      eps=attn.q_norm.eps, in_scale=attn.q_scale)
         inv_freq = _inv_freq(cfg.rope_dim, rope.base, x.device)

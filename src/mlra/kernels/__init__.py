@@ -276,17 +276,13 @@ def skinny_linear(
     in_scale: float = 1.0,
     residual: torch.Tensor | None = None,
     swiglu: bool = False,
-    launch_next_early: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`).
-    ``launch_next_early``: a scheduling hint for the Triton kernel (see
-    :func:`~mlra.kernels.triton_skinny.skinny_linear_triton`); results are the same."""
+    """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`)."""
     if use_triton(x) and len(weights) <= 3 and skinny_supports(x, weights, swiglu):
         from mlra.kernels.triton_skinny import skinny_linear_triton
 
         return skinny_linear_triton(x, weights, norm_weight=norm_weight, eps=eps,
-                                    in_scale=in_scale, residual=residual, swiglu=swiglu,
-                                    launch_next_early=launch_next_early)
+                                    in_scale=in_scale, residual=residual, swiglu=swiglu)
     return skinny_linear_ref(x, weights, norm_weight=norm_weight, eps=eps, in_scale=in_scale,
                              residual=residual, swiglu=swiglu)
 

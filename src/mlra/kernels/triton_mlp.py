@@ -80,36 +80,6 @@ class MlpConfig:
     cooperative: bool | None = None
 
 
-@triton.jit
-def _load_acquire(ptr):
-    """``*ptr`` (int32) read with acquire semantics at GPU scope: what the writer released
-    before the value it read is visible after it."""
-    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _grid_barrier(cnt_ptr, n_parts):
-    """Wait until all ``n_parts`` programs have arrived; their earlier writes are then visible.
-    ``cnt_ptr[0]`` counts arrivals, ``cnt_ptr[1]`` is a generation number: the last program
-    to arrive sets the count back to zero and advances the generation (release); the others
-    poll the generation with acquire loads until it changes. No atomic after the barrier and
-    no extra acquire: the counters are ready for the next launch as soon as it opens (the
-    generation only ever changes, so its wrap-around is harmless). The previous form, a count
-    polled up to ``n_parts`` plus an acquire and a reset round at exit, held the MLP's last
-    3.6 us per layer (``benchmarks/e2e_decode/results/h200/latency``)."""
-    gen = tl.load(cnt_ptr + 1, volatile=True)  # before arriving: the release below orders it
-    tl.debug_barrier()  # every thread's partial written before this program arrives
-    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
-    if arrived == n_parts - 1:  # last: it has acquired every other arrival's release
-        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
-        tl.atomic_add(cnt_ptr + 1, 1, sem="release")
-    else:
-        now = _load_acquire(cnt_ptr + 1)
-        while now == gen:
-            now = _load_acquire(cnt_ptr + 1)
-
-
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
 def _mlp_kernel(
     x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -157,8 +127,12 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0:  # grid barrier: every partial written and visible (see _grid_barrier)
-        _grid_barrier(cnt_ptr, n_parts)
+    if PHASE == 0:  # grid barrier: every partial written and visible
+        tl.debug_barrier()
+        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
+            seen = tl.load(cnt_ptr, volatile=True)
+        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
@@ -175,6 +149,11 @@ def _mlp_kernel(
             if HAS_RES:
                 out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
+    if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
+        done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
+        if done == n_parts - 1:
+            tl.store(cnt_ptr, 0)
+            tl.store(cnt_ptr + 1, 0)
     trace_mark(trace_ptr, 3)
 
 

@@ -80,7 +80,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True, EARLY_NEXT: tl.constexpr = False, trace_ptr=None,
+    LANE_SUMS: tl.constexpr = True, trace_ptr=None,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -129,8 +129,6 @@ def _skinny_kernel(
                         PDL)
     pdl_wait(PDL)
     trace_mark(trace_ptr, 1)
-    if EARLY_NEXT:  # the next launch's weight prefetch beside this one's stream
-        pdl_launch_next(PDL)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
         mask_k = kk < k_hi
@@ -161,8 +159,7 @@ def _skinny_kernel(
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
-    if not EARLY_NEXT:
-        pdl_launch_next(PDL)
+    pdl_launch_next(PDL)
     trace_mark(trace_ptr, 2)
     if BLOCK_M == 1 and LANE_SUMS:
         acc = tl.sum(fma, axis=1)[None, :]
@@ -347,12 +344,9 @@ def skinny_linear_triton(
     residual: torch.Tensor | None = None,
     swiglu: bool = False,
     config: SkinnyConfig | None = None,
-    launch_next_early: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Triton implementation of :func:`mlra.kernels.reference.skinny_linear_ref` (same
-    contract); ``config`` overrides launch parameters (benchmarks, tuning);
-    ``launch_next_early``: under PDL the next kernel may start (and prefetch) as soon as this
-    one is past its wait, not after its main loop (same results)."""
+    contract); ``config`` overrides launch parameters (benchmarks, tuning)."""
     lead = x.shape[:-1]
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
@@ -399,7 +393,7 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
-        EARLY_NEXT=launch_next_early, trace_ptr=trace_slot("skinny", (tiles, split), x2),
+        trace_ptr=trace_slot("skinny", (tiles, split), x2),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
     return tuple(o.view(*lead, -1) for o in outs)
