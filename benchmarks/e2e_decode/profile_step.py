@@ -13,6 +13,7 @@ against the copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import defaultdict
@@ -41,14 +42,15 @@ def short(name: str, width: int = 60) -> str:
 
 
 @torch.no_grad()
-def capture_step(step: DecodeStep, ids, table, lens) -> torch.cuda.CUDAGraph:
-    """``step`` warmed up (kernels compiled) and captured in a CUDA graph, replayed a few
-    times."""
+def capture_step(step: DecodeStep, ids, table, lens,
+                 capture_context=contextlib.nullcontext) -> torch.cuda.CUDAGraph:
+    """``step`` warmed up (kernels compiled) and captured in a CUDA graph (inside
+    ``capture_context()``, e.g. an active kernel trace), replayed a few times."""
     for _ in range(3):
         step(ids, table, lens)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capture_context(), torch.cuda.graph(graph):
         step(ids, table, lens)
     for _ in range(5):
         graph.replay()

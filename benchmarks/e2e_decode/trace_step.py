@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from profile_step import build, replay_ms
+from profile_step import build, capture_step, replay_ms
 
 from mlra.bench.paged import random_paged_cache
 from mlra.decoding import DecodeStep
@@ -105,29 +105,10 @@ def trace_step(variant: str, context: int, reps: int, batch: int = 1,
     step = DecodeStep(model, cache, compile=False, fused=True)
     trace = KernelTrace(device)
 
-    def capture(traced: bool) -> torch.cuda.CUDAGraph:
-        for _ in range(3):  # compiles the kernels (the traced forms inside a trace)
-            if traced:
-                with trace.active():
-                    step(ids, table, lens)
-            else:
-                step(ids, table, lens)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        if traced:
-            with trace.active(), torch.cuda.graph(graph):
-                step(ids, table, lens)
-        else:
-            with torch.cuda.graph(graph):
-                step(ids, table, lens)
-        for _ in range(5):
-            graph.replay()
-        torch.cuda.synchronize()
-        return graph
-
-    plain = capture(False)
-    plain_ms = replay_ms(plain, 30)
-    traced = capture(True)
+    plain_ms = replay_ms(capture_step(step, ids, table, lens), 30)
+    with trace.active():  # compiles the traced kernel forms before the capture
+        step(ids, table, lens)
+    traced = capture_step(step, ids, table, lens, capture_context=trace.active)
     traced_ms = replay_ms(traced, 30)
     per_role: dict[str, list[list[float]]] = defaultdict(lambda: [[] for _ in FIELDS])
     order: list[str] = []
