@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# 2026-12-04, last call (about 1 minute, the session's remaining device time): trace_step.py
-# after its refactor (profile_step.capture_step), MLRA-4 8K with the W_UV preload on (the
-# default) and off, to see whether the preload delays the split merge's last programs.
+# Prepared 2026-12-04, NOT YET RUN (the session's device time ran out): trace_step.py after
+# its refactor (profile_step.capture_step; untested on a GPU since), MLRA-4 8K with the W_UV
+# preload on (the default) and off, to see whether the preload delays the split merge's last
+# programs. About 1 minute.
 # OUT=dir bash benchmarks/e2e_decode/results/h200/latency/run_call6.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
 OUT=${OUT:-out}; mkdir -p "$OUT"
