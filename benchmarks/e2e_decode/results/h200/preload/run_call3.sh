@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-03 (sixth session), NOT YET RUN (no device time left): the query
-# preparation's one-token W_UK slices loaded into registers before the PDL wait, on top of the
-# default W_UV preload, alternated three times in one call: MLA and MLRA-4 at 1 x 8K / 128K;
-# then the GPU tests of the two kernels. About 4 minutes. From the repository root:
+# Prepared 2026-12-03 (sixth session); ran 2026-12-04 inside ../latency/run_call1.sh at commit
+# ecabd68 (results: ../latency/call1/log.txt, README.md here). The query preparation's
+# one-token W_UK slices loaded into registers before the PDL wait, on top of the default W_UV
+# preload, alternated three times in one call: MLA and MLRA-4 at 1 x 8K / 128K; then the GPU
+# tests of the two kernels. About 4 minutes. The W_UK preload was removed after it (no
+# difference), so on later commits MLRA_STEP_PRELOAD=w_uv,w_uk is refused. From the
+# repository root:
 # OUT=dir bash benchmarks/e2e_decode/results/h200/preload/run_call3.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 OUT=${OUT:-out}; mkdir -p "$OUT"
