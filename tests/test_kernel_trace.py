@@ -122,6 +122,9 @@ def test_trace_step_splits_each_launch_into_early_gap_work_and_share():
         "a[0]", "b[0]", "a[0]", "b[0]", "a[0]", "b[0]", "h[extra]"]
     assert ts.roles(["s", "s", "m", "s", "s", "m", "s"], n_layers=2) == [
         "s[0]", "s[1]", "m[0]", "s[0]", "s[1]", "m[0]", "s[extra]"]
+    # several steps' launches in a row (the profiler's view of replays): each step as one
+    one = ["s", "s", "m", "s", "s", "m", "s"]
+    assert ts.roles(one * 3, n_layers=2, steps=3) == ts.roles(one, n_layers=2) * 3
     assert ts.timer_step_ns([a, b]) == ns
 
 

@@ -116,6 +116,24 @@ def exposed_times(prof, reps: int) -> dict[str, float]:
     return dict(out)
 
 
+def roles(names: list[str], n_layers: int, steps: int = 1) -> list[str]:
+    """Launch position names for the kernel names of ``steps`` consecutive steps: a kernel
+    launched ``k`` times per layer is ``name[0..k-1]`` in step order, layer after layer;
+    launches beyond ``k x n_layers`` in a step (the head) are ``name[extra]``."""
+    count: dict[str, int] = defaultdict(int)
+    for n in names:
+        count[n] += 1
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for n in names:
+        per_step = count[n] // steps
+        i = seen[n] % per_step
+        seen[n] += 1
+        k = per_step // n_layers
+        out.append(f"{n}[{i % k}]" if k and i < k * n_layers else f"{n}[extra]")
+    return out
+
+
 def position_times(prof, reps: int, n_layers: int) -> list[dict]:
     """Per launch position of a layer, in step order: a kernel launched ``k`` times per layer
     is split into roles ``name[0] .. name[k-1]`` (its occurrences taken in step order, layer
@@ -126,27 +144,19 @@ def position_times(prof, reps: int, n_layers: int) -> list[dict]:
                     if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0)
     if not events:
         return []
-    per_step = defaultdict(int)
-    for _, _, name in events:
-        per_step[name] += 1
-    roles: dict[str, list[float]] = {}
+    sums: dict[str, list[float]] = {}
     order: list[str] = []
-    seen: dict[str, int] = defaultdict(int)
-    step_of: dict[str, int] = {n: c // reps for n, c in per_step.items()}
-    for (t0, t1, name), nxt in zip(events, [*events[1:], None], strict=True):
-        i = seen[name] % step_of[name]
-        seen[name] += 1
-        k = step_of[name] // n_layers
-        role = f"{name}[{i % k}]" if k and i < k * n_layers else f"{name}[extra]"
-        if role not in roles:
-            roles[role] = [0, 0.0, 0.0]
+    labels = roles([name for _, _, name in events], n_layers, reps)
+    for (t0, t1, _), nxt, role in zip(events, [*events[1:], None], labels, strict=True):
+        if role not in sums:
+            sums[role] = [0, 0.0, 0.0]
             order.append(role)
-        r = roles[role]
+        r = sums[role]
         r[0] += 1
         r[1] += ((nxt[0] if nxt else t1) - t0)
         r[2] += t1 - t0
-    return [{"role": n, "per_step": roles[n][0] / reps, "exposed_us": roles[n][1] / roles[n][0],
-             "own_us": roles[n][2] / roles[n][0]} for n in order]
+    return [{"role": n, "per_step": sums[n][0] / reps, "exposed_us": sums[n][1] / sums[n][0],
+             "own_us": sums[n][2] / sums[n][0]} for n in order]
 
 
 def main(argv: list[str] | None = None) -> int:

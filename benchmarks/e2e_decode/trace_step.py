@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from profile_step import build, capture_step, replay_ms
+from profile_step import build, capture_step, replay_ms, roles
 
 from mlra.bench.paged import random_paged_cache
 from mlra.decoding import DecodeStep
@@ -58,22 +58,6 @@ def launch_rows(launches: list[TracedLaunch]) -> list[dict]:
             "share": None if nxt is None else (nxt - release) / 1e3,
         })
     return rows
-
-
-def roles(names: list[str], n_layers: int) -> list[str]:
-    """Launch position names: a kernel launched ``k`` times per layer is ``name[0..k-1]`` in
-    step order, launches beyond ``k x n_layers`` ``name[extra]``."""
-    per_step = defaultdict(int)
-    for n in names:
-        per_step[n] += 1
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for n in names:
-        i = seen[n]
-        seen[n] += 1
-        k = per_step[n] // n_layers
-        out.append(f"{n}[{i % k}]" if k and i < k * n_layers else f"{n}[extra]")
-    return out
 
 
 def timer_step_ns(launches: list[TracedLaunch]) -> float:
