@@ -137,32 +137,6 @@ def test_latent_split_invariance_and_empty_sequence():
     torch.testing.assert_close(results[0][0], results[2][0], atol=2e-3, rtol=0)
 
 
-def test_latent_partials_are_the_unmerged_splits():
-    """``partials=True`` returns each split as the kernel wrote it (a sequence no split saw:
-    zeros and -inf in every split); merged, they are the merged call's result. One split,
-    and the reference path of the dispatcher, give the merged result as one split."""
-    from mlra.kernels import SplitPartials, merge_partials_ref
-
-    lens = [90, 0, 33] if not ON_GPU else [20000, 0, 3000]
-    case = random_latent_case(lens, 16, 1, 4, 3, 16, device=DEVICE, seed=11)
-    ref_out, ref_lse = paged_latent_decode_ref(**case)
-    parts = paged_latent_decode_triton(**case, num_splits=5, partials=True)
-    assert isinstance(parts, SplitPartials)
-    assert parts.o.shape == (5, *ref_out.shape) and parts.lse.shape == (5, *ref_lse.shape)
-    assert torch.all(parts.o[:, 1] == 0) and torch.all(parts.lse[:, 1] == float("-inf"))
-    assert not torch.allclose(parts.o[0, 0], parts.o[1, 0]), "the splits saw the same tokens"
-    _check(*merge_partials_ref(parts), ref_out, ref_lse)
-    merged, _ = paged_latent_decode_triton(**case, num_splits=5)
-    torch.testing.assert_close(merge_partials_ref(parts)[0], merged, atol=1e-5, rtol=1e-5)
-    one = paged_latent_decode_triton(**case, num_splits=1, partials=True)
-    assert one.o.shape[0] == 1
-    _check(one.o[0], one.lse[0], ref_out, ref_lse)
-    if not use_triton(case["cache"]):
-        via_ref = paged_latent_decode(**case, partials=True)
-        assert via_ref.o.shape[0] == 1
-        assert torch.equal(via_ref.o[0], ref_out) and torch.equal(via_ref.lse[0], ref_lse)
-
-
 @pytest.mark.parametrize("n_splits", [3, 300])  # one pass; more than 256: in blocks
 def test_merge_splits_matches_logsumexp(n_splits):
     """The split merge equals a float64 log-sum-exp combination, with empty splits (LSE

@@ -228,54 +228,6 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
         assert torch.equal(a, b)
 
 
-# (B, T, branches, groups, heads per group, w, d, splits): one token per program merges in
-# the W_UV launch (MLRA-4's 33 or 66 splits of 128-wide latents on the GPU), blocks of tokens
-# and MLA's 512-wide latent over 128 splits (too much to read per program) are merged first
-# (the last field: whether the W_UV launch merges them itself)
-# (the last field: whether the W_UV launch merges them itself; 40 splits of 160: in chunks)
-UP_SPLITS = ([(1, 1, 4, 1, 24, 128, 128, 33, True), (1, 1, 4, 1, 24, 128, 128, 66, True),
-              (2, 1, 2, 2, 12, 128, 128, 17, True), (1, 1, 1, 1, 24, 512, 128, 128, False),
-              (8, 1, 4, 1, 24, 128, 128, 9, False)]
-             if ON_GPU else
-             [(1, 1, 4, 1, 3, 16, 16, 5, True), (2, 1, 2, 2, 2, 24, 32, 3, True),
-              (1, 1, 2, 1, 2, 160, 16, 40, True), (1, 1, 1, 1, 2, 512, 16, 100, False),
-              (5, 1, 4, 1, 3, 16, 16, 3, False)])
-
-
-@needs_triton
-@pytest.mark.parametrize("shape", UP_SPLITS, ids=lambda s: f"B{s[0]}nb{s[2]}G{s[3]}w{s[5]}S{s[7]}")
-def test_up_output_merges_unmerged_splits(shape, monkeypatch):
-    """W_UV over the attention's unmerged splits (empty splits among them, a head no split
-    saw) equals the fp32 reference, whether the one-token launch merges them itself or they
-    are merged by their own launch first (``MLRA_STEP_MERGE=0``)."""
-    from mlra.kernels.reference import SplitPartials
-    from mlra.kernels.triton_step import MERGE_ENV, latent_up_output_triton, merge_in_up
-
-    B, T, nb, G, Hg, w, d, S, in_launch = shape
-    g = _gen(sum(shape))
-    w_up = _randn(nb * G, w, Hg * 2 * d, g=g, scale=w ** -0.5)
-    o = torch.randn(S, B, T, nb, G, Hg, w, generator=g)
-    lse = torch.randn(S, B, T, nb, G, Hg, generator=g) * 3
-    empty = torch.rand(S, B, T, nb, G, Hg, generator=g) < 0.3
-    empty[..., 0, 0, 0, 0, 0] = True  # the first row of the first token: no split saw it
-    lse[empty] = float("-inf")
-    o[empty] = 0.0
-    parts = SplitPartials(o.to(DEVICE), lse.to(DEVICE))
-    e = latent_up_output_ref(parts, w_up.float(), 0.5, d)
-    assert merge_in_up(parts, 1 if B * T < 4 else 16) is in_launch
-    outputs = []
-    for merge in ("1", "0"):
-        monkeypatch.setenv(MERGE_ENV, merge)
-        out = latent_up_output_triton(parts, w_up, 0.5, d)
-        assert out.dtype == BF and out.shape == e.shape == (B, T, G * Hg * d)
-        assert rel_error(out.float(), e) < TOL
-        outputs.append(out.float())
-    assert rel_error(*outputs) < 5e-3
-    monkeypatch.setenv(MERGE_ENV, "yes")
-    with pytest.raises(ValueError, match="MLRA_STEP_MERGE='yes'.*expected 0"):
-        latent_up_output_triton(parts, w_up, 0.5, d)
-
-
 @needs_triton
 @pytest.mark.parametrize("value,expected", [(None, True), ("", True), ("1", True), (" 1 ", True),
                                             ("0", False), (" 0 ", False)])

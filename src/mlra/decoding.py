@@ -53,9 +53,6 @@ class PagedContext(AttentionContext):
     new entries at ``slots`` and reads the pages of ``block_table`` up to ``seq_lens``."""
 
     decode_form = True
-    #: hand the latent family's split attention results to ``post`` unmerged
-    #: (:class:`mlra.kernels.SplitPartials`; the fused step's ``post`` merges them itself)
-    partial_outputs = False
 
     def __init__(
         self,
@@ -87,9 +84,6 @@ class PagedContext(AttentionContext):
             pool = pools[name]
             pool.view(-1, *pool.shape[2:]).index_copy_(
                 0, self.slots, data.flatten(0, 1).to(pool.dtype))
-        if self.partial_outputs and block.attn.cfg.family == "latent":
-            return block.attn.paged_attend(q, pools, cache.layout, self.block_table,
-                                           self.seq_lens, partials=True)
         return block.attn.paged_attend(q, pools, cache.layout, self.block_table, self.seq_lens)
 
 
@@ -146,7 +140,6 @@ class DecodeStep:
         if not self.fused:
             return model.logits(model.run(input_ids, positions, ctx))
         ctx.pre = functools.partial(fused_pre, ctx)
-        ctx.partial_outputs = True  # fused_post merges the latent splits in its W_UV launch
         ctx.prepare = _no_tables  # the fused kernels compute RoPE from the positions
         if getattr(model.logits, "__func__", None) is not Transformer.logits:  # e.g. TP heads
             return model.logits(model.run(input_ids, positions, ctx))

@@ -186,22 +186,13 @@ class LatentAttention(Attention):
     def decode_query(self, q: LatentQuery) -> tuple[torch.Tensor, torch.Tensor]:
         return self.absorb_query(q)
 
-    def paged_attend(self, q, pools, layout, block_table, seq_lens, partials: bool = False):
+    def paged_attend(self, q, pools, layout, block_table, seq_lens):
         """Per latent head: MQA of the absorbed queries over the ``[latent heads | rope key]``
         rows, one kernel call per query-head group g over the ``branches`` latent heads (n, g)
         it reads (all of them for MLA/MLRA-B, sharing the RoPE key; one per call for GLA-G).
-        Returns ``z`` [B, T, branches, groups, Hg, w] (fp32); no per-head K or V is formed.
-        ``partials`` (one group): the kernel's splits unmerged
-        (:class:`mlra.kernels.SplitPartials` of ``[splits, *z.shape]``), for
-        :func:`mlra.kernels.latent_up_output`, which merges them itself."""
+        Returns ``z`` [B, T, branches, groups, Hg, w] (fp32); no per-head K or V is formed."""
         q_abs, q_rope = q
         G, nb = self.groups, self.branches
-        if partials and G == 1:
-            parts = kernels.paged_latent_decode(
-                q_abs[:, :, :, 0], q_rope[:, :, 0], pools["rows"], block_table, seq_lens,
-                [layout.latent_offsets[n] for n in range(nb)], layout.rope_offset,
-                self.cfg.softmax_scale, partials=True)
-            return kernels.SplitPartials(parts.o.unsqueeze(4), parts.lse.unsqueeze(4))
         zs = []
         for g in range(G):
             offsets = [layout.latent_offsets[n * G + g] for n in range(nb)]

@@ -32,14 +32,11 @@ from collections.abc import Sequence
 import torch
 
 from mlra.kernels.reference import (
-    SplitPartials,
     decode_slots_ref,
     gqa_decode_prepare_ref,
     latent_decode_prepare_ref,
     latent_train_attention_ref,
     latent_up_output_ref,
-    merge_partials_ref,
-    one_split,
     paged_gqa_decode_ref,
     paged_latent_decode_ref,
     paged_tpa_decode_ref,
@@ -174,20 +171,16 @@ def paged_latent_decode(
     latent_offsets: Sequence[int],
     rope_offset: int,
     scale: float,
-    partials: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor] | SplitPartials:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed latent attention over a paged cache (see :func:`paged_latent_decode_ref`):
     the Gluon kernel on Hopper where it takes the shapes (:func:`gluon_latent_wanted`), else
-    the Triton kernel, else the reference. ``partials``: return :class:`SplitPartials`, the
-    Triton kernel's splits unmerged (for :func:`latent_up_output`, which merges them in its
-    own launch where it can); the other paths return their merged result as one split."""
+    the Triton kernel, else the reference."""
     if use_triton(cache) and gluon_latent_wanted(q_latent, q_rope, cache):
         from mlra.kernels.gluon_latent import paged_latent_decode_gluon
 
         try:
-            merged = paged_latent_decode_gluon(q_latent, q_rope, cache, block_table, seq_lens,
-                                               latent_offsets, rope_offset, scale)
-            return one_split(*merged) if partials else merged
+            return paged_latent_decode_gluon(q_latent, q_rope, cache, block_table, seq_lens,
+                                             latent_offsets, rope_offset, scale)
         except Exception as exc:
             if not _compile_failure(exc):
                 raise
@@ -196,11 +189,9 @@ def paged_latent_decode(
         from mlra.kernels.triton_latent import paged_latent_decode_triton
 
         return paged_latent_decode_triton(q_latent, q_rope, cache, block_table, seq_lens,
-                                          latent_offsets, rope_offset, scale,
-                                          partials=partials)
-    merged = paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
-                                     latent_offsets, rope_offset, scale)
-    return one_split(*merged) if partials else merged
+                                          latent_offsets, rope_offset, scale)
+    return paged_latent_decode_ref(q_latent, q_rope, cache, block_table, seq_lens,
+                                   latent_offsets, rope_offset, scale)
 
 
 def paged_gqa_decode(
@@ -378,12 +369,11 @@ def latent_decode_prepare(
 
 
 def latent_up_output(
-    z: torch.Tensor | SplitPartials, w_up: torch.Tensor, out_scale: float, head_dim: int
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
     """W_UV and the branch sum of the latent family's decode step (see
-    :func:`latent_up_output_ref`); ``z`` may be the attention's unmerged splits."""
-    if use_triton(z.o if isinstance(z, SplitPartials) else z) \
-            and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
+    :func:`latent_up_output_ref`)."""
+    if use_triton(z) and w_up.dtype in _KERNEL_DTYPES and w_up.stride(-1) == 1 \
             and _pow2_width(head_dim):
         from mlra.kernels.triton_step import latent_up_output_triton
 
@@ -526,7 +516,6 @@ __all__ = [
     "up_kernel_supports", "up_project",
     "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
-    "SplitPartials", "merge_partials_ref",
     "gluon_available", "gluon_latent_wanted", "GLUON_LATENT_ENV",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",
     "paged_tpa_decode", "paged_tpa_decode_ref", "tpa_kernel_supports",

@@ -22,33 +22,8 @@ split-KV partial results).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
-
-
-class SplitPartials(NamedTuple):
-    """Split-KV attention results not merged yet (what a split decode kernel writes before its
-    merge): ``o [S, *rows, W]``, each split's output normalised over the positions it saw
-    (zeros where it saw none), and ``lse [S, *rows]``, the natural-log sum of exp of its
-    scaled logits (-inf where it saw none); fp32. With ``S == 1``, the merged result."""
-
-    o: torch.Tensor
-    lse: torch.Tensor
-
-
-def one_split(out: torch.Tensor, lse: torch.Tensor) -> SplitPartials:
-    """A merged result as :class:`SplitPartials` of one split (views, no copy)."""
-    return SplitPartials(out.unsqueeze(0), lse.unsqueeze(0))
-
-
-def merge_partials_ref(parts: SplitPartials) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out [*rows, W]`` and ``lse [*rows]`` of the whole sequence from its splits: each
-    split's output weighted by ``exp(lse_s - lse)``; rows no split saw give zeros and -inf."""
-    lse = torch.logsumexp(parts.lse, dim=0)
-    seen = torch.isfinite(lse)
-    weights = torch.where(seen, torch.exp(parts.lse - torch.where(seen, lse, 0.0)), 0.0)
-    return (weights[..., None] * parts.o).sum(0), lse
 
 
 def _gather(cache: torch.Tensor, block_table: torch.Tensor, n: int, b: int) -> torch.Tensor:
@@ -325,15 +300,11 @@ def latent_decode_prepare_ref(
 
 
 def latent_up_output_ref(
-    z: torch.Tensor | SplitPartials, w_up: torch.Tensor, out_scale: float, head_dim: int
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
     """Head outputs [B, T, H * d] (``w_up``'s dtype) from the attention result ``z`` [B, T,
     branches, groups, Hg, w]: W_UV per latent head and query head, summed over branches,
-    times ``out_scale`` (``LatentAttention.decode_output``). ``z`` may also be the attention's
-    unmerged splits (:class:`SplitPartials` of ``[S, B, T, branches, groups, Hg, w]``),
-    merged first."""
-    if isinstance(z, SplitPartials):
-        z = z.o[0] if z.o.shape[0] == 1 else merge_partials_ref(z)[0]
+    times ``out_scale`` (``LatentAttention.decode_output``)."""
     B, T, nb, G, Hg, w = z.shape
     w_uv = w_up.view(nb, G, w, Hg, 2 * head_dim)[..., head_dim:]
     o = torch.einsum("btngiw,ngwid->btgid", z.to(w_uv.dtype), w_uv) * out_scale

@@ -46,7 +46,6 @@ from mlra.kernels._triton_common import (
     trace_mark,
 )
 from mlra.kernels.kernel_trace import trace_slot
-from mlra.kernels.reference import SplitPartials, one_split
 
 MAX_STREAMS = 4  # streams per launch; more are processed in groups of four
 
@@ -58,9 +57,6 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: thread blocks per multiprocessor the split heuristic plans for (default: 1 for
-    #: programs whose streams and RoPE key span 512 columns or more, else 2)
-    ctas_per_sm: int | None = None
 
 
 @triton.jit
@@ -374,34 +370,28 @@ def paged_latent_decode_triton(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     max_seq_len: int | None = None,
-    partials: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor] | SplitPartials:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of :func:`mlra.kernels.reference.paged_latent_decode_ref`.
 
     Keyword-only extras: ``num_splits`` (split-KV factor; default from a wave model),
     ``config`` (block sizes, warps, stages), ``out``/``lse`` (preallocated contiguous fp32
-    outputs), ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
-    default: the block table's capacity, so the call never synchronises the device) and
-    ``partials`` (return the splits unmerged, :class:`SplitPartials`, for a consumer that
-    merges them itself; one split, or stream groups: the merged result as one split).
+    outputs) and ``max_seq_len`` (an upper bound on ``seq_lens`` for the split heuristic;
+    default: the block table's capacity, so the call never synchronises the device).
     """
-
     check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
                         rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
     out, lse = decode_outputs(q_latent, out, lse)
     if NB > MAX_STREAMS:  # groups of four streams, each reading the RoPE keys once
-        merged = in_stream_groups(
+        return in_stream_groups(
             paged_latent_decode_triton, q_latent, q_rope, cache, block_table, seq_lens,
             latent_offsets, rope_offset, scale, out, lse,
             num_splits=num_splits, config=config, max_seq_len=max_seq_len)
-        return one_split(*merged) if partials else merged
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     if B == 0 or Tq == 0 or Hq == 0:
-        merged = out.zero_(), lse.fill_(float("-inf"))
-        return one_split(*merged) if partials else merged
+        return out.zero_(), lse.fill_(float("-inf"))
 
     q_latent = q_latent.to(cache.dtype)
     q_rope = q_rope.to(cache.dtype)
@@ -434,7 +424,7 @@ def paged_latent_decode_triton(
     width = spp * next_pow2(W) + R
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
-                                ctas_per_sm=cfg.ctas_per_sm or (1 if width >= 512 else 2))
+                                ctas_per_sm=1 if width >= 512 else 2)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
@@ -459,7 +449,5 @@ def paged_latent_decode_triton(
         trace_ptr=trace_slot("latent", grid, cache),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )
-    if partials:
-        return SplitPartials(o_ws, lse_ws)
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse

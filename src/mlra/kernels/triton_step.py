@@ -24,7 +24,6 @@ import triton.language as tl
 
 from mlra.kernels._triton_common import (
     launch_options,
-    merge_splits,
     next_pow2,
     pdl_launch_next,
     pdl_mode,
@@ -33,7 +32,6 @@ from mlra.kernels._triton_common import (
     trace_mark,
 )
 from mlra.kernels.kernel_trace import trace_slot
-from mlra.kernels.reference import SplitPartials
 
 TWO_PI = tl.constexpr(6.283185307179586)
 
@@ -234,17 +232,12 @@ def _latent_up_kernel(
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
     BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
     LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1, PRELOAD: tl.constexpr = False,
-    NB_PAD: tl.constexpr = 1, trace_ptr=None, lse_ptr=None, n_splits=1, stride_zs=0,
-    stride_ls=0, S_PAD: tl.constexpr = 0, S_CHUNK: tl.constexpr = 1,
+    NB_PAD: tl.constexpr = 1, trace_ptr=None,
 ):
     """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
     attention result times W_UV, summed (one token: elementwise products and one reduction;
     a block of tokens: one matrix product per branch). ``PRELOAD`` (one token): the program's
-    whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait.
-    ``S_PAD > 0`` (with ``PRELOAD``): ``z`` holds ``n_splits`` unmerged split results (split
-    stride ``stride_zs``; their LSEs at ``lse_ptr``, stride ``stride_ls``), which the program
-    merges for its head's rows first, as :func:`~mlra.kernels._triton_common.merge_splits`
-    would in a launch of its own."""
+    whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait."""
     trace_mark(trace_ptr, 0)
     m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
@@ -270,31 +263,8 @@ def _latent_up_kernel(
     pdl_launch_next(PDL)
     trace_mark(trace_ptr, 2)
     if PRELOAD:
-        if S_PAD > 0:  # merge: each branch's splits weighted by exp(lse_s - max), normalised
-            offs_s = tl.arange(0, S_PAD)
-            z = tl.zeros([NB_PAD, W_PAD], dtype=tl.float32)
-            for n in tl.static_range(NB):
-                row = ((m0 * NB + n) * G + g) * HG + i
-                ls = tl.load(lse_ptr + offs_s * stride_ls + row, mask=offs_s < n_splits,
-                             other=float("-inf"))
-                m_max = tl.max(ls, 0)
-                m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-                tot = tl.sum(tl.exp(ls - m_safe), 0)
-                z_n = tl.zeros([W_PAD], dtype=tl.float32)
-                for s0 in tl.static_range(0, S_PAD, S_CHUNK):  # chunks of splits
-                    offs_c = s0 + tl.arange(0, S_CHUNK)
-                    ok_c = offs_c < n_splits
-                    ws = tl.exp(tl.load(lse_ptr + offs_c * stride_ls + row, mask=ok_c,
-                                        other=float("-inf")) - m_safe)
-                    o_c = tl.load(z_ptr + offs_c[:, None] * stride_zs + row * W
-                                  + offs_wp[None, :],
-                                  mask=ok_c[:, None] & (offs_wp < W)[None, :], other=0.0)
-                    z_n += tl.sum(ws[:, None] * o_c, 0)
-                z_n = z_n * tl.where(tot > 0, 1.0 / tl.where(tot > 0, tot, 1.0), 0.0)
-                z += tl.where((offs_nb == n)[:, None], z_n[None, :], 0.0)
-        else:
-            z_rows = ((m0 * NB + offs_nb) * G + g) * HG + i
-            z = tl.load(z_ptr + z_rows[:, None] * W + offs_wp[None, :], mask=mask_nw, other=0.0)
+        z_rows = ((m0 * NB + offs_nb) * G + g) * HG + i
+        z = tl.load(z_ptr + z_rows[:, None] * W + offs_wp[None, :], mask=mask_nw, other=0.0)
         z = z.to(w_ptr.dtype.element_ty).to(tl.float32)  # the reference rounds z first
         acc = tl.sum(tl.sum(w_all.to(tl.float32) * z[:, :, None], axis=1), axis=0)
         tl.store(o_ptr + m0 * stride_om + h * D + offs_d,
@@ -337,82 +307,31 @@ def _latent_up_kernel(
     trace_mark(trace_ptr, 3)
 
 
-MERGE_ENV = "MLRA_STEP_MERGE"
-"""Environment variable: ``0`` merges the attention's split results in a launch of their own
-before the one-token W_UV launch instead of inside it (for A/B runs)."""
-
-MERGE_HEAD_BYTES = 160 << 10
-"""Largest unmerged split results of one head (splits x branches x width, fp32) that the
-one-token W_UV launch merges itself (each of its programs reads all of them, from L2); larger
-ones (MLA's 512-wide latent over ~128 splits: 256 KB) are merged by their own launch first."""
-
-MERGE_CHUNK_ELEMENTS = 4096
-"""Split results (splits x width) the merging W_UV program loads per step."""
-
-
-def merge_in_up(parts: SplitPartials, rows_per_program: int) -> bool:
-    """Whether :func:`latent_up_output_triton` merges ``parts`` in its own launch: more than
-    one split, one token per program, the splits of a head within :data:`MERGE_HEAD_BYTES`,
-    contiguous rows, :data:`MERGE_ENV` not ``0``."""
-    raw = os.environ.get(MERGE_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{MERGE_ENV}={raw!r}: expected 0 (off) or 1 (on, the default)")
-    S, nb, w = parts.o.shape[0], parts.o.shape[3], parts.o.shape[-1]
-    return (raw != "0" and S > 1 and rows_per_program == 1 and S * nb * w * 4 <= MERGE_HEAD_BYTES
-            and parts.o[0].is_contiguous() and parts.lse[0].is_contiguous())
-
-
-def _merged(parts: SplitPartials) -> torch.Tensor:
-    """``parts`` merged by their own launch (:func:`merge_splits`), as ``z``."""
-    S, w = parts.o.shape[0], parts.o.shape[-1]
-    out = torch.empty(parts.o.shape[1:], dtype=torch.float32, device=parts.o.device)
-    lse = torch.empty(parts.lse.shape[1:], dtype=torch.float32, device=parts.o.device)
-    merge_splits(parts.o.reshape(S, -1, w), parts.lse.reshape(S, -1), out.view(-1, w),
-                 lse.view(-1))
-    return out
-
-
 def latent_up_output_triton(
-    z: torch.Tensor | SplitPartials, w_up: torch.Tensor, out_scale: float, head_dim: int
+    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int
 ) -> torch.Tensor:
-    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`. Unmerged
-    splits (:class:`SplitPartials`) are merged inside the one-token launch where
-    :func:`merge_in_up` allows (one launch and one dependency fewer per layer), else first."""
-    parts = None
-    if isinstance(z, SplitPartials):
-        parts, z = (None, z.o[0]) if z.o.shape[0] == 1 else (z, z.o[0])
+    """Triton implementation of :func:`mlra.kernels.reference.latent_up_output_ref`."""
     B, T, NB, G, HG, W = z.shape
     D, M = head_dim, B * T
+    z = z.contiguous()
     out = torch.empty(B, T, G * HG * D, dtype=w_up.dtype, device=z.device)
     if M == 0:
         return out
     bm = _row_block(M)
-    if parts is not None and not merge_in_up(parts, bm):
-        parts, z = None, _merged(parts)
-    z = z.contiguous()
     if bm == 1:  # many programs: at batch 1 there are only heads x D / bd of them
         bd, bw = min(16, D), min(128, next_pow2(W))
-        if parts is not None and os.environ.get("MLRA_STEP_MERGE_BD"):  # TEMPORARY A/B knob
-            bd = min(int(os.environ["MLRA_STEP_MERGE_BD"]), D)
     else:
         bd, bw = min(64, max(16, next_pow2(D))), min(128, max(16, next_pow2(W)))
     o2 = out.view(M, -1)
     pdl = pdl_mode(z)
-    preload = bm == 1 and (parts is not None or preload_w_uv())
-    merge = {}
-    if parts is not None:
-        s_pad = next_pow2(parts.o.shape[0])
-        merge = dict(lse_ptr=parts.lse, n_splits=parts.o.shape[0], stride_zs=parts.o.stride(0),
-                     stride_ls=parts.lse.stride(0), S_PAD=s_pad,
-                     S_CHUNK=max(1, min(s_pad, MERGE_CHUNK_ELEMENTS // next_pow2(W))))
+    preload = bm == 1 and preload_w_uv()
     grid = (triton.cdiv(M, bm), G * HG, triton.cdiv(D, bd))
     _latent_up_kernel[grid](
-        z if parts is None else parts.o, w_up, o2, M, float(out_scale), w_up.stride(0),
-        w_up.stride(1), o2.stride(0),
+        z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), PRELOAD=preload,
-        NB_PAD=next_pow2(NB), trace_ptr=trace_slot("up", grid, z),
-        num_warps=4 if parts is None else 8, **merge, **launch_options(pdl),
+        NB_PAD=next_pow2(NB), trace_ptr=trace_slot("up", grid, z), num_warps=4,
+        **launch_options(pdl),
     )
     return out
 
