@@ -51,6 +51,21 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=16, block_k=256, lane_sums=False, num_stages=4, waves=2),
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
     ],
+    tuning_key(1, 3072, [1024, 576], False): [  # norm + q/kv down (MLRA-4 / MLA)
+        dict(block_n=4, block_k=2048, lane_sums=True, num_stages=1, waves=4),
+        dict(block_n=2, block_k=4096, lane_sums=True, num_stages=1, waves=4),
+        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4),
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, split_k=3),
+        dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, split_k=3),
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=4, num_warps=8),
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=4),
+    ],
+    tuning_key(1, 1024, [4608], False): [  # query norm + q up (MLRA-4 / MLA)
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=2),
+        dict(block_n=16, block_k=1024, lane_sums=True, num_stages=1, waves=2),
+        dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2, num_warps=8),
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
+    ],
     tuning_key(1, 3072, [3072], False): [  # wo + residual
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, split_k=2),
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=2),
