@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-04, NOT YET RUN (the session's device time ran out): the next questions of
-# README.md's last section, measured by traces only (no code change; about 3 minutes), MLRA-4
+# Prepared 2026-12-04, run in the next session at 8be28ac (call6/, read in ../merge_up/README.md):
+# the next questions of README.md's last section, by traces only (no code change; about 2 minutes), MLRA-4
 # at 1 x 8K. It is also the first GPU run of trace_step.py since it took
 # profile_step.capture_step instead of its own copy. From the repository root:
 # OUT=dir bash benchmarks/e2e_decode/results/h200/latency/run_call6.sh
