@@ -8,12 +8,18 @@ entry replaced) captures the batch-1 fused step in a CUDA graph and times it bes
 table in use, interleaved, several rounds.
 
     PYTHONPATH=src python benchmarks/e2e_decode/step_tune.py --variant mlra_4 --out DIR
+
+``--registers`` (no GPU): each candidate's registers and spills, compiled for sm_90 on the CPU
+as a batch-1 launch on an H200 specialises it -- a triage before spending GPU time on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +30,13 @@ import torch
 from mlra.bench.paged import random_paged_cache
 from mlra.bench.timing import env_vars
 from mlra.decoding import DecodeStep
-from mlra.kernels.triton_skinny import TUNED_ENV, tuning_key
+from mlra.kernels.triton_skinny import (
+    TUNED_ENV,
+    default_skinny_config,
+    prefetch_lines,
+    split_plan,
+    tuning_key,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from profile_step import build, capture_step, replay_ms  # noqa: E402
@@ -54,7 +66,8 @@ CANDIDATES: dict[str, list[dict]] = {
     tuning_key(1, 3072, [1024, 576], False): [  # norm + q/kv down (MLRA-4 / MLA)
         dict(block_n=4, block_k=2048, lane_sums=True, num_stages=1, waves=4),
         dict(block_n=2, block_k=4096, lane_sums=True, num_stages=1, waves=4),
-        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4),
+        # the entry in use before merge_up call 6 (now 4 x 4096, reduced per tile)
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=4),
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, split_k=3),
         dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, split_k=3),
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=4, num_warps=8),
@@ -88,6 +101,48 @@ CANDIDATES: dict[str, list[dict]] = {
 }
 
 
+def candidate_registers(keys: list[str], device_name: str = "NVIDIA H200", sms: int = 132
+                        ) -> list[str]:
+    """Markdown rows: registers and spill bytes of the entry in use for ``device_name`` and
+    of each candidate of ``keys``, the one-row projection kernel compiled for sm_90 on the CPU
+    with the split-K factor and prefetch the launcher picks on ``sms`` multiprocessors."""
+    sys.path.insert(0, str(Path(__file__).parents[2] / "tests"))
+    from bench_skinny import SHAPES
+    from pdl_ptx import skinny_types
+
+    from mlra.kernels.aot import compile_sm90, ptxas_usage
+    from mlra.kernels.triton_skinny import _skinny_kernel
+
+    in_use = json.loads(TABLE.read_text()).get(device_name, {})
+    params = list(inspect.signature(_skinny_kernel.fn).parameters)
+    types = skinny_types()
+    aligned = [p for p in params if types.get(p, "").startswith("*")]
+    lines = ["| shape | entry | registers | spill stores / loads (bytes) |", "|---|---|---|---|"]
+    for key in keys:
+        _, k, n, kind = key.split(":")
+        K, ns, swiglu = int(k[1:]), [int(v) for v in n[1:].split("x")], kind == "swiglu"
+        norm, res = next((norm, res) for K_, ns_, norm, res, sw in SHAPES.values()
+                         if (K_, list(ns_), sw) == (K, ns, swiglu))
+        for label, entry in [("in use", in_use.get(key, {})),
+                             *((f"#{i}", c) for i, c in enumerate(CANDIDATES.get(key, [])))]:
+            cfg = dataclasses.replace(default_skinny_config(1, K), **entry)
+            tiles = sum(-(-v // cfg.block_n) for v in (ns[:1] if swiglu else ns))
+            split, k_split = split_plan(K, cfg.block_k, tiles, sms, cfg.waves, cfg.split_k)
+            consts = dict(NUM_W=1 if swiglu else len(ns), SWIGLU=swiglu, HAS_NORM=norm,
+                          HAS_RES=res, SPLIT_K=split, K_SPLIT=k_split,
+                          NUM_STAGES=cfg.num_stages, BLOCK_M=1, BLOCK_N=cfg.block_n,
+                          BLOCK_K=cfg.block_k, ALIGNED=K % 8 == 0, PDL=2,
+                          PF_LINES=prefetch_lines(k_split, cfg.block_n, tiles * split, sms, 2,
+                                                  2 if swiglu else 1),
+                          LINE=64, LANE_SUMS=bool(cfg.lane_sums))
+            compiled = compile_sm90(_skinny_kernel, types, consts, aligned,
+                                    num_warps=cfg.num_warps, launch_pdl=True)
+            u = ptxas_usage(compiled.asm["ptx"])
+            lines.append(f"| `{key}` | {label} {entry} | {u['registers']} | "
+                         f"{u['spill_stores']} / {u['spill_loads']} |")
+    return lines
+
+
 @torch.no_grad()
 def step_ms(model, cache, table, lens, ids, reps: int) -> float:
     """The fused batch-1 step's milliseconds under the current tuned table."""
@@ -102,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shapes", default=None, help="keys of CANDIDATES (default: all)")
     p.add_argument("--out", default=None)
+    p.add_argument("--registers", action="store_true",
+                   help="print each candidate's sm_90 registers and spills (CPU, no timing)")
     args = p.parse_args(argv)
+    shapes = args.shapes.split(",") if args.shapes else list(CANDIDATES)
+    if args.registers:
+        os.environ.pop("TRITON_INTERPRET", None)
+        print("\n".join(candidate_registers(shapes)), flush=True)
+        return 0
     device = torch.device("cuda")
     model = build(args.variant, args.context, device)
     cfg = model.config
@@ -111,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device)
     base = json.loads(TABLE.read_text())
     tmp = Path(tempfile.mkdtemp())
-    shapes = args.shapes.split(",") if args.shapes else list(CANDIDATES)
     tables = [("in use", TABLE)]
     for key in shapes:
         for i, cand in enumerate(CANDIDATES[key]):

@@ -324,8 +324,11 @@ def effective_config(device: torch.device, M: int, K: int, ns: Sequence[int], sw
                                         if getattr(config, f.name) is not None})
 
 
-def _split(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
-           ) -> tuple[int, int]:
+def split_plan(K: int, block_k: int, tiles: int, sms: int, waves: float, split: int | None
+               ) -> tuple[int, int]:
+    """The split-K factor and the inputs per split of a launch of ``tiles`` output tiles:
+    ``split`` if given, else about ``waves`` programs per multiprocessor (whole ``block_k``
+    chunks per split)."""
     chunks = math.ceil(K / block_k)
     if split is None:
         split = max(1, min(chunks, round(waves * sms / max(1, tiles))))
@@ -366,7 +369,7 @@ def skinny_linear_triton(
     bn = cfg.block_n
     tiles_each = [triton.cdiv(w.shape[0], bn) for w in ws_in[:n_w]]
     tiles = sum(tiles_each)
-    split, k_split = _split(K, cfg.block_k, tiles, device_sms(x), cfg.waves, cfg.split_k)
+    split, k_split = split_plan(K, cfg.block_k, tiles, device_sms(x), cfg.waves, cfg.split_k)
     if split > 1:
         ws = torch.empty(2 * split * block_m * tiles * bn + tiles * split * block_m,
                          dtype=torch.float32, device=x.device)

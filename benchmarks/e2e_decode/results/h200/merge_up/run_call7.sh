@@ -3,8 +3,8 @@
 # call 6's finding (a one-row projection's whole K in one tile: one memory latency per program
 # instead of three) tried on the other one-row projections with K = 3072 inside their steps:
 # GQA's norm + q/k/v (GQA 8K is 10 us per step above issue 13's 1.4x), the output projection
-# and the head. Candidates are step_tune.CANDIDATES (none spills: sm_90 registers checked on
-# the CPU). About 3 minutes. From the repository root:
+# and the head. Candidates are step_tune.CANDIDATES (none spills: `step_tune.py --registers`
+# on the CPU, call6/registers.md). About 3 minutes. From the repository root:
 # OUT=dir bash benchmarks/e2e_decode/results/h200/merge_up/run_call7.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 OUT=${OUT:-out}; mkdir -p "$OUT"

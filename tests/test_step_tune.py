@@ -1,0 +1,42 @@
+"""``step_tune.py --registers``: the one-row projection candidates compiled for sm_90 on the
+CPU (a subprocess without ``TRITON_INTERPRET``, which would replace the kernel by an
+interpreted one), the H200 entry in use among them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed")
+
+
+def test_registers_of_the_q_kv_down_entry_and_its_candidates():
+    key = "m1:k3072:n1024x576:plain"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e_decode" / "step_tune.py"),
+         "--registers", "--shapes", key],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(rf"^\| `{key}` \| (in use|#\d+) (.*?) \| (\d+) \| (\d+) / (\d+) \|$",
+                      done.stdout, flags=re.M)
+    sys.path.insert(0, str(ROOT / "benchmarks" / "e2e_decode"))
+    try:
+        import step_tune
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks" / "e2e_decode"))
+    assert [r[0] for r in rows] == ["in use"] + [f"#{i}" for i in
+                                                 range(len(step_tune.CANDIDATES[key]))]
+    in_use = rows[0]
+    assert "'block_k': 4096" in in_use[1]  # the entry in skinny_tuned.json for the H200
+    assert 0 < int(in_use[2]) <= 255 and in_use[3:] == ("0", "0"), "the tuned entry spills"
