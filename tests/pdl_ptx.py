@@ -151,20 +151,8 @@ def _mlp():
     return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True)
 
 
-def _mlp_rows():
-    from mlra.kernels.triton_mlp import _mlp_rows_kernel
-
-    types = _ptr_types("x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr act_ptr")
-    types.update(cnt_ptr="*i32", eps="fp32")
-    consts = dict(D_PAD=4096, BLOCK_H=2, ROWS=32, BLOCK_K=256, PHASE=0, HAS_RES=True,
-                  NUM_STAGES=4, DOWN_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, PF_DOWN=2048,
-                  LINE=64)
-    return _compile_sm90(_mlp_rows_kernel, types, consts, num_warps=4, launch_pdl=True)
-
-
 BUILDS = {
     "mlp_pdl2": _mlp,
-    "mlp_rows_pdl2": _mlp_rows,
     "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
     "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
     "skinny_pdl1": lambda: _skinny(1, 16, False),
@@ -190,8 +178,7 @@ def _traced(build):
 
 
 BUILDS.update({f"{name}_traced": _traced(BUILDS[name]) for name in (
-    "mlp_pdl2", "mlp_rows_pdl2", "skinny_swiglu_pdl2", "latent_pdl2", "prepare", "up",
-    "merge")})
+    "mlp_pdl2", "skinny_swiglu_pdl2", "latent_pdl2", "prepare", "up", "merge")})
 
 
 def main(out: str) -> int:

@@ -50,50 +50,28 @@ def _ref(x, nw, wg, wu, wd, res):
                           None if res is None else res.float())
 
 
-def _down(wd: torch.Tensor, layout: str) -> torch.Tensor:
-    """The down weight in the layout a test runs: column-major or the checkpoint's rows."""
-    return wd.t().contiguous().t() if layout == "columns" else wd
-
-
 @needs_triton
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
 @pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
                                  dict(one_launch=False)],
                          ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
-@pytest.mark.parametrize("layout", ["columns", "rows"])
-def test_mlp_kernel_matches_reference(shape, residual, cfg, layout):
-    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, swiglu_mlp_triton
+def test_mlp_kernel_matches_reference(shape, residual, cfg):
+    from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 
     d, h = shape
     x, nw, wg, wu, wd = _weights(d, h, d + h)
-    wdl = _down(wd, layout)
+    wdc = wd.t().contiguous().t()
     res = x if residual else None
     config = MlpConfig(**cfg) if cfg else None
     ref = _ref(x, nw, wg, wu, wd, res)
-    first = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdl, res, config=config)
-    assert LAST_LAUNCH["form"] == ("mlp" if layout == "columns" else "mlp_rows")
-    again = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdl, res, config=config)
+    first = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res, config=config)
+    again = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res, config=config)
     assert first.dtype == BF and first.shape == x.shape
     assert not torch.isnan(first).any()
     assert rel_error(first.float(), ref) < TOL
     # deterministic: the barrier counters are left at zero and the sums run in a fixed order
     assert torch.equal(first, again)
-
-
-@needs_triton
-@pytest.mark.parametrize("cfg", [dict(down_block_k=16, down_stages=2, pf_down=0),
-                                 dict(down_block_k=64, down_stages=1, pf_down=64, per_sm=2)],
-                         ids=["k16-st2", "k64-st1-pf"])
-def test_mlp_rows_form_parameters_match_reference(cfg):
-    """The row-major form's own parameters: a column step much narrower than the hidden size
-    (many masked tails) and prefetches of the down rows."""
-    from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
-
-    d, h = SHAPES[0]
-    x, nw, wg, wu, wd = _weights(d, h, 11)
-    out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, x, config=MlpConfig(**cfg))
-    assert rel_error(out.float(), _ref(x, nw, wg, wu, wd, x)) < TOL
 
 
 @needs_triton
@@ -115,20 +93,19 @@ def test_mlp_kernel_refuses_what_it_cannot_take():
 
     d, h = SHAPES[-1]
     x, nw, wg, wu, wd = _weights(d, h, 3)
-    with pytest.raises(ValueError, match="column-major"):  # neither layout: a strided view
-        swiglu_mlp_triton(x, nw, 1e-6, wg, wu, torch.cat([wd, wd], 1)[:, ::2])
+    with pytest.raises(ValueError, match="column-major"):
+        swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd)
     with pytest.raises(ValueError, match="one row"):
         swiglu_mlp_triton(x.expand(2, d), nw, 1e-6, wg, wu, wd.t().contiguous().t())
 
 
-def test_mlp_dispatch_takes_the_kernel_only_for_one_row_and_a_dense_down():
+def test_mlp_dispatch_takes_the_kernel_only_for_one_row_and_a_column_major_down():
     d, h = 64, 40
     x, nw, wg, wu, wd = _weights(d, h, 1)
     wdc = wd.t().contiguous().t()
     assert kernels.column_major(wdc) and not kernels.column_major(wd)
     assert kernels.mlp_kernel_supports(x, nw, wg, wu, wdc)
-    assert kernels.mlp_kernel_supports(x, nw, wg, wu, wd)  # row-major down: the rows form
-    assert not kernels.mlp_kernel_supports(x, nw, wg, wu, torch.cat([wd, wd], 1)[:, ::2])
+    assert not kernels.mlp_kernel_supports(x, nw, wg, wu, wd)  # row-major down
     assert not kernels.mlp_kernel_supports(torch.cat([x, x]), nw, wg, wu, wdc)  # two rows
     assert not kernels.mlp_kernel_supports(x, None, wg, wu, wdc)  # no norm
     assert not kernels.mlp_kernel_supports(x, nw, wg.float(), wu, wdc)  # mixed dtypes
@@ -184,24 +161,6 @@ def test_mlp_kernel_env_switch_keeps_the_row_major_layout(monkeypatch):
     w = torch.zeros(8, 4)
     monkeypatch.setenv(kernels.MLP_KERNEL_ENV, "0")
     assert not kernels.mlp_kernel_wanted(w)
-
-
-def test_mlp_down_env_keeps_the_checkpoint_layout_for_the_rows_form(monkeypatch):
-    from mlra.config import ModelConfig
-    from mlra.fused_step import prepare_fused
-    from mlra.model import Transformer
-
-    model = Transformer(ModelConfig.preset("mlra_4", "tiny")).eval()
-    monkeypatch.setattr(kernels, "mlp_kernel_wanted", lambda w: True)
-    monkeypatch.setenv(kernels.MLP_DOWN_ENV, "rows")
-    prepare_fused(model)
-    assert not any(kernels.column_major(b.mlp.w_down.weight) for b in model.layers)
-    monkeypatch.setenv(kernels.MLP_DOWN_ENV, "sideways")
-    with pytest.raises(ValueError, match="MLRA_MLP_DOWN='sideways'"):
-        prepare_fused(model)
-    monkeypatch.setenv(kernels.MLP_DOWN_ENV, "columns")
-    prepare_fused(model)
-    assert all(kernels.column_major(b.mlp.w_down.weight) for b in model.layers)
 
 
 def test_resident_programs_follow_registers_shared_memory_and_threads():

@@ -47,12 +47,6 @@ NEAR = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
                               (4, 8, 3, 1), (2, 8, 5, 1), (4, 4, 2, 1), (2, 2, 4, 2))]
 """``--sweep-set near``: around the default (2 x 4096 tiles, 4 warps, 4 stages, 1 per SM)."""
 
-ROWS = [MlpConfig(down_block_k=k, down_stages=st, pf_down=pf)
-        for k, st, pf in ((256, 4, 0), (256, 4, 4096), (256, 4, 8192), (128, 6, 2048),
-                          (256, 6, 2048), (512, 3, 2048), (128, 4, 2048), (256, 3, 2048))]
-"""``--sweep-set rows``: the row-major down form (gate/up before the barrier, each program's
-output rows after it): columns per step x pipeline depth x columns prefetched at the barrier."""
-
 
 def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
                ) -> list[dict]:
@@ -85,23 +79,13 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
         wg, wu, _, wdc = sets[i % copies]
         return swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=cfg)
 
-    def one_rows(i, cfg=None):  # the checkpoint's row-major down weight
-        wg, wu, wd, _ = sets[i % copies]
-        return swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, x, config=cfg)
-
     floor = nbytes / bw
     cands = [("two launches (gate/up, down)", two, None),
              ("one launch (cooperative grid)", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False)),
-             ("one launch, plain grid", one, MlpConfig(cooperative=False)),
-             ("one launch, down row-major", one_rows, None),
-             ("down row-major, barrier as 2nd launch", one_rows, MlpConfig(one_launch=False))]
-    if sweep is ROWS:
-        cands += [(f"down row-major k{c.down_block_k} x{c.down_stages} pf{c.pf_down}",
-                   one_rows, c) for c in sweep]
-    else:
-        cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
-                   one, c) for c in sweep]
+             ("one launch, plain grid", one, MlpConfig(cooperative=False))]
+    cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+               one, c) for c in sweep]
     if sweep is SWEEP:
         cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
                    one, dataclasses.replace(c, one_launch=False)) for c in SWEEP[7:10]]
@@ -112,7 +96,7 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
             first = fn(0, cfg)
             err = rel_error(first.float(), ref)
             same = bool(torch.equal(first, fn(0, cfg)))  # counters reset, fixed order
-            if fn is not two:
+            if fn is one:
                 row.update(triton_mlp.LAST_LAUNCH)
             t = graph_time(lambda i, fn=fn, cfg=cfg: fn(i, cfg))
         except Exception as e:  # a configuration that does not compile or fit
@@ -128,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="also time the configurations of SWEEP")
-    ap.add_argument("--sweep-set", choices=("wide", "near", "rows"), default="wide",
-                    help="wide: SWEEP (depth x programs); near: NEAR (around the default); "
-                         "rows: ROWS (the row-major down form)")
+    ap.add_argument("--sweep-set", choices=("wide", "near"), default="wide",
+                    help="wide: SWEEP (depth x programs); near: NEAR (around the default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_mlp.py needs a CUDA GPU", file=sys.stderr)
@@ -145,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     results = []
     for name in args.shapes.split(","):
-        sweep = [] if not args.sweep else {"wide": SWEEP, "near": NEAR,
-                                           "rows": ROWS}[args.sweep_set]
+        sweep = ([] if not args.sweep else SWEEP if args.sweep_set == "wide" else NEAR)
         for row in time_shape(name, dev, bw, sweep):
             results.append(row)
             form = (f" [{row['programs']} programs, {'one' if row['one_launch'] else 'two'}]"

@@ -94,12 +94,10 @@ def prepare_fused(model) -> None:
     weight stored column-major (same values and shape; ``w.t()`` contiguous), which the
     one-launch MLP kernel of batch-1 steps streams (:func:`mlra.kernels.mlp_kernel_wanted`).
     The modules compute the same with either layout; saving makes tensors contiguous.
-    Idempotent; nothing happens off CUDA, with ``MLRA_MLP_KERNEL=0`` or with
-    ``MLRA_MLP_DOWN=rows`` (:data:`mlra.kernels.MLP_DOWN_ENV`)."""
+    Idempotent; nothing happens off CUDA or with ``MLRA_MLP_KERNEL=0``."""
     for block in model.layers:
         w = block.mlp.w_down.weight
-        if (kernels.mlp_kernel_wanted(w) and kernels.mlp_down_column_major()
-                and not kernels.column_major(w)):
+        if kernels.mlp_kernel_wanted(w) and not kernels.column_major(w):
             with torch.no_grad():
                 w.data = w.data.t().contiguous().t()
 

@@ -292,22 +292,6 @@ MLP_KERNEL_ENV = "MLRA_MLP_KERNEL"
 the one-launch kernel (:func:`swiglu_mlp`); read when a decode step lays out its weights."""
 
 
-MLP_DOWN_ENV = "MLRA_MLP_DOWN"
-"""Layout of the down weight for the one-launch MLP kernel of batch-1 decode steps:
-``columns`` (column-major, the default: each program streams whole hidden units, partial
-outputs summed after a grid barrier) or ``rows`` (the checkpoint's row-major layout: gate and
-up before the barrier, each program's output rows after it); read when a decode step lays out
-its weights (:func:`mlra.fused_step.prepare_fused`)."""
-
-
-def mlp_down_column_major() -> bool:
-    """Whether decode steps store MLP down weights column-major (:data:`MLP_DOWN_ENV`)."""
-    form = os.environ.get(MLP_DOWN_ENV, "columns").strip() or "columns"
-    if form not in ("columns", "rows"):
-        raise ValueError(f"{MLP_DOWN_ENV}={form!r}: expected 'columns' or 'rows'")
-    return form == "columns"
-
-
 MLP_MAX_WIDTH = 8192
 """The widest model (``d_model``) the one-launch MLP kernel takes: a program holds the normed
 input and its partial output in registers, padded to a power of two."""
@@ -331,7 +315,7 @@ def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
                         w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> bool:
     """Shapes the one-launch MLP kernel takes: one row, a norm, bf16/fp16 weights of one dtype
     (``x`` that dtype or fp32), gate and up ``[hidden, d]`` with contiguous rows, ``w_down
-    [d, hidden]`` column-major or contiguous, ``d`` at most :data:`MLP_MAX_WIDTH`."""
+    [d, hidden]`` column-major, ``d`` at most :data:`MLP_MAX_WIDTH`."""
     d = x.shape[-1]
     dtype = w_gate.dtype
     return (x.numel() == d and norm_weight is not None and dtype in _KERNEL_DTYPES
@@ -339,7 +323,7 @@ def mlp_kernel_supports(x: torch.Tensor, norm_weight: torch.Tensor | None,
             and all(w.dtype == dtype and w.dim() == 2 and w.stride(1) == 1
                     and tuple(w.shape) == (w_gate.shape[0], d) for w in (w_gate, w_up))
             and w_down.dtype == dtype and tuple(w_down.shape) == (d, w_gate.shape[0])
-            and (column_major(w_down) or w_down.is_contiguous()) and d <= MLP_MAX_WIDTH)
+            and column_major(w_down) and d <= MLP_MAX_WIDTH)
 
 
 def swiglu_mlp(
@@ -352,10 +336,9 @@ def swiglu_mlp(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The SwiGLU MLP of a decode step (see :func:`swiglu_mlp_ref`): one launch for one row
-    (:func:`mlp_kernel_supports`), else the gate/up and down
+    with a column-major ``w_down`` (:func:`mlp_kernel_supports`), else the gate/up and down
     projections of :func:`skinny_linear`."""
-    if (use_triton(x) and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down)
-            and mlp_kernel_wanted(w_down)):
+    if use_triton(x) and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down):
         from mlra.kernels.triton_mlp import swiglu_mlp_triton
 
         return swiglu_mlp_triton(x, norm_weight, eps, w_gate, w_up, w_down, residual)
@@ -532,7 +515,6 @@ __all__ = [
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
     "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
-    "mlp_down_column_major",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gluon_available", "gluon_latent_wanted", "GLUON_LATENT_ENV",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",

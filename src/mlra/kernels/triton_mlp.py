@@ -59,11 +59,6 @@ TILE_ELEMENTS = 8192
 #: tiles, 4 stages, 4 warps, one program per multiprocessor: 47.9 us for 182 MB, 89% of copy
 #: bandwidth, against 50.7 us for the two launches it replaces; results/h200/mlp/call2)
 DEFAULT_STAGES = 4
-#: row-major down weight: columns per loop step of a program's output rows, pipeline depth,
-#: and the columns of its rows prefetched into L2 while it waits at the barrier
-DOWN_BLOCK_K = 256
-DOWN_STAGES = 4
-PF_DOWN_COLUMNS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +74,6 @@ class MlpConfig:
     per_sm: int | None = None
     #: False: partials and the column sums as two launches (no grid barrier)
     one_launch: bool | None = None
-    #: row-major down weight: columns of ``w_down`` per loop step of the output rows, their
-    #: pipeline depth, and the columns of its rows each program prefetches into L2 before the
-    #: barrier (0: none)
-    down_block_k: int | None = None
-    down_stages: int | None = None
-    pf_down: int | None = None
     #: launch the one-launch form as a cooperative grid (default True: the driver guarantees
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
@@ -168,90 +157,6 @@ def _mlp_kernel(
     trace_mark(trace_ptr, 3)
 
 
-@triton.jit(do_not_specialize=["D", "H", "n_parts"])
-def _mlp_rows_kernel(
-    x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, act_ptr, cnt_ptr,
-    D, H, n_parts, s_g, s_u, s_d, eps,
-    D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-    PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
-    DOWN_STAGES: tl.constexpr, ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0,
-    PF_ROWS: tl.constexpr = 0, PF_DOWN: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    trace_ptr=None,
-):
-    """The MLP with a row-major down weight. PHASE 0: activations of this program's hidden
-    units, grid barrier, this program's output rows (one launch, all programs resident);
-    1: activations only; 2: output rows only."""
-    trace_mark(trace_ptr, 0)
-    pid = tl.program_id(0)
-    if ALIGNED:  # D and the down rows' stride (= H) multiples of 8, seen by the alignment
-        D = (D // 8) * 8  # analysis: 16-byte loads
-        s_d = (s_d // 8) * 8
-        H = (H // 8) * 8
-    offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < D
-    offs_r = pid * D // n_parts + tl.arange(0, ROWS)  # this program's output rows
-    mask_r = offs_r < (pid + 1) * D // n_parts
-    if PHASE != 2:
-        h_lo = pid * H // n_parts
-        h_hi = (pid + 1) * H // n_parts
-        if PF_ROWS > 0:  # the first gate and up rows of this program, before the wait
-            offs_l = tl.arange(0, D_PAD // LINE) * LINE
-            rows = h_lo + tl.arange(0, PF_ROWS)
-            ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
-            prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
-            prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
-        pdl_wait(PDL)
-        trace_mark(trace_ptr, 1)
-        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
-        xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
-            offs_h = h0 + tl.arange(0, BLOCK_H)
-            mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
-            wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
-            wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
-            gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
-            up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
-            # the activation rounded to the weights' dtype, as the module path stores it
-            act = gate / (1.0 + tl.exp(-gate)) * up
-            tl.store(act_ptr + offs_h, act.to(act_ptr.dtype.element_ty), mask=offs_h < h_hi)
-        if PF_DOWN > 0:  # this program's first down columns, while the others finish
-            offs_l = tl.arange(0, PF_DOWN // LINE) * LINE
-            ok = mask_r[:, None] & (offs_l < H)[None, :]
-            prefetch_l2(tl.where(ok, wd_ptr + offs_r[:, None] * s_d + offs_l[None, :], wd_ptr),
-                        2)
-    if PHASE == 0:  # grid barrier: every activation written and visible
-        tl.debug_barrier()
-        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
-            seen = tl.load(cnt_ptr, volatile=True)
-        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' activations visible
-    if PHASE == 2:
-        pdl_wait(PDL)
-        trace_mark(trace_ptr, 1)
-    if PHASE != 1:
-        acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
-        for k0 in tl.range(0, H, BLOCK_K, num_stages=DOWN_STAGES):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < H
-            a = tl.load(act_ptr + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
-            w = tl.load(wd_ptr + offs_r[:, None] * s_d + offs_k[None, :],
-                        mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-            acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
-        out = tl.sum(acc, axis=1)
-        pdl_launch_next(PDL)
-        trace_mark(trace_ptr, 2)
-        if HAS_RES:
-            out += tl.load(res_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs_r, out.to(out_ptr.dtype.element_ty), mask=mask_r)
-    if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
-        done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
-        if done == n_parts - 1:
-            tl.store(cnt_ptr, 0)
-            tl.store(cnt_ptr + 1, 0)
-    trace_mark(trace_ptr, 3)
-
-
 CONFIG_ENV = "MLRA_MLP_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
 tuning runs."""
@@ -287,18 +192,19 @@ LAST_LAUNCH: dict = {}
 """Programs and form (one launch or two) of the latest call (for benchmarks)."""
 
 
-def _one_launch_parts(kernel, args: tuple, key: tuple, want: int, sms: int,
-                      device: torch.device, consts) -> int:
+def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torch.device,
+                      consts: dict) -> int:
     """Programs of a one-launch grid: ``want`` per multiprocessor, fewer where the compiled
-    ``kernel`` does not fit that many at once (0: not even one; then two launches).
-    ``consts(parts)``: its compile-time arguments for a grid of ``parts`` programs."""
+    kernel does not fit that many at once (0: not even one; then two launches)."""
     if key in _PARTS:
         return _PARTS[key]
     per_sm = want
     while per_sm > 0:
         parts = per_sm * sms
+        trial = {**consts, "COLS": next_pow2(triton.cdiv(args[9], parts)),
+                 "P_PAD": next_pow2(parts)}
         try:
-            k = kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **consts(parts))
+            k = _mlp_kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **trial)
             k._init_handles()
             fits = resident_per_sm(k.n_regs, k.metadata.shared, k.metadata.num_warps,
                                    _sm_limits(device.index or 0))
@@ -334,18 +240,14 @@ def swiglu_mlp_triton(
     config: MlpConfig | None = None,
 ) -> torch.Tensor:
     """Triton implementation of :func:`mlra.kernels.reference.swiglu_mlp_ref` for one row
-    (``x [..., d_model]`` with one row in all). ``w_down`` column-major
-    (:func:`column_major`): each program streams whole hidden units and the partial outputs
-    are summed after the barrier; row-major (contiguous): each program streams gate and up rows
-    of its hidden units, then, after the barrier, its rows of ``w_down`` against all the
-    activations. ``config`` overrides launch parameters (benchmarks, tests)."""
+    (``x [..., d_model]`` with one row in all); ``w_down`` column-major
+    (:func:`column_major`). ``config`` overrides launch parameters (benchmarks, tests)."""
     D = x.shape[-1]
     H = w_gate.shape[0]
     if x.numel() != D:
         raise ValueError(f"swiglu_mlp_triton takes one row, got {x.numel() // D}")
-    rows_form = not column_major(w_down)
-    if rows_form and not w_down.is_contiguous():
-        raise ValueError("w_down must be column-major (w_down.t() contiguous) or contiguous")
+    if not column_major(w_down):
+        raise ValueError("w_down must be column-major (w_down.t() contiguous)")
     x2 = x.reshape(1, D).contiguous()
     cfg = _env_config() if config is None else config
     d_pad = next_pow2(D)
@@ -358,59 +260,38 @@ def swiglu_mlp_triton(
     es = w_gate.element_size()
     res = residual.reshape(1, D) if residual is not None else x2
     out = torch.empty(1, D, dtype=w_down.dtype, device=x.device)
-    streamed = 2 if rows_form else 3  # weights streamed per hidden unit before the barrier
-    s_d = w_down.stride(0 if rows_form else 1)
     common = dict(D_PAD=d_pad, BLOCK_H=block_h, HAS_RES=residual is not None,
-                  NUM_STAGES=cfg.num_stages or default_stages(streamed * block_h * d_pad * es,
+                  NUM_STAGES=cfg.num_stages or default_stages(3 * block_h * d_pad * es,
                                                               block_shared_memory(x)),
-                  ALIGNED=D % 8 == 0 and all(s % 8 == 0 for s in
-                                             (w_gate.stride(0), w_up.stride(0), s_d)),
+                  ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
+                                             for w in (w_gate, w_up, w_down)),
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
-    if rows_form:
-        kernel, name, names = _mlp_rows_kernel, "mlp_rows", ("mlp_acts", "mlp_down")
-        ws = torch.empty(H, dtype=w_down.dtype, device=x.device)  # the activations
-        block_k = cfg.down_block_k or DOWN_BLOCK_K
-        common.update(BLOCK_K=block_k, DOWN_STAGES=cfg.down_stages or DOWN_STAGES)
-
-        def consts(parts: int) -> dict:
-            return {"ROWS": next_pow2(triton.cdiv(D, parts))}
-    else:
-        kernel, name, names = _mlp_kernel, "mlp", ("mlp_partials", "mlp_sums")
-        ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
-
-        def consts(parts: int) -> dict:
-            return {"COLS": next_pow2(triton.cdiv(D, parts)), "P_PAD": next_pow2(parts)}
+    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
     args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
             stream_counters(x.device, "mlp", 2),
-            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), s_d, float(eps)]
+            D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
     parts = ws_rows
     if one_launch:
-        key = (name, x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"],
-               per_sm, residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype,
-               common.get("BLOCK_K"), common.get("DOWN_STAGES"))
-        parts = min(H, _one_launch_parts(kernel, tuple(args), key, per_sm, sms, x.device,
-                                         lambda n: {**common, **consts(n), "PHASE": 0,
-                                                    "PDL": pdl}))
+        key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
+               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype)
+        parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
+                                         {**common, "PHASE": 0, "PDL": pdl}))
         one_launch = parts > 0
         parts = parts or ws_rows
         args[11] = parts
-    pf = prefetch_units(triton.cdiv(H, parts), parts, streamed * D * es, sms, per_sm, 16) \
+    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
         if pdl > 1 else 0
-    common.update(consts(parts), PDL=pdl)
-    if rows_form:
-        # prefetched while a program waits at the barrier: none without one
-        pf_down = cfg.pf_down if cfg.pf_down is not None else PF_DOWN_COLUMNS
-        pf_down = min(next_pow2(H), pf_down) if one_launch else 0
-        common.update(PF_DOWN=pf_down if pf_down >= 128 // es else 0)
-    LAST_LAUNCH.update(programs=parts, one_launch=one_launch, form=name)
+    cols = next_pow2(triton.cdiv(D, parts))
+    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
-        kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
-                         trace_ptr=trace_slot(name, (parts,), x2))
+        _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
+                              trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
-        second = parts if rows_form else triton.cdiv(D, common["COLS"])
-        kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
-                         trace_ptr=trace_slot(names[0], (parts,), x2))
-        kernel[(second,)](*args, PHASE=2, LINE=128 // es, **common,
-                          trace_ptr=trace_slot(names[1], (second,), x2))
+        _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
+                              trace_ptr=trace_slot("mlp_partials", (parts,), x2))
+        _mlp_kernel[(triton.cdiv(D, cols),)](
+            *args, PHASE=2, **common,
+            trace_ptr=trace_slot("mlp_sums", (triton.cdiv(D, cols),), x2))
     return out.view(x.shape)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-04 (eighth session), NOT YET RUN (the session's device time was spent):
+# Prepared 2026-12-04 (eighth session), run 2026-12-04 in the ninth session (results in call7/, read in README.md):
 # call 6's finding (a one-row projection's whole K in one tile: one memory latency per program
 # instead of three) tried on the other one-row projections with K = 3072 inside their steps:
 # GQA's norm + q/k/v (GQA 8K is 10 us per step above issue 13's 1.4x), the output projection
