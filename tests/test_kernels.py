@@ -117,6 +117,32 @@ def test_gqa_tma_and_pointer_loads(use_tma):
     _check(out, lse, ref_out, ref_lse)
 
 
+def test_gqa_config_from_the_environment_sets_tiles_and_splits(monkeypatch):
+    """``MLRA_GQA_CONFIG`` sets the launch parameters (and the split count) of calls without a
+    config, for tuning runs of whole steps: the result stays the reference's whatever the
+    split count, and a malformed value is refused with a message naming the variable."""
+    from mlra.kernels import _triton_common, triton_gqa
+
+    lens = [70, 9] if not ON_GPU else [8192, 9]
+    case = random_gqa_case(lens, 32, 1, 8, 2, 64, 64, device=DEVICE, seed=13)
+    ref_out, ref_lse = paged_gqa_decode_ref(**case)
+    splits = []
+    real = _triton_common.split_workspaces
+    monkeypatch.setattr(triton_gqa, "split_workspaces",
+                        lambda n, out, lse: splits.append(n) or real(n, out, lse))
+    for n in (1, 3, 7):
+        monkeypatch.setenv(triton_gqa.CONFIG_ENV, f'{{"block_n": 16, "num_splits": {n}}}')
+        assert triton_gqa.env_config() == GQAKernelConfig(block_n=16, num_splits=n)
+        out, lse = paged_gqa_decode_triton(**case)
+        _check(out, lse, ref_out, ref_lse)
+    assert splits == [1, 3, 7]
+    paged_gqa_decode_triton(**case, num_splits=2)  # an explicit count wins
+    assert splits[-1] == 2
+    monkeypatch.setenv(triton_gqa.CONFIG_ENV, '{"splits": 4}')
+    with pytest.raises(ValueError, match="MLRA_GQA_CONFIG"):
+        paged_gqa_decode_triton(**case)
+
+
 def test_latent_more_than_four_streams():
     lens = [40, 9] if not ON_GPU else [5000, 9]
     case = random_latent_case(lens, 16, 1, 5, 4, 64, device=DEVICE, seed=5)

@@ -17,6 +17,7 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
+    config_from_env,
     finish_splits,
     launch_options,
     load_cols,
@@ -39,6 +40,20 @@ from mlra.kernels._triton_common import (
 @dataclass(frozen=True)
 class GQAKernelConfig(KernelConfig):
     """Launch parameters of the GQA kernel (``None`` fields are chosen by heuristics)."""
+
+    #: split-KV factor when the call gives none (None: the wave model's choice)
+    num_splits: int | None = None
+
+
+CONFIG_ENV = "MLRA_GQA_CONFIG"
+"""Environment variable with launch parameters as JSON (fields of :class:`GQAKernelConfig`,
+e.g. ``{"block_n": 64, "num_splits": 32}``) for every call without a ``config``: tuning runs of
+whole decode steps."""
+
+
+def env_config() -> GQAKernelConfig | None:
+    """The launch parameters of :data:`CONFIG_ENV`, None when unset."""
+    return config_from_env(CONFIG_ENV, GQAKernelConfig)
 
 
 @triton.jit
@@ -200,6 +215,8 @@ def paged_gqa_decode_triton(
         q = q.contiguous()
     G = Hq // Hkv
     rows = Tq * G
+    if config is None:
+        config = env_config()
     cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page))
     m_blocks = triton.cdiv(rows, cfg.block_m)
     can_tma = (tma_possible(k_cache, cfg.block_n, (D,))
@@ -216,7 +233,8 @@ def paged_gqa_decode_triton(
                                  [cfg.block_n, Dv])
     else:
         k_desc, v_desc = k_cache, v_cache
-    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * Hkv * m_blocks,
+    num_splits = num_splits_for(num_splits if num_splits is not None else cfg.num_splits,
+                                max_seq_len, block_table, page, B * Hkv * m_blocks,
                                 cfg.block_n, k_cache, ctas_per_sm=2)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B * Hkv)
