@@ -86,7 +86,8 @@ CANDIDATES: dict[str, list[dict]] = {
         # all of K in one tile, as the q/kv down projection's kept entry (merge_up call 6)
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4),
         dict(block_n=2, block_k=4096, lane_sums=False, num_stages=1, waves=4),
-        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=2),
+        # the entry in use before the ninth session (now 4 x 4096, waves 2)
+        dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=1),
     ],
     tuning_key(1, 3072, [3072, 768, 768], False): [  # norm + q/k/v (GQA)
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4),
@@ -96,7 +97,8 @@ CANDIDATES: dict[str, list[dict]] = {
     tuning_key(1, 3072, [50304], False): [  # final norm + head (every variant)
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=2),
         dict(block_n=2, block_k=4096, lane_sums=False, num_stages=1, waves=2),
-        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=2, waves=2),
+        # the entry in use before the ninth session (now with two stages)
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
     ],
 }
 
