@@ -143,6 +143,32 @@ def test_gqa_config_from_the_environment_sets_tiles_and_splits(monkeypatch):
         paged_gqa_decode_triton(**case)
 
 
+def test_gqa_heuristic_takes_short_tiles_for_short_reads(monkeypatch):
+    """Compiled (not interpreted), 128-wide heads: 64-token tiles with two stages when each
+    resident program reads at most SHORT_READ_TOKENS cached tokens, else 128 with three; the
+    launcher counts the tokens over two programs per multiprocessor."""
+    from mlra.kernels import triton_gqa
+
+    monkeypatch.setattr(triton_gqa, "INTERPRET", False)
+    short = triton_gqa.default_gqa_config(128, 128, 4, 64, triton_gqa.SHORT_READ_TOKENS)
+    long = triton_gqa.default_gqa_config(128, 128, 4, 64, triton_gqa.SHORT_READ_TOKENS + 1)
+    assert (short.block_n, short.num_stages) == (64, 2)
+    assert (long.block_n, long.num_stages) == (128, 3)
+    assert triton_gqa.default_gqa_config(128, 128, 4, 64) == long  # unknown length: long
+    assert triton_gqa.default_gqa_config(256, 256, 4, 64, 10).block_n == 64  # wide heads
+    monkeypatch.undo()
+    seen = []
+    real = triton_gqa.default_gqa_config
+    monkeypatch.setattr(triton_gqa, "default_gqa_config",
+                        lambda *a: seen.append(a[-1]) or real(*a))
+    case = random_gqa_case([70, 9], 32, 1, 8, 2, 64, 64, device=DEVICE, seed=14)
+    ref_out, ref_lse = paged_gqa_decode_ref(**case)
+    out, lse = paged_gqa_decode_triton(**case, max_seq_len=96)
+    _check(out, lse, ref_out, ref_lse)
+    sms = triton_gqa.device_sms(case["k_cache"])
+    assert seen == [2 * 2 * 96 / (2 * sms)]  # 2 sequences x 2 KV heads x 96 tokens
+
+
 def test_latent_more_than_four_streams():
     lens = [40, 9] if not ON_GPU else [5000, 9]
     case = random_latent_case(lens, 16, 1, 5, 4, 64, device=DEVICE, seed=5)

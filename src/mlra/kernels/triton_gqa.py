@@ -18,6 +18,7 @@ from mlra.kernels._triton_common import (
     LOG2E,
     KernelConfig,
     config_from_env,
+    device_sms,
     finish_splits,
     launch_options,
     load_cols,
@@ -157,13 +158,26 @@ def _gqa_decode_kernel(
     tl.store(lse_ptr + pid_s * s_ls + b * s_lb + t * s_lt + h, lse, mask=m_ok)
 
 
-def default_gqa_config(d: int, dv: int, rows: int, page: int) -> GQAKernelConfig:
-    """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md)."""
+#: cached tokens per resident program (two per multiprocessor) up to which the heuristic takes
+#: 64-token tiles with two stages: a short, latency-bound read spread over more programs.
+#: H200, GQA 2.9B batch 1 at 8K (~190 tokens per program): 1.978 against 2.031 ms per step; at
+#: 128K (~3000) 4.237 against 4.216-4.227, and at 32 x 16K 12.72 against 12.15 with 64-token
+#: tiles (3 stages), so longer reads keep 128 (results/h200/gqa_attention)
+SHORT_READ_TOKENS = 512
+
+
+def default_gqa_config(d: int, dv: int, rows: int, page: int,
+                       tokens_per_program: float | None = None) -> GQAKernelConfig:
+    """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md; short
+    reads on an H200: :data:`SHORT_READ_TOKENS`). ``tokens_per_program``: cached tokens over
+    the resident programs (None: long)."""
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
         return GQAKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
     if next_pow2(d) + next_pow2(dv) >= 512:
         return GQAKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m)
+    if tokens_per_program is not None and tokens_per_program <= SHORT_READ_TOKENS:
+        return GQAKernelConfig(block_n=64, num_warps=4, num_stages=2, block_m=block_m)
     return GQAKernelConfig(block_n=128, num_warps=4, num_stages=3, block_m=block_m)
 
 
@@ -217,7 +231,10 @@ def paged_gqa_decode_triton(
     rows = Tq * G
     if config is None:
         config = env_config()
-    cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page))
+    longest = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+    slots = 2 * device_sms(k_cache)  # resident programs, two per multiprocessor
+    per_program = B * Hkv * triton.cdiv(rows, 64) * longest / slots  # 64: the largest block_m
+    cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page, per_program))
     m_blocks = triton.cdiv(rows, cfg.block_m)
     can_tma = (tma_possible(k_cache, cfg.block_n, (D,))
                and tma_possible(v_cache, cfg.block_n, (Dv,))
