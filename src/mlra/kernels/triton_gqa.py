@@ -160,10 +160,11 @@ def _gqa_decode_kernel(
 
 #: cached tokens per resident program (two per multiprocessor) up to which the heuristic takes
 #: 64-token tiles with two stages: a short, latency-bound read spread over more programs.
-#: H200, GQA 2.9B batch 1 at 8K (~190 tokens per program): 1.978 against 2.031 ms per step; at
-#: 128K (~3000) 4.237 against 4.216-4.227, and at 32 x 16K 12.72 against 12.15 with 64-token
-#: tiles (3 stages), so longer reads keep 128 (results/h200/gqa_attention)
-SHORT_READ_TOKENS = 512
+#: H200, GQA 2.9B batch-1 steps (ms, 64 x 2 stages against 128 x 3): 8K (~190 tokens per
+#: program) 1.978 / 2.031, 16K (~370) 2.156 / 2.230, 32K (~750) 2.471 / 2.506; 128K (~3000)
+#: 4.237 / 4.216-4.227, and 32 x 16K slower with 64-token tiles (12.72 / 12.15 ms, 3 stages),
+#: so longer reads keep 128 (results/h200/gqa_attention)
+SHORT_READ_TOKENS = 1024
 
 
 def default_gqa_config(d: int, dv: int, rows: int, page: int,
