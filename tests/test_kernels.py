@@ -322,6 +322,14 @@ def test_latent_config_from_the_environment_changes_the_launch(monkeypatch):
                                                                           block_n=32)
     out, lse = paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
     _check(out, lse, *ref)
+    splits = []
+    real = triton_latent.split_workspaces
+    monkeypatch.setattr(triton_latent, "split_workspaces",
+                        lambda n, o, s: splits.append(n) or real(n, o, s))
+    monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_n": 32, "num_splits": 3}')
+    out, lse = paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
+    _check(out, lse, *ref)
+    assert splits == [3]
     monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_rows": 16}')
     with pytest.raises(ValueError, match="MLRA_LATENT_CONFIG"):
         paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)

@@ -57,6 +57,8 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
+    #: split-KV factor when the call gives none (None: the wave model's choice)
+    num_splits: int | None = None
 
 
 @triton.jit
@@ -422,7 +424,8 @@ def paged_latent_decode_triton(
     else:
         lat_desc = rope_desc = cache
     width = spp * next_pow2(W) + R
-    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
+    num_splits = num_splits_for(num_splits if num_splits is not None else cfg.num_splits,
+                                max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
                                 ctas_per_sm=1 if width >= 512 else 2)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
