@@ -155,7 +155,8 @@ def test_gqa_heuristic_takes_short_tiles_for_short_reads(monkeypatch):
     assert (short.block_n, short.num_stages) == (64, 2)
     assert (long.block_n, long.num_stages) == (128, 3)
     assert triton_gqa.default_gqa_config(128, 128, 4, 64) == long  # unknown length: long
-    assert triton_gqa.default_gqa_config(256, 256, 4, 64, 10).block_n == 64  # wide heads
+    wide = triton_gqa.default_gqa_config(256, 256, 4, 64, 10)  # wide heads keep their form
+    assert (wide.block_n, wide.num_warps) == (64, 8)
     monkeypatch.undo()
     seen = []
     real = triton_gqa.default_gqa_config
