@@ -36,6 +36,7 @@ from mlra.kernels.triton_skinny import (
 SHAPES = {
     "q_kv_down (mlra_4)": (3072, (1024, 576), True, False, False),
     "wq_b (mlra_4)": (1024, (4608,), True, False, False),
+    "wq_b (mla)": (1536, (4608,), True, False, False),
     "wo + residual": (3072, (3072,), False, True, False),
     "gate/up swiglu (mlra_4)": (3072, (9880, 9880), True, False, True),
     "down + residual (mlra_4)": (9880, (3072,), False, True, False),
