@@ -54,6 +54,7 @@ def _f32(t):
 # (rows, K, output rows per weight, norm, residual, swiglu)
 if ON_GPU:  # the paper's projections: q/kv down, wq_b, wo + residual, gate/up, down
     SKINNY = [(1, 3072, (1024, 576), True, False, False), (1, 1024, (4608,), True, False, False),
+              (1, 1536, (4608,), True, False, False),  # MLA's q up
               (8, 3072, (3072,), False, True, False), (1, 3072, (9880, 9880), True, False, True),
               (32, 9880, (3072,), False, True, False), (1, 9880, (3072,), False, True, False),
               (64, 3072, (3072, 768, 768), True, False, False),
@@ -92,6 +93,25 @@ def test_skinny_linear_matches_reference(case, split, lane_sums):
             assert o.dtype == BF and o.shape == e.shape
             assert not torch.isnan(o).any()
             assert rel_error(o.float(), e) < TOL
+
+
+@needs_triton
+@pytest.mark.parametrize("lane_sums", [True, False], ids=["lane-sums", "tile-sums"])
+def test_one_row_tile_wider_than_the_inputs_is_masked(lane_sums):
+    """The tuned one-row entries load all of K in one tile of the next power of two (K = 3072
+    in 4096, 1536 in 2048): the masked tail must add nothing."""
+    from mlra.kernels.triton_skinny import SkinnyConfig, skinny_linear_triton
+
+    K, n = (1536, 4608) if ON_GPU else (96, 40)
+    g = _gen(K + n)
+    x = _randn(1, K, g=g)
+    w = _randn(n, K, g=g, scale=K ** -0.5)
+    nw = _randn(K, g=g, scale=0.2) + 1.0
+    cfg = SkinnyConfig(block_n=8, block_k=128 if not ON_GPU else 2048, num_stages=1,
+                       lane_sums=lane_sums, waves=2)
+    (out,) = skinny_linear_triton(x, [w], norm_weight=nw, eps=1e-6, config=cfg)
+    (ref,) = skinny_linear_ref(x.float(), [w.float()], norm_weight=nw.float(), eps=1e-6)
+    assert rel_error(out.float(), ref) < TOL
 
 
 @needs_triton

@@ -79,10 +79,11 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2, num_warps=8),
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
     ],
-    tuning_key(1, 1536, [4608], False): [  # query norm + q up (MLA: q rank 1536, no entry yet)
+    tuning_key(1, 1536, [4608], False): [  # query norm + q up (MLA: q rank 1536)
         dict(block_n=4, block_k=2048, lane_sums=False, num_stages=1, waves=4),
         dict(block_n=4, block_k=2048, lane_sums=False, num_stages=1, waves=2),
-        dict(block_n=8, block_k=2048, lane_sums=False, num_stages=1, waves=2),
+        # what ran before the ninth session: no entry, the generic default (32 x 256 tiles)
+        dict(),
         dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2),
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=2),
     ],
