@@ -149,6 +149,12 @@ def test_tuned_launch_parameters_are_looked_up_by_device_and_nearest_shape(tmp_p
     assert ts.tuned_config(torch.device("cpu"), 1, 3072, [9880, 9880], True) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-Y")
     assert ts.tuned_config(cuda, 1, 3072, [9880, 9880], True) is None
+    # the same lookup without a device (step_tune's register report): own, nearest, none
+    table = {key: {"block_n": 16}, ts.tuning_key(1, 3072, [1024, 576], False): {"block_n": 4}}
+    assert ts.table_entry(table, 1, 3072, [9880, 9880], True) == {"block_n": 16}
+    assert ts.table_entry(table, 1, 3072, [1536, 576], False) == {"block_n": 4}
+    assert ts.table_entry(table, 1, 1536, [1536, 576], False) is None  # another K
+    assert ts.table_entry({}, 1, 3072, [1024, 576], False) is None
 
 
 def test_rows_above_16_take_the_kernel_only_for_shapes_tuned_on_this_gpu(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from mlra.kernels.triton_skinny import (
 # name: (K, output rows per weight, norm, residual, swiglu) -- MLRA-4 / GQA at 2.9B
 SHAPES = {
     "q_kv_down (mlra_4)": (3072, (1024, 576), True, False, False),
+    "q_kv_down (mla)": (3072, (1536, 576), True, False, False),
     "wq_b (mlra_4)": (1024, (4608,), True, False, False),
     "wq_b (mla)": (1536, (4608,), True, False, False),
     "wo + residual": (3072, (3072,), False, True, False),

@@ -35,6 +35,7 @@ from mlra.kernels.triton_skinny import (
     default_skinny_config,
     prefetch_lines,
     split_plan,
+    table_entry,
     tuning_key,
 )
 
@@ -73,7 +74,14 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=4, num_warps=8),
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=4),
     ],
-    tuning_key(1, 1024, [4608], False): [  # query norm + q up (MLRA-4 / MLA)
+    tuning_key(1, 3072, [1536, 576], False): [  # norm + q/kv down (MLA: q rank 1536)
+        # no entry of its own: MLRA-4's (4 x 4096, waves 4) is the nearest and runs now
+        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=2),
+        dict(block_n=8, block_k=4096, lane_sums=False, num_stages=1, waves=2),
+        dict(block_n=2, block_k=4096, lane_sums=False, num_stages=1, waves=4),
+        dict(block_n=4, block_k=1024, lane_sums=True, num_stages=2, waves=4),
+    ],
+    tuning_key(1, 1024, [4608], False): [  # query norm + q up (MLRA-4)
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=2),
         dict(block_n=16, block_k=1024, lane_sums=True, num_stages=1, waves=2),
         dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2, num_warps=8),
@@ -98,6 +106,9 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=1),
     ],
     tuning_key(1, 3072, [3072, 768, 768], False): [  # norm + q/k/v (GQA)
+        # the entry in use loads three 1024-wide tiles one after another (one stage)
+        dict(block_n=4, block_k=1024, lane_sums=False, num_stages=2, waves=2),
+        dict(block_n=8, block_k=1024, lane_sums=False, num_stages=2, waves=2),
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4),
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=2),
         dict(block_n=2, block_k=4096, lane_sums=False, num_stages=1, waves=2),
@@ -133,7 +144,7 @@ def candidate_registers(keys: list[str], device_name: str = "NVIDIA H200", sms: 
         K, ns, swiglu = int(k[1:]), [int(v) for v in n[1:].split("x")], kind == "swiglu"
         norm, res = next((norm, res) for K_, ns_, norm, res, sw in SHAPES.values()
                          if (K_, list(ns_), sw) == (K, ns, swiglu))
-        for label, entry in [("in use", in_use.get(key, {})),
+        for label, entry in [("in use", table_entry(in_use, 1, K, ns, swiglu) or {}),
                              *((f"#{i}", c) for i, c in enumerate(CANDIDATES.get(key, [])))]:
             cfg = dataclasses.replace(default_skinny_config(1, K), **entry)
             tiles = sum(-(-v // cfg.block_n) for v in (ns[:1] if swiglu else ns))

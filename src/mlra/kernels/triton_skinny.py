@@ -291,11 +291,16 @@ def tuned_config(device: torch.device, block_m: int, K: int, ns: Sequence[int], 
     """Tuned launch parameters for this device (by name) and shape, or None."""
     if device.type != "cuda":
         return None
-    table = _device_table(device)
+    return table_entry(_device_table(device), block_m, K, ns, swiglu)
+
+
+def table_entry(table: dict, block_m: int, K: int, ns: Sequence[int], swiglu: bool
+                ) -> dict | None:
+    """The entry of one device's tuned ``table`` for a shape: its own, else the nearest tuned
+    shape with the same rows, inputs, kind and number of weights, else None."""
     found = table.get(tuning_key(block_m, K, ns, swiglu))
     if found is not None or not table:
         return found
-    # the nearest tuned shape with the same rows, inputs, kind and number of weights
     best, best_gap = None, None
     for key, cfg in table.items():
         m, k, n, kind = key.split(":")
