@@ -435,35 +435,49 @@ def tile_pages(bt_row_ptr, n0, end, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _merge_kernel(
-    o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr,
-    rows, n_splits,
-    s_ows, s_owr, s_lws,
-    s_or,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
-    trace_ptr=None,
-):
-    """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
+def grid_barrier(cnt_ptr, n_programs):
+    """Wait until all ``n_programs`` programs of the launch got here (every one resident at
+    once: a cooperative launch); their global writes before it are visible after it.
+    ``cnt_ptr``: two int32 counters at zero (:func:`stream_counters`), which
+    :func:`grid_barrier_done` leaves at zero again."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+    while seen < n_programs:  # poll with plain (volatile) loads, not atomics
+        seen = tl.load(cnt_ptr, volatile=True)
+    tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' writes visible
+
+
+@triton.jit
+def grid_barrier_done(cnt_ptr, n_programs):
+    """After a program's last read that needed :func:`grid_barrier`: the last program to get
+    here resets both counters for the next launch."""
+    done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
+    if done == n_programs - 1:
+        tl.store(cnt_ptr, 0)
+        tl.store(cnt_ptr + 1, 0)
+
+
+@triton.jit
+def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s_owr, s_lws,
+               s_or, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+               CACHE: tl.constexpr):
+    """out[r, d0:d0 + BLOCK_D] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s
+    exp(lse_s[r]) (stored by the tile at ``d0 == 0``).
 
     Up to ``BLOCK_S`` splits (the usual case) are read in one pass, the LSEs and the partials
     loaded together (no load waits for another); more are read ``BLOCK_S`` at a time. Every
     split stored a finite partial (zeros where it saw no position), so a zero weight needs no
-    mask on the partial's load."""
-    trace_mark(trace_ptr, 0)
-    pdl_wait(PDL)
-    trace_mark(trace_ptr, 1)
-    pdl_launch_next(PDL)
-    trace_mark(trace_ptr, 2)
-    r = tl.program_id(0)
-    d0 = tl.program_id(1) * BLOCK_D
+    mask on the partial's load. ``CACHE``: the loads' cache modifier (``".cg"``, from L2 only,
+    in a launch that wrote the partials itself: no stale L1 line may serve them)."""
     offs_d = d0 + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     if n_splits <= BLOCK_S:
         ss = tl.arange(0, BLOCK_S)
         s_ok = ss < n_splits
-        ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
+        ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"),
+                     cache_modifier=CACHE)
         o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=CACHE)
         m_max = tl.max(ls, 0)
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         ws = tl.exp(ls - m_safe)
@@ -474,7 +488,7 @@ def _merge_kernel(
         for s0 in range(0, n_splits, BLOCK_S):
             ss = s0 + tl.arange(0, BLOCK_S)
             m = tl.maximum(m, tl.load(lse_ws_ptr + ss * s_lws + r, mask=ss < n_splits,
-                                      other=float("-inf")))
+                                      other=float("-inf"), cache_modifier=CACHE))
         m_max = tl.max(m, 0)
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -482,11 +496,12 @@ def _merge_kernel(
         for s0 in range(0, n_splits, BLOCK_S):
             ss = s0 + tl.arange(0, BLOCK_S)
             s_ok = ss < n_splits
-            ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
+            ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"),
+                         cache_modifier=CACHE)
             ws = tl.exp(ls - m_safe)
             total += ws
             o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                        mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+                        mask=s_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=CACHE)
             acc += tl.sum(ws[:, None] * o, 0)
         tot = tl.sum(total, 0)
     ok = tot > 0
@@ -494,7 +509,35 @@ def _merge_kernel(
     tl.store(out_ptr + r * s_or + offs_d, acc * tl.where(ok, 1.0 / tot_safe, 0.0), mask=d_ok)
     if d0 == 0:
         tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(tot_safe), float("-inf")))
+
+
+@triton.jit
+def _merge_kernel(
+    o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr,
+    rows, n_splits,
+    s_ows, s_owr, s_lws,
+    s_or,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
+    trace_ptr=None,
+):
+    """Merge of split partials, one program per row and ``BLOCK_D`` columns
+    (:func:`merge_tile`)."""
+    trace_mark(trace_ptr, 0)
+    pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
+    pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
+    merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, tl.program_id(0),
+               tl.program_id(1) * BLOCK_D, n_splits, s_ows, s_owr, s_lws, s_or,
+               D, BLOCK_D, BLOCK_S, "")
     trace_mark(trace_ptr, 3)
+
+
+def merge_blocks(n_splits: int, d: int) -> tuple[int, int]:
+    """``(BLOCK_S, BLOCK_D)`` of a merge of ``n_splits`` partials ``d`` wide: every split in
+    one pass up to 256, tiles of at most 8192 partial values."""
+    block_s = min(256, max(2, next_pow2(n_splits)))
+    return block_s, max(16, min(128, next_pow2(d), 8192 // block_s))
 
 
 def merge_splits(
@@ -503,8 +546,7 @@ def merge_splits(
     """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
     and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
-    block_s = min(256, max(2, next_pow2(n_splits)))
-    block_d = max(16, min(128, next_pow2(d), 8192 // block_s))
+    block_s, block_d = merge_blocks(n_splits, d)
     grid = (rows, triton.cdiv(d, block_d))
     pdl = pdl_mode(out)
     _merge_kernel[grid](

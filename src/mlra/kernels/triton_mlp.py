@@ -41,6 +41,8 @@ from mlra.kernels._triton_common import (
     block_shared_memory,
     config_from_env,
     device_sms,
+    grid_barrier,
+    grid_barrier_done,
     launch_options,
     next_pow2,
     pdl_launch_next,
@@ -127,12 +129,8 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0:  # grid barrier: every partial written and visible
-        tl.debug_barrier()
-        seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-        while seen < n_parts:  # poll with plain (volatile) loads, not atomics
-            seen = tl.load(cnt_ptr, volatile=True)
-        tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' partials visible
+    if PHASE == 0:  # every partial written and visible
+        grid_barrier(cnt_ptr, n_parts)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
@@ -149,11 +147,8 @@ def _mlp_kernel(
             if HAS_RES:
                 out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
-    if PHASE == 0:  # the last program past the barrier resets the counters for the next launch
-        done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
-        if done == n_parts - 1:
-            tl.store(cnt_ptr, 0)
-            tl.store(cnt_ptr + 1, 0)
+    if PHASE == 0:
+        grid_barrier_done(cnt_ptr, n_parts)
     trace_mark(trace_ptr, 3)
 
 
