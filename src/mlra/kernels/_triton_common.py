@@ -161,6 +161,35 @@ def prefetch_l2(ptrs, PDL: tl.constexpr):
                                   dtype=tl.int32, is_pure=False, pack=1)
 
 
+@functools.lru_cache(maxsize=8)
+def sm_limits(device_index: int) -> tuple[int, int, int]:
+    props = torch.cuda.get_device_properties(device_index)
+    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
+            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
+            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
+
+
+def resident_per_sm(n_regs: int, shared: int, num_warps: int,
+                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
+    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
+    memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
+    registers, shared memory; Hopper's by default): registers are allocated per warp in
+    units of 256, each program's shared memory plus 1 KB reserved."""
+    threads, regs, smem = limits
+    by_threads = threads // (32 * num_warps)
+    by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
+    by_smem = smem // (shared + 1024)
+    return max(0, min(by_threads, by_regs, by_smem, 32))
+
+
+def compiled_residency(compiled, device: torch.device) -> int:
+    """Programs of a compiled Triton kernel (``kernel.warmup(...)``) one multiprocessor of
+    ``device`` holds at once (:func:`resident_per_sm`)."""
+    compiled._init_handles()
+    return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
+                           compiled.metadata.num_warps, sm_limits(device.index or 0))
+
+
 PREFETCH_BYTES = 8 << 20
 """L2 prefetch budget of one launch under PDL: about what the first two microseconds of a
 stream read at full bandwidth (the programs that start early are the first wave)."""

@@ -29,7 +29,6 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
@@ -39,6 +38,7 @@ from mlra.kernels import column_major
 from mlra.kernels._triton_common import (
     INTERPRET,
     block_shared_memory,
+    compiled_residency,
     config_from_env,
     device_sms,
     grid_barrier,
@@ -161,27 +161,6 @@ def _env_config() -> MlpConfig:
     return config_from_env(CONFIG_ENV, MlpConfig) or MlpConfig()
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_limits(device_index: int) -> tuple[int, int, int]:
-    props = torch.cuda.get_device_properties(device_index)
-    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
-            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
-            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
-
-
-def resident_per_sm(n_regs: int, shared: int, num_warps: int,
-                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
-    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
-    memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
-    registers, shared memory; Hopper's by default): registers are allocated per warp in
-    units of 256, each program's shared memory plus 1 KB reserved."""
-    threads, regs, smem = limits
-    by_threads = threads // (32 * num_warps)
-    by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
-    by_smem = smem // (shared + 1024)
-    return max(0, min(by_threads, by_regs, by_smem, 32))
-
-
 _PARTS: dict[tuple, int] = {}
 LAST_LAUNCH: dict = {}
 """Programs and form (one launch or two) of the latest call (for benchmarks)."""
@@ -200,9 +179,7 @@ def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torc
                  "P_PAD": next_pow2(parts)}
         try:
             k = _mlp_kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **trial)
-            k._init_handles()
-            fits = resident_per_sm(k.n_regs, k.metadata.shared, k.metadata.num_warps,
-                                   _sm_limits(device.index or 0))
+            fits = compiled_residency(k, device)
         except Exception:  # cannot tell: one per multiprocessor, the safe choice
             fits = 1
         if fits >= per_sm:
