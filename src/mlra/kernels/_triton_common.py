@@ -139,13 +139,20 @@ def pdl_launch_next(PDL: tl.constexpr):
 
 
 @triton.jit
+def linear_program_id():
+    """This program's number in its grid, axis 0 fastest; and the grid's program count."""
+    pid = tl.program_id(0) + tl.num_programs(0) * (
+        tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+    return pid, tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+
+
+@triton.jit
 def trace_mark(trace_ptr, MARK: tl.constexpr):
     """Write the GPU's nanosecond timer as mark ``MARK`` of this program
     (:data:`mlra.kernels.kernel_trace.MARKS`) at ``trace_ptr`` (``[programs, 4]`` int64, the
     programs numbered axis 0 fastest); compiled out when ``trace_ptr`` is None."""
     if trace_ptr is not None:
-        pid = tl.program_id(0) + tl.num_programs(0) * (
-            tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+        pid, _ = linear_program_id()
         now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
                                         is_pure=False, pack=1)
         tl.store(trace_ptr + pid.to(tl.int64) * 4 + MARK, now)
@@ -182,12 +189,18 @@ def resident_per_sm(n_regs: int, shared: int, num_warps: int,
     return max(0, min(by_threads, by_regs, by_smem, 32))
 
 
-def compiled_residency(compiled, device: torch.device) -> int:
-    """Programs of a compiled Triton kernel (``kernel.warmup(...)``) one multiprocessor of
-    ``device`` holds at once (:func:`resident_per_sm`)."""
-    compiled._init_handles()
-    return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
-                           compiled.metadata.num_warps, sm_limits(device.index or 0))
+def launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
+                     device: torch.device) -> int | None:
+    """Programs of ``kernel``, compiled (not launched) for these arguments, that one
+    multiprocessor of ``device`` holds at once (:func:`resident_per_sm`): what a grid barrier
+    needs to know before a launch. None where it cannot be told."""
+    try:
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        compiled._init_handles()
+        return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
+                               compiled.metadata.num_warps, sm_limits(device.index or 0))
+    except Exception:
+        return None
 
 
 PREFETCH_BYTES = 8 << 20
@@ -345,6 +358,8 @@ class KernelConfig:
     block_m: int | None = None
     #: load cache tiles with TMA (Hopper); None = when the tile shape allows it
     use_tma: bool | None = None
+    #: split-KV factor when the call gives none (None: the wave model's choice)
+    num_splits: int | None = None
 
 
 def resolve_config(config, default):
@@ -358,10 +373,13 @@ def resolve_config(config, default):
 def num_splits_for(
     num_splits: int | None, max_seq_len: int | None, block_table: torch.Tensor, page: int,
     programs: int, block_n: int, ref: torch.Tensor, ctas_per_sm: int,
+    configured: int | None = None,
 ) -> int:
-    """``num_splits`` or, when None, the wave model's choice for ``programs`` thread blocks over
-    ``max_seq_len`` tokens (default: the block table's capacity, an upper bound that needs no
-    device synchronisation)."""
+    """``num_splits`` (the call's), else ``configured`` (the launch configuration's), else the
+    wave model's choice for ``programs`` thread blocks over ``max_seq_len`` tokens (default:
+    the block table's capacity, an upper bound that needs no device synchronisation)."""
+    if num_splits is None:
+        num_splits = configured
     if num_splits is None:
         if max_seq_len is None:
             max_seq_len = block_table.shape[1] * page

@@ -42,9 +42,6 @@ from mlra.kernels._triton_common import (
 class GQAKernelConfig(KernelConfig):
     """Launch parameters of the GQA kernel (``None`` fields are chosen by heuristics)."""
 
-    #: split-KV factor when the call gives none (None: the wave model's choice)
-    num_splits: int | None = None
-
 
 CONFIG_ENV = "MLRA_GQA_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`GQAKernelConfig`,
@@ -168,16 +165,18 @@ SHORT_READ_TOKENS = 1024
 
 
 def default_gqa_config(d: int, dv: int, rows: int, page: int,
-                       tokens_per_program: float | None = None) -> GQAKernelConfig:
+                       tokens_per_slot: float | None = None) -> GQAKernelConfig:
     """Heuristic launch parameters (tuned on an H100, see benchmarks/decode/NOTES.md; short
-    reads on an H200: :data:`SHORT_READ_TOKENS`). ``tokens_per_program``: cached tokens over
-    the resident programs (None: long)."""
+    reads on an H200: :data:`SHORT_READ_TOKENS`). ``tokens_per_slot``: the cached tokens of
+    every (sequence, KV head) over the resident program slots, before the query rows are
+    split into blocks (None: long reads)."""
     block_m = min(64, max(16, next_pow2(rows)))
     if INTERPRET:
         return GQAKernelConfig(block_n=16, num_warps=4, num_stages=1, block_m=block_m)
     if next_pow2(d) + next_pow2(dv) >= 512:
         return GQAKernelConfig(block_n=64, num_warps=8, num_stages=2, block_m=block_m)
-    if tokens_per_program is not None and tokens_per_program <= SHORT_READ_TOKENS:
+    if (tokens_per_slot is not None
+            and tokens_per_slot * triton.cdiv(rows, block_m) <= SHORT_READ_TOKENS):
         return GQAKernelConfig(block_n=64, num_warps=4, num_stages=2, block_m=block_m)
     return GQAKernelConfig(block_n=128, num_warps=4, num_stages=3, block_m=block_m)
 
@@ -234,8 +233,8 @@ def paged_gqa_decode_triton(
         config = env_config()
     longest = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
     slots = 2 * device_sms(k_cache)  # resident programs, two per multiprocessor
-    per_program = B * Hkv * triton.cdiv(rows, 64) * longest / slots  # 64: the largest block_m
-    cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page, per_program))
+    cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page,
+                                                    B * Hkv * longest / slots))
     m_blocks = triton.cdiv(rows, cfg.block_m)
     can_tma = (tma_possible(k_cache, cfg.block_n, (D,))
                and tma_possible(v_cache, cfg.block_n, (Dv,))
@@ -251,9 +250,8 @@ def paged_gqa_decode_triton(
                                  [cfg.block_n, Dv])
     else:
         k_desc, v_desc = k_cache, v_cache
-    num_splits = num_splits_for(num_splits if num_splits is not None else cfg.num_splits,
-                                max_seq_len, block_table, page, B * Hkv * m_blocks,
-                                cfg.block_n, k_cache, ctas_per_sm=2)
+    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * Hkv * m_blocks,
+                                cfg.block_n, k_cache, ctas_per_sm=2, configured=cfg.num_splits)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B * Hkv)
     pdl = pdl_mode(k_cache)

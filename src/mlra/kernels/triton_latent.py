@@ -26,13 +26,14 @@ from mlra.kernels._triton_common import (
     LOG2E,
     KernelConfig,
     block_shared_memory,
-    compiled_residency,
     config_from_env,
     device_sms,
     finish_splits,
     grid_barrier,
     grid_barrier_done,
     launch_options,
+    launch_residency,
+    linear_program_id,
     load_cols,
     make_descriptor,
     merge_blocks,
@@ -64,8 +65,6 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: split-KV factor when the call gives none (None: the wave model's choice)
-    num_splits: int | None = None
     #: merge the splits inside the launch (grid barrier, cooperative launch) instead of a
     #: second launch; only where every program of the grid is resident at once (else the
     #: separate merge). Default off (not yet measured faster)
@@ -268,9 +267,7 @@ def _latent_decode_kernel(
     if NB > 3:
         _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
     if MERGE:  # every split stored: the programs merge them, a share of row tiles each
-        n_prog = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-        pid = tl.program_id(0) + tl.num_programs(0) * (
-            tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+        pid, n_prog = linear_program_id()
         grid_barrier(cnt_ptr, n_prog)
         d_blocks = (W + MERGE_D - 1) // MERGE_D
         for tile in range(pid, n_tiles, n_prog):
@@ -448,10 +445,10 @@ def paged_latent_decode_triton(
     else:
         lat_desc = rope_desc = cache
     width = spp * next_pow2(W) + R
-    num_splits = num_splits_for(num_splits if num_splits is not None else cfg.num_splits,
-                                max_seq_len, block_table, page,
+    num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * n_groups, cfg.block_n, cache,
-                                ctas_per_sm=1 if width >= 512 else 2)
+                                ctas_per_sm=1 if width >= 512 else 2,
+                                configured=cfg.num_splits)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     offs = list(latent_offsets) + [0] * (MAX_STREAMS - NB)
     grid = (m_blocks * n_groups, num_splits, B)
@@ -512,11 +509,8 @@ def _merge_form(cfg: LatentKernelConfig, args: tuple, kwargs: dict, grid: tuple,
     key = (out.device, tuple(sorted((k, v) for k, v in kwargs.items()
                                     if isinstance(v, (bool, int, float, str)))),
            block_d, block_s)
-    if key not in _RESIDENT:
-        try:
-            compiled = _latent_decode_kernel.warmup(*args, grid=grid, **kwargs, **merge)
-            _RESIDENT[key] = compiled_residency(compiled, out.device)
-        except Exception:  # cannot tell: not merged here
-            _RESIDENT[key] = 0
+    if key not in _RESIDENT:  # cannot tell (None): not merged here
+        _RESIDENT[key] = launch_residency(_latent_decode_kernel, args, {**kwargs, **merge},
+                                          grid, out.device) or 0
     programs = grid[0] * grid[1] * grid[2]
     return merge if _RESIDENT[key] * device_sms(out) >= programs else None

@@ -38,12 +38,12 @@ from mlra.kernels import column_major
 from mlra.kernels._triton_common import (
     INTERPRET,
     block_shared_memory,
-    compiled_residency,
     config_from_env,
     device_sms,
     grid_barrier,
     grid_barrier_done,
     launch_options,
+    launch_residency,
     next_pow2,
     pdl_launch_next,
     pdl_mode,
@@ -177,10 +177,9 @@ def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torc
         parts = per_sm * sms
         trial = {**consts, "COLS": next_pow2(triton.cdiv(args[9], parts)),
                  "P_PAD": next_pow2(parts)}
-        try:
-            k = _mlp_kernel.warmup(*args[:11], parts, *args[12:], grid=(parts,), **trial)
-            fits = compiled_residency(k, device)
-        except Exception:  # cannot tell: one per multiprocessor, the safe choice
+        fits = launch_residency(_mlp_kernel, (*args[:11], parts, *args[12:]), trial,
+                                (parts,), device)
+        if fits is None:  # cannot tell: one per multiprocessor, the safe choice
             fits = 1
         if fits >= per_sm:
             break

@@ -221,7 +221,7 @@ def paged_tpa_decode_triton(
     cfg = resolve_config(config, default_tpa_config(D, rows, page))
     m_blocks = triton.cdiv(rows, cfg.block_m)
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page, B * m_blocks,
-                                cfg.block_n, b_k, ctas_per_sm=2)
+                                cfg.block_n, b_k, ctas_per_sm=2, configured=cfg.num_splits)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)
     grid = (m_blocks, num_splits, B)
     _tpa_decode_kernel[grid](

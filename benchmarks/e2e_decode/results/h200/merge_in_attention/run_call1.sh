@@ -3,7 +3,7 @@
 # about 5 minutes: MLRA-4's latent attention merging its own splits (LatentKernelConfig
 # merge_in_kernel: after its main loop each program lets the next launch go, stores its
 # partials, meets the others at a grid barrier -- one cooperative launch, 264 programs at
-# 1 x 8K, two per SM: 255 registers and 99 KB of shared memory on sm_90 -- and merges a share
+# 1 x 8K, two per SM by the sm_90 compile on the CPU: 255 registers, 99 KB of shared memory -- and merges a share
 # of the row tiles), against the separate merge launch (today 4.5 us of each layer's 83.7,
 # results/h200/trace_ninth). GPU tests first; then the batch-1 step with it off / on / off /
 # on (8K and 128K); then the trace with it on (the latent launch's tail against latent + merge).
