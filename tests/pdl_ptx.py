@@ -80,16 +80,13 @@ def _skinny(pdl: int, pf_lines: int, swiglu: bool):
     return _compile_sm90(_skinny_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
 
 
-def _latent(pdl: int, pf_tokens: int, merge: bool = False):
+def _latent(pdl: int, pf_tokens: int):
     from mlra.kernels.triton_latent import _latent_decode_kernel
 
     types = latent_types()
     consts = dict(NB=1, W=128, W_PAD=128, R=64, PAGE=64, BLOCK_M=32, BLOCK_N=64,
                   SCALAR_PAGE=True, USE_TMA=False, PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=2,
                   R_LINES=1, LINE=64)
-    if merge:  # the splits merged inside the launch (MLRA-4 at 1 x 8K: 66 splits)
-        types.update(_ptr_types("out_ptr lse_out_ptr", "*fp32"), cnt_ptr="*i32")
-        consts.update(MERGE=1, MERGE_D=32, MERGE_S=128)
     return _compile_sm90(_latent_decode_kernel, types, consts, num_warps=4,
                          launch_pdl=pdl > 0)
 
@@ -161,7 +158,6 @@ BUILDS = {
     "skinny_pdl1": lambda: _skinny(1, 16, False),
     "latent_pdl2": lambda: _latent(2, 64),
     "latent_pdl1": lambda: _latent(1, 0),
-    "latent_merge_pdl2": lambda: _latent(2, 64, merge=True),
     "gqa_pdl2": lambda: _gqa(2, 64),
     **{name: (lambda name=name: _small(name))
        for name in ("prepare", "up", "prepare_rows", "up_rows", "merge", "gqa_prepare",

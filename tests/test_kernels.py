@@ -170,39 +170,6 @@ def test_gqa_heuristic_takes_short_tiles_for_short_reads(monkeypatch):
     assert seen == [2 * 2 * 96 / (2 * sms)]  # 2 sequences x 2 KV heads x 96 tokens
 
 
-@pytest.mark.parametrize("lens", [[8192], [70, 9, 1]], ids=["one-8k", "ragged"])
-def test_latent_splits_merged_inside_the_launch_equal_the_separate_merge(lens):
-    """``merge_in_kernel``: on a GPU the attention merges its own splits after a grid barrier
-    (one cooperative launch) and gives the separate merge's result bit for bit (the same
-    merge code in the same order); under the interpreter it falls back to the separate merge.
-    Both match the reference, NaN-filled outputs included."""
-    from mlra.kernels import triton_latent
-
-    lens = lens if ON_GPU else [min(n, 75) for n in lens]
-    case = random_latent_case(lens, 64 if ON_GPU else 16, 1, 4, 24 if ON_GPU else 3,
-                              128 if ON_GPU else 32, device=DEVICE, seed=17)
-    ref_out, ref_lse = paged_latent_decode_ref(**case)
-    results = []
-    for merge in (False, True):
-        out, lse = _nan_outputs(ref_out.shape, ref_lse.shape)
-        paged_latent_decode_triton(**case, config=LatentKernelConfig(merge_in_kernel=merge),
-                                   num_splits=None if ON_GPU else 3, out=out, lse=lse)
-        merged = triton_latent.LAST_LAUNCH["merged_in_kernel"]
-        if not (merge and ON_GPU):  # asked not to, or the interpreter: the separate merge
-            assert not merged
-        elif lens == [8192]:  # MLRA-4's 1 x 8K grid (264 programs) fits a Hopper GPU at once
-            assert merged
-        _check(out, lse, ref_out, ref_lse)
-        results.append((out, lse))
-    assert triton_latent.LAST_LAUNCH["splits"] > 1
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
-    if ON_GPU:  # the counters were left at zero: a second merged launch gives the same
-        again, again_lse = paged_latent_decode_triton(
-            **case, config=LatentKernelConfig(merge_in_kernel=True))
-        assert torch.equal(again, results[1][0]) and torch.equal(again_lse, results[1][1])
-
-
 def test_latent_more_than_four_streams():
     lens = [40, 9] if not ON_GPU else [5000, 9]
     case = random_latent_case(lens, 16, 1, 5, 4, 64, device=DEVICE, seed=5)

@@ -117,28 +117,6 @@ def test_pdl_without_prefetch_waits_first(ptx):
 
 
 @needs_ptxas
-def test_latent_merging_its_splits_triggers_the_next_launch_then_meets_at_its_barrier(ptx):
-    """The attention that merges its own splits: the same reads before the PDL wait as the
-    plain one; the next launch is let go after the main loop, before the grid barrier; the
-    partials are read back from L2 (``.cg``) only after the barrier; the last program resets
-    the counters."""
-    k = ptx["latent_merge_pdl2"]
-    assert k["launch_pdl"]
-    code = k["ptx"]
-    early = _before_wait(code)
-    assert "st.global" not in early and "atom." not in early and len(early) <= 8, early
-    wait = code.index("griddepcontrol.wait")
-    trigger = code.index("griddepcontrol.launch_dependents")
-    barrier = code.index("atom.")
-    assert wait < trigger < barrier
-    assert "ld.global.cg" not in code[:barrier]
-    assert "ld.volatile.global" in code[barrier:]  # the barrier polls with plain loads
-    assert code.count("ld.global.cg") >= 2  # the split LSEs and partials, merged after it
-    assert code.rindex("atom.") > code.rindex("ld.global.cg")  # the reset round comes last
-    assert "atom." not in ptx["latent_pdl2"]["ptx"]  # the plain form has no barrier
-
-
-@needs_ptxas
 @pytest.mark.parametrize("kernel", ["latent", "gqa"])
 def test_attention_reads_only_staged_tables_before_the_wait(ptx, kernel):
     k = ptx[f"{kernel}_pdl2"]

@@ -27,17 +27,10 @@ from mlra.kernels._triton_common import (
     KernelConfig,
     block_shared_memory,
     config_from_env,
-    device_sms,
     finish_splits,
-    grid_barrier,
-    grid_barrier_done,
     launch_options,
-    launch_residency,
-    linear_program_id,
     load_cols,
     make_descriptor,
-    merge_blocks,
-    merge_tile,
     next_pow2,
     num_splits_for,
     pdl_launch_next,
@@ -48,7 +41,6 @@ from mlra.kernels._triton_common import (
     split_prefetch_tokens,
     split_range,
     split_workspaces,
-    stream_counters,
     tile_pages,
     tma_possible,
     trace_mark,
@@ -65,10 +57,6 @@ class LatentKernelConfig(KernelConfig):
     #: latent streams per program (a divisor of NB); fewer than NB runs the streams of one tile
     #: range in adjacent programs that share the RoPE keys through L2
     streams_per_program: int | None = None
-    #: merge the splits inside the launch (grid barrier, cooperative launch) instead of a
-    #: second launch; only where every program of the grid is resident at once (else the
-    #: separate merge). Default off (not yet measured faster)
-    merge_in_kernel: bool | None = None
 
 
 @triton.jit
@@ -170,8 +158,6 @@ def _latent_decode_kernel(
     SCALAR_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     PDL: tl.constexpr = 0, PF_TOKENS: tl.constexpr = 0, W_LINES: tl.constexpr = 1,
     R_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64, trace_ptr=None,
-    out_ptr=None, lse_out_ptr=None, cnt_ptr=None, n_tiles=0,
-    MERGE: tl.constexpr = 0, MERGE_D: tl.constexpr = 16, MERGE_S: tl.constexpr = 2,
 ):
     trace_mark(trace_ptr, 0)
     # axis 0 = (row block, stream group), stream group fastest: the groups of one tile range run
@@ -266,15 +252,6 @@ def _latent_decode_kernel(
         _store_stream(o_ptrs + 2 * s_oj, lse_ptrs + 2 * s_lj, m2, l2, a2, q_mask, m_ok)
     if NB > 3:
         _store_stream(o_ptrs + 3 * s_oj, lse_ptrs + 3 * s_lj, m3, l3, a3, q_mask, m_ok)
-    if MERGE:  # every split stored: the programs merge them, a share of row tiles each
-        pid, n_prog = linear_program_id()
-        grid_barrier(cnt_ptr, n_prog)
-        d_blocks = (W + MERGE_D - 1) // MERGE_D
-        for tile in range(pid, n_tiles, n_prog):
-            merge_tile(o_ptr, lse_ptr, out_ptr, lse_out_ptr, tile // d_blocks,
-                       (tile % d_blocks) * MERGE_D, n_splits, s_os, W, s_ls, W,
-                       W, MERGE_D, MERGE_S, ".cg")
-        grid_barrier_done(cnt_ptr, n_prog)
     trace_mark(trace_ptr, 3)
 
 
@@ -472,45 +449,7 @@ def paged_latent_decode_triton(
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl))
-    merge = _merge_form(cfg, args, kwargs, grid, num_splits, out, lse)
-    LAST_LAUNCH.update(programs=grid[0] * grid[1] * grid[2], splits=num_splits,
-                       merged_in_kernel=merge is not None)
-    if merge is not None:  # one cooperative launch: attention, grid barrier, merge
-        _latent_decode_kernel[grid](*args, **kwargs, **merge, launch_cooperative_grid=True,
-                                    trace_ptr=trace_slot("latent", grid, cache))
-        return out, lse
     _latent_decode_kernel[grid](*args, **kwargs, trace_ptr=trace_slot("latent", grid, cache))
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse
 
-
-LAST_LAUNCH: dict = {}
-"""Programs, splits and whether the splits were merged inside the launch, of the latest call
-(for benchmarks and tests)."""
-
-_RESIDENT: dict[tuple, int] = {}
-
-
-def _merge_form(cfg: LatentKernelConfig, args: tuple, kwargs: dict, grid: tuple,
-                num_splits: int, out: torch.Tensor, lse: torch.Tensor) -> dict | None:
-    """The extra arguments of a launch that merges its own splits (``merge_in_kernel``), or
-    None for the separate merge: one split, the interpreter (its programs run one after
-    another, a barrier would never open), or a grid the GPU cannot hold at once."""
-    if not cfg.merge_in_kernel or num_splits < 2 or INTERPRET or not out.is_cuda:
-        return None
-    rows, w = lse.numel(), out.shape[-1]
-    block_s, block_d = merge_blocks(num_splits, w)
-    # half the separate merge's tile: beside the attention's registers, 4096 partial values
-    # compile without spills (MLRA-4's 128-wide streams, 66 splits: sm_90, 255 registers)
-    block_d = max(16, min(block_d, 4096 // block_s))
-    merge = dict(out_ptr=out, lse_out_ptr=lse, cnt_ptr=stream_counters(out.device,
-                 "latent_merge", 2), n_tiles=rows * triton.cdiv(w, block_d), MERGE=1,
-                 MERGE_D=block_d, MERGE_S=block_s)
-    key = (out.device, tuple(sorted((k, v) for k, v in kwargs.items()
-                                    if isinstance(v, (bool, int, float, str)))),
-           block_d, block_s)
-    if key not in _RESIDENT:  # cannot tell (None): not merged here
-        _RESIDENT[key] = launch_residency(_latent_decode_kernel, args, {**kwargs, **merge},
-                                          grid, out.device) or 0
-    programs = grid[0] * grid[1] * grid[2]
-    return merge if _RESIDENT[key] * device_sms(out) >= programs else None
