@@ -190,11 +190,18 @@ def test_latent_split_invariance_and_empty_sequence():
     torch.testing.assert_close(results[0][0], results[2][0], atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("n_splits", [3, 300])  # one pass; more than 256: in blocks
-def test_merge_splits_matches_logsumexp(n_splits):
+@pytest.mark.parametrize("n_splits,config", [
+    (3, None),  # one pass
+    (300, None),  # more than 256 splits: in blocks
+    (9, '{"block_s": 4, "block_d": 16, "num_warps": 2}'),  # set by MLRA_MERGE_CONFIG: 3 passes
+])
+def test_merge_splits_matches_logsumexp(n_splits, config, monkeypatch):
     """The split merge equals a float64 log-sum-exp combination, with empty splits (LSE
     -inf, partial 0) among them and a row that no split saw (0 / -inf)."""
-    from mlra.kernels._triton_common import merge_splits
+    from mlra.kernels._triton_common import MERGE_CONFIG_ENV, merge_splits
+
+    if config is not None:
+        monkeypatch.setenv(MERGE_CONFIG_ENV, config)
 
     g = torch.Generator().manual_seed(n_splits)
     rows, d = 5, 40

@@ -587,6 +587,22 @@ def merge_blocks(n_splits: int, d: int) -> tuple[int, int]:
     return block_s, max(16, min(128, next_pow2(d), 8192 // block_s))
 
 
+@dataclasses.dataclass(frozen=True)
+class MergeConfig:
+    """Launch parameters of the split merge (``None``: :func:`merge_blocks` and 4 warps)."""
+
+    #: splits read per pass (a power of two; fewer than the splits loops over them)
+    block_s: int | None = None
+    #: columns per program (a power of two)
+    block_d: int | None = None
+    num_warps: int | None = None
+
+
+MERGE_CONFIG_ENV = "MLRA_MERGE_CONFIG"
+"""Environment variable with :class:`MergeConfig` fields as JSON, for tuning runs of whole
+decode steps."""
+
+
 def merge_splits(
     o_ws: torch.Tensor, lse_ws: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
 ) -> None:
@@ -594,11 +610,13 @@ def merge_splits(
     and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
     block_s, block_d = merge_blocks(n_splits, d)
+    cfg = config_from_env(MERGE_CONFIG_ENV, MergeConfig) or MergeConfig()
+    block_s, block_d = cfg.block_s or block_s, cfg.block_d or block_d
     grid = (rows, triton.cdiv(d, block_d))
     pdl = pdl_mode(out)
     _merge_kernel[grid](
         o_ws, lse_ws, out, lse, rows, n_splits,
         o_ws.stride(0), o_ws.stride(1), lse_ws.stride(0), out.stride(0),
         D=d, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl, trace_ptr=trace_slot("merge", grid, out),
-        num_warps=4, **launch_options(pdl),
+        num_warps=cfg.num_warps or 4, **launch_options(pdl),
     )
