@@ -65,6 +65,8 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
     ],
     tuning_key(1, 3072, [1024, 576], False): [  # norm + q/kv down (MLRA-4 / MLA)
+        # the entry in use, letting the query up-projection launch (and prefetch) early
+        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4, early_next=True),
         dict(block_n=4, block_k=2048, lane_sums=True, num_stages=1, waves=4),
         dict(block_n=2, block_k=4096, lane_sums=True, num_stages=1, waves=4),
         # the entry in use before merge_up call 6 (now 4 x 4096, reduced per tile)
@@ -75,6 +77,7 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=4),
     ],
     tuning_key(1, 3072, [1536, 576], False): [  # norm + q/kv down (MLA: q rank 1536)
+        dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=4, early_next=True),
         # no entry of its own: MLRA-4's (4 x 4096, waves 4) is the nearest and runs now
         dict(block_n=4, block_k=4096, lane_sums=False, num_stages=1, waves=2),
         dict(block_n=8, block_k=4096, lane_sums=False, num_stages=1, waves=2),
@@ -82,12 +85,14 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=2, waves=4),
     ],
     tuning_key(1, 1024, [4608], False): [  # query norm + q up (MLRA-4)
+        dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2, early_next=True),
         dict(block_n=4, block_k=1024, lane_sums=True, num_stages=1, waves=2),
         dict(block_n=16, block_k=1024, lane_sums=True, num_stages=1, waves=2),
         dict(block_n=8, block_k=1024, lane_sums=True, num_stages=1, waves=2, num_warps=8),
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=1, waves=2),
     ],
     tuning_key(1, 1536, [4608], False): [  # query norm + q up (MLA: q rank 1536)
+        dict(block_n=8, block_k=2048, lane_sums=False, num_stages=1, waves=2, early_next=True),
         dict(block_n=4, block_k=2048, lane_sums=False, num_stages=1, waves=4),
         dict(block_n=4, block_k=2048, lane_sums=False, num_stages=1, waves=2),
         # what ran before the ninth session: no entry, the generic default (32 x 256 tiles)
@@ -106,6 +111,7 @@ CANDIDATES: dict[str, list[dict]] = {
         dict(block_n=8, block_k=512, lane_sums=True, num_stages=3, waves=1),
     ],
     tuning_key(1, 3072, [3072, 768, 768], False): [  # norm + q/k/v (GQA)
+        dict(block_n=4, block_k=1024, lane_sums=False, num_stages=1, waves=2, early_next=True),
         # the entry in use loads three 1024-wide tiles one after another (one stage)
         dict(block_n=4, block_k=1024, lane_sums=False, num_stages=2, waves=2),
         dict(block_n=8, block_k=1024, lane_sums=False, num_stages=2, waves=2),
@@ -155,7 +161,8 @@ def candidate_registers(keys: list[str], device_name: str = "NVIDIA H200", sms: 
                           BLOCK_K=cfg.block_k, ALIGNED=K % 8 == 0, PDL=2,
                           PF_LINES=prefetch_lines(k_split, cfg.block_n, tiles * split, sms, 2,
                                                   2 if swiglu else 1),
-                          LINE=64, LANE_SUMS=bool(cfg.lane_sums))
+                          LINE=64, LANE_SUMS=bool(cfg.lane_sums),
+                          EARLY_NEXT=bool(cfg.early_next))
             compiled = compile_sm90(_skinny_kernel, types, consts, aligned,
                                     num_warps=cfg.num_warps, launch_pdl=True)
             u = ptxas_usage(compiled.asm["ptx"])
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shapes", default=None, help="keys of CANDIDATES (default: all)")
     p.add_argument("--out", default=None)
+    p.add_argument("--setting", default=None,
+                   help="only the candidates that set this field (e.g. early_next)")
     p.add_argument("--registers", action="store_true",
                    help="print each candidate's sm_90 registers and spills (CPU, no timing)")
     args = p.parse_args(argv)
@@ -197,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = [("in use", TABLE)]
     for key in shapes:
         for i, cand in enumerate(CANDIDATES[key]):
+            if args.setting and args.setting not in cand:
+                continue
             t = json.loads(json.dumps(base))
             t.setdefault(name, {})[key] = cand
             path = tmp / f"{len(tables)}.json"

@@ -67,6 +67,9 @@ class SkinnyConfig:
     #: one row: keep per-lane partial sums over the K loop and reduce them once at the end
     #: (False: reduce every tile across lanes)
     lane_sums: bool | None = None
+    #: under PDL let the next kernel launch right after this one's wait (its prefetch then
+    #: overlaps this stream) instead of after the main loop
+    early_next: bool | None = None
 
 
 @triton.jit(do_not_specialize=["N1", "N2", "N3", "T1", "T2"])
@@ -80,7 +83,7 @@ def _skinny_kernel(
     SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
     PDL: tl.constexpr = 0, PF_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    LANE_SUMS: tl.constexpr = True, trace_ptr=None,
+    LANE_SUMS: tl.constexpr = True, EARLY_NEXT: tl.constexpr = False, trace_ptr=None,
 ):
     """One output tile (BLOCK_N outputs of one weight, all rows) over one K range. RMSNorm is
     folded: ``(x * rstd * g) @ W.T = rstd * ((x * g) @ W.T)``, the sum of squares accumulated
@@ -128,6 +131,8 @@ def _skinny_kernel(
             prefetch_l2(tl.where(pf_ok, w2_ptr + offs_n[:, None] * sw2 + pf_k[None, :], w2_ptr),
                         PDL)
     pdl_wait(PDL)
+    if EARLY_NEXT:
+        pdl_launch_next(PDL)
     trace_mark(trace_ptr, 1)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_kb
@@ -159,7 +164,8 @@ def _skinny_kernel(
             acc += tl.dot(xb, tl.trans(w))
             if SWIGLU:
                 acc2 += tl.dot(xb, tl.trans(w2))
-    pdl_launch_next(PDL)
+    if not EARLY_NEXT:
+        pdl_launch_next(PDL)
     trace_mark(trace_ptr, 2)
     if BLOCK_M == 1 and LANE_SUMS:
         acc = tl.sum(fma, axis=1)[None, :]
@@ -401,6 +407,7 @@ def skinny_linear_triton(
         NUM_STAGES=cfg.num_stages, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=cfg.block_k,
         ALIGNED=all(v % 8 == 0 for v in (K, x2.stride(0), *(w.stride(0) for w in pad_w))),
         PDL=pdl, PF_LINES=pf, LINE=128 // es, LANE_SUMS=bool(cfg.lane_sums),
+        EARLY_NEXT=bool(cfg.early_next),
         trace_ptr=trace_slot("skinny", (tiles, split), x2),
         num_warps=cfg.num_warps, **launch_options(pdl),
     )
