@@ -70,13 +70,13 @@ def skinny_types() -> dict[str, str]:
     return types
 
 
-def _skinny(pdl: int, pf_lines: int, swiglu: bool):
+def _skinny(pdl: int, pf_lines: int, swiglu: bool, early_next: bool = False):
     from mlra.kernels.triton_skinny import _skinny_kernel
 
     types = skinny_types()
     consts = dict(NUM_W=1, SWIGLU=swiglu, HAS_NORM=True, HAS_RES=not swiglu, SPLIT_K=2,
                   K_SPLIT=1536, NUM_STAGES=3, BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, ALIGNED=True,
-                  PDL=pdl, PF_LINES=pf_lines, LINE=64)
+                  PDL=pdl, PF_LINES=pf_lines, LINE=64, EARLY_NEXT=early_next)
     return _compile_sm90(_skinny_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
 
 
@@ -156,6 +156,7 @@ BUILDS = {
     "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
     "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
     "skinny_pdl1": lambda: _skinny(1, 16, False),
+    "skinny_early_pdl2": lambda: _skinny(2, 16, False, early_next=True),
     "latent_pdl2": lambda: _latent(2, 64),
     "latent_pdl1": lambda: _latent(1, 0),
     "gqa_pdl2": lambda: _gqa(2, 64),

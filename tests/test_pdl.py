@@ -74,6 +74,25 @@ def test_skinny_kernel_prefetches_its_weights_then_waits_before_any_memory_acces
     assert ptx.index("atom.") > ptx.index("griddepcontrol.wait")
 
 
+@needs_ptxas
+def test_skinny_early_next_lets_the_next_launch_go_right_after_its_wait(ptx):
+    """``early_next`` (the q/kv down projection's tuned entry): the next kernel may launch
+    once this one's wait is over, before any of its weight tiles are read (its prefetch then
+    overlaps this stream); by default only after the main loop's loads."""
+    def first_load_after_wait(code: str) -> int:
+        wait = code.index("griddepcontrol.wait")
+        return wait + re.search(r"(ld\.global|cp\.async)", code[wait:]).start()
+
+    early = ptx["skinny_early_pdl2"]["ptx"]
+    assert early.count("griddepcontrol.launch_dependents") == 1
+    trigger = early.index("griddepcontrol.launch_dependents")
+    assert early.index("griddepcontrol.wait") < trigger < first_load_after_wait(early)
+    assert _before_wait(early) == []
+    plain = ptx["skinny_swiglu_pdl2"]["ptx"]
+    assert plain.count("griddepcontrol.launch_dependents") == 1
+    assert plain.index("griddepcontrol.launch_dependents") > first_load_after_wait(plain)
+
+
 # bytes each of 128 threads reads before the wait: W_UV, 4 branches x 128 latent rows x 32
 # columns, bf16
 @needs_ptxas
