@@ -199,28 +199,6 @@ def test_prefetch_budgets_stay_within_l2_and_one_split():
     assert prefetch_tokens(8, 264, 384, 132) == 0
 
 
-def test_prefetch_budget_and_whole_reads_set_by_the_environment(monkeypatch):
-    """``MLRA_PREFETCH`` (tuning runs): a larger budget prefetches more; ``whole`` prefetches
-    all of a read the budget covers (48 lines of a 3072-wide bf16 row: 64, masked) instead of
-    the power of two below it; a malformed value is refused by name."""
-    from mlra.kernels._triton_common import PREFETCH_CONFIG_ENV, prefetch_units
-
-    # MLRA-4's norm + q/kv down: 400 programs of 4 rows, 48 lines per row
-    assert prefetch_units(48, 400, 512, 132, 4, 256) == 32  # 8 MiB: 40 lines, rounded down
-    monkeypatch.setenv(PREFETCH_CONFIG_ENV, '{"whole": true}')
-    assert prefetch_units(48, 400, 512, 132, 4, 256) == 32  # the budget does not cover 48
-    monkeypatch.setenv(PREFETCH_CONFIG_ENV, '{"mb": 12}')
-    assert prefetch_units(48, 400, 512, 132, 4, 256) == 32  # covered, still rounded down
-    monkeypatch.setenv(PREFETCH_CONFIG_ENV, '{"mb": 12, "whole": true}')
-    assert prefetch_units(48, 400, 512, 132, 4, 256) == 64
-    assert prefetch_units(300, 400, 512, 132, 4, 256) == 32  # 61 lines of 300: rounded down
-    monkeypatch.setenv(PREFETCH_CONFIG_ENV, '{"mb": 1}')
-    assert prefetch_units(48, 400, 512, 132, 4, 256) == 4
-    monkeypatch.setenv(PREFETCH_CONFIG_ENV, '{"megabytes": 1}')
-    with pytest.raises(ValueError, match=PREFETCH_CONFIG_ENV):
-        prefetch_units(48, 400, 512, 132, 4, 256)
-
-
 def test_attention_prefetch_follows_the_mode_and_the_split():
     from mlra.kernels._triton_common import split_prefetch_tokens
 

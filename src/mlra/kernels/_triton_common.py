@@ -208,38 +208,15 @@ PREFETCH_BYTES = 8 << 20
 stream read at full bandwidth (the programs that start early are the first wave)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class PrefetchConfig:
-    """The L2 prefetch before a PDL wait (``None``: :data:`PREFETCH_BYTES`, powers of two
-    rounded down)."""
-
-    #: budget of one launch in MiB
-    mb: float | None = None
-    #: where the budget covers all a program will read, prefetch all of it (the next power of
-    #: two, masked) instead of the power of two below it
-    whole: bool | None = None
-
-
-PREFETCH_CONFIG_ENV = "MLRA_PREFETCH"
-"""Environment variable with :class:`PrefetchConfig` fields as JSON, for tuning runs."""
-
-
 def prefetch_units(limit: int, programs: int, unit_bytes: int, sms: int,
                    resident_per_sm: int, cap: int, minimum: int = 1) -> int:
     """How many units (cached tokens, weight lines) of ``unit_bytes`` each program of a launch
     prefetches before its PDL wait: a power of two, at most ``limit`` (what the program will
-    read; the kernels mask units beyond it) and ``cap``, with the programs resident at once
-    (``resident_per_sm`` per multiprocessor) together within the budget
-    (:class:`PrefetchConfig`); 0 below ``minimum``."""
-    cfg = config_from_env(PREFETCH_CONFIG_ENV, PrefetchConfig) or PrefetchConfig()
-    budget = PREFETCH_BYTES if cfg.mb is None else int(cfg.mb * (1 << 20))
+    read) and ``cap``, with the programs resident at once (``resident_per_sm`` per
+    multiprocessor) together within :data:`PREFETCH_BYTES`; 0 below ``minimum``."""
     resident = max(1, min(programs, resident_per_sm * sms))
-    units = min(limit, budget // (resident * unit_bytes), cap)
-    if units < max(1, minimum):
-        return 0
-    if cfg.whole and units == limit:
-        return min(cap, next_pow2(units))
-    return 1 << (int(units).bit_length() - 1)
+    units = min(limit, PREFETCH_BYTES // (resident * unit_bytes), cap)
+    return 0 if units < max(1, minimum) else 1 << (int(units).bit_length() - 1)
 
 
 def prefetch_tokens(per_split: int, programs: int, bytes_per_token: int, sms: int) -> int:
