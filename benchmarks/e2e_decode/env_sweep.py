@@ -38,44 +38,64 @@ def parse_candidates(text: str) -> dict[str, dict[str, str]]:
             for label, env in raw.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def interleaved_step_ms(variant: str, context: int, candidates: dict[str, dict[str, str]],
+                        rounds: int, reps: int) -> dict[str, list[float]]:
+    """Per candidate, the fused batch-1 step's milliseconds in each of ``rounds`` rounds: the
+    paper-size ``variant`` over ``context`` cached tokens, every round capturing the step
+    afresh under each candidate's environment and timing ``reps`` replays."""
+    device = torch.device("cuda")
+    model = build(variant, context, device)
+    cache, table, lens = random_paged_cache(model.config, 1, context, 64, torch.bfloat16, device)
+    ids = torch.randint(0, model.config.vocab_size, (1, 1), device=device)
+    times: dict[str, list[float]] = {label: [] for label in candidates}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for label, env in candidates.items():
+                with env_vars(env):
+                    graph = capture_step(DecodeStep(model, cache, fused=True), ids, table, lens)
+                    times[label].append(replay_ms(graph, reps))
+                del graph
+    return times
+
+
+def save(out: str | None, stem: str, lines: list[str], times: dict[str, list[float]]) -> None:
+    """Print the report; with ``out``, also write it (``STEM.md``) and every round's time
+    (``STEM.json``) there."""
+    print("\n".join(lines), flush=True)
+    if out:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        (path / f"{stem}.json").write_text(json.dumps(times, indent=1))
+
+
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of an in-step comparison: variant, context, replays, rounds, output."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--variant", default="mlra_4")
     p.add_argument("--context", type=int, default=8192)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--candidates", required=True, help="JSON {label: {VARIABLE: value}}")
     p.add_argument("--out", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = step_parser(__doc__.splitlines()[0])
+    p.add_argument("--candidates", required=True, help="JSON {label: {VARIABLE: value}}")
     args = p.parse_args(argv)
     candidates = parse_candidates(args.candidates)
-    device = torch.device("cuda")
-    model = build(args.variant, args.context, device)
-    cache, table, lens = random_paged_cache(model.config, 1, args.context, 64, torch.bfloat16,
-                                            device)
-    ids = torch.randint(0, model.config.vocab_size, (1, 1), device=device)
-    times: dict[str, list[float]] = {label: [] for label in candidates}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            for label, env in candidates.items():
-                with env_vars(env):
-                    graph = capture_step(DecodeStep(model, cache, fused=True), ids, table, lens)
-                    times[label].append(replay_ms(graph, args.reps))
-                del graph
+    times = interleaved_step_ms(args.variant, args.context, candidates, args.rounds, args.reps)
     ref = statistics.median(next(iter(times.values())))
     lines = [f"# {args.variant} batch-1 step at {args.context}, "
-             f"{torch.cuda.get_device_name(device)}", "",
+             f"{torch.cuda.get_device_name()}", "",
              f"median of {args.rounds} interleaved rounds of {args.reps} replays", "",
              "| candidate | environment | step ms | rounds | vs first |", "|---|---|---|---|---|"]
     for label, env in candidates.items():
         t = statistics.median(times[label])
         rounds = " ".join(f"{v:.3f}" for v in times[label])
         lines.append(f"| {label} | `{json.dumps(env)}` | {t:.3f} | {rounds} | {t / ref:.3f} |")
-    print("\n".join(lines), flush=True)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "env_sweep.md").write_text("\n".join(lines) + "\n")
-        (out / "env_sweep.json").write_text(json.dumps(times, indent=1))
+    save(args.out, "env_sweep", lines, times)
     return 0
 
 

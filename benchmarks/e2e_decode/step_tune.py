@@ -15,7 +15,6 @@ as a batch-1 launch on an H200 specialises it -- a triage before spending GPU ti
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -27,9 +26,6 @@ from pathlib import Path
 
 import torch
 
-from mlra.bench.paged import random_paged_cache
-from mlra.bench.timing import env_vars
-from mlra.decoding import DecodeStep
 from mlra.kernels.triton_skinny import (
     TUNED_ENV,
     default_skinny_config,
@@ -40,7 +36,7 @@ from mlra.kernels.triton_skinny import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from profile_step import build, capture_step, replay_ms  # noqa: E402
+from env_sweep import interleaved_step_ms, save, step_parser  # noqa: E402
 
 TABLE = Path(__file__).parents[2] / "src" / "mlra" / "kernels" / "skinny_tuned.json"
 
@@ -171,20 +167,9 @@ def candidate_registers(keys: list[str], device_name: str = "NVIDIA H200", sms: 
     return lines
 
 
-@torch.no_grad()
-def step_ms(model, cache, table, lens, ids, reps: int) -> float:
-    """The fused batch-1 step's milliseconds under the current tuned table."""
-    return replay_ms(capture_step(DecodeStep(model, cache, fused=True), ids, table, lens), reps)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="mlra_4")
-    p.add_argument("--context", type=int, default=8192)
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=3)
+    p = step_parser(__doc__.splitlines()[0])
     p.add_argument("--shapes", default=None, help="keys of CANDIDATES (default: all)")
-    p.add_argument("--out", default=None)
     p.add_argument("--setting", default=None,
                    help="only the candidates that set this field (e.g. early_next)")
     p.add_argument("--registers", action="store_true",
@@ -195,15 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("TRITON_INTERPRET", None)
         print("\n".join(candidate_registers(shapes)), flush=True)
         return 0
-    device = torch.device("cuda")
-    model = build(args.variant, args.context, device)
-    cfg = model.config
-    cache, table, lens = random_paged_cache(cfg, 1, args.context, 64, torch.bfloat16, device)
-    ids = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name()
     base = json.loads(TABLE.read_text())
     tmp = Path(tempfile.mkdtemp())
-    tables = [("in use", TABLE)]
+    tables = {"in use": {TUNED_ENV: str(TABLE)}}
     for key in shapes:
         for i, cand in enumerate(CANDIDATES[key]):
             if args.setting and args.setting not in cand:
@@ -212,26 +192,17 @@ def main(argv: list[str] | None = None) -> int:
             t.setdefault(name, {})[key] = cand
             path = tmp / f"{len(tables)}.json"
             path.write_text(json.dumps(t))
-            tables.append((f"{key} #{i} {cand}", path))
-    times: dict[str, list[float]] = {label: [] for label, _ in tables}
-    for _ in range(args.rounds):
-        for label, path in tables:
-            with env_vars({TUNED_ENV: str(path)}):
-                times[label].append(step_ms(model, cache, table, lens, ids, args.reps))
+            tables[f"{key} #{i} {cand}"] = {TUNED_ENV: str(path)}
+    times = interleaved_step_ms(args.variant, args.context, tables, args.rounds, args.reps)
     ref = statistics.median(times["in use"])
     lines = [f"# Projection parameters in the {args.variant} batch-1 step at {args.context}, "
              f"{name}", "", f"`{' '.join(['python', *sys.argv])}`; median of {args.rounds} "
              f"rounds of {args.reps} replays", "", "| candidate | step ms | vs in use |",
              "|---|---|---|"]
-    for label, _ in tables:
+    for label in tables:
         t = statistics.median(times[label])
         lines.append(f"| {label} | {t:.3f} | {t / ref:.3f} |")
-    print("\n".join(lines), flush=True)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "step_tune.md").write_text("\n".join(lines) + "\n")
-        (out / "step_tune.json").write_text(json.dumps(times, indent=1))
+    save(args.out, "step_tune", lines, times)
     return 0
 
 
