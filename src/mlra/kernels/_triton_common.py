@@ -506,25 +506,22 @@ def grid_barrier_done(cnt_ptr, n_programs):
 
 @triton.jit
 def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s_owr, s_lws,
-               s_or, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-               CACHE: tl.constexpr):
+               s_or, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     """out[r, d0:d0 + BLOCK_D] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s
     exp(lse_s[r]) (stored by the tile at ``d0 == 0``).
 
     Up to ``BLOCK_S`` splits (the usual case) are read in one pass, the LSEs and the partials
     loaded together (no load waits for another); more are read ``BLOCK_S`` at a time. Every
     split stored a finite partial (zeros where it saw no position), so a zero weight needs no
-    mask on the partial's load. ``CACHE``: the loads' cache modifier (``".cg"``, from L2 only,
-    in a launch that wrote the partials itself: no stale L1 line may serve them)."""
+    mask on the partial's load."""
     offs_d = d0 + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     if n_splits <= BLOCK_S:
         ss = tl.arange(0, BLOCK_S)
         s_ok = ss < n_splits
-        ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"),
-                     cache_modifier=CACHE)
+        ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
         o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                    mask=s_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=CACHE)
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
         m_max = tl.max(ls, 0)
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         ws = tl.exp(ls - m_safe)
@@ -535,7 +532,7 @@ def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s
         for s0 in range(0, n_splits, BLOCK_S):
             ss = s0 + tl.arange(0, BLOCK_S)
             m = tl.maximum(m, tl.load(lse_ws_ptr + ss * s_lws + r, mask=ss < n_splits,
-                                      other=float("-inf"), cache_modifier=CACHE))
+                                      other=float("-inf")))
         m_max = tl.max(m, 0)
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -543,12 +540,11 @@ def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s
         for s0 in range(0, n_splits, BLOCK_S):
             ss = s0 + tl.arange(0, BLOCK_S)
             s_ok = ss < n_splits
-            ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"),
-                         cache_modifier=CACHE)
+            ls = tl.load(lse_ws_ptr + ss * s_lws + r, mask=s_ok, other=float("-inf"))
             ws = tl.exp(ls - m_safe)
             total += ws
             o = tl.load(o_ws_ptr + ss[:, None] * s_ows + r * s_owr + offs_d[None, :],
-                        mask=s_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=CACHE)
+                        mask=s_ok[:, None] & d_ok[None, :], other=0.0)
             acc += tl.sum(ws[:, None] * o, 0)
         tot = tl.sum(total, 0)
     ok = tot > 0
@@ -576,7 +572,7 @@ def _merge_kernel(
     trace_mark(trace_ptr, 2)
     merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, tl.program_id(0),
                tl.program_id(1) * BLOCK_D, n_splits, s_ows, s_owr, s_lws, s_or,
-               D, BLOCK_D, BLOCK_S, "")
+               D, BLOCK_D, BLOCK_S)
     trace_mark(trace_ptr, 3)
 
 
