@@ -341,3 +341,41 @@ def test_latent_config_from_the_environment_changes_the_launch(monkeypatch):
     monkeypatch.setenv(triton_latent.CONFIG_ENV, '{"block_rows": 16}')
     with pytest.raises(ValueError, match="MLRA_LATENT_CONFIG"):
         paged_latent_decode_triton(q_lat, q_rope, cache, table, lens, [0], 32, 0.3)
+
+
+def _decode_call(kind: str):
+    """A small case of one split-KV decode launcher and the launcher."""
+    from mlra.kernels.testing import random_gqa_case, random_tpa_case
+    from mlra.kernels.triton_tpa import paged_tpa_decode_triton
+
+    if kind == "latent":
+        return random_latent_case([40, 9], 16, 1, 2, 3, 32, device=DEVICE), \
+            paged_latent_decode_triton, "q_latent"
+    if kind == "gqa":
+        return random_gqa_case([40, 9], 16, 1, 4, 2, 32, 32, device=DEVICE), \
+            paged_gqa_decode_triton, "q"
+    return random_tpa_case([40, 9], 16, 1, 3, 2, 32, device=DEVICE), paged_tpa_decode_triton, "q"
+
+
+@pytest.mark.parametrize("kind", ["latent", "gqa", "tpa"])
+def test_decode_launchers_share_output_rules(kind):
+    """Every split-KV decode launcher: outputs it allocates are fp32 and contiguous; given ones
+    are written in place; a non-contiguous one is refused by name; a call without query rows
+    returns empty outputs without launching."""
+    case, launch, q_name = _decode_call(kind)
+    out, lse = launch(**case)
+    assert out.dtype == lse.dtype == torch.float32 and out.is_contiguous()
+    given = torch.full_like(out, float("nan")), torch.full_like(lse, float("nan"))
+    got = launch(**case, out=given[0], lse=given[1])
+    assert got[0] is given[0] and got[1] is given[1]
+    torch.testing.assert_close(given[0], out, atol=1e-6, rtol=0)
+    strided = torch.empty(out.shape[::-1], dtype=torch.float32, device=DEVICE).permute(
+        *reversed(range(out.dim())))
+    with pytest.raises(ValueError, match="contiguous"):
+        launch(**case, out=strided, lse=torch.empty_like(lse))
+    no_rows = dict(case)
+    no_rows[q_name] = case[q_name][:, :0]
+    if kind == "latent":
+        no_rows["q_rope"] = case["q_rope"][:, :0]
+    out0, lse0 = launch(**no_rows)
+    assert out0.shape == (out.shape[0], 0, *out.shape[2:]) and lse0.numel() == 0

@@ -388,6 +388,35 @@ def num_splits_for(
     return max(1, int(num_splits))
 
 
+def decode_outputs(out: torch.Tensor | None, lse: torch.Tensor | None,
+                   shape: tuple[int, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out [*shape]`` / ``lse [*shape[:-1]]`` of a split-KV decode call, allocated (fp32)
+    where not given."""
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32, device=device)
+    if lse is None:
+        lse = torch.empty(shape[:-1], dtype=torch.float32, device=device)
+    return out, lse
+
+
+def finished_empty(out: torch.Tensor, lse: torch.Tensor) -> bool:
+    """Refuses outputs that are not contiguous; True, with the result written (zeros, LSE
+    -inf), for a call without rows (no sequence, query or head)."""
+    if not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out and lse must be contiguous")
+    if lse.numel() == 0:
+        out.zero_(), lse.fill_(float("-inf"))
+        return True
+    return False
+
+
+def rows_as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``like``'s dtype with contiguous last dimension (a kernel's query operand)."""
+    x = x.to(like.dtype)
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def split_workspaces(
     num_splits: int, out: torch.Tensor, lse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,10 +66,13 @@ from mlra.kernels._triton_common import (
     LOG2E,
     block_shared_memory,
     config_from_env,
+    decode_outputs,
     finish_splits,
+    finished_empty,
     next_pow2,
     num_splits_for,
     pdl_mode,
+    rows_as,
     split_workspaces,
 )
 from mlra.kernels.triton_latent import MAX_STREAMS
@@ -418,7 +421,7 @@ def paged_latent_decode_gluon(
     :func:`mlra.kernels.triton_latent.paged_latent_decode_triton`."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from mlra.kernels.triton_latent import check_latent_inputs, decode_outputs, in_stream_groups
+    from mlra.kernels.triton_latent import check_latent_inputs, in_stream_groups
 
     check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
                         rope_offset)
@@ -426,22 +429,19 @@ def paged_latent_decode_gluon(
         raise ValueError("paged_latent_decode_gluon: shapes outside gluon_latent_supports")
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
-    out, lse = decode_outputs(q_latent, out, lse)
+    out, lse = decode_outputs(out, lse, q_latent.shape, q_latent.device)
     if NB > MAX_STREAMS:  # groups of four streams (the latent columns go in as scalars)
         return in_stream_groups(
             paged_latent_decode_gluon, q_latent, q_rope, cache, block_table, seq_lens,
             latent_offsets, rope_offset, scale, out, lse,
             num_splits=num_splits, config=config, max_seq_len=max_seq_len)
-    if not (out.is_contiguous() and lse.is_contiguous()):
-        raise ValueError("out and lse must be contiguous")
-    if B == 0 or Tq == 0 or Hq == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
+    if finished_empty(out, lse):
+        return out, lse
     es = cache.element_size()
     for off in (*latent_offsets, rope_offset):
         if (off * es) % 16:
             raise ValueError(f"column offset {off} is not 16-byte aligned (TMA)")
-    q_latent = q_latent.to(cache.dtype)
-    q_rope = q_rope.to(cache.dtype)
+    q_latent, q_rope = rows_as(q_latent, cache), rows_as(q_rope, cache)
     page = cache.shape[1]
     if config is None:
         config = config_from_env(CONFIG_ENV, GluonLatentConfig)

@@ -18,8 +18,10 @@ from mlra.kernels._triton_common import (
     LOG2E,
     KernelConfig,
     config_from_env,
+    decode_outputs,
     device_sms,
     finish_splits,
+    finished_empty,
     launch_options,
     load_cols,
     make_descriptor,
@@ -30,6 +32,7 @@ from mlra.kernels._triton_common import (
     pdl_wait,
     prefetch_tokens_l2,
     resolve_config,
+    rows_as,
     split_prefetch_tokens,
     split_range,
     split_workspaces,
@@ -215,18 +218,10 @@ def paged_gqa_decode_triton(
         raise ValueError("block_table and seq_lens must be int32")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("cache head vectors must be contiguous")
-    dev = q.device
-    if out is None:
-        out = torch.empty(B, Tq, Hq, Dv, dtype=torch.float32, device=dev)
-    if lse is None:
-        lse = torch.empty(B, Tq, Hq, dtype=torch.float32, device=dev)
-    if not (out.is_contiguous() and lse.is_contiguous()):
-        raise ValueError("out and lse must be contiguous")
-    if B == 0 or Tq == 0 or Hq == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-    q = q.to(k_cache.dtype)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    out, lse = decode_outputs(out, lse, (B, Tq, Hq, Dv), q.device)
+    if finished_empty(out, lse):
+        return out, lse
+    q = rows_as(q, k_cache)
     G = Hq // Hkv
     rows = Tq * G
     if config is None:

@@ -27,7 +27,9 @@ from mlra.kernels._triton_common import (
     KernelConfig,
     block_shared_memory,
     config_from_env,
+    decode_outputs,
     finish_splits,
+    finished_empty,
     launch_options,
     load_cols,
     make_descriptor,
@@ -38,6 +40,7 @@ from mlra.kernels._triton_common import (
     pdl_wait,
     prefetch_tokens_l2,
     resolve_config,
+    rows_as,
     split_prefetch_tokens,
     split_range,
     split_workspaces,
@@ -330,17 +333,6 @@ def check_latent_inputs(q_latent, q_rope, cache, block_table, seq_lens, latent_o
         raise ValueError("block_table and seq_lens need one row per sequence")
 
 
-def decode_outputs(q_latent: torch.Tensor, out: torch.Tensor | None, lse: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out`` / ``lse`` of a latent decode call, allocated (fp32) where not given."""
-    B, Tq, NB, Hq, W = q_latent.shape
-    if out is None:
-        out = torch.empty(B, Tq, NB, Hq, W, dtype=torch.float32, device=q_latent.device)
-    if lse is None:
-        lse = torch.empty(B, Tq, NB, Hq, dtype=torch.float32, device=q_latent.device)
-    return out, lse
-
-
 def in_stream_groups(decode, q_latent, q_rope, cache, block_table, seq_lens, latent_offsets,
                      rope_offset, scale, out, lse, **extras) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode`` (a latent decode implementation) over groups of :data:`MAX_STREAMS`
@@ -382,23 +374,15 @@ def paged_latent_decode_triton(
                         rope_offset)
     B, Tq, NB, Hq, W = q_latent.shape
     R = q_rope.shape[-1]
-    out, lse = decode_outputs(q_latent, out, lse)
+    out, lse = decode_outputs(out, lse, q_latent.shape, q_latent.device)
     if NB > MAX_STREAMS:  # groups of four streams, each reading the RoPE keys once
         return in_stream_groups(
             paged_latent_decode_triton, q_latent, q_rope, cache, block_table, seq_lens,
             latent_offsets, rope_offset, scale, out, lse,
             num_splits=num_splits, config=config, max_seq_len=max_seq_len)
-    if not (out.is_contiguous() and lse.is_contiguous()):
-        raise ValueError("out and lse must be contiguous")
-    if B == 0 or Tq == 0 or Hq == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-
-    q_latent = q_latent.to(cache.dtype)
-    q_rope = q_rope.to(cache.dtype)
-    if q_latent.stride(-1) != 1:
-        q_latent = q_latent.contiguous()
-    if q_rope.stride(-1) != 1:
-        q_rope = q_rope.contiguous()
+    if finished_empty(out, lse):
+        return out, lse
+    q_latent, q_rope = rows_as(q_latent, cache), rows_as(q_rope, cache)
     if cache.stride(-1) != 1:
         raise ValueError("cache rows must be contiguous")
     page = cache.shape[1]

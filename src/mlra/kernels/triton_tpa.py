@@ -27,11 +27,14 @@ from mlra.kernels._triton_common import (
     INTERPRET,
     LOG2E,
     KernelConfig,
+    decode_outputs,
     finish_splits,
+    finished_empty,
     load_cols,
     next_pow2,
     num_splits_for,
     resolve_config,
+    rows_as,
     split_range,
     split_workspaces,
     tile_pages,
@@ -205,18 +208,10 @@ def paged_tpa_decode_triton(
     _check_inputs(q, a_k, b_k, a_v, b_v, block_table, seq_lens)
     B, Tq, H, D = q.shape
     page, R = a_k.shape[1], a_k.shape[3]
-    dev = q.device
-    if out is None:
-        out = torch.empty(B, Tq, H, D, dtype=torch.float32, device=dev)
-    if lse is None:
-        lse = torch.empty(B, Tq, H, dtype=torch.float32, device=dev)
-    if not (out.is_contiguous() and lse.is_contiguous()):
-        raise ValueError("out and lse must be contiguous")
-    if B == 0 or Tq == 0 or H == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-    q = q.to(b_k.dtype)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    out, lse = decode_outputs(out, lse, (B, Tq, H, D), q.device)
+    if finished_empty(out, lse):
+        return out, lse
+    q = rows_as(q, b_k)
     rows = Tq * H
     cfg = resolve_config(config, default_tpa_config(D, rows, page))
     m_blocks = triton.cdiv(rows, cfg.block_m)
