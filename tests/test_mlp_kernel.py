@@ -164,7 +164,7 @@ def test_mlp_kernel_env_switch_keeps_the_row_major_layout(monkeypatch):
 
 
 def test_resident_programs_follow_registers_shared_memory_and_threads():
-    from mlra.kernels._triton_common import resident_per_sm
+    from mlra.kernels.triton_mlp import resident_per_sm
 
     hopper = (2048, 65536, 233472)
     # 128 registers x 128 threads: four programs fill the registers (and 49 KB x 4 fit)

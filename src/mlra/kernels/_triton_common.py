@@ -139,20 +139,13 @@ def pdl_launch_next(PDL: tl.constexpr):
 
 
 @triton.jit
-def linear_program_id():
-    """This program's number in its grid, axis 0 fastest; and the grid's program count."""
-    pid = tl.program_id(0) + tl.num_programs(0) * (
-        tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
-    return pid, tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-
-
-@triton.jit
 def trace_mark(trace_ptr, MARK: tl.constexpr):
     """Write the GPU's nanosecond timer as mark ``MARK`` of this program
     (:data:`mlra.kernels.kernel_trace.MARKS`) at ``trace_ptr`` (``[programs, 4]`` int64, the
     programs numbered axis 0 fastest); compiled out when ``trace_ptr`` is None."""
     if trace_ptr is not None:
-        pid, _ = linear_program_id()
+        pid = tl.program_id(0) + tl.num_programs(0) * (
+            tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
         now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
                                         is_pure=False, pack=1)
         tl.store(trace_ptr + pid.to(tl.int64) * 4 + MARK, now)
@@ -166,41 +159,6 @@ def prefetch_l2(ptrs, PDL: tl.constexpr):
     if PDL > 1:
         tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                   dtype=tl.int32, is_pure=False, pack=1)
-
-
-@functools.lru_cache(maxsize=8)
-def sm_limits(device_index: int) -> tuple[int, int, int]:
-    props = torch.cuda.get_device_properties(device_index)
-    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
-            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
-            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
-
-
-def resident_per_sm(n_regs: int, shared: int, num_warps: int,
-                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
-    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
-    memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
-    registers, shared memory; Hopper's by default): registers are allocated per warp in
-    units of 256, each program's shared memory plus 1 KB reserved."""
-    threads, regs, smem = limits
-    by_threads = threads // (32 * num_warps)
-    by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
-    by_smem = smem // (shared + 1024)
-    return max(0, min(by_threads, by_regs, by_smem, 32))
-
-
-def launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
-                     device: torch.device) -> int | None:
-    """Programs of ``kernel``, compiled (not launched) for these arguments, that one
-    multiprocessor of ``device`` holds at once (:func:`resident_per_sm`): what a grid barrier
-    needs to know before a launch. None where it cannot be told."""
-    try:
-        compiled = kernel.warmup(*args, grid=grid, **kwargs)
-        compiled._init_handles()
-        return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
-                               compiled.metadata.num_warps, sm_limits(device.index or 0))
-    except Exception:
-        return None
 
 
 PREFETCH_BYTES = 8 << 20
@@ -241,6 +199,12 @@ def prefetch_tokens_l2(cache_ptr, bt_row_ptr, start, end, n_pages, s_cp, s_cr, c
     prefetch_l2(tl.where(ok[:, None], rows[:, None] + cols[None, :], cache_ptr), PDL)
 
 
+def read_bound(max_seq_len: int | None, block_table: torch.Tensor, page: int) -> int:
+    """Cached tokens a decode call reads at most per sequence: ``max_seq_len`` where given,
+    else the block table's capacity (an upper bound that needs no device synchronisation)."""
+    return max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+
+
 def split_prefetch_tokens(mode: int, max_seq_len: int | None, block_table: torch.Tensor,
                           page: int, block_n: int, num_splits: int, programs: int,
                           line_count: int, ref: torch.Tensor) -> int:
@@ -249,7 +213,7 @@ def split_prefetch_tokens(mode: int, max_seq_len: int | None, block_table: torch
     128-byte lines per token."""
     if mode < 2:
         return 0
-    capacity = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+    capacity = read_bound(max_seq_len, block_table, page)
     per_split = math.ceil(math.ceil(capacity / block_n) / num_splits) * block_n
     return prefetch_tokens(per_split, programs, line_count * 128, device_sms(ref))
 
@@ -381,8 +345,7 @@ def num_splits_for(
     if num_splits is None:
         num_splits = configured
     if num_splits is None:
-        if max_seq_len is None:
-            max_seq_len = block_table.shape[1] * page
+        max_seq_len = read_bound(max_seq_len, block_table, page)
         num_splits = choose_num_splits(programs, max_seq_len, block_n, device_sms(ref),
                                        ctas_per_sm=ctas_per_sm)
     return max(1, int(num_splits))
@@ -511,38 +474,27 @@ def tile_pages(bt_row_ptr, n0, end, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def grid_barrier(cnt_ptr, n_programs):
-    """Wait until all ``n_programs`` programs of the launch got here (every one resident at
-    once: a cooperative launch); their global writes before it are visible after it.
-    ``cnt_ptr``: two int32 counters at zero (:func:`stream_counters`), which
-    :func:`grid_barrier_done` leaves at zero again."""
-    tl.debug_barrier()
-    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-    while seen < n_programs:  # poll with plain (volatile) loads, not atomics
-        seen = tl.load(cnt_ptr, volatile=True)
-    tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' writes visible
-
-
-@triton.jit
-def grid_barrier_done(cnt_ptr, n_programs):
-    """After a program's last read that needed :func:`grid_barrier`: the last program to get
-    here resets both counters for the next launch."""
-    done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
-    if done == n_programs - 1:
-        tl.store(cnt_ptr, 0)
-        tl.store(cnt_ptr + 1, 0)
-
-
-@triton.jit
-def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s_owr, s_lws,
-               s_or, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out[r, d0:d0 + BLOCK_D] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s
-    exp(lse_s[r]) (stored by the tile at ``d0 == 0``).
+def _merge_kernel(
+    o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr,
+    rows, n_splits,
+    s_ows, s_owr, s_lws,
+    s_or,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
+    trace_ptr=None,
+):
+    """out[r] = sum_s exp(lse_s[r] - lse[r]) * o_s[r]; lse[r] = log sum_s exp(lse_s[r]).
 
     Up to ``BLOCK_S`` splits (the usual case) are read in one pass, the LSEs and the partials
     loaded together (no load waits for another); more are read ``BLOCK_S`` at a time. Every
     split stored a finite partial (zeros where it saw no position), so a zero weight needs no
     mask on the partial's load."""
+    trace_mark(trace_ptr, 0)
+    pdl_wait(PDL)
+    trace_mark(trace_ptr, 1)
+    pdl_launch_next(PDL)
+    trace_mark(trace_ptr, 2)
+    r = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     if n_splits <= BLOCK_S:
@@ -581,40 +533,13 @@ def merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, r, d0, n_splits, s_ows, s
     tl.store(out_ptr + r * s_or + offs_d, acc * tl.where(ok, 1.0 / tot_safe, 0.0), mask=d_ok)
     if d0 == 0:
         tl.store(lse_ptr + r, tl.where(ok, m_safe + tl.log(tot_safe), float("-inf")))
-
-
-@triton.jit
-def _merge_kernel(
-    o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr,
-    rows, n_splits,
-    s_ows, s_owr, s_lws,
-    s_or,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0,
-    trace_ptr=None,
-):
-    """Merge of split partials, one program per row and ``BLOCK_D`` columns
-    (:func:`merge_tile`)."""
-    trace_mark(trace_ptr, 0)
-    pdl_wait(PDL)
-    trace_mark(trace_ptr, 1)
-    pdl_launch_next(PDL)
-    trace_mark(trace_ptr, 2)
-    merge_tile(o_ws_ptr, lse_ws_ptr, out_ptr, lse_ptr, tl.program_id(0),
-               tl.program_id(1) * BLOCK_D, n_splits, s_ows, s_owr, s_lws, s_or,
-               D, BLOCK_D, BLOCK_S)
     trace_mark(trace_ptr, 3)
-
-
-def merge_blocks(n_splits: int, d: int) -> tuple[int, int]:
-    """``(BLOCK_S, BLOCK_D)`` of a merge of ``n_splits`` partials ``d`` wide: every split in
-    one pass up to 256, tiles of at most 8192 partial values."""
-    block_s = min(256, max(2, next_pow2(n_splits)))
-    return block_s, max(16, min(128, next_pow2(d), 8192 // block_s))
 
 
 @dataclasses.dataclass(frozen=True)
 class MergeConfig:
-    """Launch parameters of the split merge (``None``: :func:`merge_blocks` and 4 warps)."""
+    """Launch parameters of the split merge (``None``: every split in one pass up to 256,
+    tiles of at most 8192 partial values, 4 warps)."""
 
     #: splits read per pass (a power of two; fewer than the splits loops over them)
     block_s: int | None = None
@@ -634,9 +559,9 @@ def merge_splits(
     """Merge split partials ``o_ws [S, rows, D]`` / ``lse_ws [S, rows]`` into ``out [rows, D]``
     and ``lse [rows]`` (all fp32, contiguous in the last dim)."""
     n_splits, rows, d = o_ws.shape
-    block_s, block_d = merge_blocks(n_splits, d)
     cfg = config_from_env(MERGE_CONFIG_ENV, MergeConfig) or MergeConfig()
-    block_s, block_d = cfg.block_s or block_s, cfg.block_d or block_d
+    block_s = cfg.block_s or min(256, max(2, next_pow2(n_splits)))
+    block_d = cfg.block_d or max(16, min(128, next_pow2(d), 8192 // block_s))
     grid = (rows, triton.cdiv(d, block_d))
     pdl = pdl_mode(out)
     _merge_kernel[grid](

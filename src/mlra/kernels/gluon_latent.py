@@ -72,6 +72,7 @@ from mlra.kernels._triton_common import (
     next_pow2,
     num_splits_for,
     pdl_mode,
+    read_bound,
     rows_as,
     split_workspaces,
 )
@@ -459,7 +460,7 @@ def paged_latent_decode_gluon(
     num_splits = num_splits_for(num_splits, max_seq_len, block_table, page,
                                 B * m_blocks * NB, cfg.block_n, cache, ctas_per_sm=1)
     if W >= 512 and (config is None or config.seesaw is None):
-        longest = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+        longest = read_bound(max_seq_len, block_table, page)
         cfg = default_gluon_config(W, R, block_shared_memory(cache), config,
                                    tokens_per_split=longest // num_splits)
     o_ws, lse_ws = split_workspaces(num_splits, out, lse)

@@ -31,6 +31,7 @@ from mlra.kernels._triton_common import (
     pdl_mode,
     pdl_wait,
     prefetch_tokens_l2,
+    read_bound,
     resolve_config,
     rows_as,
     split_prefetch_tokens,
@@ -226,7 +227,7 @@ def paged_gqa_decode_triton(
     rows = Tq * G
     if config is None:
         config = env_config()
-    longest = max_seq_len if max_seq_len is not None else block_table.shape[1] * page
+    longest = read_bound(max_seq_len, block_table, page)
     slots = 2 * device_sms(k_cache)  # resident programs, two per multiprocessor
     cfg = resolve_config(config, default_gqa_config(D, Dv, rows, page,
                                                     B * Hkv * longest / slots))

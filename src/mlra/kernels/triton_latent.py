@@ -419,7 +419,7 @@ def paged_latent_decode_triton(
     pf_tokens = split_prefetch_tokens(pdl, max_seq_len, block_table, page, cfg.block_n,
                                       num_splits, grid[0] * grid[1] * grid[2],
                                       spp * w_lines + r_lines, cache)
-    args = (
+    _latent_decode_kernel[grid](
         q_latent, q_rope, cache, lat_desc, rope_desc, block_table, seq_lens, o_ws, lse_ws,
         q_latent.stride(0), q_latent.stride(1), q_latent.stride(2), q_latent.stride(3),
         q_rope.stride(0), q_rope.stride(1), q_rope.stride(2),
@@ -427,13 +427,12 @@ def paged_latent_decode_triton(
         o_ws.stride(0), o_ws.stride(1), o_ws.stride(2), o_ws.stride(3), o_ws.stride(4),
         lse_ws.stride(0), lse_ws.stride(1), lse_ws.stride(2), lse_ws.stride(3),
         offs[0], offs[1], offs[2], offs[3], rope_offset,
-        float(scale) * LOG2E, Hq, Tq, num_splits, n_groups, cache.shape[0])
-    kwargs = dict(
+        float(scale) * LOG2E, Hq, Tq, num_splits, n_groups, cache.shape[0],
         NB=spp, W=W, W_PAD=next_pow2(W), R=R, PAGE=page, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, SCALAR_PAGE=page % cfg.block_n == 0, USE_TMA=use_tma,
         PDL=pdl, PF_TOKENS=pf_tokens, W_LINES=w_lines, R_LINES=r_lines, LINE=128 // es,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl))
-    _latent_decode_kernel[grid](*args, **kwargs, trace_ptr=trace_slot("latent", grid, cache))
+        trace_ptr=trace_slot("latent", grid, cache),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
+    )
     finish_splits(o_ws, lse_ws, out, lse)
     return out, lse
-

@@ -29,6 +29,7 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -40,10 +41,7 @@ from mlra.kernels._triton_common import (
     block_shared_memory,
     config_from_env,
     device_sms,
-    grid_barrier,
-    grid_barrier_done,
     launch_options,
-    launch_residency,
     next_pow2,
     pdl_launch_next,
     pdl_mode,
@@ -80,6 +78,29 @@ class MlpConfig:
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
     cooperative: bool | None = None
+
+
+@triton.jit
+def _grid_barrier(cnt_ptr, n_programs):
+    """Wait until all ``n_programs`` programs of the launch got here (every one resident at
+    once: a cooperative launch); their global writes before it are visible after it.
+    ``cnt_ptr``: two int32 counters at zero (the launch's stream counters), which
+    :func:`_grid_barrier_done` leaves at zero again."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+    while seen < n_programs:  # poll with plain (volatile) loads, not atomics
+        seen = tl.load(cnt_ptr, volatile=True)
+    tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' writes visible
+
+
+@triton.jit
+def _grid_barrier_done(cnt_ptr, n_programs):
+    """After a program's last read that needed :func:`_grid_barrier`: the last program to get
+    here resets both counters for the next launch."""
+    done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
+    if done == n_programs - 1:
+        tl.store(cnt_ptr, 0)
+        tl.store(cnt_ptr + 1, 0)
 
 
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
@@ -130,7 +151,7 @@ def _mlp_kernel(
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # every partial written and visible
-        grid_barrier(cnt_ptr, n_parts)
+        _grid_barrier(cnt_ptr, n_parts)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
@@ -148,7 +169,7 @@ def _mlp_kernel(
                 out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
     if PHASE == 0:
-        grid_barrier_done(cnt_ptr, n_parts)
+        _grid_barrier_done(cnt_ptr, n_parts)
     trace_mark(trace_ptr, 3)
 
 
@@ -159,6 +180,41 @@ tuning runs."""
 
 def _env_config() -> MlpConfig:
     return config_from_env(CONFIG_ENV, MlpConfig) or MlpConfig()
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_limits(device_index: int) -> tuple[int, int, int]:
+    props = torch.cuda.get_device_properties(device_index)
+    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
+            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
+            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
+
+
+def resident_per_sm(n_regs: int, shared: int, num_warps: int,
+                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
+    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
+    memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
+    registers, shared memory; Hopper's by default): registers are allocated per warp in
+    units of 256, each program's shared memory plus 1 KB reserved."""
+    threads, regs, smem = limits
+    by_threads = threads // (32 * num_warps)
+    by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
+    by_smem = smem // (shared + 1024)
+    return max(0, min(by_threads, by_regs, by_smem, 32))
+
+
+def _launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
+                     device: torch.device) -> int | None:
+    """Programs of ``kernel``, compiled (not launched) for these arguments, that one
+    multiprocessor of ``device`` holds at once (:func:`resident_per_sm`): what a grid barrier
+    needs to know before a launch. None where it cannot be told."""
+    try:
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        compiled._init_handles()
+        return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
+                               compiled.metadata.num_warps, _sm_limits(device.index or 0))
+    except Exception:
+        return None
 
 
 _PARTS: dict[tuple, int] = {}
@@ -177,7 +233,7 @@ def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torc
         parts = per_sm * sms
         trial = {**consts, "COLS": next_pow2(triton.cdiv(args[9], parts)),
                  "P_PAD": next_pow2(parts)}
-        fits = launch_residency(_mlp_kernel, (*args[:11], parts, *args[12:]), trial,
+        fits = _launch_residency(_mlp_kernel, (*args[:11], parts, *args[12:]), trial,
                                 (parts,), device)
         if fits is None:  # cannot tell: one per multiprocessor, the safe choice
             fits = 1
