@@ -1,0 +1,290 @@
+"""Hopper one-row projections whose weights are fetched into shared memory before the previous
+kernel finishes: ``x @ W.T`` for a single row ``x`` (batch-1 decode steps), written in Gluon.
+
+Same contract as :func:`mlra.kernels.triton_skinny.skinny_linear_triton` for one row and no
+SwiGLU (an optional RMSNorm of ``x`` times a scale, up to three weights reading the same
+input, a residual), for weights that fit, all together, in the shared memory of the GPU
+(:func:`resident_plan`: the attention projections of the paper-size models, not the LM head
+or the MLP).
+
+Why: under programmatic dependent launch a projection starts while the kernel before it (which
+writes ``x``) still runs. The Triton kernel prefetches its weights into L2 before its wait and
+then still spends 4-6 us after it on a 10-19 MB projection (loads from L2 one tile after the
+other, a split-K reduction): ``benchmarks/e2e_decode/results/h200/trace_ninth``. Here every
+program owns ``BLOCK_N`` whole rows of one weight (no split-K) and, before its wait, puts the
+TMA loads of all of them (``[BLOCK_N, 256]`` boxes, one mbarrier each) in flight into its
+shared memory; after the wait it reads ``x`` once (the RMS statistic over all of ``K``, ``x *
+g`` staged in shared memory in fp32), then runs dot products out of shared memory as the boxes
+land, and writes its outputs: no reduction across programs, no second pass.
+
+The kernel lets the next one launch right after its own wait, so the next projection's loads
+overlap this one's. Numerics as the Triton kernel's one-row path: ``x`` rounded to the
+weights' dtype, the norm's statistic and ``x * g`` in fp32, fp32 dot products, the output in
+the weights' dtype.
+
+Import only after checking :func:`mlra.kernels.gluon_available`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode
+
+BOX_K = 256  # inputs per TMA box (the most one box dimension takes)
+BOX = gl.constexpr(BOX_K)
+NUM_WARPS = 4
+MAX_CHUNKS = 32  # inputs up to 8192
+SM90_SMEM_PER_SM = 233472  # 228 KB
+CTA_RESERVE = 2048  # per block: the driver's 1 KB and the compiler's reduction scratch
+BLOCK_NS = (32, 16, 8, 4)  # rows per program the plan considers (>= NUM_WARPS)
+
+ENV = "MLRA_SKINNY_RESIDENT"
+"""``0`` keeps one-row projections on the Triton kernel; anything else (the default) sends
+those that fit to this one on a Hopper GPU. Read at every call (a CUDA graph keeps what it
+captured)."""
+
+CONFIG_ENV = "MLRA_RESIDENT_CONFIG"
+"""Launch parameters as JSON (fields of :class:`ResidentConfig`, e.g. ``{"block_n": 8}``) for
+every call without a ``config``: tuning runs of whole decode steps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidentConfig:
+    """Launch parameters (``None``: :func:`resident_plan` chooses)."""
+
+    #: weight rows per program (4, 8, 16 or 32)
+    block_n: int | None = None
+
+
+@gluon.jit
+def _gdc_wait():
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _gdc_launch_dependents():
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CHUNKS: gl.constexpr):
+    """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight, box by box (rows and
+    inputs past the weight's end land as zeros), box ``c`` signalling ``bars[c]``."""
+    for c in gl.static_range(CHUNKS):
+        bar = bars.index(c)
+        mbarrier.expect(bar, BLOCK_N * BOX * 2)
+        tma.async_copy_global_to_shared(desc, [row0, c * BOX], bar, w_smem.index(c))
+
+
+@gluon.jit
+def _resident_kernel(
+    x_ptr, g_ptr, res_ptr, d1, d2, d3, o1_ptr, o2_ptr, o3_ptr,
+    K, N1, N2, N3, T1, T2, eps, in_scale,
+    NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
+    BLOCK_N: gl.constexpr, CHUNKS: gl.constexpr, X_ROWS: gl.constexpr, PDL: gl.constexpr,
+):
+    """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
+    to (tiles of weight 1, then 2, then 3); see the module docstring."""
+    dtype: gl.constexpr = d1.dtype
+    layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+    cols: gl.constexpr = gl.SliceLayout(0, layout)
+    rows: gl.constexpr = gl.SliceLayout(1, layout)
+    w_smem = gl.allocate_shared_memory(dtype, [CHUNKS, BLOCK_N, BOX], d1.layout)
+    x_smem = gl.allocate_shared_memory(gl.float32, [X_ROWS, BOX],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    bars = gl.allocate_shared_memory(gl.int64, [CHUNKS, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(CHUNKS):
+        mbarrier.init(bars.index(c), count=1)
+    fence_async_shared()
+
+    # the weights, which no kernel of the step writes: every box in flight before the wait
+    pid = gl.program_id(0)
+    t = pid
+    n_out = N1
+    o_ptr = o1_ptr
+    if NUM_W == 1:
+        _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+    else:
+        if pid < T1:
+            _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+        else:
+            t = pid - T1
+            n_out = N2
+            o_ptr = o2_ptr
+            if NUM_W == 3:
+                if pid >= T1 + T2:
+                    t = pid - T1 - T2
+                    n_out = N3
+                    o_ptr = o3_ptr
+                    _fetch_rows(d3, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+                else:
+                    _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+            else:
+                _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+
+    kx = (gl.expand_dims(gl.arange(0, X_ROWS, rows), 1) * BOX
+          + gl.expand_dims(gl.arange(0, BOX, cols), 0))
+    k_ok = kx < K
+    if HAS_NORM:  # a weight too
+        g = gl.load(g_ptr + kx, mask=k_ok, other=0.0).to(gl.float32)
+    if PDL:
+        _gdc_wait()
+        _gdc_launch_dependents()
+    x = gl.load(x_ptr + kx, mask=k_ok, other=0.0).to(dtype).to(gl.float32)
+    ss = 0.0
+    if HAS_NORM:
+        ss = gl.sum(gl.sum(x * x, 1), 0)
+        x = x * g
+    x_smem.store(x)
+    gl.thread_barrier()
+
+    acc = gl.zeros([BLOCK_N, BOX], gl.float32, layout)
+    for c in gl.static_range(CHUNKS):
+        mbarrier.wait(bars.index(c), 0)
+        w = w_smem.index(c).load(layout).to(gl.float32)
+        acc += w * x_smem.slice(c, 1).load(layout)  # [1, BOX]: the same inputs every row
+    out = gl.sum(acc, 1)
+    if HAS_NORM:
+        out = out * (in_scale / gl.sqrt(ss / K + eps))
+    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, rows)
+    n_ok = offs_n < n_out
+    if HAS_RES:
+        out += gl.load(res_ptr + offs_n, mask=n_ok, other=0.0).to(gl.float32)
+    gl.store(o_ptr + offs_n, out.to(dtype), mask=n_ok)
+    for c in gl.static_range(CHUNKS):
+        mbarrier.invalidate(bars.index(c))
+
+
+def block_bytes(K: int, block_n: int) -> int:
+    """Shared memory of one program: its weight rows, ``x * g`` in fp32 and the barriers,
+    plus :data:`CTA_RESERVE`."""
+    chunks = triton.cdiv(K, BOX_K)
+    x_rows = max(NUM_WARPS, triton.next_power_of_2(chunks))
+    return chunks * block_n * BOX_K * 2 + x_rows * BOX_K * 4 + chunks * 8 + CTA_RESERVE
+
+
+def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
+                  block_n: int | None = None) -> int | None:
+    """Rows per program for weights of ``ns`` rows over ``K`` inputs (bf16) such that every
+    program is resident at once (``sms`` multiprocessors of ``smem_per_sm`` bytes); None when
+    no choice fits or ``K`` is not a multiple of 8 from 256 to 8192. ``block_n`` fixes it
+    (still None if it does not fit). Otherwise the largest that still gives every
+    multiprocessor a program, else the one with most programs."""
+    if K % 8 or K < BOX_K or triton.cdiv(K, BOX_K) > MAX_CHUNKS:
+        return None
+    fitting = []
+    for bn in ([block_n] if block_n else BLOCK_NS):
+        tiles = sum(triton.cdiv(n, bn) for n in ns)
+        per_sm = smem_per_sm // block_bytes(K, bn)
+        if per_sm >= 1 and tiles <= sms * per_sm:
+            fitting.append((bn, tiles))
+    if not fitting:
+        return None
+    filling = [bn for bn, tiles in fitting if tiles >= sms]
+    return max(filling) if filling else min(bn for bn, _ in fitting)
+
+
+def _smem_per_sm(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_multiprocessor", 0) or SM90_SMEM_PER_SM
+
+
+def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool = False,
+                      config: ResidentConfig | None = None) -> bool:
+    """Calls the kernel takes: a Hopper GPU, one row of ``x`` (bf16 or fp32), one to three
+    bf16 weights with contiguous 16-byte aligned rows over ``256 <= K <= 8192`` inputs,
+    ``K % 8 == 0``, no SwiGLU, and a :func:`resident_plan`."""
+    if swiglu or not 1 <= len(weights) <= 3 or not x.is_cuda:
+        return False
+    if torch.cuda.get_device_capability(x.device)[0] != 9:
+        return False
+    K = x.shape[-1]
+    if x.numel() != K or x.dtype not in (torch.bfloat16, torch.float32):
+        return False
+    if not all(w.dtype == torch.bfloat16 and w.dim() == 2 and w.shape[1] == K
+               and w.stride(1) == 1 and w.stride(0) == K and w.data_ptr() % 16 == 0
+               for w in weights):
+        return False
+    config = config or config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x),
+                         _smem_per_sm(x.device), config.block_n) is not None
+
+
+def resident_wanted(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool) -> bool:
+    """Whether :func:`mlra.kernels.skinny_linear` sends this call here: :data:`ENV` not
+    ``0`` and :func:`resident_supports`."""
+    return os.environ.get(ENV, "1") != "0" and resident_supports(x, weights, swiglu)
+
+
+def skinny_linear_resident(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    in_scale: float = 1.0,
+    residual: torch.Tensor | None = None,
+    config: ResidentConfig | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Gluon implementation of :func:`mlra.kernels.reference.skinny_linear_ref` for one row
+    (no SwiGLU) on Hopper, for shapes :func:`resident_supports` takes; ``config`` overrides
+    the rows per program (benchmarks, tuning)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    if config is None:
+        config = config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
+    if not resident_supports(x, weights, config=config):
+        raise ValueError("skinny_linear_resident: a call outside resident_supports")
+    if residual is not None and len(weights) != 1:
+        raise ValueError("a residual is added to a single output")
+    K = x.shape[-1]
+    ns = [w.shape[0] for w in weights]
+    bn = resident_plan(K, ns, device_sms(x), _smem_per_sm(x.device), config.block_n)
+    chunks = triton.cdiv(K, BOX_K)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+    descs = [TensorDescriptor.from_tensor(w, [bn, BOX_K], layout) for w in weights]
+    outs = [torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device=x.device) for n in ns]
+    tiles = [triton.cdiv(n, bn) for n in ns]
+    pad = 3 - len(weights)
+    x1 = x.reshape(K)
+    res = residual.reshape(-1) if residual is not None else x1
+    pdl = pdl_mode(x) > 0
+    _resident_kernel[(sum(tiles),)](
+        x1, norm_weight if norm_weight is not None else x1, res,
+        *descs, *[descs[0]] * pad, *outs, *[outs[0]] * pad,
+        K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
+        NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
+        BLOCK_N=bn, CHUNKS=chunks, X_ROWS=max(NUM_WARPS, triton.next_power_of_2(chunks)),
+        PDL=int(pdl), num_warps=NUM_WARPS, **({"launch_pdl": True} if pdl else {}),
+    )
+    return tuple(outs)
+
+
+def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
+                     residual: bool = False, pdl: bool = True):
+    """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
+    resource reports."""
+    from mlra.kernels.aot import compile_gluon_sm90
+
+    chunks = triton.cdiv(K, BOX_K)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+    desc = f"tensordesc<bf16[{block_n}, {BOX_K}],{layout!r}>"
+    types = {"x_ptr": "*bf16", "g_ptr": "*bf16", "res_ptr": "*bf16", "d1": desc, "d2": desc,
+             "d3": desc, "o1_ptr": "*bf16", "o2_ptr": "*bf16", "o3_ptr": "*bf16",
+             "eps": "fp32", "in_scale": "fp32"}
+    consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
+              "CHUNKS": chunks, "X_ROWS": max(NUM_WARPS, triton.next_power_of_2(chunks)),
+              "PDL": int(pdl)}
+    aligned = ["x_ptr", "g_ptr", "res_ptr", "o1_ptr", "o2_ptr", "o3_ptr", "K"]  # as at run time
+    return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=NUM_WARPS)
