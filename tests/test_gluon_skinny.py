@@ -94,6 +94,7 @@ res = {}
 for k, nw, bn, norm, res_ in json.loads(sys.argv[1]):
     c = compile_for_sm90(k, nw, bn, norm, res_)
     res[f"{k}-{nw}-{bn}-{norm}-{res_}"] = dict(ptx=c.asm["ptx"], **hopper_summary(c))
+res["traced"] = dict(ptx=compile_for_sm90(3072, 2, 8, trace=True).asm["ptx"])
 json.dump(res, open(sys.argv[2], "w"))
 """
 
@@ -129,6 +130,16 @@ def test_weights_are_in_flight_before_the_wait(compiled, k, nw, bn, norm, res):
     before = ptx[:wait]
     assert ("ld.global" in before) == norm
     assert "st.global" not in before
+
+
+def test_trace_marks_are_compiled_in_only_with_a_trace(compiled):
+    """Four timer reads per program with a trace (entry, past the wait, products done,
+    exit), none without."""
+    traced = compiled["traced"]["ptx"]
+    assert traced.count("%globaltimer") == 4
+    wait = traced.index("griddepcontrol.wait")
+    assert traced.index("%globaltimer") < wait < traced.rindex("%globaltimer")
+    assert all("%globaltimer" not in c["ptx"] for key, c in compiled.items() if key != "traced")
 
 
 def _case(k, ns, seed, norm=True, res=False, x_dtype=BF):
@@ -196,3 +207,6 @@ def test_dispatch_sends_one_row_here_unless_switched_off(monkeypatch):
     assert calls == [1]
     for a, b in zip(fast, plain, strict=True):
         assert rel_error(a.float(), b.float()) < TOL
+    # a size cap leaves larger weights (9.8 MB here) to the Triton kernel
+    assert resident_supports(x, ws, config=ResidentConfig(max_mb=10))
+    assert not resident_supports(x, ws, config=ResidentConfig(max_mb=9))

@@ -38,6 +38,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode
+from mlra.kernels.kernel_trace import trace_slot
 
 BOX_K = 256  # inputs per TMA box (the most one box dimension takes)
 BOX = gl.constexpr(BOX_K)
@@ -63,6 +64,9 @@ class ResidentConfig:
 
     #: weight rows per program (4, 8, 16 or 32)
     block_n: int | None = None
+    #: only calls whose weights hold at most this many megabytes (larger ones stay on the
+    #: Triton kernel); None: every call that fits
+    max_mb: float | None = None
 
 
 @gluon.jit
@@ -75,6 +79,16 @@ def _gdc_wait():
 def _gdc_launch_dependents():
     gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
                               dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _mark(trace_ptr, MARK: gl.constexpr):
+    """Mark ``MARK`` of :data:`mlra.kernels.kernel_trace.MARKS` for this program (a 1-D
+    grid), as :func:`mlra.kernels._triton_common.trace_mark`; nothing without a trace."""
+    if trace_ptr is not None:
+        now = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64,
+                                        is_pure=False, pack=1)
+        gl.store(trace_ptr + gl.program_id(0).to(gl.int64) * 4 + MARK, now)
 
 
 @gluon.jit
@@ -93,9 +107,11 @@ def _resident_kernel(
     K, N1, N2, N3, T1, T2, eps, in_scale,
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CHUNKS: gl.constexpr, X_ROWS: gl.constexpr, PDL: gl.constexpr,
+    trace_ptr=None,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring."""
+    _mark(trace_ptr, 0)
     dtype: gl.constexpr = d1.dtype
     layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
     cols: gl.constexpr = gl.SliceLayout(0, layout)
@@ -141,6 +157,7 @@ def _resident_kernel(
     if PDL:
         _gdc_wait()
         _gdc_launch_dependents()
+    _mark(trace_ptr, 1)
     x = gl.load(x_ptr + kx, mask=k_ok, other=0.0).to(dtype).to(gl.float32)
     ss = 0.0
     if HAS_NORM:
@@ -155,6 +172,7 @@ def _resident_kernel(
         w = w_smem.index(c).load(layout).to(gl.float32)
         acc += w * x_smem.slice(c, 1).load(layout)  # [1, BOX]: the same inputs every row
     out = gl.sum(acc, 1)
+    _mark(trace_ptr, 2)
     if HAS_NORM:
         out = out * (in_scale / gl.sqrt(ss / K + eps))
     offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, rows)
@@ -164,6 +182,7 @@ def _resident_kernel(
     gl.store(o_ptr + offs_n, out.to(dtype), mask=n_ok)
     for c in gl.static_range(CHUNKS):
         mbarrier.invalidate(bars.index(c))
+    _mark(trace_ptr, 3)
 
 
 def block_bytes(K: int, block_n: int) -> int:
@@ -217,6 +236,8 @@ def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: 
                for w in weights):
         return False
     config = config or config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
+    if config.max_mb is not None and sum(w.numel() for w in weights) * 2 > config.max_mb * 1e6:
+        return False
     return resident_plan(K, [w.shape[0] for w in weights], device_sms(x),
                          _smem_per_sm(x.device), config.block_n) is not None
 
@@ -266,13 +287,14 @@ def skinny_linear_resident(
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
         BLOCK_N=bn, CHUNKS=chunks, X_ROWS=max(NUM_WARPS, triton.next_power_of_2(chunks)),
-        PDL=int(pdl), num_warps=NUM_WARPS, **({"launch_pdl": True} if pdl else {}),
+        PDL=int(pdl), trace_ptr=trace_slot("skinny", (sum(tiles),), x), num_warps=NUM_WARPS,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
 
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
-                     residual: bool = False, pdl: bool = True):
+                     residual: bool = False, pdl: bool = True, trace: bool = False):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
     resource reports."""
     from mlra.kernels.aot import compile_gluon_sm90
@@ -286,5 +308,9 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
               "CHUNKS": chunks, "X_ROWS": max(NUM_WARPS, triton.next_power_of_2(chunks)),
               "PDL": int(pdl)}
+    if trace:
+        types["trace_ptr"] = "*i64"
+    else:
+        consts["trace_ptr"] = None
     aligned = ["x_ptr", "g_ptr", "res_ptr", "o1_ptr", "o2_ptr", "o3_ptr", "K"]  # as at run time
     return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=NUM_WARPS)
