@@ -171,7 +171,7 @@ CASES = [(3072, (1024, 576), True, False), (1024, (4608,), True, False),
 @pytest.mark.parametrize("k,ns,norm,res", CASES, ids=lambda c: str(c))
 @pytest.mark.parametrize("block_n", [None, 4, 8, 16, 32])
 def test_matches_reference(k, ns, norm, res, block_n):
-    cfg = ResidentConfig(block_n=block_n)
+    cfg = ResidentConfig(block_n=block_n, max_mb=0)
     x, ws, nw, r = _case(k, ns, k + len(ns))
     if not resident_supports(x, ws, config=cfg):
         pytest.skip(f"block_n={block_n} does not fit {k} x {ns}")
@@ -182,7 +182,7 @@ def test_matches_reference(k, ns, norm, res, block_n):
 
 @needs_hopper
 def test_fp32_input_is_rounded_like_the_reference():
-    x, ws, nw, _ = _case(3072, (1024, 576), 5, x_dtype=torch.float32)
+    x, ws, nw, _ = _case(3072, (1024, 576), 5, x_dtype=torch.float32)  # 9.8 MB: taken
     _check(x, ws, nw, None, skinny_linear_resident(x, ws, norm_weight=nw, eps=1e-6))
 
 
@@ -207,6 +207,10 @@ def test_dispatch_sends_one_row_here_unless_switched_off(monkeypatch):
     assert calls == [1]
     for a, b in zip(fast, plain, strict=True):
         assert rel_error(a.float(), b.float()) < TOL
-    # a size cap leaves larger weights (9.8 MB here) to the Triton kernel
+    # a size cap leaves larger weights (9.8 MB here) to the Triton kernel; by default the
+    # output projection (18.9 MB) stays there, without a cap it comes here
     assert resident_supports(x, ws, config=ResidentConfig(max_mb=10))
     assert not resident_supports(x, ws, config=ResidentConfig(max_mb=9))
+    xo, wo, _, _ = _case(3072, (3072,), 8, norm=False)
+    assert not resident_supports(xo, wo)
+    assert resident_supports(xo, wo, config=ResidentConfig(max_mb=0))

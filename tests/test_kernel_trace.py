@@ -139,3 +139,12 @@ def test_layer_programs_are_one_layers_launches_from_its_first_release():
     assert [x["name"] for x in layer] == ["a", "b"]
     assert layer[0]["marks_us"] == [[-1.0, 0.0, 1.0, 2.0]]  # released at 21 us
     assert layer[1]["marks_us"] == [[9.0, 10.0, 11.0, 12.0]]
+
+
+def test_spread_gives_each_marks_earliest_median_and_latest_program():
+    ts = _trace_step_module()
+    programs = [{"name": "a", "marks_us": [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 9.0],
+                                           [1.0, 2.0, 3.0, 4.0]]}]
+    lines = ts.spread_lines(programs)
+    assert lines[2] == ("| 0 `a` | 3 | 0.00 / 1.00 / 4.00 | 1.00 / 2.00 / 5.00 | "
+                        "2.00 / 3.00 / 6.00 | 3.00 / 4.00 / 9.00 |")

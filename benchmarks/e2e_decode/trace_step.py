@@ -35,7 +35,7 @@ from profile_step import build, capture_step, replay_ms, roles
 
 from mlra.bench.paged import random_paged_cache
 from mlra.decoding import DecodeStep
-from mlra.kernels.kernel_trace import KernelTrace, TracedLaunch
+from mlra.kernels.kernel_trace import MARKS, KernelTrace, TracedLaunch
 
 FIELDS = ("early", "gap", "work", "main", "tail", "share")
 
@@ -76,6 +76,20 @@ def layer_programs(launches: list[TracedLaunch], n_layers: int, layer: int) -> l
     t0 = mine[0].first("wait_done")
     return [{"name": t.name, "marks_us": ((t.times - t0) / 1e3).round(decimals=3).tolist()}
             for t in mine]
+
+
+def spread_lines(programs: list[dict]) -> list[str]:
+    """A table of the dumped layer: per launch, its programs and each mark's earliest /
+    median / latest time (us from the layer's first release), to tell whether a launch's
+    programs start, get past their wait and finish together."""
+    lines = ["| launch | programs | " + " | ".join(f"{m} min / med / max" for m in MARKS) + " |",
+             "|---|---|" + "---|" * len(MARKS)]
+    for i, t in enumerate(programs):
+        marks = np.asarray(t["marks_us"])
+        cells = [f"{marks[:, j].min():.2f} / {np.median(marks[:, j]):.2f} / "
+                 f"{marks[:, j].max():.2f}" for j in range(len(MARKS))]
+        lines.append(f"| {i} `{t['name']}` | {len(marks)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 @torch.no_grad()
@@ -152,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         for context in (int(c) for c in args.contexts.split(",")):
             r = trace_step(variant, context, args.reps, dump_layer=args.dump_layer)
             results.append(r)
-            lines += format_result(r)
-            print("\n".join(format_result(r)), flush=True)
+            shown = format_result(r)
+            if r["layer_programs"]:
+                shown += ["", f"layer {args.dump_layer}, every program's marks:", "",
+                          *spread_lines(r["layer_programs"])]
+            lines += shown
+            print("\n".join(shown), flush=True)
             torch.cuda.empty_cache()
     if args.out:
         out = Path(args.out)

@@ -53,6 +53,13 @@ ENV = "MLRA_SKINNY_RESIDENT"
 those that fit to this one on a Hopper GPU. Read at every call (a CUDA graph keeps what it
 captured)."""
 
+DEFAULT_MAX_MB = 16.0
+"""The output projection of the paper-size models (18.9 MB) measured slower resident than on
+the Triton kernel inside the batch-1 step (H200: MLRA-4 8K 2.009 ms with the two smaller
+projections resident, 2.020 with it too; GQA 8K, where it is the only one resident, 1.967 ->
+1.990; ``benchmarks/e2e_decode/results/h200/resident``): its shared memory keeps the next
+kernel (the MLP, which needs every multiprocessor) from starting beside it."""
+
 CONFIG_ENV = "MLRA_RESIDENT_CONFIG"
 """Launch parameters as JSON (fields of :class:`ResidentConfig`, e.g. ``{"block_n": 8}``) for
 every call without a ``config``: tuning runs of whole decode steps."""
@@ -65,7 +72,7 @@ class ResidentConfig:
     #: weight rows per program (4, 8, 16 or 32)
     block_n: int | None = None
     #: only calls whose weights hold at most this many megabytes (larger ones stay on the
-    #: Triton kernel); None: every call that fits
+    #: Triton kernel; 0 or less: no cap); unset: :data:`DEFAULT_MAX_MB`
     max_mb: float | None = None
 
 
@@ -236,7 +243,8 @@ def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: 
                for w in weights):
         return False
     config = config or config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
-    if config.max_mb is not None and sum(w.numel() for w in weights) * 2 > config.max_mb * 1e6:
+    cap = DEFAULT_MAX_MB if config.max_mb is None else config.max_mb
+    if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return False
     return resident_plan(K, [w.shape[0] for w in weights], device_sms(x),
                          _smem_per_sm(x.device), config.block_n) is not None
