@@ -31,6 +31,7 @@ from mlra.kernels.gluon_skinny import (  # noqa: E402
     BOX_K,
     ResidentConfig,
     block_bytes,
+    box_chunks,
     resident_plan,
     resident_supports,
     skinny_linear_resident,
@@ -66,9 +67,9 @@ def test_plan_keeps_every_program_resident_and_fills_the_gpu():
     assert resident_plan(1024, [4608], H200_SMS, SM90_SMEM_PER_SM) == 32
     assert resident_plan(3072, [3072, 768, 768], H200_SMS, SM90_SMEM_PER_SM) is None
     assert resident_plan(3072, [50304], H200_SMS, SM90_SMEM_PER_SM) is None
-    assert resident_plan(3076, [64], H200_SMS, SM90_SMEM_PER_SM) is None  # K % 8
+    assert resident_plan(3000, [64], H200_SMS, SM90_SMEM_PER_SM) is None  # K % 256
     assert resident_plan(128, [64], H200_SMS, SM90_SMEM_PER_SM) is None  # K < one box
-    assert resident_plan(8200, [64], H200_SMS, SM90_SMEM_PER_SM) is None  # > 32 boxes
+    assert resident_plan(8448, [64], H200_SMS, SM90_SMEM_PER_SM) is None  # > 32 chunks
     # a fixed size is kept where it fits, refused where it does not
     assert resident_plan(1024, [4608], H200_SMS, SM90_SMEM_PER_SM, block_n=16) == 16
     assert resident_plan(3072, [3072], H200_SMS, SM90_SMEM_PER_SM, block_n=32) == 32  # 96
@@ -78,13 +79,18 @@ def test_plan_keeps_every_program_resident_and_fills_the_gpu():
     assert resident_plan(512, [40], H200_SMS, SM90_SMEM_PER_SM) == 4
 
 
+def test_boxes_cover_the_largest_power_of_two_of_chunks_up_to_the_cap():
+    assert [box_chunks(c) for c in (12, 4, 6, 5, 9, 16)] == [4, 4, 2, 1, 1, 4]
+    assert box_chunks(16, 8) == 8 and box_chunks(12, 1) == 1
+
+
 def test_calls_off_hopper_are_not_taken():
     x = torch.zeros(1, 1024, dtype=BF)
     assert not resident_supports(x, [torch.zeros(64, 1024, dtype=BF)])
 
 
 COMPILED = [(3072, 2, 8, True, False), (1024, 1, 32, True, False),
-            (3072, 1, 8, False, True), (1000, 3, 4, True, False)]
+            (3072, 1, 8, False, True), (1280, 3, 4, True, False), (1536, 1, 32, True, False)]
 
 _COMPILE_SCRIPT = """
 import json, sys
@@ -120,9 +126,10 @@ def test_weights_are_in_flight_before_the_wait(compiled, k, nw, bn, norm, res):
     ptx = c["ptx"]
     assert c["spill_stores"] == 0 and c["spill_loads"] == 0
     assert c["shared"] + 1024 <= block_bytes(k, bn) and c["fits"]
-    chunks = -(-k // BOX_K)
-    assert c["counts"]["cp.async.bulk.tensor"] == nw * chunks  # one box per chunk per weight
-    assert all(box == [bn, BOX_K] for box in c["tma_boxes"])
+    chunks = k // BOX_K
+    cb = box_chunks(chunks)
+    assert c["counts"]["cp.async.bulk.tensor"] == nw * chunks // cb  # the boxes of one weight
+    assert all(box == [bn, cb, BOX_K] for box in c["tma_boxes"])
     wait = ptx.index("griddepcontrol.wait")
     assert ptx.rindex("cp.async.bulk.tensor") < wait
     assert ptx.count("griddepcontrol.wait") == 1
@@ -164,14 +171,15 @@ def _check(x, ws, nw, r, out, in_scale=1.0):
 
 CASES = [(3072, (1024, 576), True, False), (1024, (4608,), True, False),
          (1536, (4608,), True, False), (3072, (3072,), False, True),
-         (1000, (200, 36, 100), True, False), (2056, (77,), False, True)]
+         (1280, (200, 36, 100), True, False), (2304, (77,), False, True)]
 
 
 @needs_hopper
 @pytest.mark.parametrize("k,ns,norm,res", CASES, ids=lambda c: str(c))
-@pytest.mark.parametrize("block_n", [None, 4, 8, 16, 32])
-def test_matches_reference(k, ns, norm, res, block_n):
-    cfg = ResidentConfig(block_n=block_n, max_mb=0)
+@pytest.mark.parametrize("block_n,box", [(None, None), (4, None), (8, 1), (8, 2), (16, None),
+                                         (32, None), (32, 1)])
+def test_matches_reference(k, ns, norm, res, block_n, box):
+    cfg = ResidentConfig(block_n=block_n, box_chunks=box, max_mb=0)
     x, ws, nw, r = _case(k, ns, k + len(ns))
     if not resident_supports(x, ws, config=cfg):
         pytest.skip(f"block_n={block_n} does not fit {k} x {ns}")

@@ -44,6 +44,7 @@ BOX_K = 256  # inputs per TMA box (the most one box dimension takes)
 BOX = gl.constexpr(BOX_K)
 NUM_WARPS = 4
 MAX_CHUNKS = 32  # inputs up to 8192
+MAX_BOX_CHUNKS = 4  # 16 KB boxes of 8 rows (the default; ResidentConfig.box_chunks)
 SM90_SMEM_PER_SM = 233472  # 228 KB
 CTA_RESERVE = 2048  # per block: the driver's 1 KB and the compiler's reduction scratch
 BLOCK_NS = (32, 16, 8, 4)  # rows per program the plan considers (>= NUM_WARPS)
@@ -71,6 +72,8 @@ class ResidentConfig:
 
     #: weight rows per program (4, 8, 16 or 32)
     block_n: int | None = None
+    #: most chunks of 256 inputs one TMA box covers (a power of two; see :func:`box_chunks`)
+    box_chunks: int | None = None
     #: only calls whose weights hold at most this many megabytes (larger ones stay on the
     #: Triton kernel; 0 or less: no cap); unset: :data:`DEFAULT_MAX_MB`
     max_mb: float | None = None
@@ -99,13 +102,15 @@ def _mark(trace_ptr, MARK: gl.constexpr):
 
 
 @gluon.jit
-def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CHUNKS: gl.constexpr):
-    """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight, box by box (rows and
-    inputs past the weight's end land as zeros), box ``c`` signalling ``bars[c]``."""
-    for c in gl.static_range(CHUNKS):
-        bar = bars.index(c)
-        mbarrier.expect(bar, BLOCK_N * BOX * 2)
-        tma.async_copy_global_to_shared(desc, [row0, c * BOX], bar, w_smem.index(c))
+def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CB: gl.constexpr,
+                NBOX: gl.constexpr):
+    """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight (viewed as ``[rows, K /
+    256, 256]``), ``CB`` chunks of 256 inputs per box; box ``b`` lands in ``w_smem[b]`` and
+    signals ``bars[b]`` (rows past the weight's end land as zeros)."""
+    for b in gl.static_range(NBOX):
+        bar = bars.index(b)
+        mbarrier.expect(bar, BLOCK_N * CB * BOX * 2)
+        tma.async_copy_global_to_shared(desc, [row0, b * CB, 0], bar, w_smem.index(b))
 
 
 @gluon.jit
@@ -113,22 +118,25 @@ def _resident_kernel(
     x_ptr, g_ptr, res_ptr, d1, d2, d3, o1_ptr, o2_ptr, o3_ptr,
     K, N1, N2, N3, T1, T2, eps, in_scale,
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
-    BLOCK_N: gl.constexpr, CHUNKS: gl.constexpr, X_ROWS: gl.constexpr, PDL: gl.constexpr,
-    trace_ptr=None,
+    BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
+    PDL: gl.constexpr, trace_ptr=None,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
-    to (tiles of weight 1, then 2, then 3); see the module docstring."""
+    to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
+    ``[rows, chunk, 256]`` with one chunk at a time in registers."""
     _mark(trace_ptr, 0)
     dtype: gl.constexpr = d1.dtype
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
-    cols: gl.constexpr = gl.SliceLayout(0, layout)
-    rows: gl.constexpr = gl.SliceLayout(1, layout)
-    w_smem = gl.allocate_shared_memory(dtype, [CHUNKS, BLOCK_N, BOX], d1.layout)
-    x_smem = gl.allocate_shared_memory(gl.float32, [X_ROWS, BOX],
-                                       gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-    bars = gl.allocate_shared_memory(gl.int64, [CHUNKS, 1], mbarrier.MBarrierLayout())
-    for c in gl.static_range(CHUNKS):
-        mbarrier.init(bars.index(c), count=1)
+    layout: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 1, 32], [gl.num_warps(), 1, 1],
+                                            [2, 1, 0])
+    l_rc: gl.constexpr = gl.SliceLayout(2, layout)  # [rows, chunk]
+    l_rows: gl.constexpr = gl.SliceLayout(1, l_rc)
+    l_cols: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, layout))
+    w_smem = gl.allocate_shared_memory(dtype, [NBOX, BLOCK_N, CB, BOX], d1.layout)
+    x_smem = gl.allocate_shared_memory(gl.float32, [X_ROWS, 1, BOX],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+    bars = gl.allocate_shared_memory(gl.int64, [NBOX, 1], mbarrier.MBarrierLayout())
+    for b in gl.static_range(NBOX):
+        mbarrier.init(bars.index(b), count=1)
     fence_async_shared()
 
     # the weights, which no kernel of the step writes: every box in flight before the wait
@@ -137,10 +145,10 @@ def _resident_kernel(
     n_out = N1
     o_ptr = o1_ptr
     if NUM_W == 1:
-        _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+        _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
     else:
         if pid < T1:
-            _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+            _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
         else:
             t = pid - T1
             n_out = N2
@@ -150,14 +158,15 @@ def _resident_kernel(
                     t = pid - T1 - T2
                     n_out = N3
                     o_ptr = o3_ptr
-                    _fetch_rows(d3, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+                    _fetch_rows(d3, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
                 else:
-                    _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+                    _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
             else:
-                _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CHUNKS)
+                _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
 
-    kx = (gl.expand_dims(gl.arange(0, X_ROWS, rows), 1) * BOX
-          + gl.expand_dims(gl.arange(0, BOX, cols), 0))
+    # x as [chunks, 1, 256] (chunk rows past K masked)
+    kx = (gl.expand_dims(gl.expand_dims(gl.arange(0, X_ROWS, l_rows), 1), 2) * BOX
+          + gl.expand_dims(gl.expand_dims(gl.arange(0, BOX, l_cols), 0), 1))
     k_ok = kx < K
     if HAS_NORM:  # a weight too
         g = gl.load(g_ptr + kx, mask=k_ok, other=0.0).to(gl.float32)
@@ -168,46 +177,62 @@ def _resident_kernel(
     x = gl.load(x_ptr + kx, mask=k_ok, other=0.0).to(dtype).to(gl.float32)
     ss = 0.0
     if HAS_NORM:
-        ss = gl.sum(gl.sum(x * x, 1), 0)
+        ss = gl.sum(gl.sum(gl.sum(x * x, 2), 1), 0)
         x = x * g
     x_smem.store(x)
     gl.thread_barrier()
 
-    acc = gl.zeros([BLOCK_N, BOX], gl.float32, layout)
-    for c in gl.static_range(CHUNKS):
-        mbarrier.wait(bars.index(c), 0)
-        w = w_smem.index(c).load(layout).to(gl.float32)
-        acc += w * x_smem.slice(c, 1).load(layout)  # [1, BOX]: the same inputs every row
-    out = gl.sum(acc, 1)
+    acc = gl.zeros([BLOCK_N, 1, BOX], gl.float32, layout)
+    for b in gl.static_range(NBOX):
+        mbarrier.wait(bars.index(b), 0)
+        box = w_smem.index(b)
+        for j in gl.static_range(CB):
+            w = box.slice(j, 1, dim=1).load(layout).to(gl.float32)
+            acc += w * x_smem.slice(b * CB + j, 1).load(layout)  # the same inputs every row
+    out = gl.sum(gl.sum(acc, 2), 1)
     _mark(trace_ptr, 2)
     if HAS_NORM:
         out = out * (in_scale / gl.sqrt(ss / K + eps))
-    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, rows)
+    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, l_rows)
     n_ok = offs_n < n_out
     if HAS_RES:
         out += gl.load(res_ptr + offs_n, mask=n_ok, other=0.0).to(gl.float32)
     gl.store(o_ptr + offs_n, out.to(dtype), mask=n_ok)
-    for c in gl.static_range(CHUNKS):
-        mbarrier.invalidate(bars.index(c))
+    for b in gl.static_range(NBOX):
+        mbarrier.invalidate(bars.index(b))
     _mark(trace_ptr, 3)
+
+
+def box_chunks(chunks: int, cap: int | None = None) -> int:
+    """Chunks of 256 inputs per TMA box: the largest power of two dividing ``chunks`` (box
+    dimensions are powers of two), at most ``cap`` (default :data:`MAX_BOX_CHUNKS`)."""
+    cb = 1
+    while chunks % (2 * cb) == 0 and 2 * cb <= (cap or MAX_BOX_CHUNKS):
+        cb *= 2
+    return cb
+
+
+def x_rows(chunks: int) -> int:
+    """Rows of 256 inputs the kernel holds ``x`` in (a power of two, at least one per
+    warp)."""
+    return max(NUM_WARPS, triton.next_power_of_2(chunks))
 
 
 def block_bytes(K: int, block_n: int) -> int:
     """Shared memory of one program: its weight rows, ``x * g`` in fp32 and the barriers,
     plus :data:`CTA_RESERVE`."""
-    chunks = triton.cdiv(K, BOX_K)
-    x_rows = max(NUM_WARPS, triton.next_power_of_2(chunks))
-    return chunks * block_n * BOX_K * 2 + x_rows * BOX_K * 4 + chunks * 8 + CTA_RESERVE
+    chunks = K // BOX_K
+    return chunks * block_n * BOX_K * 2 + x_rows(chunks) * BOX_K * 4 + chunks * 8 + CTA_RESERVE
 
 
 def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
                   block_n: int | None = None) -> int | None:
     """Rows per program for weights of ``ns`` rows over ``K`` inputs (bf16) such that every
     program is resident at once (``sms`` multiprocessors of ``smem_per_sm`` bytes); None when
-    no choice fits or ``K`` is not a multiple of 8 from 256 to 8192. ``block_n`` fixes it
+    no choice fits or ``K`` is not a multiple of 256 up to 8192. ``block_n`` fixes it
     (still None if it does not fit). Otherwise the largest that still gives every
     multiprocessor a program, else the one with most programs."""
-    if K % 8 or K < BOX_K or triton.cdiv(K, BOX_K) > MAX_CHUNKS:
+    if K % BOX_K or not 1 <= K // BOX_K <= MAX_CHUNKS:
         return None
     fitting = []
     for bn in ([block_n] if block_n else BLOCK_NS):
@@ -229,8 +254,8 @@ def _smem_per_sm(device: torch.device) -> int:
 def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool = False,
                       config: ResidentConfig | None = None) -> bool:
     """Calls the kernel takes: a Hopper GPU, one row of ``x`` (bf16 or fp32), one to three
-    bf16 weights with contiguous 16-byte aligned rows over ``256 <= K <= 8192`` inputs,
-    ``K % 8 == 0``, no SwiGLU, and a :func:`resident_plan`."""
+    bf16 weights with contiguous 16-byte aligned rows over ``K`` inputs, a multiple of 256 up
+    to 8192, no SwiGLU, and a :func:`resident_plan`."""
     if swiglu or not 1 <= len(weights) <= 3 or not x.is_cuda:
         return False
     if torch.cuda.get_device_capability(x.device)[0] != 9:
@@ -280,9 +305,11 @@ def skinny_linear_resident(
     K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
     bn = resident_plan(K, ns, device_sms(x), _smem_per_sm(x.device), config.block_n)
-    chunks = triton.cdiv(K, BOX_K)
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-    descs = [TensorDescriptor.from_tensor(w, [bn, BOX_K], layout) for w in weights]
+    chunks = K // BOX_K
+    cb = box_chunks(chunks, config.box_chunks)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+    descs = [TensorDescriptor(w, [w.shape[0], chunks, BOX_K], [K, BOX_K, 1], [bn, cb, BOX_K],
+                              layout) for w in weights]
     outs = [torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device=x.device) for n in ns]
     tiles = [triton.cdiv(n, bn) for n in ns]
     pad = 3 - len(weights)
@@ -294,28 +321,29 @@ def skinny_linear_resident(
         *descs, *[descs[0]] * pad, *outs, *[outs[0]] * pad,
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
-        BLOCK_N=bn, CHUNKS=chunks, X_ROWS=max(NUM_WARPS, triton.next_power_of_2(chunks)),
-        PDL=int(pdl), trace_ptr=trace_slot("skinny", (sum(tiles),), x), num_warps=NUM_WARPS,
+        BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
+        trace_ptr=trace_slot("skinny", (sum(tiles),), x), num_warps=NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
 
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
-                     residual: bool = False, pdl: bool = True, trace: bool = False):
+                     residual: bool = False, pdl: bool = True, trace: bool = False,
+                     box: int | None = None):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
     resource reports."""
     from mlra.kernels.aot import compile_gluon_sm90
 
-    chunks = triton.cdiv(K, BOX_K)
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-    desc = f"tensordesc<bf16[{block_n}, {BOX_K}],{layout!r}>"
+    chunks = K // BOX_K
+    cb = box_chunks(chunks, box)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+    desc = f"tensordesc<bf16[{block_n}, {cb}, {BOX_K}],{layout!r}>"
     types = {"x_ptr": "*bf16", "g_ptr": "*bf16", "res_ptr": "*bf16", "d1": desc, "d2": desc,
              "d3": desc, "o1_ptr": "*bf16", "o2_ptr": "*bf16", "o3_ptr": "*bf16",
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
-              "CHUNKS": chunks, "X_ROWS": max(NUM_WARPS, triton.next_power_of_2(chunks)),
-              "PDL": int(pdl)}
+              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl)}
     if trace:
         types["trace_ptr"] = "*i64"
     else:
