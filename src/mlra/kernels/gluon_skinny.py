@@ -119,7 +119,7 @@ def _resident_kernel(
     K, N1, N2, N3, T1, T2, eps, in_scale,
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
-    PDL: gl.constexpr, trace_ptr=None,
+    PDL: gl.constexpr, trace_ptr=None, LANDED_MARK: gl.constexpr = False,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
@@ -174,6 +174,10 @@ def _resident_kernel(
         _gdc_wait()
         _gdc_launch_dependents()
     _mark(trace_ptr, 1)
+    if LANDED_MARK:  # diagnostic: wait for every box first, mark, then read x
+        for b in gl.static_range(NBOX):
+            mbarrier.wait(bars.index(b), 0)
+        _mark(trace_ptr, 2)
     x = gl.load(x_ptr + kx, mask=k_ok, other=0.0).to(dtype).to(gl.float32)
     ss = 0.0
     if HAS_NORM:
@@ -190,7 +194,10 @@ def _resident_kernel(
             w = box.slice(j, 1, dim=1).load(layout).to(gl.float32)
             acc += w * x_smem.slice(b * CB + j, 1).load(layout)  # the same inputs every row
     out = gl.sum(gl.sum(acc, 2), 1)
-    _mark(trace_ptr, 2)
+    if LANDED_MARK:
+        pass
+    else:
+        _mark(trace_ptr, 2)
     if HAS_NORM:
         out = out * (in_scale / gl.sqrt(ss / K + eps))
     offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, l_rows)
@@ -322,7 +329,8 @@ def skinny_linear_resident(
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
         BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
-        trace_ptr=trace_slot("skinny", (sum(tiles),), x), num_warps=NUM_WARPS,
+        trace_ptr=trace_slot("skinny", (sum(tiles),), x),
+        LANDED_MARK=os.environ.get("MLRA_RESIDENT_LANDED_MARK", "0") == "1", num_warps=NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
@@ -343,7 +351,8 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
              "d3": desc, "o1_ptr": "*bf16", "o2_ptr": "*bf16", "o3_ptr": "*bf16",
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
-              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl)}
+              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl),
+              "LANDED_MARK": False}
     if trace:
         types["trace_ptr"] = "*i64"
     else:
