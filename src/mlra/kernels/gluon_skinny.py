@@ -66,6 +66,13 @@ CONFIG_ENV = "MLRA_RESIDENT_CONFIG"
 every call without a ``config``: tuning runs of whole decode steps."""
 
 
+DIAG_ENV = "MLRA_RESIDENT_DIAG"
+"""Benchmarks: with a trace active, ``landed`` moves the third mark to where every weight box
+has landed (waited for right after the PDL wait, before reading ``x``), ``x`` to where ``x``
+is read, normed and staged; unset: the mark follows the products."""
+DIAG_MARKS = {"landed": 1, "x": 2}
+
+
 @dataclasses.dataclass(frozen=True)
 class ResidentConfig:
     """Launch parameters (``None``: :func:`resident_plan` chooses)."""
@@ -122,7 +129,7 @@ def _resident_kernel(
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
     PDL: gl.constexpr, WR: gl.constexpr, WC: gl.constexpr, trace_ptr=None,
-    LANDED_MARK: gl.constexpr = False,
+    DIAG: gl.constexpr = 0,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
@@ -177,7 +184,7 @@ def _resident_kernel(
         _gdc_wait()
         _gdc_launch_dependents()
     _mark(trace_ptr, 1)
-    if LANDED_MARK:  # diagnostic: wait for every box first, mark, then read x
+    if DIAG == 1:  # diagnostic: wait for every box first, mark, then read x
         for b in gl.static_range(NBOX):
             mbarrier.wait(bars.index(b), 0)
         _mark(trace_ptr, 2)
@@ -188,6 +195,8 @@ def _resident_kernel(
         x = x * g
     x_smem.store(x)
     gl.thread_barrier()
+    if DIAG == 2:  # diagnostic: x read, normed and staged
+        _mark(trace_ptr, 2)
 
     acc = gl.zeros([BLOCK_N, 1, BOX], gl.float32, layout)
     for b in gl.static_range(NBOX):
@@ -197,9 +206,7 @@ def _resident_kernel(
             w = box.slice(j, 1, dim=1).load(layout).to(gl.float32)
             acc += w * x_smem.slice(b * CB + j, 1).load(layout)  # the same inputs every row
     out = gl.sum(gl.sum(acc, 2), 1)
-    if LANDED_MARK:
-        pass
-    else:
+    if DIAG == 0:
         _mark(trace_ptr, 2)
     if HAS_NORM:
         out = out * (in_scale / gl.sqrt(ss / K + eps))
@@ -350,7 +357,7 @@ def skinny_linear_resident(
         BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks, bn, nw), PDL=int(pdl),
         WR=wr, WC=wc,
         trace_ptr=trace_slot("skinny", (sum(tiles),), x),
-        LANDED_MARK=os.environ.get("MLRA_RESIDENT_LANDED_MARK", "0") == "1", num_warps=nw,
+        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0), num_warps=nw,
         **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
@@ -372,7 +379,7 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
               "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks, block_n, num_warps),
-              "PDL": int(pdl), "LANDED_MARK": False}
+              "PDL": int(pdl), "DIAG": 0}
     consts["WR"], consts["WC"] = warp_grid(block_n, num_warps)
     if trace:
         types["trace_ptr"] = "*i64"
