@@ -35,7 +35,6 @@ from mlra.kernels.gluon_skinny import (  # noqa: E402
     resident_plan,
     resident_supports,
     skinny_linear_resident,
-    warp_grid,
 )
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -78,14 +77,6 @@ def test_plan_keeps_every_program_resident_and_fills_the_gpu():
     assert resident_plan(3072, [3072], H200_SMS, SM90_SMEM_PER_SM, block_n=4) is None  # 768
     # a small weight keeps the most programs it can have
     assert resident_plan(512, [40], H200_SMS, SM90_SMEM_PER_SM) == 4
-
-
-def test_warps_split_rows_first_then_the_inputs_of_a_chunk_in_two():
-    assert warp_grid(8, 4) == (4, 1) and warp_grid(8, 16) == (8, 2) and warp_grid(32, 16) == (16, 1)
-    with pytest.raises(ValueError, match="do not tile"):
-        warp_grid(4, 16)
-    # the plan skips row blocks too small for the warps
-    assert resident_plan(512, [40], H200_SMS, SM90_SMEM_PER_SM, num_warps=16) == 8
 
 
 def test_boxes_cover_the_largest_power_of_two_of_chunks_up_to_the_cap():
@@ -185,11 +176,10 @@ CASES = [(3072, (1024, 576), True, False), (1024, (4608,), True, False),
 
 @needs_hopper
 @pytest.mark.parametrize("k,ns,norm,res", CASES, ids=lambda c: str(c))
-@pytest.mark.parametrize("block_n,box,warps", [
-    (None, None, None), (4, None, 4), (8, 1, 4), (8, 2, 8), (8, None, 16), (16, None, None),
-    (32, None, 16), (32, 1, 8)])
-def test_matches_reference(k, ns, norm, res, block_n, box, warps):
-    cfg = ResidentConfig(block_n=block_n, box_chunks=box, num_warps=warps, max_mb=0)
+@pytest.mark.parametrize("block_n,box", [(None, None), (4, None), (8, 1), (8, 2), (16, None),
+                                         (32, None), (32, 1)])
+def test_matches_reference(k, ns, norm, res, block_n, box):
+    cfg = ResidentConfig(block_n=block_n, box_chunks=box, max_mb=0)
     x, ws, nw, r = _case(k, ns, k + len(ns))
     if not resident_supports(x, ws, config=cfg):
         pytest.skip(f"block_n={block_n} does not fit {k} x {ns}")

@@ -79,8 +79,6 @@ class ResidentConfig:
 
     #: weight rows per program (4, 8, 16 or 32)
     block_n: int | None = None
-    #: warps per program (at most twice ``block_n``; default :data:`NUM_WARPS`)
-    num_warps: int | None = None
     #: most chunks of 256 inputs one TMA box covers (a power of two; see :func:`box_chunks`)
     box_chunks: int | None = None
     #: only calls whose weights hold at most this many megabytes (larger ones stay on the
@@ -128,16 +126,15 @@ def _resident_kernel(
     K, N1, N2, N3, T1, T2, eps, in_scale,
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
-    PDL: gl.constexpr, WR: gl.constexpr, WC: gl.constexpr, trace_ptr=None,
-    DIAG: gl.constexpr = 0,
+    PDL: gl.constexpr, trace_ptr=None, DIAG: gl.constexpr = 0,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
     ``[rows, chunk, 256]`` with one chunk at a time in registers."""
     _mark(trace_ptr, 0)
     dtype: gl.constexpr = d1.dtype
-    # warps: WR along the rows, WC along the 256 inputs of a chunk
-    layout: gl.constexpr = gl.BlockedLayout([1, 1, 8 // WC], [1, 1, 32], [WR, 1, WC], [2, 1, 0])
+    layout: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 1, 32], [gl.num_warps(), 1, 1],
+                                            [2, 1, 0])
     l_rc: gl.constexpr = gl.SliceLayout(2, layout)  # [rows, chunk]
     l_rows: gl.constexpr = gl.SliceLayout(1, l_rc)
     l_cols: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, layout))
@@ -229,45 +226,32 @@ def box_chunks(chunks: int, cap: int | None = None) -> int:
     return cb
 
 
-def warp_grid(block_n: int, num_warps: int) -> tuple[int, int]:
-    """Warps along a program's rows and along the 256 inputs of a chunk (at most two)."""
-    wr = min(num_warps, block_n)
-    wc = num_warps // wr
-    if wc > 2 or wr * wc != num_warps:
-        raise ValueError(f"{num_warps} warps do not tile {block_n} rows x 256 inputs")
-    return wr, wc
+def x_rows(chunks: int) -> int:
+    """Rows of 256 inputs the kernel holds ``x`` in (a power of two, at least one per
+    warp)."""
+    return max(NUM_WARPS, triton.next_power_of_2(chunks))
 
 
-def x_rows(chunks: int, block_n: int, num_warps: int = NUM_WARPS) -> int:
-    """Rows of 256 inputs the kernel holds ``x`` in (a power of two, at least one per row
-    of warps)."""
-    return max(warp_grid(block_n, num_warps)[0], triton.next_power_of_2(chunks))
-
-
-def block_bytes(K: int, block_n: int, num_warps: int = NUM_WARPS) -> int:
+def block_bytes(K: int, block_n: int) -> int:
     """Shared memory of one program: its weight rows, ``x * g`` in fp32 and the barriers,
     plus :data:`CTA_RESERVE`."""
     chunks = K // BOX_K
-    return (chunks * block_n * BOX_K * 2 + x_rows(chunks, block_n, num_warps) * BOX_K * 4
-            + chunks * 8 + CTA_RESERVE)
+    return chunks * block_n * BOX_K * 2 + x_rows(chunks) * BOX_K * 4 + chunks * 8 + CTA_RESERVE
 
 
 def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
-                  block_n: int | None = None, num_warps: int = NUM_WARPS) -> int | None:
+                  block_n: int | None = None) -> int | None:
     """Rows per program for weights of ``ns`` rows over ``K`` inputs (bf16) such that every
     program is resident at once (``sms`` multiprocessors of ``smem_per_sm`` bytes); None when
-    no choice fits (``num_warps`` warps take at least half as many rows) or ``K`` is not a
-    multiple of 256 up to 8192. ``block_n`` fixes it
+    no choice fits or ``K`` is not a multiple of 256 up to 8192. ``block_n`` fixes it
     (still None if it does not fit). Otherwise the largest that still gives every
     multiprocessor a program, else the one with most programs."""
     if K % BOX_K or not 1 <= K // BOX_K <= MAX_CHUNKS:
         return None
     fitting = []
     for bn in ([block_n] if block_n else BLOCK_NS):
-        if num_warps > 2 * bn:
-            continue
         tiles = sum(triton.cdiv(n, bn) for n in ns)
-        per_sm = smem_per_sm // block_bytes(K, bn, num_warps)
+        per_sm = smem_per_sm // block_bytes(K, bn)
         if per_sm >= 1 and tiles <= sms * per_sm:
             fitting.append((bn, tiles))
     if not fitting:
@@ -302,8 +286,7 @@ def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: 
     if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return False
     return resident_plan(K, [w.shape[0] for w in weights], device_sms(x),
-                         _smem_per_sm(x.device), config.block_n,
-                         config.num_warps or NUM_WARPS) is not None
+                         _smem_per_sm(x.device), config.block_n) is not None
 
 
 def resident_wanted(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool) -> bool:
@@ -335,9 +318,7 @@ def skinny_linear_resident(
         raise ValueError("a residual is added to a single output")
     K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
-    nw = config.num_warps or NUM_WARPS
-    bn = resident_plan(K, ns, device_sms(x), _smem_per_sm(x.device), config.block_n, nw)
-    wr, wc = warp_grid(bn, nw)
+    bn = resident_plan(K, ns, device_sms(x), _smem_per_sm(x.device), config.block_n)
     chunks = K // BOX_K
     cb = box_chunks(chunks, config.box_chunks)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
@@ -354,10 +335,9 @@ def skinny_linear_resident(
         *descs, *[descs[0]] * pad, *outs, *[outs[0]] * pad,
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
-        BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks, bn, nw), PDL=int(pdl),
-        WR=wr, WC=wc,
+        BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
         trace_ptr=trace_slot("skinny", (sum(tiles),), x),
-        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0), num_warps=nw,
+        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0), num_warps=NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
@@ -365,7 +345,7 @@ def skinny_linear_resident(
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
                      residual: bool = False, pdl: bool = True, trace: bool = False,
-                     box: int | None = None, num_warps: int = NUM_WARPS):
+                     box: int | None = None):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
     resource reports."""
     from mlra.kernels.aot import compile_gluon_sm90
@@ -378,12 +358,11 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
              "d3": desc, "o1_ptr": "*bf16", "o2_ptr": "*bf16", "o3_ptr": "*bf16",
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
-              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks, block_n, num_warps),
-              "PDL": int(pdl), "DIAG": 0}
-    consts["WR"], consts["WC"] = warp_grid(block_n, num_warps)
+              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl),
+              "DIAG": 0}
     if trace:
         types["trace_ptr"] = "*i64"
     else:
         consts["trace_ptr"] = None
     aligned = ["x_ptr", "g_ptr", "res_ptr", "o1_ptr", "o2_ptr", "o3_ptr", "K"]  # as at run time
-    return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=num_warps)
+    return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=NUM_WARPS)
