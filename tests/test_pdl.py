@@ -213,9 +213,11 @@ def test_attention_prefetch_follows_the_mode_and_the_split():
 
 @pytest.mark.skipif(not ON_HOPPER, reason="PDL needs a Hopper (or newer) GPU")
 @pytest.mark.parametrize("name", ["mlra_4", "mla", "gqa"])
-def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, monkeypatch):
+@pytest.mark.parametrize("batch", [3, 1])
+def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, batch, monkeypatch):
     """The fused step with PDL and prefetch, captured in a CUDA graph and replayed, gives the
-    logits of the same step launched plainly (bit for bit: PDL only reorders launches)."""
+    logits of the same step launched plainly (bit for bit: PDL only reorders launches). Batch
+    1 takes the one-row kernels (the resident projections on Hopper among them)."""
     from mlra.bench.paged import random_paged_cache
     from mlra.bench.timing import graphed
     from mlra.config import ModelConfig
@@ -226,8 +228,9 @@ def test_pdl_step_in_a_cuda_graph_equals_plain_launches(name, monkeypatch):
     cfg = ModelConfig.preset(name, "small", zero_init_output=False)
     model = Transformer(cfg).to("cuda", torch.bfloat16).eval()
     device = torch.device("cuda")
-    cache, block_table, seq_lens = random_paged_cache(cfg, 3, 700, 16, torch.bfloat16, device)
-    ids = torch.randint(0, cfg.vocab_size, (3, 1), device=device)
+    cache, block_table, seq_lens = random_paged_cache(cfg, batch, 700, 16, torch.bfloat16,
+                                                      device)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
     with torch.no_grad():
         monkeypatch.setenv("MLRA_PDL", "0")
         plain_step = DecodeStep(model, cache, fused=True)

@@ -54,12 +54,12 @@ ENV = "MLRA_SKINNY_RESIDENT"
 those that fit to this one on a Hopper GPU. Read at every call (a CUDA graph keeps what it
 captured)."""
 
-DEFAULT_MAX_MB = 16.0
-"""The output projection of the paper-size models (18.9 MB) measured slower resident than on
-the Triton kernel inside the batch-1 step (H200: MLRA-4 8K 2.009 ms with the two smaller
-projections resident, 2.020 with it too; GQA 8K, where it is the only one resident, 1.967 ->
-1.990; ``benchmarks/e2e_decode/results/h200/resident``): its shared memory keeps the next
-kernel (the MLP, which needs every multiprocessor) from starting beside it."""
+DEFAULT_MAX_MB = 0.0
+"""No cap by default. With one-chunk TMA boxes the output projection of the paper-size models
+(18.9 MB) measured slower resident than on the Triton kernel inside the batch-1 step (its
+shared memory keeps the MLP from starting beside it); with the 4-chunk boxes it measured
+faster (H200, 8K: MLRA-4 2.014 -> 2.003 ms, MLA 2.024 -> 1.988, GQA 1.987 -> 1.985;
+``benchmarks/e2e_decode/results/h200/resident``, calls 2 and 9)."""
 
 CONFIG_ENV = "MLRA_RESIDENT_CONFIG"
 """Launch parameters as JSON (fields of :class:`ResidentConfig`, e.g. ``{"block_n": 8}``) for
