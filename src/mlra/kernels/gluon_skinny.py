@@ -41,6 +41,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode
+from mlra.kernels.gluon_latent import _gdc_launch_dependents, _gdc_wait
 from mlra.kernels.kernel_trace import trace_slot
 
 BOX_K = 256  # inputs per TMA box (the most one box dimension takes)
@@ -87,18 +88,6 @@ class ResidentConfig:
     #: only calls whose weights hold at most this many megabytes (larger ones stay on the
     #: Triton kernel; 0 or less: no cap); unset: :data:`DEFAULT_MAX_MB`
     max_mb: float | None = None
-
-
-@gluon.jit
-def _gdc_wait():
-    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                              is_pure=False, pack=1)
-
-
-@gluon.jit
-def _gdc_launch_dependents():
-    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                              dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
