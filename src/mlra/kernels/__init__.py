@@ -11,7 +11,9 @@ shapes are ones the kernels take (:func:`latent_kernel_supports`, :func:`gqa_ker
 :func:`gluon_latent_wanted`; ``MLRA_GLUON_LATENT=0`` keeps Triton).
 The decode-step operations around the attention kernel (``skinny_linear``,
 ``latent_decode_prepare``, ``latent_up_output``, ``gqa_decode_prepare``) dispatch the same way
-(:mod:`mlra.kernels.triton_skinny`, :mod:`mlra.kernels.triton_step`).
+(:mod:`mlra.kernels.triton_skinny`, :mod:`mlra.kernels.triton_step`); on Hopper one-row
+projections whose weights fit in shared memory go to :mod:`mlra.kernels.gluon_skinny`
+(``MLRA_SKINNY_RESIDENT=0`` keeps Triton).
 ``latent_train_attention`` (causal training attention of the latent family, differentiable)
 picks :mod:`mlra.kernels.triton_latent_train` under the same conditions
 (:func:`train_kernel_supports`); the model's SDPA path stays the fallback. Importing this
