@@ -86,3 +86,19 @@ def ptxas_for_sm90() -> bool:
         return compiler.get_ptxas(90).path is not None
     except Exception:  # no bundled ptxas
         return shutil.which("ptxas") is not None
+
+
+def run_without_interpreter(args: list[str], timeout: int = 600,
+                            extra_env: dict[str, str] | None = None) -> str:
+    """Run ``python ARGS`` in a process without ``TRITON_INTERPRET`` (which would replace the
+    kernels by interpreted ones, so nothing compiles for sm_90), asserting that it succeeds;
+    its standard output."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(extra_env or {})
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -6,12 +6,9 @@ and the checks would read a different kernel)."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ptxas_for_sm90
+from conftest import ptxas_for_sm90, run_without_interpreter
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed")
@@ -36,10 +33,6 @@ for consts in ({}, {"EXTRA": True}):
 
 @pytest.mark.skipif(not ptxas_for_sm90(), reason="no ptxas for sm_90")
 def test_constexpr_defaults_are_compiled_as_constants(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = tmp_path / "aot_defaults.py"  # Triton reads a kernel's source from its file
     script.write_text(SCRIPT)
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split() == ["1", "2"]
+    assert run_without_interpreter([str(script)], timeout=300).split() == ["1", "2"]

@@ -10,12 +10,10 @@ Triton's bundled ptxas and its resources and PTX are checked.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_without_interpreter
 
 from mlra import kernels
 from mlra.kernels.reference import paged_latent_decode_ref
@@ -59,10 +57,7 @@ def compiled(tmp_path_factory) -> dict:
     """The configurations of ``COMPILED`` compiled for sm_90, in a process without
     ``TRITON_INTERPRET`` (which would replace the kernel by an interpreted one)."""
     out = tmp_path_factory.mktemp("gluon") / "ptx.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(COMPILED),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_without_interpreter(["-c", _COMPILE_SCRIPT, json.dumps(COMPILED), str(out)])
     return json.loads(out.read_text())
 
 
@@ -141,10 +136,7 @@ def test_seesaw_kernel_compiles_for_sm90(tmp_path):
         "k = compile_for_sm90(512, 64, 64, GluonLatentConfig(seesaw=True))\n"
         "json.dump(hopper_summary(k), open(sys.argv[1], 'w'))\n")
     out = tmp_path / "seesaw.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_without_interpreter(["-c", script, str(out)])
     k = json.loads(out.read_text())
     assert k["fits"] and k["warp_specialized"]
     assert k["spill_stores"] <= 256 and k["spill_loads"] <= 256

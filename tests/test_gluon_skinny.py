@@ -13,12 +13,10 @@ before).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_without_interpreter
 
 from mlra import kernels
 from mlra.kernels.reference import skinny_linear_ref
@@ -109,10 +107,7 @@ json.dump(res, open(sys.argv[2], "w"))
 def compiled(tmp_path_factory) -> dict:
     """``COMPILED`` compiled for sm_90 in a process without ``TRITON_INTERPRET``."""
     out = tmp_path_factory.mktemp("gluon_skinny") / "ptx.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(COMPILED),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_without_interpreter(["-c", _COMPILE_SCRIPT, json.dumps(COMPILED), str(out)])
     return json.loads(out.read_text())
 
 

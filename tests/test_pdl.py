@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ptxas_for_sm90
+from conftest import ptxas_for_sm90, run_without_interpreter
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -53,11 +50,7 @@ needs_ptxas = pytest.mark.skipif(not ptxas_for_sm90(), reason="no ptxas for sm_9
 def ptx(tmp_path_factory) -> dict[str, dict]:
     """PTX of each kernel form, compiled for sm_90 in a process without the interpreter."""
     out = tmp_path_factory.mktemp("ptx") / "ptx.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("pdl_ptx.py")
-    done = subprocess.run([sys.executable, str(script), str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_without_interpreter([str(Path(__file__).with_name("pdl_ptx.py")), str(out)])
     return json.loads(out.read_text())
 
 

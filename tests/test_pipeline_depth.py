@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ptxas_for_sm90
+from conftest import ptxas_for_sm90, run_without_interpreter
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed")
@@ -30,11 +27,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 @pytest.mark.skipif(not ptxas_for_sm90(), reason="no ptxas for sm_90")
 def test_cache_tiles_are_multi_buffered_with_the_default_parameters(tmp_path):
     out = tmp_path / "buffers.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("pipeline_ttgir.py")
-    run = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_without_interpreter([str(Path(__file__).with_name("pipeline_ttgir.py")), str(out)])
     buffers = json.loads(out.read_text())
     for case, counts in buffers.items():
         assert counts, f"{case}: no cache-tile buffer found in the TTGIR"

@@ -8,11 +8,11 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_without_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,15 +22,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 def test_registers_of_the_q_kv_down_entry_and_its_candidates():
     key = "m1:k3072:n1024x576:plain"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "e2e_decode" / "step_tune.py"),
-         "--registers", "--shapes", key],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    stdout = run_without_interpreter(
+        [str(ROOT / "benchmarks" / "e2e_decode" / "step_tune.py"), "--registers", "--shapes", key],
+        extra_env={"PYTHONPATH": path})
     rows = re.findall(rf"^\| `{key}` \| (in use|#\d+) (.*?) \| (\d+) \| (\d+) / (\d+) \|$",
-                      done.stdout, flags=re.M)
+                      stdout, flags=re.M)
     sys.path.insert(0, str(ROOT / "benchmarks" / "e2e_decode"))
     try:
         import step_tune

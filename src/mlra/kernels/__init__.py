@@ -281,10 +281,10 @@ def skinny_linear(
 ) -> tuple[torch.Tensor, ...]:
     """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`)."""
     if use_triton(x) and len(weights) <= 3 and skinny_supports(x, weights, swiglu):
-        if x.numel() == x.shape[-1] and x.is_cuda and not swiglu and gluon_available():
+        if x.is_cuda and gluon_available():
             from mlra.kernels.gluon_skinny import resident_wanted, skinny_linear_resident
 
-            if resident_wanted(x, weights, swiglu):  # one row, weights that fit in smem
+            if resident_wanted(x, weights, swiglu):  # Hopper, one row, weights that fit
                 return skinny_linear_resident(x, weights, norm_weight=norm_weight, eps=eps,
                                               in_scale=in_scale, residual=residual)
         from mlra.kernels.triton_skinny import skinny_linear_triton

@@ -280,6 +280,21 @@ def _block_shared_memory(device_index: int) -> int:
     return getattr(props, "shared_memory_per_block_optin", 0)
 
 
+#: a Hopper multiprocessor's threads, registers and bytes of shared memory
+HOPPER_SM_LIMITS = (2048, 65536, 233472)
+
+
+@functools.lru_cache(maxsize=8)
+def sm_limits(device_index: int) -> tuple[int, int, int]:
+    """Threads, registers and bytes of shared memory of one multiprocessor of a CUDA device
+    (Hopper's where the driver does not say)."""
+    props = torch.cuda.get_device_properties(device_index)
+    threads, regs, smem = HOPPER_SM_LIMITS
+    return (getattr(props, "max_threads_per_multi_processor", 0) or threads,
+            getattr(props, "regs_per_multiprocessor", 0) or regs,
+            getattr(props, "shared_memory_per_multiprocessor", 0) or smem)
+
+
 def block_shared_memory(t: torch.Tensor) -> int:
     """Bytes of shared memory one thread block may use on ``t``'s device (Hopper's, 227 KB,
     off CUDA: the interpreter has no limit)."""

@@ -18,7 +18,8 @@ TMA loads of all of them in flight into its shared memory: the weight viewed as 
 of ``K``, ``x * g`` staged in shared memory in fp32), runs dot products out of shared memory
 as the boxes land, and writes its outputs: no reduction across programs, no second pass. On
 the H200 the weights have landed when the wait releases; what follows the release (reading
-``x``, the products, the store) takes 2-3 us (``results/h200/resident``).
+``x``, the products, the store) takes 1.9-2.9 us (medians of the query up and q/kv down
+projections; ``results/h200/resident``).
 
 The kernel lets the next one launch right after its own wait, so the next projection's loads
 overlap this one's. Numerics as the Triton kernel's one-row path: ``x`` rounded to the
@@ -40,7 +41,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode
+from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode, sm_limits
 from mlra.kernels.gluon_latent import _gdc_launch_dependents, _gdc_wait
 from mlra.kernels.kernel_trace import trace_slot
 
@@ -49,7 +50,6 @@ BOX = gl.constexpr(BOX_K)
 NUM_WARPS = 4
 MAX_CHUNKS = 32  # inputs up to 8192
 MAX_BOX_CHUNKS = 4  # 16 KB boxes of 8 rows (the default; ResidentConfig.box_chunks)
-SM90_SMEM_PER_SM = 233472  # 228 KB
 CTA_RESERVE = 2048  # per block: the driver's 1 KB and the compiler's reduction scratch
 BLOCK_NS = (32, 16, 8, 4)  # rows per program the plan considers
 
@@ -252,33 +252,38 @@ def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
     return max(filling) if filling else min(bn for bn, _ in fitting)
 
 
-def _smem_per_sm(device: torch.device) -> int:
-    props = torch.cuda.get_device_properties(device)
-    return getattr(props, "shared_memory_per_multiprocessor", 0) or SM90_SMEM_PER_SM
+def _call_plan(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool,
+               config: ResidentConfig) -> int | None:
+    """Rows per program for this call (:func:`resident_plan`), None where the kernel does not
+    take it (see :func:`resident_supports`)."""
+    if swiglu or not 1 <= len(weights) <= 3 or not x.is_cuda:
+        return None
+    if torch.cuda.get_device_capability(x.device)[0] != 9:
+        return None
+    K = x.shape[-1]
+    if x.numel() != K or x.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    if not all(w.dtype == torch.bfloat16 and w.dim() == 2 and w.shape[1] == K
+               and w.stride(1) == 1 and w.stride(0) == K and w.data_ptr() % 16 == 0
+               for w in weights):
+        return None
+    cap = DEFAULT_MAX_MB if config.max_mb is None else config.max_mb
+    if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
+        return None
+    smem = sm_limits(x.device.index if x.device.index is not None else 0)[2]
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n)
+
+
+def _config(config: ResidentConfig | None) -> ResidentConfig:
+    return config or config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
 
 
 def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool = False,
                       config: ResidentConfig | None = None) -> bool:
     """Calls the kernel takes: a Hopper GPU, one row of ``x`` (bf16 or fp32), one to three
     bf16 weights with contiguous 16-byte aligned rows over ``K`` inputs, a multiple of 256 up
-    to 8192, no SwiGLU, and a :func:`resident_plan`."""
-    if swiglu or not 1 <= len(weights) <= 3 or not x.is_cuda:
-        return False
-    if torch.cuda.get_device_capability(x.device)[0] != 9:
-        return False
-    K = x.shape[-1]
-    if x.numel() != K or x.dtype not in (torch.bfloat16, torch.float32):
-        return False
-    if not all(w.dtype == torch.bfloat16 and w.dim() == 2 and w.shape[1] == K
-               and w.stride(1) == 1 and w.stride(0) == K and w.data_ptr() % 16 == 0
-               for w in weights):
-        return False
-    config = config or config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
-    cap = DEFAULT_MAX_MB if config.max_mb is None else config.max_mb
-    if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
-        return False
-    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x),
-                         _smem_per_sm(x.device), config.block_n) is not None
+    to 8192, no SwiGLU, within the size cap, and a :func:`resident_plan`."""
+    return _call_plan(x, weights, swiglu, _config(config)) is not None
 
 
 def resident_wanted(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool) -> bool:
@@ -302,15 +307,14 @@ def skinny_linear_resident(
     the rows per program (benchmarks, tuning)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    if config is None:
-        config = config_from_env(CONFIG_ENV, ResidentConfig) or ResidentConfig()
-    if not resident_supports(x, weights, config=config):
+    config = _config(config)
+    bn = _call_plan(x, weights, False, config)
+    if bn is None:
         raise ValueError("skinny_linear_resident: a call outside resident_supports")
     if residual is not None and len(weights) != 1:
         raise ValueError("a residual is added to a single output")
     K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
-    bn = resident_plan(K, ns, device_sms(x), _smem_per_sm(x.device), config.block_n)
     chunks = K // BOX_K
     cb = box_chunks(chunks, config.box_chunks)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)

@@ -29,7 +29,6 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
@@ -37,6 +36,7 @@ import triton.language as tl
 
 from mlra.kernels import column_major
 from mlra.kernels._triton_common import (
+    HOPPER_SM_LIMITS,
     INTERPRET,
     block_shared_memory,
     config_from_env,
@@ -48,6 +48,7 @@ from mlra.kernels._triton_common import (
     pdl_wait,
     prefetch_l2,
     prefetch_units,
+    sm_limits,
     stream_counters,
     trace_mark,
 )
@@ -182,16 +183,8 @@ def _env_config() -> MlpConfig:
     return config_from_env(CONFIG_ENV, MlpConfig) or MlpConfig()
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_limits(device_index: int) -> tuple[int, int, int]:
-    props = torch.cuda.get_device_properties(device_index)
-    return (getattr(props, "max_threads_per_multi_processor", 2048) or 2048,
-            getattr(props, "regs_per_multiprocessor", 65536) or 65536,
-            getattr(props, "shared_memory_per_multiprocessor", 0) or 233472)
-
-
 def resident_per_sm(n_regs: int, shared: int, num_warps: int,
-                    limits: tuple[int, int, int] = (2048, 65536, 233472)) -> int:
+                    limits: tuple[int, int, int] = HOPPER_SM_LIMITS) -> int:
     """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared
     memory, ``num_warps`` warps) one multiprocessor holds at once, by its ``limits`` (threads,
     registers, shared memory; Hopper's by default): registers are allocated per warp in
@@ -212,7 +205,7 @@ def _launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         compiled._init_handles()
         return resident_per_sm(compiled.n_regs, compiled.metadata.shared,
-                               compiled.metadata.num_warps, _sm_limits(device.index or 0))
+                               compiled.metadata.num_warps, sm_limits(device.index or 0))
     except Exception:
         return None
 
