@@ -97,6 +97,8 @@ def _small(kernel: str):
 
     rows = 16 if kernel.endswith("_rows") else 1  # a block of tokens: the matrix-product path
     kernel = kernel.removesuffix("_rows")
+    early = kernel.endswith("_early")  # the next launch let start before the wait
+    kernel = kernel.removesuffix("_early")
     preload = kernel.endswith("_preload")  # the weight slice into registers before the wait
     kernel = kernel.removesuffix("_preload")
     if kernel == "prepare":
@@ -111,7 +113,7 @@ def _small(kernel: str):
         types = _ptr_types("w_ptr o_ptr")
         types.update(z_ptr="*fp32", out_scale="fp32")
         consts = dict(W=128, D=128, HG=24, G=1, NB=4, BW=64, BD=32, BM=rows, PDL=2, LINE=64,
-                      W_PAD=128, PRELOAD=preload, NB_PAD=4)
+                      W_PAD=128, PRELOAD=preload, NB_PAD=4, EARLY_NEXT=early)
     elif kernel == "merge":
         fn = common._merge_kernel
         types = _ptr_types("o_ws_ptr lse_ws_ptr out_ptr lse_ptr", "*fp32")
@@ -162,7 +164,7 @@ BUILDS = {
     "gqa_pdl2": lambda: _gqa(2, 64),
     **{name: (lambda name=name: _small(name))
        for name in ("prepare", "up", "prepare_rows", "up_rows", "merge", "gqa_prepare",
-                    "slots", "up_preload")},
+                    "slots", "up_preload", "up_preload_early")},
 }
 
 

@@ -99,6 +99,7 @@ for k, nw, bn, norm, res_ in json.loads(sys.argv[1]):
     c = compile_for_sm90(k, nw, bn, norm, res_)
     res[f"{k}-{nw}-{bn}-{norm}-{res_}"] = dict(ptx=c.asm["ptx"], **hopper_summary(c))
 res["traced"] = dict(ptx=compile_for_sm90(3072, 2, 8, trace=True).asm["ptx"])
+res["trigger_after_wait"] = dict(ptx=compile_for_sm90(3072, 2, 8, early_trigger=False).asm["ptx"])
 json.dump(res, open(sys.argv[2], "w"))
 """
 
@@ -115,8 +116,8 @@ def compiled(tmp_path_factory) -> dict:
 def test_weights_are_in_flight_before_the_wait(compiled, k, nw, bn, norm, res):
     """Every TMA load of the weights is issued before ``griddepcontrol.wait``; before it the
     only global loads are the norm's weight (none without a norm); the next kernel is let
-    launch right after the wait; within the shared memory :func:`block_bytes` plans, no
-    spills."""
+    launch once the loads are issued, before the wait; within the shared memory
+    :func:`block_bytes` plans, no spills."""
     c = compiled[f"{k}-{nw}-{bn}-{norm}-{res}"]
     ptx = c["ptx"]
     assert c["spill_stores"] == 0 and c["spill_loads"] == 0
@@ -128,10 +129,18 @@ def test_weights_are_in_flight_before_the_wait(compiled, k, nw, bn, norm, res):
     wait = ptx.index("griddepcontrol.wait")
     assert ptx.rindex("cp.async.bulk.tensor") < wait
     assert ptx.count("griddepcontrol.wait") == 1
-    assert ptx.index("griddepcontrol.launch_dependents") > wait
+    assert ptx.count("griddepcontrol.launch_dependents") == 1
+    assert ptx.rindex("cp.async.bulk.tensor") < ptx.index("griddepcontrol.launch_dependents") < wait
     before = ptx[:wait]
     assert ("ld.global" in before) == norm
     assert "st.global" not in before
+
+
+def test_trigger_after_the_wait_on_request(compiled):
+    """``ResidentConfig(trigger="wait")``: the next launch only once this one is released."""
+    ptx = compiled["trigger_after_wait"]["ptx"]
+    assert ptx.count("griddepcontrol.launch_dependents") == 1
+    assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
 
 
 def test_trace_marks_are_compiled_in_only_with_a_trace(compiled):

@@ -99,6 +99,19 @@ def test_w_uv_preload_loads_only_its_slice_before_the_wait(ptx):
 
 
 @needs_ptxas
+def test_w_uv_early_next_lets_the_output_projection_launch_before_its_wait(ptx):
+    """The one-token W_UV form of the step (``EARLY_NEXT``): the trigger comes before the
+    wait, and before the wait still only the slice's loads; without it, right after."""
+    code = ptx["up_preload_early"]["ptx"]
+    wait = code.index("griddepcontrol.wait")
+    assert code.count("griddepcontrol.launch_dependents") == 1
+    assert code.index("griddepcontrol.launch_dependents") < wait
+    assert set(_before_wait(code)) == {"ld.global"}
+    plain = ptx["up_preload"]["ptx"]
+    assert plain.index("griddepcontrol.wait") < plain.index("griddepcontrol.launch_dependents")
+
+
+@needs_ptxas
 def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx):
     k = ptx["mlp_pdl2"]
     assert k["launch_pdl"]

@@ -16,15 +16,17 @@ TMA loads of all of them in flight into its shared memory: the weight viewed as 
 256, 256]``, boxes of ``[BLOCK_N, CB, 256]`` (``CB`` chunks of 256 inputs, 16 KB for 8 rows of
 4 chunks), one mbarrier each. After the wait it reads ``x`` once (the RMS statistic over all
 of ``K``, ``x * g`` staged in shared memory in fp32), runs dot products out of shared memory
-as the boxes land, and writes its outputs: no reduction across programs, no second pass. On
-the H200 the weights have landed when the wait releases; what follows the release (reading
-``x``, the products, the store) takes 1.9-2.9 us (medians of the query up and q/kv down
-projections; ``results/h200/resident``).
+as the boxes land, and writes its outputs: no reduction across programs, no second pass.
 
-The kernel lets the next one launch right after its own wait, so the next projection's loads
-overlap this one's. Numerics as the Triton kernel's one-row path: ``x`` rounded to the
-weights' dtype, the norm's statistic and ``x * g`` in fp32, fp32 dot products, the output in
-the weights' dtype.
+It lets the next launch start at its entry, once its own weight loads are issued (before its
+wait), so the next projection's programs and loads follow this one's as early as PDL allows
+(a launch's successor starts only once it has been released itself). Where the time goes in
+the paper-size MLRA-4 step at 1 x 8K (H200, ``results/h200/products``): the q/kv down weights
+land ~1.3 us before the release, the query up's ~0.5 us before; the output projection's 18.9
+MB, requested only once W_UV is released, about 1 us after its release (median).
+
+Numerics as the Triton kernel's one-row path: ``x`` rounded to the weights' dtype, the norm's
+statistic and ``x * g`` in fp32, fp32 dot products, the output in the weights' dtype.
 
 Import only after checking :func:`mlra.kernels.gluon_available`.
 """
@@ -73,8 +75,10 @@ every call without a ``config``: tuning runs of whole decode steps."""
 DIAG_ENV = "MLRA_RESIDENT_DIAG"
 """Benchmarks: with a trace active, ``landed`` moves the third mark to where every weight box
 has landed (waited for right after the PDL wait, before reading ``x``), ``x`` to where ``x``
-is read, normed and staged; unset: the mark follows the products."""
-DIAG_MARKS = {"landed": 1, "x": 2}
+is read, normed and staged, ``landed_before_wait`` to where every box has landed, waited for
+before the PDL wait; unset: the mark follows the products."""
+DIAG_MARKS = {"landed": 1, "x": 2, "landed_before_wait": 3}
+TRIGGERS = {"wait": 0, "entry": 1}  # ResidentConfig.trigger -> EARLY_TRIGGER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,9 @@ class ResidentConfig:
     #: only calls whose weights hold at most this many megabytes (larger ones stay on the
     #: Triton kernel; 0 or less: no cap); unset: :data:`DEFAULT_MAX_MB`
     max_mb: float | None = None
+    #: where the next launch is let start: ``"entry"`` (the default: before this one's PDL
+    #: wait, once its weight loads are issued) or ``"wait"`` (right after the wait)
+    trigger: str | None = None
 
 
 @gluon.jit
@@ -118,7 +125,7 @@ def _resident_kernel(
     K, N1, N2, N3, T1, T2, eps, in_scale,
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
-    PDL: gl.constexpr, trace_ptr=None, DIAG: gl.constexpr = 0,
+    PDL: gl.constexpr, trace_ptr=None, DIAG: gl.constexpr = 0, EARLY_TRIGGER: gl.constexpr = 1,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
@@ -127,9 +134,7 @@ def _resident_kernel(
     dtype: gl.constexpr = d1.dtype
     layout: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 1, 32], [gl.num_warps(), 1, 1],
                                             [2, 1, 0])
-    l_rc: gl.constexpr = gl.SliceLayout(2, layout)  # [rows, chunk]
-    l_rows: gl.constexpr = gl.SliceLayout(1, l_rc)
-    l_cols: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, layout))
+    l_rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, layout))
     w_smem = gl.allocate_shared_memory(dtype, [NBOX, BLOCK_N, CB, BOX], d1.layout)
     x_smem = gl.allocate_shared_memory(gl.float32, [X_ROWS, 1, BOX],
                                        gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
@@ -163,15 +168,23 @@ def _resident_kernel(
             else:
                 _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
 
-    # x as [chunks, 1, 256] (chunk rows past K masked)
-    kx = (gl.expand_dims(gl.expand_dims(gl.arange(0, X_ROWS, l_rows), 1), 2) * BOX
-          + gl.expand_dims(gl.expand_dims(gl.arange(0, BOX, l_cols), 0), 1))
+    # x as one flat vector (past K masked): each thread's loads all in flight at once, its
+    # squares summed in registers before any shuffle (as rows of 256, the compiled code issued
+    # one row's load after the previous row's reduction)
+    kx = gl.arange(0, X_ROWS * BOX, gl.BlockedLayout([8], [32], [gl.num_warps()], [0]))
     k_ok = kx < K
     if HAS_NORM:  # a weight too
         g = gl.load(g_ptr + kx, mask=k_ok, other=0.0).to(gl.float32)
+    if DIAG == 3:  # diagnostic: every box waited for before the PDL wait, marked when landed
+        for b in gl.static_range(NBOX):
+            mbarrier.wait(bars.index(b), 0)
+        _mark(trace_ptr, 2)
     if PDL:
+        if EARLY_TRIGGER == 1:
+            _gdc_launch_dependents()
         _gdc_wait()
-        _gdc_launch_dependents()
+        if EARLY_TRIGGER == 0:
+            _gdc_launch_dependents()
     _mark(trace_ptr, 1)
     if DIAG == 1:  # diagnostic: wait for every box first, mark, then read x
         for b in gl.static_range(NBOX):
@@ -180,9 +193,9 @@ def _resident_kernel(
     x = gl.load(x_ptr + kx, mask=k_ok, other=0.0).to(dtype).to(gl.float32)
     ss = 0.0
     if HAS_NORM:
-        ss = gl.sum(gl.sum(gl.sum(x * x, 2), 1), 0)
+        ss = gl.sum(x * x, 0)
         x = x * g
-    x_smem.store(x)
+    x_smem.reshape([X_ROWS * BOX]).store(x)
     gl.thread_barrier()
     if DIAG == 2:  # diagnostic: x read, normed and staged
         _mark(trace_ptr, 2)
@@ -333,7 +346,8 @@ def skinny_linear_resident(
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
         BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
         trace_ptr=trace_slot("skinny", (sum(tiles),), x),
-        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0), num_warps=NUM_WARPS,
+        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0),
+        EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], num_warps=NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
@@ -341,9 +355,9 @@ def skinny_linear_resident(
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
                      residual: bool = False, pdl: bool = True, trace: bool = False,
-                     box: int | None = None):
+                     box: int | None = None, early_trigger: bool = True):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
-    resource reports."""
+    resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``)."""
     from mlra.kernels.aot import compile_gluon_sm90
 
     chunks = K // BOX_K
@@ -355,7 +369,7 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
               "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl),
-              "DIAG": 0}
+              "DIAG": 0, "EARLY_TRIGGER": int(early_trigger)}
     if trace:
         types["trace_ptr"] = "*i64"
     else:

@@ -43,6 +43,22 @@ faster per batch-1 step for MLA and 0.02-0.03 for MLRA-4 at 128K on the H200,
 preparation's W_UK slices measured no different, ``results/h200/latency``, and was removed.)"""
 
 
+EARLY_NEXT_ENV = "MLRA_STEP_UP_EARLY_NEXT"
+"""Environment variable: ``0`` makes the one-token W_UV launch let the next kernel (the output
+projection) launch right after its own PDL wait instead of before it (the default, measured
+0.010-0.014 ms faster per batch-1 step for MLRA-4 at 8K on the H200, together with the resident
+projections' early trigger; ``benchmarks/e2e_decode/results/h200/products``). For A/B runs."""
+
+
+def up_early_next() -> bool:
+    """Whether the one-token W_UV launch lets the next launch start before its own wait
+    (:data:`EARLY_NEXT_ENV`: unset or ``1`` yes, ``0`` no; anything else is refused by name)."""
+    raw = os.environ.get(EARLY_NEXT_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{EARLY_NEXT_ENV}={raw!r}: expected 0 (off) or 1 (on, the default)")
+    return raw != "0"
+
+
 def preload_w_uv() -> bool:
     """Whether the one-token W_UV launch loads its weight slice before the PDL wait
     (:data:`PRELOAD_ENV`: unset or ``1`` yes, ``0`` no; anything else is refused by name)."""
@@ -232,12 +248,13 @@ def _latent_up_kernel(
     W: tl.constexpr, D: tl.constexpr, HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr,
     BW: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr = 1, PDL: tl.constexpr = 0,
     LINE: tl.constexpr = 64, W_PAD: tl.constexpr = 1, PRELOAD: tl.constexpr = False,
-    NB_PAD: tl.constexpr = 1, trace_ptr=None,
+    NB_PAD: tl.constexpr = 1, EARLY_NEXT: tl.constexpr = False, trace_ptr=None,
 ):
     """Head ``h`` of tokens ``[m0, m0 + BM)``, outputs ``[d0, d0 + BD)``: each branch's
     attention result times W_UV, summed (one token: elementwise products and one reduction;
     a block of tokens: one matrix product per branch). ``PRELOAD`` (one token): the program's
-    whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait."""
+    whole W_UV slice, ``[branches, W, BD]``, loaded into registers before the PDL wait.
+    ``EARLY_NEXT``: the next launch let start before the wait (else right after it)."""
     trace_mark(trace_ptr, 0)
     m0 = tl.program_id(0) * BM
     h = tl.program_id(1)
@@ -258,9 +275,12 @@ def _latent_up_kernel(
             offs_r = tl.arange(0, W_PAD)
             prefetch_l2(w_rows + tl.minimum(offs_r, W - 1)[:, None] * stride_ww
                         + (tl.arange(0, (BD + LINE - 1) // LINE) * LINE)[None, :], PDL)
+    if EARLY_NEXT:
+        pdl_launch_next(PDL)
     pdl_wait(PDL)
     trace_mark(trace_ptr, 1)
-    pdl_launch_next(PDL)
+    if not EARLY_NEXT:
+        pdl_launch_next(PDL)
     trace_mark(trace_ptr, 2)
     if PRELOAD:
         z_rows = ((m0 * NB + offs_nb) * G + g) * HG + i
@@ -330,7 +350,8 @@ def latent_up_output_triton(
         z, w_up, o2, M, float(out_scale), w_up.stride(0), w_up.stride(1), o2.stride(0),
         W=W, D=D, HG=HG, G=G, NB=NB, BW=bw, BD=bd, BM=bm,
         PDL=pdl, W_PAD=next_pow2(W), LINE=128 // w_up.element_size(), PRELOAD=preload,
-        NB_PAD=next_pow2(NB), trace_ptr=trace_slot("up", grid, z), num_warps=4,
+        NB_PAD=next_pow2(NB), EARLY_NEXT=bm == 1 and up_early_next(),
+        trace_ptr=trace_slot("up", grid, z), num_warps=4,
         **launch_options(pdl),
     )
     return out
