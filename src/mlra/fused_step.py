@@ -73,19 +73,15 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     """:meth:`Block.post` of a paged decode step: head outputs, output projection, residual,
     MLP (the residual adds fused into the projections unless ``block.reduce`` all-reduces)."""
     attn, cfg, mlp = block.attn, block.attn.cfg, block.mlp
-    local = block.reduce is _identity
-    if cfg.family == "latent" and local:
-        x = kernels.latent_up_output_projection(o, attn.wkv_b(), attn.out_scale, cfg.head_dim,
-                                                attn.wo.weight, x)
+    if cfg.family == "latent":
+        o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
     else:
-        if cfg.family == "latent":
-            o = kernels.latent_up_output(o, attn.wkv_b(), attn.out_scale, cfg.head_dim)
-        else:
-            o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
-        if local:
-            (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
-        else:
-            x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
+        o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
+    local = block.reduce is _identity
+    if local:
+        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
+    else:
+        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     norm = block.mlp_norm
     weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
     if local:

@@ -295,29 +295,6 @@ def skinny_linear(
                              residual=residual, swiglu=swiglu)
 
 
-UV_OPROJ_ENV = "MLRA_UV_OPROJ"
-"""Set to 0 to keep W_UV and the output projection of one-token latent steps as two launches
-instead of one (:func:`latent_up_output_projection`); read at every call."""
-
-
-def latent_up_output_projection(
-    z: torch.Tensor, w_up: torch.Tensor, out_scale: float, head_dim: int, w_o: torch.Tensor,
-    residual: torch.Tensor,
-) -> torch.Tensor:
-    """The latent family's head outputs (:func:`latent_up_output`) put through the output
-    projection with the residual added (:func:`skinny_linear` of ``[w_o]``): one launch on
-    Hopper for one token where the projection's weights fit in shared memory
-    (:func:`mlra.kernels.gluon_skinny.uv_output_projection_resident`), else the two calls."""
-    if (use_triton(z) and z.is_cuda and os.environ.get(UV_OPROJ_ENV, "1") != "0"
-            and gluon_available()):
-        from mlra.kernels.gluon_skinny import ENV, uv_output_projection_resident, uv_plan
-
-        if os.environ.get(ENV, "1") != "0" and uv_plan(z, w_up, head_dim, w_o) is not None:
-            return uv_output_projection_resident(z, w_up, out_scale, head_dim, w_o, residual)
-    o = latent_up_output(z, w_up, out_scale, head_dim)
-    return skinny_linear(o, [w_o], residual=residual)[0]
-
-
 MLP_KERNEL_ENV = "MLRA_MLP_KERNEL"
 """Set to 0 to keep the MLP of batch-1 decode steps as two launches (gate/up, down) instead of
 the one-launch kernel (:func:`swiglu_mlp`); read when a decode step lays out its weights."""

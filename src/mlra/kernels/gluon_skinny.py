@@ -108,37 +108,6 @@ def _mark(trace_ptr, MARK: gl.constexpr):
 
 
 @gluon.jit
-def _uv_outputs(z_ptr, o_ptr, wuv, uv_r, uv_n, uv_g, uv_i, uv_ok, k0, uv_j, scale, K,
-                G: gl.constexpr, HG: gl.constexpr, W: gl.constexpr):
-    """``o[k0 + j]`` = ``scale`` x sum over branches ``n`` and latent rows ``w`` of ``z[n, g, i,
-    w] * W_UV[n, g, w, i, d0 + j]`` (the branch sum of :func:`mlra.kernels.reference.
-    latent_up_output_ref` for one token, ``z`` rounded to the weights' dtype first), stored
-    in the weights' dtype."""
-    z = gl.load(z_ptr + ((uv_n * G + uv_g) * HG + uv_i) * W + uv_r % W, mask=uv_ok, other=0.0)
-    z = z.to(wuv.dtype).to(gl.float32)
-    acc = gl.sum(wuv.to(gl.float32) * gl.expand_dims(z, 1), 0)
-    gl.store(o_ptr + k0 + uv_j, (acc * scale).to(wuv.dtype), mask=(k0 + uv_j) < K)
-
-
-@gluon.jit
-def _grid_barrier(cnt_ptr, n_programs):
-    """Every program of the launch past this point once all got here (all resident at once:
-    the plan and a cooperative launch); their global writes before it visible after it.
-    ``cnt_ptr``: two int32 counters at zero, left at zero again by the last program."""
-    gl.thread_barrier()
-    seen = gl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-    while seen < n_programs:  # poll with plain (volatile) loads, not atomics
-        seen = gl.load(cnt_ptr, volatile=True)
-    # the other programs' writes visible: the volatile load that saw them all, then a fence
-    gl.inline_asm_elementwise("fence.acq_rel.gpu; // dummy $0", "=r", [], dtype=gl.int32,
-                              is_pure=False, pack=1)
-    done = gl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
-    if done == n_programs - 1:
-        gl.store(cnt_ptr, 0)
-        gl.store(cnt_ptr + 1, 0)
-
-
-@gluon.jit
 def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CB: gl.constexpr,
                 NBOX: gl.constexpr):
     """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight (viewed as ``[rows, K /
@@ -157,16 +126,10 @@ def _resident_kernel(
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
     PDL: gl.constexpr, trace_ptr=None, DIAG: gl.constexpr = 0, EARLY_TRIGGER: gl.constexpr = 1,
-    z_ptr=None, wuv_ptr=None, cnt_ptr=None, uv_scale=1.0, s_wl=0, s_ww=0,
-    UV: gl.constexpr = 0, UV_NB: gl.constexpr = 1, UV_G: gl.constexpr = 1, UV_HG: gl.constexpr = 1,
-    UV_W: gl.constexpr = 1, UV_D: gl.constexpr = 1, UV_OUTS: gl.constexpr = 1,
-    UV_ROWS: gl.constexpr = 1,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
-    ``[rows, chunk, 256]`` with one chunk at a time in registers. ``UV``: ``x`` is first
-    computed into ``x_ptr`` by the whole grid (:func:`_uv_outputs`, ``UV_OUTS`` per program),
-    then every program waits for all the others (a grid barrier)."""
+    ``[rows, chunk, 256]`` with one chunk at a time in registers."""
     _mark(trace_ptr, 0)
     dtype: gl.constexpr = d1.dtype
     layout: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 1, 32], [gl.num_warps(), 1, 1],
@@ -205,20 +168,6 @@ def _resident_kernel(
             else:
                 _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
 
-    if UV:  # this program's W_UV slice, which no kernel of the step writes, before the wait
-        uv_k0 = pid * UV_OUTS
-        l_uv: gl.constexpr = gl.BlockedLayout([1, UV_OUTS], [32, 1], [gl.num_warps(), 1], [1, 0])
-        uv_r = gl.arange(0, UV_ROWS, gl.SliceLayout(1, l_uv))  # branch * W + latent row
-        uv_j = gl.arange(0, UV_OUTS, gl.SliceLayout(0, l_uv))
-        uv_hd = uv_k0 // UV_D  # head (group * HG + head in group); its outputs d0 ..
-        uv_g = uv_hd // UV_HG
-        uv_i = uv_hd % UV_HG
-        uv_n = uv_r // UV_W
-        uv_ok = (uv_r < UV_NB * UV_W) & (uv_k0 < K)
-        wuv = gl.load(wuv_ptr + gl.expand_dims((uv_n * UV_G + uv_g) * s_wl + (uv_r % UV_W) * s_ww
-                                               + uv_i * 2 * UV_D + UV_D + uv_k0 % UV_D, 1)
-                      + gl.expand_dims(uv_j, 0), mask=gl.expand_dims(uv_ok, 1), other=0.0)
-
     # x as one flat vector (past K masked): each thread's loads all in flight at once, its
     # squares summed in registers before any shuffle (as rows of 256, the compiled code issued
     # one row's load after the previous row's reduction)
@@ -237,10 +186,6 @@ def _resident_kernel(
         if EARLY_TRIGGER == 0:
             _gdc_launch_dependents()
     _mark(trace_ptr, 1)
-    if UV:
-        _uv_outputs(z_ptr, x_ptr, wuv, uv_r, uv_n, uv_g, uv_i, uv_ok, uv_k0, uv_j, uv_scale,
-                    K, UV_G, UV_HG, UV_W)
-        _grid_barrier(cnt_ptr, gl.num_programs(0))
     if DIAG == 1:  # diagnostic: wait for every box first, mark, then read x
         for b in gl.static_range(NBOX):
             mbarrier.wait(bars.index(b), 0)
@@ -373,108 +318,46 @@ def skinny_linear_resident(
     """Gluon implementation of :func:`mlra.kernels.reference.skinny_linear_ref` for one row
     (no SwiGLU) on Hopper, for shapes :func:`resident_supports` takes; ``config`` overrides
     the rows per program (benchmarks, tuning)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
     config = _config(config)
     bn = _call_plan(x, weights, False, config)
     if bn is None:
         raise ValueError("skinny_linear_resident: a call outside resident_supports")
     if residual is not None and len(weights) != 1:
         raise ValueError("a residual is added to a single output")
-    return _launch(x.reshape(-1), x.shape[:-1], weights, bn, config, norm_weight, eps,
-                   in_scale, residual, {})
-
-
-def _launch(x1: torch.Tensor, lead: Sequence[int], weights: Sequence[torch.Tensor], bn: int,
-            config: ResidentConfig, norm_weight: torch.Tensor | None, eps: float,
-            in_scale: float, residual: torch.Tensor | None, uv: dict
-            ) -> tuple[torch.Tensor, ...]:
-    """Launch :func:`_resident_kernel` for input vector ``x1`` (``uv``: the W_UV phase's
-    arguments, empty without one); outputs shaped ``[*lead, rows]``."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    K = x1.numel()
+    K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
     chunks = K // BOX_K
     cb = box_chunks(chunks, config.box_chunks)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
     descs = [TensorDescriptor(w, [w.shape[0], chunks, BOX_K], [K, BOX_K, 1], [bn, cb, BOX_K],
                               layout) for w in weights]
-    outs = [torch.empty(*lead, n, dtype=torch.bfloat16, device=x1.device) for n in ns]
+    outs = [torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device=x.device) for n in ns]
     tiles = [triton.cdiv(n, bn) for n in ns]
     pad = 3 - len(weights)
+    x1 = x.reshape(K)
     res = residual.reshape(-1) if residual is not None else x1
-    pdl = pdl_mode(x1) > 0
+    pdl = pdl_mode(x) > 0
     _resident_kernel[(sum(tiles),)](
         x1, norm_weight if norm_weight is not None else x1, res,
         *descs, *[descs[0]] * pad, *outs, *[outs[0]] * pad,
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
         BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
-        trace_ptr=trace_slot("skinny", (sum(tiles),), x1),
+        trace_ptr=trace_slot("skinny", (sum(tiles),), x),
         DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0),
         EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], num_warps=NUM_WARPS,
-        **uv, **({"launch_pdl": True} if pdl else {}),
+        **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
 
 
-def uv_plan(z: torch.Tensor, w_up: torch.Tensor, head_dim: int, w_o: torch.Tensor,
-            config: ResidentConfig | None = None) -> tuple[int, int] | None:
-    """``(rows per program, W_UV outputs per program)`` where one launch takes W_UV and the
-    output projection of one token (:func:`uv_output_projection_resident`), else None: the
-    output projection resident (:func:`resident_supports`), the head outputs (``G * Hg *
-    head_dim``) its inputs, an equal power-of-two share of them per program within one head,
-    at most 1024 latent rows (branches x ``w``) per head."""
-    if z.dim() != 6 or z.shape[0] * z.shape[1] != 1 or not z.is_contiguous():
-        return None
-    _, _, nb, G, hg, w = z.shape
-    K = G * hg * head_dim
-    config = _config(config)
-    bn = _call_plan(z.reshape(-1)[:1].expand(K), [w_o], False, config)  # shapes only
-    if bn is None or w_up.dtype != w_o.dtype or w_up.stride(-1) != 1 or w_up.dim() != 3:
-        return None
-    if tuple(w_up.shape) != (nb * G, w, hg * 2 * head_dim) or nb * w > 1024:
-        return None
-    programs = triton.cdiv(w_o.shape[0], bn)
-    outs = K // programs
-    if outs * programs != K or outs & (outs - 1) or head_dim % outs:
-        return None
-    return bn, outs
-
-
-def uv_output_projection_resident(z: torch.Tensor, w_up: torch.Tensor, out_scale: float,
-                                  head_dim: int, w_o: torch.Tensor, residual: torch.Tensor,
-                                  config: ResidentConfig | None = None) -> torch.Tensor:
-    """One launch for :func:`mlra.kernels.reference.latent_up_output_ref` of one token
-    followed by the output projection ``o @ w_o.T + residual``: every program computes its
-    share of the head outputs ``o``, the grid meets at a barrier, then every program runs its
-    output rows as :func:`skinny_linear_resident` does. Its output-projection weights are
-    requested at its entry, while the split merge before it still runs. Shapes
-    :func:`uv_plan` takes."""
-    from mlra.kernels._triton_common import stream_counters
-
-    config = _config(config)
-    plan = uv_plan(z, w_up, head_dim, w_o, config)
-    if plan is None:
-        raise ValueError("uv_output_projection_resident: a call outside uv_plan")
-    bn, outs = plan
-    _, _, nb, G, hg, w = z.shape
-    o = torch.empty(G * hg * head_dim, dtype=w_o.dtype, device=z.device)
-    uv = dict(z_ptr=z, wuv_ptr=w_up, cnt_ptr=stream_counters(z.device, "uv_oproj", 2),
-              uv_scale=float(out_scale), s_wl=w_up.stride(0), s_ww=w_up.stride(1), UV=1,
-              UV_NB=nb, UV_G=G, UV_HG=hg, UV_W=w, UV_D=head_dim, UV_OUTS=outs,
-              UV_ROWS=triton.next_power_of_2(nb * w), launch_cooperative_grid=True)
-    (out,) = _launch(o, residual.shape[:-1], [w_o], bn, config, None, 0.0, 1.0, residual, uv)
-    return out
-
-
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
                      residual: bool = False, pdl: bool = True, trace: bool = False,
-                     box: int | None = None, early_trigger: bool = True,
-                     uv: tuple[int, int, int, int, int, int] | None = None):
+                     box: int | None = None, early_trigger: bool = True):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
-    resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``; ``uv``:
-    the W_UV phase for branches, groups, heads per group, latent width, head dim and outputs
-    per program)."""
+    resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``)."""
     from mlra.kernels.aot import compile_gluon_sm90
 
     chunks = K // BOX_K
@@ -491,11 +374,5 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
         types["trace_ptr"] = "*i64"
     else:
         consts["trace_ptr"] = None
-    if uv:
-        nb, g, hg, w, d, outs = uv
-        types.update(z_ptr="*fp32", wuv_ptr="*bf16", cnt_ptr="*i32", uv_scale="fp32",
-                     s_wl="i32", s_ww="i32")
-        consts.update(UV=1, UV_NB=nb, UV_G=g, UV_HG=hg, UV_W=w, UV_D=d, UV_OUTS=outs,
-                      UV_ROWS=triton.next_power_of_2(nb * w))
     aligned = ["x_ptr", "g_ptr", "res_ptr", "o1_ptr", "o2_ptr", "o3_ptr", "K"]  # as at run time
     return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=NUM_WARPS)
