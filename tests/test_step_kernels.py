@@ -254,28 +254,37 @@ def test_latent_prepare_and_up_output_match_reference(shape, monkeypatch):
         assert torch.equal(a, b)
 
 
+SWITCHES = [("PRELOAD_ENV", "preload_w_uv"), ("EARLY_NEXT_ENV", "up_early_next")]
+
+
 @needs_triton
+@pytest.mark.parametrize("env,switch", SWITCHES)
 @pytest.mark.parametrize("value,expected", [(None, True), ("", True), ("1", True), (" 1 ", True),
                                             ("0", False), (" 0 ", False)])
-def test_w_uv_preload_is_on_by_default_and_follows_the_environment(value, expected,
-                                                                   monkeypatch):
-    from mlra.kernels.triton_step import PRELOAD_ENV, preload_w_uv
+def test_w_uv_switches_are_on_by_default_and_follow_the_environment(env, switch, value,
+                                                                    expected, monkeypatch):
+    """The one-token W_UV launch's preload and early trigger (``MLRA_STEP_PRELOAD``,
+    ``MLRA_STEP_UP_EARLY_NEXT``)."""
+    from mlra.kernels import triton_step
 
+    name = getattr(triton_step, env)
     if value is None:
-        monkeypatch.delenv(PRELOAD_ENV, raising=False)
+        monkeypatch.delenv(name, raising=False)
     else:
-        monkeypatch.setenv(PRELOAD_ENV, value)
-    assert preload_w_uv() is expected
+        monkeypatch.setenv(name, value)
+    assert getattr(triton_step, switch)() is expected
 
 
 @needs_triton
+@pytest.mark.parametrize("env,switch", SWITCHES)
 @pytest.mark.parametrize("value", ["w_uv", "true", "2"])
-def test_unknown_preload_value_is_refused_by_name(value, monkeypatch):
-    from mlra.kernels.triton_step import PRELOAD_ENV, preload_w_uv
+def test_unknown_switch_value_is_refused_by_name(env, switch, value, monkeypatch):
+    from mlra.kernels import triton_step
 
-    monkeypatch.setenv(PRELOAD_ENV, value)
-    with pytest.raises(ValueError, match=f"MLRA_STEP_PRELOAD='{value}'.*expected 0"):
-        preload_w_uv()
+    name = getattr(triton_step, env)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}='{value}'.*expected 0"):
+        getattr(triton_step, switch)()
 
 
 @needs_triton

@@ -50,22 +50,25 @@ projection) launch right after its own PDL wait instead of before it (the defaul
 projections' early trigger; ``benchmarks/e2e_decode/results/h200/products``). For A/B runs."""
 
 
+def _switch(name: str) -> bool:
+    """A switch read from environment variable ``name``: unset or ``1`` on, ``0`` off;
+    anything else is refused by name."""
+    raw = os.environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{name}={raw!r}: expected 0 (off) or 1 (on, the default)")
+    return raw != "0"
+
+
 def up_early_next() -> bool:
     """Whether the one-token W_UV launch lets the next launch start before its own wait
-    (:data:`EARLY_NEXT_ENV`: unset or ``1`` yes, ``0`` no; anything else is refused by name)."""
-    raw = os.environ.get(EARLY_NEXT_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{EARLY_NEXT_ENV}={raw!r}: expected 0 (off) or 1 (on, the default)")
-    return raw != "0"
+    (:data:`EARLY_NEXT_ENV`)."""
+    return _switch(EARLY_NEXT_ENV)
 
 
 def preload_w_uv() -> bool:
     """Whether the one-token W_UV launch loads its weight slice before the PDL wait
-    (:data:`PRELOAD_ENV`: unset or ``1`` yes, ``0`` no; anything else is refused by name)."""
-    raw = os.environ.get(PRELOAD_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{PRELOAD_ENV}={raw!r}: expected 0 (off) or 1 (on, the default)")
-    return raw != "0"
+    (:data:`PRELOAD_ENV`)."""
+    return _switch(PRELOAD_ENV)
 
 
 @triton.jit
