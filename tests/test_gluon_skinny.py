@@ -82,6 +82,18 @@ def test_boxes_cover_the_largest_power_of_two_of_chunks_up_to_the_cap():
     assert box_chunks(16, 8) == 8 and box_chunks(12, 1) == 1
 
 
+def test_unknown_trigger_is_refused_by_name(monkeypatch):
+    with pytest.raises(ValueError, match="trigger='late'"):
+        ResidentConfig(trigger="late")
+    from mlra.kernels.gluon_skinny import CONFIG_ENV, _config
+
+    monkeypatch.setenv(CONFIG_ENV, '{"trigger": "late"}')
+    with pytest.raises(ValueError, match=f"{CONFIG_ENV}=.*trigger='late'"):
+        _config(None)
+    monkeypatch.setenv(CONFIG_ENV, '{"trigger": "wait"}')
+    assert _config(None).trigger == "wait"
+
+
 def test_calls_off_hopper_are_not_taken():
     x = torch.zeros(1, 1024, dtype=BF)
     assert not resident_supports(x, [torch.zeros(64, 1024, dtype=BF)])

@@ -96,6 +96,10 @@ class ResidentConfig:
     #: wait, once its weight loads are issued) or ``"wait"`` (right after the wait)
     trigger: str | None = None
 
+    def __post_init__(self):
+        if self.trigger is not None and self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger={self.trigger!r}: expected one of {sorted(TRIGGERS)}")
+
 
 @gluon.jit
 def _mark(trace_ptr, MARK: gl.constexpr):
