@@ -94,6 +94,22 @@ def test_unknown_trigger_is_refused_by_name(monkeypatch):
     assert _config(None).trigger == "wait"
 
 
+def test_dispatch_plans_each_call_once_and_honours_its_switch(monkeypatch):
+    """``dispatch_resident`` (what ``kernels.skinny_linear`` asks): one plan per call, none
+    with ``MLRA_SKINNY_RESIDENT=0`` or SwiGLU; a call the plan refuses comes back as None."""
+    from mlra.kernels import gluon_skinny
+
+    plans = []
+    monkeypatch.setattr(gluon_skinny, "_call_plan", lambda *a: plans.append(a) and None)
+    x, w = torch.zeros(1, 1024, dtype=BF), [torch.zeros(64, 1024, dtype=BF)]
+    assert gluon_skinny.dispatch_resident(x, w) is None and len(plans) == 1
+    assert gluon_skinny.dispatch_resident(x, w, swiglu=True) is None and len(plans) == 1
+    monkeypatch.setenv(gluon_skinny.ENV, "0")
+    assert gluon_skinny.dispatch_resident(x, w) is None and len(plans) == 1
+    with pytest.raises(ValueError, match="outside resident_supports"):
+        gluon_skinny.skinny_linear_resident(x, w)
+
+
 def test_calls_off_hopper_are_not_taken():
     x = torch.zeros(1, 1024, dtype=BF)
     assert not resident_supports(x, [torch.zeros(64, 1024, dtype=BF)])
@@ -218,9 +234,15 @@ def test_dispatch_sends_one_row_here_unless_switched_off(monkeypatch):
     from mlra.kernels import gluon_skinny
 
     calls = []
-    real = gluon_skinny.skinny_linear_resident
-    monkeypatch.setattr(gluon_skinny, "skinny_linear_resident",
-                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = gluon_skinny._planned_launch
+
+    def counted(*args, **kwargs):  # count the calls this kernel ran
+        out = real(*args, **kwargs)
+        if out is not None:
+            calls.append(1)
+        return out
+
+    monkeypatch.setattr(gluon_skinny, "_planned_launch", counted)
     x, ws, nw, _ = _case(3072, (1024, 576), 7)
     fast = kernels.skinny_linear(x, ws, norm_weight=nw)
     assert calls == [1]

@@ -282,11 +282,12 @@ def skinny_linear(
     """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`)."""
     if use_triton(x) and len(weights) <= 3 and skinny_supports(x, weights, swiglu):
         if x.is_cuda and gluon_available():
-            from mlra.kernels.gluon_skinny import resident_wanted, skinny_linear_resident
+            from mlra.kernels.gluon_skinny import dispatch_resident
 
-            if resident_wanted(x, weights, swiglu):  # Hopper, one row, weights that fit
-                return skinny_linear_resident(x, weights, norm_weight=norm_weight, eps=eps,
-                                              in_scale=in_scale, residual=residual)
+            out = dispatch_resident(x, weights, norm_weight=norm_weight, eps=eps,
+                                    in_scale=in_scale, residual=residual, swiglu=swiglu)
+            if out is not None:  # Hopper, one row, weights that fit
+                return out
         from mlra.kernels.triton_skinny import skinny_linear_triton
 
         return skinny_linear_triton(x, weights, norm_weight=norm_weight, eps=eps,

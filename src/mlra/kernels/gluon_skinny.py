@@ -303,12 +303,6 @@ def resident_supports(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: 
     return _call_plan(x, weights, swiglu, _config(config)) is not None
 
 
-def resident_wanted(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool) -> bool:
-    """Whether :func:`mlra.kernels.skinny_linear` sends this call here: :data:`ENV` not
-    ``0`` and :func:`resident_supports`."""
-    return os.environ.get(ENV, "1") != "0" and resident_supports(x, weights, swiglu)
-
-
 def skinny_linear_resident(
     x: torch.Tensor,
     weights: Sequence[torch.Tensor],
@@ -322,14 +316,42 @@ def skinny_linear_resident(
     """Gluon implementation of :func:`mlra.kernels.reference.skinny_linear_ref` for one row
     (no SwiGLU) on Hopper, for shapes :func:`resident_supports` takes; ``config`` overrides
     the rows per program (benchmarks, tuning)."""
+    out = _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(config))
+    if out is None:
+        raise ValueError("skinny_linear_resident: a call outside resident_supports")
+    return out
+
+
+def dispatch_resident(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    in_scale: float = 1.0,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
+) -> tuple[torch.Tensor, ...] | None:
+    """What :func:`mlra.kernels.skinny_linear` runs here: the outputs where :data:`ENV` is
+    not ``0`` and the kernel takes the call (:func:`resident_supports`, planned once), else
+    None (the call stays with the Triton kernel)."""
+    if swiglu or os.environ.get(ENV, "1") == "0":
+        return None
+    return _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(None))
+
+
+def _planned_launch(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                    norm_weight: torch.Tensor | None, eps: float, in_scale: float,
+                    residual: torch.Tensor | None, config: ResidentConfig
+                    ) -> tuple[torch.Tensor, ...] | None:
+    """The kernel's launch for a call :func:`_call_plan` takes; None for one it does not."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    config = _config(config)
-    bn = _call_plan(x, weights, False, config)
-    if bn is None:
-        raise ValueError("skinny_linear_resident: a call outside resident_supports")
     if residual is not None and len(weights) != 1:
         raise ValueError("a residual is added to a single output")
+    bn = _call_plan(x, weights, False, config)
+    if bn is None:
+        return None
     K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
     chunks = K // BOX_K
