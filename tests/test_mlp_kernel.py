@@ -54,10 +54,8 @@ def _ref(x, nw, wg, wu, wd, res):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
 @pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
-                                 dict(one_launch=False), dict(reduce="fixed"),
-                                 dict(reduce="fixed", pool=0.3, pool_units=3)],
-                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches", "fixed",
-                              "fixed-pool"])
+                                 dict(one_launch=False)],
+                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
 def test_mlp_kernel_matches_reference(shape, residual, cfg):
     from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 
@@ -74,74 +72,6 @@ def test_mlp_kernel_matches_reference(shape, residual, cfg):
     assert rel_error(first.float(), ref) < TOL
     # deterministic: the barrier counters are left at zero and the sums run in a fixed order
     assert torch.equal(first, again)
-
-
-@needs_triton
-@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
-def test_fixed_point_sums_do_not_depend_on_who_streams_which_units(residual):
-    """The fixed-point form adds every piece's partial as an integer: programs taking
-    different shares of the pool (or none) give the same output bit for bit, and it equals
-    the barrier form's within rounding."""
-    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, swiglu_mlp_triton
-
-    d, h = SHAPES[0]
-    x, nw, wg, wu, wd = _weights(d, h, 11)
-    wdc = wd.t().contiguous().t()
-    res = x if residual else None
-    outs = []
-    for pool, units in ((0.0, None), (0.1, 2), (0.4, 1), (0.9, 5)):
-        outs.append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res,
-                                      config=MlpConfig(reduce="fixed", pool=pool,
-                                                       pool_units=units)))
-        assert LAST_LAUNCH["reduce"] == "fixed" and (LAST_LAUNCH["pool_chunks"] > 0) == (pool > 0)
-    assert all(torch.equal(o, outs[0]) for o in outs[1:])
-    barrier = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, res)
-    assert rel_error(outs[0].float(), barrier.float()) < 1e-2
-    assert rel_error(outs[0].float(), _ref(x, nw, wg, wu, wd, res)) < TOL
-
-
-@needs_triton
-def test_fixed_point_sums_hand_non_finite_and_huge_partials_over_in_float():
-    """A partial that is not finite, or too large for the integers, is added in float by the
-    last program: an infinite input gives NaN where the reference does, huge outputs stay
-    right, and the next call (counters and sums left at zero) is unaffected."""
-    from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
-
-    cfg = MlpConfig(reduce="fixed", pool=0.2, pool_units=2)
-    d, h = SHAPES[0]
-    x, nw, wg, wu, wd = _weights(d, h, 12)
-    wdc = wd.t().contiguous().t()
-    bad = x.clone()
-    bad[0, 3] = float("inf")
-    out = swiglu_mlp_triton(bad, nw, 1e-6, wg, wu, wdc, x, config=cfg)
-    ref = _ref(bad, nw, wg, wu, wd, x)
-    assert torch.equal(out.float().isnan(), ref.isnan()) and out.float().isnan().any()
-    huge = (wd.float() * 1e8).to(BF)  # partial outputs far beyond the fixed-point limit
-    out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, huge.t().contiguous().t(), x, config=cfg)
-    ref = _ref(x, nw, wg, wu, huge, x)
-    assert ref.abs().max() > 1e7 and rel_error(out.float(), ref) < TOL
-    out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=cfg)
-    assert rel_error(out.float(), _ref(x, nw, wg, wu, wd, x)) < TOL
-
-
-def test_mlp_config_refuses_a_pool_without_fixed_point_sums():
-    pytest.importorskip("triton")
-    from mlra.kernels.triton_mlp import MlpConfig, pool_split
-
-    with pytest.raises(ValueError, match="'barrier' or 'fixed'"):
-        MlpConfig(reduce="atomic")
-    with pytest.raises(ValueError, match="needs reduce='fixed'"):
-        MlpConfig(pool=0.1)
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        MlpConfig(reduce="fixed", pool=1.0)
-    with pytest.raises(ValueError, match=">= 1"):
-        MlpConfig(reduce="fixed", pool=0.1, pool_units=0)
-    # (own units, chunks): the pool rounded to whole chunks, the pieces capped
-    assert pool_split(9880, 132, 0.1, 8) == (9880 - 992, 124)  # 988 units: 123.5 chunks
-    assert pool_split(9880, 132, 0.0, 8) == (9880, 0)
-    assert pool_split(100, 4, 0.001, 8) == (100, 0)
-    own, chunks = pool_split(1 << 20, 132, 0.5, 1)
-    assert chunks == 2048 - 132 and own == (1 << 20) - chunks
 
 
 @needs_triton
@@ -317,21 +247,17 @@ def test_split_k_projections_on_two_streams_at_once_keep_each_result():
 
 @needs_triton
 @pytest.mark.skipif(not ON_GPU, reason="two CUDA streams at once need a GPU")
-@pytest.mark.parametrize("cfg", [None, dict(reduce="fixed", pool=0.2)], ids=["barrier", "fixed"])
-def test_one_launch_mlp_on_two_streams_at_once_keeps_each_result(cfg):
+def test_one_launch_mlp_on_two_streams_at_once_keeps_each_result():
     """Two decode loops on one GPU: the one-launch MLP's cooperative grids on two streams never
     wait for each other at the barrier (a plain launch could: each grid holding part of the
-    GPU), the fixed-point form's counters and sums are the stream's own, and each result
-    equals the one computed alone, bit for bit."""
-    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, swiglu_mlp_triton
+    GPU) and each result equals the one computed alone, bit for bit."""
+    from mlra.kernels.triton_mlp import LAST_LAUNCH, swiglu_mlp_triton
 
-    config = MlpConfig(**cfg) if cfg else None
     runs = []
     for seed in (31, 32):
         x, nw, wg, wu, wd = _weights(3072, 9880, seed)
         runs.append((x, nw, wg, wu, wd.t().contiguous().t(), x))
-    alone = [swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res, config=config)
-             for x, nw, wg, wu, wd, res in runs]
+    alone = [swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res) for x, nw, wg, wu, wd, res in runs]
     assert LAST_LAUNCH["one_launch"]
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     torch.cuda.synchronize()
@@ -339,7 +265,7 @@ def test_one_launch_mlp_on_two_streams_at_once_keeps_each_result(cfg):
     for _ in range(20):
         for i, (s, (x, nw, wg, wu, wd, res)) in enumerate(zip(streams, runs, strict=True)):
             with torch.cuda.stream(s):
-                outs[i].append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res, config=config))
+                outs[i].append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wd, res))
     torch.cuda.synchronize()
     for i in range(2):
         assert all(torch.equal(o, alone[i]) for o in outs[i])

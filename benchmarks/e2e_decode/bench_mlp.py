@@ -47,12 +47,6 @@ NEAR = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
                               (4, 8, 3, 1), (2, 8, 5, 1), (4, 4, 2, 1), (2, 2, 4, 2))]
 """``--sweep-set near``: around the default (2 x 4096 tiles, 4 warps, 4 stages, 1 per SM)."""
 
-FIXED = [MlpConfig(reduce="fixed", pool=pool, pool_units=units)
-         for pool, units in ((0.0, None), (0.05, 4), (0.1, 4), (0.1, 8), (0.2, 4), (0.2, 8),
-                             (0.2, 16), (0.4, 8))]
-"""``--sweep-set fixed``: the fixed-point sums without a barrier, with pools of hidden units
-handed out in chunks (share of the hidden units, units per chunk)."""
-
 
 def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
                ) -> list[dict]:
@@ -90,10 +84,8 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
              ("one launch (cooperative grid)", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False)),
              ("one launch, plain grid", one, MlpConfig(cooperative=False))]
-    cands += [(f"one launch, fixed-point sums, pool {c.pool:g} x {c.pool_units or 'default'}"
-               if c.reduce == "fixed" else
-               f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM", one, c)
-              for c in sweep]
+    cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+               one, c) for c in sweep]
     if sweep is SWEEP:
         cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
                    one, dataclasses.replace(c, one_launch=False)) for c in SWEEP[7:10]]
@@ -120,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="also time the configurations of SWEEP")
-    ap.add_argument("--sweep-set", choices=("wide", "near", "fixed"), default="wide",
-                    help="wide: SWEEP (depth x programs); near: NEAR (around the default); "
-                    "fixed: FIXED (fixed-point sums, pools)")
+    ap.add_argument("--sweep-set", choices=("wide", "near"), default="wide",
+                    help="wide: SWEEP (depth x programs); near: NEAR (around the default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_mlp.py needs a CUDA GPU", file=sys.stderr)
@@ -137,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     results = []
     for name in args.shapes.split(","):
-        sweep = [] if not args.sweep else {"wide": SWEEP, "near": NEAR,
-                                           "fixed": FIXED}[args.sweep_set]
+        sweep = ([] if not args.sweep else SWEEP if args.sweep_set == "wide" else NEAR)
         for row in time_shape(name, dev, bw, sweep):
             results.append(row)
             form = (f" [{row['programs']} programs, {'one' if row['one_launch'] else 'two'}]"

@@ -79,30 +79,6 @@ class MlpConfig:
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
     cooperative: bool | None = None
-    #: how the programs' partial outputs are summed: ``"barrier"`` (default: a grid barrier,
-    #: then column sums over a float workspace) or ``"fixed"`` (added as fixed-point integers
-    #: by atomics, the last program to arrive stores the output: no barrier, and a result
-    #: that does not depend on which program streamed which units)
-    reduce: str | None = None
-    #: ``"fixed"`` only: the share of the hidden units (0 <= pool < 1) that programs take in
-    #: chunks from a shared counter once their own range is streamed, so that programs which
-    #: stream faster take more (default 0)
-    pool: float | None = None
-    #: hidden units per pool chunk (default 4 loop steps)
-    pool_units: int | None = None
-
-    def __post_init__(self):
-        if self.reduce not in (None, "barrier", "fixed"):
-            raise ValueError(f"MlpConfig.reduce must be 'barrier' or 'fixed', got "
-                             f"{self.reduce!r}")
-        if self.pool is not None and not 0 <= self.pool < 1:
-            raise ValueError(f"MlpConfig.pool is a share of the hidden units in [0, 1), got "
-                             f"{self.pool!r}")
-        if self.pool and self.reduce != "fixed":
-            raise ValueError("MlpConfig.pool needs reduce='fixed' (the barrier form sums in "
-                             "program order, so every program's units must be fixed)")
-        if self.pool_units is not None and self.pool_units < 1:
-            raise ValueError(f"MlpConfig.pool_units must be >= 1, got {self.pool_units!r}")
 
 
 @triton.jit
@@ -128,50 +104,6 @@ def _grid_barrier_done(cnt_ptr, n_programs):
         tl.store(cnt_ptr + 1, 0)
 
 
-@triton.jit
-def _normed_x(x_ptr, g_ptr, D, eps, offs_d, mask_d):
-    """The RMS-normalised input row (fp32)."""
-    x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
-    return x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _stream_units(h_lo, h_hi, xn, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, offs_d, mask_d,
-                  BLOCK_H: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """The partial output (fp32, ``[D_PAD]``) of hidden units ``[h_lo, h_hi)``: their gate
-    and up rows and down columns streamed ``BLOCK_H`` units a step through a pipeline of
-    ``NUM_STAGES``."""
-    y = tl.zeros_like(xn)
-    for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
-        wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
-        wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
-        wd = tl.load(wd_ptr + offs_h[:, None] * s_d + offs_d[None, :], mask=mask, other=0.0)
-        gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
-        up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
-        # the activation rounded to the weights' dtype, as the module path stores it
-        act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
-        y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
-    return y
-
-
-@triton.jit
-def _prefetch_rows(h_lo, h_hi, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, D,
-                   D_PAD: tl.constexpr, PF_ROWS: tl.constexpr, LINE: tl.constexpr,
-                   PDL: tl.constexpr):
-    """L2 prefetch of the first ``PF_ROWS`` rows of a program's three weights (before its
-    PDL wait)."""
-    if PF_ROWS > 0:
-        offs_l = tl.arange(0, D_PAD // LINE) * LINE
-        rows = h_lo + tl.arange(0, PF_ROWS)
-        ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
-        prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
-        prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
-        prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
-
-
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
 def _mlp_kernel(
     x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -192,13 +124,30 @@ def _mlp_kernel(
     if PHASE != 2:
         h_lo = pid * H // n_parts
         h_hi = (pid + 1) * H // n_parts
-        _prefetch_rows(h_lo, h_hi, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, D, D_PAD, PF_ROWS,
-                       LINE, PDL)
+        if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
+            offs_l = tl.arange(0, D_PAD // LINE) * LINE
+            rows = h_lo + tl.arange(0, PF_ROWS)
+            ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
+            prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
+            prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
+            prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
-        xn = _normed_x(x_ptr, g_ptr, D, eps, offs_d, mask_d)
-        y = _stream_units(h_lo, h_hi, xn, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, offs_d,
-                          mask_d, BLOCK_H, NUM_STAGES)
+        x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y = tl.zeros([D_PAD], dtype=tl.float32)
+        for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
+            wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
+            wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
+            wd = tl.load(wd_ptr + offs_h[:, None] * s_d + offs_d[None, :], mask=mask, other=0.0)
+            gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
+            up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
+            # the activation rounded to the weights' dtype, as the module path stores it
+            act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
+            y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
@@ -222,91 +171,6 @@ def _mlp_kernel(
             tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
     if PHASE == 0:
         _grid_barrier_done(cnt_ptr, n_parts)
-    trace_mark(trace_ptr, 3)
-
-
-#: fixed-point scale of the summed form: partial outputs are added as integers of 2**-30
-FIXED_SCALE = float(1 << 30)
-#: a piece's partial output at or beyond this magnitude (or not finite) is not summed as an
-#: integer: its program hands its float partial to the last program instead
-FIXED_LIMIT = float(1 << 20)
-#: most pieces (programs' own ranges plus pool chunks) one launch may sum: with
-#: :data:`FIXED_LIMIT` and :data:`FIXED_SCALE` their total stays below 2**61
-FIXED_MAX_PIECES = 2048
-
-
-@triton.jit(do_not_specialize=["D", "H", "H_own", "n_parts", "n_chunks"])
-def _mlp_summed_kernel(
-    x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, flag_ptr, acc_ptr, cnt_ptr,
-    D, H, H_own, n_parts, n_chunks, s_g, s_u, s_d, eps,
-    D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, CHUNK: tl.constexpr, P_PAD: tl.constexpr,
-    HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr, ALIGNED: tl.constexpr = False,
-    PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    SCALE: tl.constexpr = FIXED_SCALE, LIMIT: tl.constexpr = FIXED_LIMIT, trace_ptr=None,
-):
-    """Every program streams its own range of the first ``H_own`` hidden units, then takes
-    chunks of ``CHUNK`` units of the rest from a shared counter (the pool) until none is
-    left. Each piece's partial output is rounded to a multiple of ``1 / SCALE`` and added
-    into ``acc`` as an integer, so the sum does not depend on which program took which chunk
-    or on the order of arrival. The last program to arrive converts the sum, adds the
-    residual, stores the output and leaves ``acc`` and the counters at zero. No program waits
-    for another: the grid need not be resident at once. A piece beyond ``LIMIT`` or not
-    finite makes its program hand over its float partial instead (``ws``, ``flag``), which
-    the last program adds in float."""
-    trace_mark(trace_ptr, 0)
-    pid = tl.program_id(0)
-    if ALIGNED:
-        D = (D // 8) * 8
-    offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < D
-    h_lo = pid * H_own // n_parts
-    h_hi = (pid + 1) * H_own // n_parts
-    _prefetch_rows(h_lo, h_hi, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, D, D_PAD, PF_ROWS, LINE,
-                   PDL)
-    pdl_wait(PDL)
-    trace_mark(trace_ptr, 1)
-    xn = _normed_x(x_ptr, g_ptr, D, eps, offs_d, mask_d)
-    fixed = tl.zeros([D_PAD], dtype=tl.int64)
-    y = tl.zeros([D_PAD], dtype=tl.float32)
-    bad = 0
-    piece = pid
-    while piece < n_parts + n_chunks:
-        part = _stream_units(h_lo, h_hi, xn, wg_ptr, wu_ptr, wd_ptr, s_g, s_u, s_d, offs_d,
-                             mask_d, BLOCK_H, NUM_STAGES)
-        ok = tl.abs(part) < LIMIT  # False for NaN
-        bad = bad | (tl.min(ok.to(tl.int32), axis=0) == 0).to(tl.int32)
-        fixed += tl.floor(tl.where(ok, part, 0.0).to(tl.float64) * SCALE + 0.5).to(tl.int64)
-        y += part
-        if n_chunks > 0:
-            piece = tl.atomic_add(cnt_ptr + 1, 1, sem="relaxed") + n_parts
-            h_lo = H_own + (piece - n_parts) * CHUNK
-            h_hi = tl.minimum(h_lo + CHUNK, H)
-        else:
-            piece = n_parts
-    pdl_launch_next(PDL)
-    trace_mark(trace_ptr, 2)
-    tl.store(flag_ptr + pid, bad)
-    if bad != 0:
-        tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    else:
-        tl.atomic_add(acc_ptr + offs_d, fixed, mask=mask_d, sem="relaxed")
-    tl.debug_barrier()
-    if tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == n_parts - 1:  # the last to arrive
-        total = tl.load(acc_ptr + offs_d, mask=mask_d, other=0, cache_modifier=".cg")
-        out = (total.to(tl.float64) * (1.0 / SCALE)).to(tl.float32)
-        offs_p = tl.arange(0, P_PAD)
-        flags = tl.load(flag_ptr + offs_p, mask=offs_p < n_parts, other=0, cache_modifier=".cg")
-        if tl.sum(flags, axis=0) > 0:  # some float partials to add, in program order
-            for p in range(0, n_parts):
-                if tl.load(flag_ptr + p, cache_modifier=".cg") != 0:
-                    out += tl.load(ws_ptr + p * D + offs_d, mask=mask_d, other=0.0,
-                                   cache_modifier=".cg")
-        if HAS_RES:
-            out += tl.load(res_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
-        tl.store(acc_ptr + offs_d, tl.zeros_like(total), mask=mask_d)
-        tl.store(cnt_ptr, 0)
-        tl.store(cnt_ptr + 1, 0)
     trace_mark(trace_ptr, 3)
 
 
@@ -422,10 +286,6 @@ def swiglu_mlp_triton(
                   ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
                                              for w in (w_gate, w_up, w_down)),
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
-    if cfg.reduce == "fixed":
-        _launch_summed(x2, norm_weight, res, w_gate, w_up, w_down, out, float(eps),
-                       min(per_sm * sms, H), cfg, common, pdl)
-        return out.view(x.shape)
     ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
     args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
             stream_counters(x.device, "mlp", 2),
@@ -443,8 +303,7 @@ def swiglu_mlp_triton(
         if pdl > 1 else 0
     cols = next_pow2(triton.cdiv(D, parts))
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
-    LAST_LAUNCH.clear()
-    LAST_LAUNCH.update(programs=parts, one_launch=one_launch, reduce="barrier")
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
@@ -456,41 +315,3 @@ def swiglu_mlp_triton(
             *args, PHASE=2, **common,
             trace_ptr=trace_slot("mlp_sums", (triton.cdiv(D, cols),), x2))
     return out.view(x.shape)
-
-
-def pool_split(hidden: int, parts: int, pool: float, chunk: int) -> tuple[int, int]:
-    """``(own, chunks)``: the hidden units split over the programs' own ranges and the number
-    of pool chunks of ``chunk`` units that hold the rest (about ``pool`` of ``hidden``), with
-    the pieces of one launch (``parts + chunks``) within :data:`FIXED_MAX_PIECES`."""
-    pooled = min(hidden, round(hidden * pool / chunk) * chunk)
-    chunks = min(triton.cdiv(pooled, chunk), FIXED_MAX_PIECES - parts)
-    if chunks < 1:
-        return hidden, 0
-    return hidden - min(pooled, chunks * chunk), chunks
-
-
-def _launch_summed(x2, norm_weight, res, w_gate, w_up, w_down, out, eps: float, parts: int,
-                   cfg: MlpConfig, common: dict, pdl: int) -> None:
-    """Launch :func:`_mlp_summed_kernel` (``MlpConfig(reduce="fixed")``)."""
-    D, H = x2.shape[1], w_gate.shape[0]
-    if parts > FIXED_MAX_PIECES:
-        raise ValueError(f"the fixed-point MLP sums at most {FIXED_MAX_PIECES} programs, "
-                         f"asked for {parts}")
-    chunk = cfg.pool_units or 4 * common["BLOCK_H"]
-    own, chunks = pool_split(H, parts, cfg.pool or 0.0, chunk)
-    es = w_gate.element_size()
-    sms = device_sms(x2)
-    acc = stream_counters(x2.device, f"mlp_fixed_sum_{D}", 2 * D).view(torch.int64)
-    ws = torch.empty(parts, D, dtype=torch.float32, device=x2.device)
-    flags = torch.empty(parts, dtype=torch.int32, device=x2.device)
-    pf = prefetch_units(triton.cdiv(own, parts), parts, 3 * D * es, sms, cfg.per_sm or 1, 16) \
-        if pdl > 1 and own >= parts else 0
-    LAST_LAUNCH.clear()
-    LAST_LAUNCH.update(programs=parts, one_launch=True, reduce="fixed", pool_chunks=chunks)
-    _mlp_summed_kernel[(parts,)](
-        x2, norm_weight, res, w_gate, w_up, w_down, out, ws, flags, acc,
-        stream_counters(x2.device, "mlp_fixed", 2),
-        D, H, own, parts, chunks, w_gate.stride(0), w_up.stride(0), w_down.stride(1), eps,
-        CHUNK=chunk, P_PAD=next_pow2(parts), PF_ROWS=pf, LINE=128 // es, PDL=pdl,
-        **common,
-        trace_ptr=trace_slot("mlp", (parts,), x2))
