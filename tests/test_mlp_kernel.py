@@ -54,8 +54,8 @@ def _ref(x, nw, wg, wu, wd, res):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
 @pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
-                                 dict(one_launch=False)],
-                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
+                                 dict(one_launch=False), dict(summers=48)],
+                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches", "summers48"])
 def test_mlp_kernel_matches_reference(shape, residual, cfg):
     from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 
@@ -72,6 +72,27 @@ def test_mlp_kernel_matches_reference(shape, residual, cfg):
     assert rel_error(first.float(), ref) < TOL
     # deterministic: the barrier counters are left at zero and the sums run in a fixed order
     assert torch.equal(first, again)
+
+
+@needs_triton
+@pytest.mark.skipif(not ON_GPU, reason="the one-launch form runs only compiled (a barrier)")
+@pytest.mark.parametrize("summers", [96, 48, 24, 12])
+def test_last_arrivals_summing_the_columns_give_the_same_bits(summers):
+    """Whichever programs sum the columns (the last ``summers`` to arrive, slices by order of
+    arrival), every column is the partials added in program order: the output equals the
+    default form's bit for bit, and the counters are left ready for the next call."""
+    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, swiglu_mlp_triton
+
+    d, h = SHAPES[0]
+    x, nw, wg, wu, wd = _weights(d, h, 13)
+    wdc = wd.t().contiguous().t()
+    default = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x)
+    cfg = MlpConfig(summers=summers)
+    for _ in range(3):
+        out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=cfg)
+        assert LAST_LAUNCH["one_launch"] and LAST_LAUNCH["summers"] <= summers
+        assert torch.equal(out, default)
+    assert torch.equal(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x), default)
 
 
 @needs_triton

@@ -29,6 +29,7 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import triton
@@ -79,16 +80,24 @@ class MlpConfig:
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
     cooperative: bool | None = None
+    #: one launch: only the last ``summers`` programs to arrive wait at the barrier and sum
+    #: the columns (slices by order of arrival; the sums stay in program order), the others
+    #: leave once their partial is out (default: every program waits, those with a slice sum)
+    summers: int | None = None
 
 
 @triton.jit
-def _grid_barrier(cnt_ptr, n_programs):
-    """Wait until all ``n_programs`` programs of the launch got here (every one resident at
-    once: a cooperative launch); their global writes before it are visible after it.
-    ``cnt_ptr``: two int32 counters at zero (the launch's stream counters), which
-    :func:`_grid_barrier_done` leaves at zero again."""
+def _arrive(cnt_ptr):
+    """Count this program in at ``cnt_ptr`` (its global writes before it released); returns
+    the programs counted so far, this one included."""
     tl.debug_barrier()
-    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+    return tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+
+
+@triton.jit
+def _wait_for(cnt_ptr, seen, n_programs):
+    """Wait until ``n_programs`` programs have counted in at ``cnt_ptr`` (``seen``: the count
+    this program saw); their writes before counting in are visible after it."""
     while seen < n_programs:  # poll with plain (volatile) loads, not atomics
         seen = tl.load(cnt_ptr, volatile=True)
     tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' writes visible
@@ -96,12 +105,32 @@ def _grid_barrier(cnt_ptr, n_programs):
 
 @triton.jit
 def _grid_barrier_done(cnt_ptr, n_programs):
-    """After a program's last read that needed :func:`_grid_barrier`: the last program to get
-    here resets both counters for the next launch."""
+    """After a program's last read that needed the barrier (``n_programs`` of them read): the
+    last program to get here resets both counters for the next launch."""
     done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
     if done == n_programs - 1:
         tl.store(cnt_ptr, 0)
         tl.store(cnt_ptr + 1, 0)
+
+
+@triton.jit
+def _column_sums(ws_ptr, res_ptr, out_ptr, slot, D, n_parts, COLS: tl.constexpr,
+                 P_PAD: tl.constexpr, HAS_RES: tl.constexpr):
+    """Columns ``[slot * COLS, (slot + 1) * COLS)`` of the output: the partials summed in
+    program order, plus the residual (rows in blocks of at most 8192 values)."""
+    ROWS: tl.constexpr = min(P_PAD, max(1, 8192 // COLS))
+    offs_c = slot * COLS + tl.arange(0, COLS)
+    mask_c = offs_c < D
+    out = tl.zeros([COLS], dtype=tl.float32)
+    for r in tl.static_range(0, P_PAD, ROWS):
+        offs_p = r + tl.arange(0, ROWS)
+        part = tl.load(ws_ptr + offs_p[:, None] * D + offs_c[None, :],
+                       mask=(offs_p < n_parts)[:, None] & mask_c[None, :], other=0.0,
+                       cache_modifier=".cg")
+        out += tl.sum(part, axis=0)
+    if HAS_RES:
+        out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
 @triton.jit(do_not_specialize=["D", "H", "n_parts"])
@@ -111,10 +140,15 @@ def _mlp_kernel(
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, trace_ptr=None,
+    LINE: tl.constexpr = 64, SUMMERS: tl.constexpr = 0, DIAG: tl.constexpr = 0,
+    trace_ptr=None,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
-    1: partials only; 2: column sums only (programs = column slices)."""
+    1: partials only; 2: column sums only (programs = column slices). ``SUMMERS`` > 0 (PHASE
+    0): only the last ``SUMMERS`` programs to arrive wait for the others and sum the columns
+    (slices by order of arrival), the others leave once their partial is out. ``DIAG`` 1
+    (trace diagnostic): mark 1 when the program has counted in, mark 3 when it may read the
+    partials (instead of after the PDL wait and on exit)."""
     trace_mark(trace_ptr, 0)
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
@@ -132,7 +166,8 @@ def _mlp_kernel(
             prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
             prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
         pdl_wait(PDL)
-        trace_mark(trace_ptr, 1)
+        if DIAG == 0:
+            trace_mark(trace_ptr, 1)
         x = tl.load(x_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -152,27 +187,37 @@ def _mlp_kernel(
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # every partial written and visible
-        _grid_barrier(cnt_ptr, n_parts)
+        seen = _arrive(cnt_ptr)
+        if DIAG == 1:
+            trace_mark(trace_ptr, 1)
+        if SUMMERS == 0:
+            _wait_for(cnt_ptr, seen, n_parts)
+            if DIAG == 1:
+                trace_mark(trace_ptr, 3)
+            if pid * COLS < D:
+                _column_sums(ws_ptr, res_ptr, out_ptr, pid, D, n_parts, COLS, P_PAD, HAS_RES)
+            _grid_barrier_done(cnt_ptr, n_parts)
+        elif seen > n_parts - SUMMERS:  # among the last to arrive: a slice of the columns
+            _wait_for(cnt_ptr, seen, n_parts)
+            if DIAG == 1:
+                trace_mark(trace_ptr, 3)
+            _column_sums(ws_ptr, res_ptr, out_ptr, seen - 1 - (n_parts - SUMMERS), D, n_parts,
+                         COLS, P_PAD, HAS_RES)
+            _grid_barrier_done(cnt_ptr, SUMMERS)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
         trace_mark(trace_ptr, 2)
-    if PHASE != 1:
         if pid * COLS < D:
-            offs_p = tl.arange(0, P_PAD)
-            offs_c = pid * COLS + tl.arange(0, COLS)
-            mask_c = offs_c < D
-            part = tl.load(ws_ptr + offs_p[:, None] * D + offs_c[None, :],
-                           mask=(offs_p < n_parts)[:, None] & mask_c[None, :], other=0.0,
-                           cache_modifier=".cg")
-            out = tl.sum(part, axis=0)
-            if HAS_RES:
-                out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-            tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
-    if PHASE == 0:
-        _grid_barrier_done(cnt_ptr, n_parts)
-    trace_mark(trace_ptr, 3)
+            _column_sums(ws_ptr, res_ptr, out_ptr, pid, D, n_parts, COLS, P_PAD, HAS_RES)
+    if DIAG == 0:
+        trace_mark(trace_ptr, 3)
 
+
+DIAG_ENV = "MLRA_MLP_DIAG"
+"""Trace diagnostic of the one-launch form: ``barrier`` marks when each program has counted
+in (mark 1) and when it may read the partials (mark 3), for ``trace_step.py``."""
+DIAG_MARKS = {"": 0, "barrier": 1}
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
@@ -303,10 +348,16 @@ def swiglu_mlp_triton(
         if pdl > 1 else 0
     cols = next_pow2(triton.cdiv(D, parts))
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
-    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
+    summers = 0
+    if one_launch and cfg.summers and cfg.summers < parts:
+        # the fewest programs whose power-of-two slices cover the columns
+        common["COLS"] = next_pow2(triton.cdiv(D, cfg.summers))
+        summers = triton.cdiv(D, common["COLS"])
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch, summers=summers or None)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
+                              SUMMERS=summers, DIAG=DIAG_MARKS[os.environ.get(DIAG_ENV, "")],
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
