@@ -147,7 +147,7 @@ def _mlp():
     from mlra.kernels.triton_mlp import _mlp_kernel
 
     types = _ptr_types("x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr")
-    types.update(ws_ptr="*fp32", cnt_ptr="*i32", eps="fp32")
+    types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32")
     consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
                   NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64)
     return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True)

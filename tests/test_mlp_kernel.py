@@ -54,8 +54,8 @@ def _ref(x, nw, wg, wu, wd, res):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
 @pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
-                                 dict(one_launch=False), dict(summers=48)],
-                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches", "summers48"])
+                                 dict(one_launch=False)],
+                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
 def test_mlp_kernel_matches_reference(shape, residual, cfg):
     from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 
@@ -76,23 +76,24 @@ def test_mlp_kernel_matches_reference(shape, residual, cfg):
 
 @needs_triton
 @pytest.mark.skipif(not ON_GPU, reason="the one-launch form runs only compiled (a barrier)")
-@pytest.mark.parametrize("summers", [96, 48, 24, 12])
-def test_last_arrivals_summing_the_columns_give_the_same_bits(summers):
-    """Whichever programs sum the columns (the last ``summers`` to arrive, slices by order of
-    arrival), every column is the partials added in program order: the output equals the
-    default form's bit for bit, and the counters are left ready for the next call."""
-    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, swiglu_mlp_triton
+def test_the_barrier_count_only_grows_by_a_grid_per_launch():
+    """The one-launch form's barrier count is never reset: each launch adds its programs, so
+    it is a multiple of the grid after every call (a launch that counted wrongly would
+    leave it between, and the next launch's barrier would open early or never)."""
+    from mlra.kernels.triton_mlp import LAST_LAUNCH, barrier_counter, swiglu_mlp_triton
 
     d, h = SHAPES[0]
     x, nw, wg, wu, wd = _weights(d, h, 13)
     wdc = wd.t().contiguous().t()
-    default = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x)
-    cfg = MlpConfig(summers=summers)
-    for _ in range(3):
-        out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=cfg)
-        assert LAST_LAUNCH["one_launch"] and LAST_LAUNCH["summers"] <= summers
-        assert torch.equal(out, default)
-    assert torch.equal(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x), default)
+    first = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x)
+    parts = LAST_LAUNCH["programs"]
+    count = barrier_counter(x.device, parts)
+    before = int(count.item())
+    assert LAST_LAUNCH["one_launch"] and before > 0 and before % parts == 0
+    for _ in range(5):
+        assert torch.equal(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x), first)
+    torch.cuda.synchronize()
+    assert int(count.item()) == before + 5 * parts
 
 
 @needs_triton

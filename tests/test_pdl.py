@@ -123,7 +123,9 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
     # program is then resident, so the barrier cannot wait on one that has not started)
     trigger = ptx.index("griddepcontrol.launch_dependents")
     assert wait < trigger < ptx.index("atom.")
-    assert "ld.volatile.global" in ptx[trigger:]  # the barrier polls with plain loads
+    # the barrier: one atomic per program, then polls with acquire loads (never a reset)
+    barrier = ptx[ptx.index("atom."):]
+    assert barrier.count("atom.") == 1 and "ld.acquire.gpu.global.b64" in barrier
 
 
 @needs_ptxas

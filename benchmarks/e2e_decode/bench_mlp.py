@@ -47,9 +47,6 @@ NEAR = [MlpConfig(block_h=bh, num_warps=nw, num_stages=st, per_sm=p)
                               (4, 8, 3, 1), (2, 8, 5, 1), (4, 4, 2, 1), (2, 2, 4, 2))]
 """``--sweep-set near``: around the default (2 x 4096 tiles, 4 warps, 4 stages, 1 per SM)."""
 
-SUMMERS = [MlpConfig(summers=n) for n in (96, 48, 24, 12)]
-"""``--sweep-set summers``: only the last programs to arrive sum the columns."""
-
 
 def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
                ) -> list[dict]:
@@ -87,9 +84,8 @@ def time_shape(name: str, dev: torch.device, bw: float, sweep: list[MlpConfig]
              ("one launch (cooperative grid)", one, None),
              ("one launch, barrier as 2nd launch", one, MlpConfig(one_launch=False)),
              ("one launch, plain grid", one, MlpConfig(cooperative=False))]
-    cands += [(f"one launch, the last {c.summers} to arrive sum" if c.summers else
-               f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM", one, c)
-              for c in sweep]
+    cands += [(f"one launch {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
+               one, c) for c in sweep]
     if sweep is SWEEP:
         cands += [(f"two launches {c.block_h}x{c.num_warps}w x{c.num_stages} {c.per_sm}/SM",
                    one, dataclasses.replace(c, one_launch=False)) for c in SWEEP[7:10]]
@@ -116,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="also time the configurations of SWEEP")
-    ap.add_argument("--sweep-set", choices=("wide", "near", "summers"), default="wide",
-                    help="wide: SWEEP (depth x programs); near: NEAR (around the default); "
-                    "summers: SUMMERS (the last programs to arrive sum the columns)")
+    ap.add_argument("--sweep-set", choices=("wide", "near"), default="wide",
+                    help="wide: SWEEP (depth x programs); near: NEAR (around the default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_mlp.py needs a CUDA GPU", file=sys.stderr)
@@ -133,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     results = []
     for name in args.shapes.split(","):
-        sweep = [] if not args.sweep else {"wide": SWEEP, "near": NEAR,
-                                           "summers": SUMMERS}[args.sweep_set]
+        sweep = ([] if not args.sweep else SWEEP if args.sweep_set == "wide" else NEAR)
         for row in time_shape(name, dev, bw, sweep):
             results.append(row)
             form = (f" [{row['programs']} programs, {'one' if row['one_launch'] else 'two'}]"

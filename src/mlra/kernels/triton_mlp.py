@@ -80,33 +80,31 @@ class MlpConfig:
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
     cooperative: bool | None = None
-    #: one launch: only the last ``summers`` programs to arrive wait at the barrier and sum
-    #: the columns (slices by order of arrival; the sums stay in program order), the others
-    #: leave once their partial is out (default: every program waits, those with a slice sum)
-    summers: int | None = None
 
 
 @triton.jit
-def _arrive(cnt_ptr):
-    """Count this program in at ``cnt_ptr`` (its global writes before it released); returns
-    the programs counted so far, this one included."""
+def _arrive(cnt_ptr, n_programs):
+    """Count this program in at ``cnt_ptr`` (an int64 that only launches of ``n_programs``
+    programs count at, each adding ``n_programs``: it never needs resetting) with its global
+    writes before it released; returns the count at which every program of this launch is
+    in."""
     tl.debug_barrier()
-    return tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+    ticket = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
+    return (ticket // n_programs + 1) * n_programs
 
 
 @triton.jit
-def _wait_for(cnt_ptr, seen, n_programs):
-    """Wait until ``n_programs`` programs have counted in at ``cnt_ptr`` (``seen``: the count
-    this program saw); their writes before counting in are visible after it."""
-    while seen < n_programs:  # poll with plain (volatile) loads, not atomics
+def _reset_barrier(cnt_ptr, n_programs):
+    """A/B only (call 3): the previous barrier, a count reset by the last of a second round."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
+    while seen < n_programs:
         seen = tl.load(cnt_ptr, volatile=True)
-    tl.atomic_add(cnt_ptr, 0, sem="acquire")  # the other programs' writes visible
+    tl.atomic_add(cnt_ptr, 0, sem="acquire")
 
 
 @triton.jit
-def _grid_barrier_done(cnt_ptr, n_programs):
-    """After a program's last read that needed the barrier (``n_programs`` of them read): the
-    last program to get here resets both counters for the next launch."""
+def _reset_barrier_done(cnt_ptr, n_programs):
     done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
     if done == n_programs - 1:
         tl.store(cnt_ptr, 0)
@@ -114,10 +112,37 @@ def _grid_barrier_done(cnt_ptr, n_programs):
 
 
 @triton.jit
-def _column_sums(ws_ptr, res_ptr, out_ptr, slot, D, n_parts, COLS: tl.constexpr,
-                 P_PAD: tl.constexpr, HAS_RES: tl.constexpr):
-    """Columns ``[slot * COLS, (slot + 1) * COLS)`` of the output: the partials summed in
-    program order, plus the residual (rows in blocks of at most 8192 values)."""
+def _load_acquire(ptr):
+    """The int64 at ``ptr``, with acquire semantics at GPU scope."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [ptr],
+                                     dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
+def _wait_for(cnt_ptr, target):
+    """Wait until the count at ``cnt_ptr`` reaches ``target``; the writes the counted programs
+    released are visible after it."""
+    seen = _load_acquire(cnt_ptr)
+    while seen < target:
+        seen = _load_acquire(cnt_ptr)
+
+
+@triton.jit
+def _residual_slice(res_ptr, slot, D, COLS: tl.constexpr, HAS_RES: tl.constexpr):
+    """Columns ``[slot * COLS, (slot + 1) * COLS)`` of the residual (fp32; zeros without
+    one)."""
+    offs_c = slot * COLS + tl.arange(0, COLS)
+    if HAS_RES:
+        return tl.load(res_ptr + offs_c, mask=offs_c < D, other=0.0).to(tl.float32)
+    return tl.zeros([COLS], dtype=tl.float32)
+
+
+@triton.jit
+def _column_sums(ws_ptr, res, out_ptr, slot, D, n_parts, COLS: tl.constexpr,
+                 P_PAD: tl.constexpr):
+    """Columns ``[slot * COLS, (slot + 1) * COLS)`` of the output: ``res`` (that slice of the
+    residual, fp32) plus the partials added in program order (rows in blocks of at most 8192
+    values)."""
     ROWS: tl.constexpr = min(P_PAD, max(1, 8192 // COLS))
     offs_c = slot * COLS + tl.arange(0, COLS)
     mask_c = offs_c < D
@@ -128,8 +153,7 @@ def _column_sums(ws_ptr, res_ptr, out_ptr, slot, D, n_parts, COLS: tl.constexpr,
                        mask=(offs_p < n_parts)[:, None] & mask_c[None, :], other=0.0,
                        cache_modifier=".cg")
         out += tl.sum(part, axis=0)
-    if HAS_RES:
-        out += tl.load(res_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    out += res
     tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
@@ -140,15 +164,13 @@ def _mlp_kernel(
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, SUMMERS: tl.constexpr = 0, DIAG: tl.constexpr = 0,
-    trace_ptr=None,
+    LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, AB: tl.constexpr = 0, trace_ptr=None,
 ):
-    """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident);
-    1: partials only; 2: column sums only (programs = column slices). ``SUMMERS`` > 0 (PHASE
-    0): only the last ``SUMMERS`` programs to arrive wait for the others and sum the columns
-    (slices by order of arrival), the others leave once their partial is out. ``DIAG`` 1
-    (trace diagnostic): mark 1 when the program has counted in, mark 3 when it may read the
-    partials (instead of after the PDL wait and on exit)."""
+    """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident;
+    ``cnt_ptr`` an int64 kept for launches of ``n_parts`` programs); 1: partials only; 2:
+    column sums only (programs = column slices). ``DIAG`` 1 (trace diagnostic): mark 1 when
+    the program has counted in at the barrier, mark 3 when it may read the partials (instead
+    of after the PDL wait and on exit)."""
     trace_mark(trace_ptr, 0)
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
@@ -186,30 +208,32 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0:  # every partial written and visible
-        seen = _arrive(cnt_ptr)
+    if PHASE == 0 and AB == 0:  # every partial written and visible
+        res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)  # in flight during the barrier
+        target = _arrive(cnt_ptr, n_parts)
         if DIAG == 1:
             trace_mark(trace_ptr, 1)
-        if SUMMERS == 0:
-            _wait_for(cnt_ptr, seen, n_parts)
-            if DIAG == 1:
-                trace_mark(trace_ptr, 3)
-            if pid * COLS < D:
-                _column_sums(ws_ptr, res_ptr, out_ptr, pid, D, n_parts, COLS, P_PAD, HAS_RES)
-            _grid_barrier_done(cnt_ptr, n_parts)
-        elif seen > n_parts - SUMMERS:  # among the last to arrive: a slice of the columns
-            _wait_for(cnt_ptr, seen, n_parts)
-            if DIAG == 1:
-                trace_mark(trace_ptr, 3)
-            _column_sums(ws_ptr, res_ptr, out_ptr, seen - 1 - (n_parts - SUMMERS), D, n_parts,
-                         COLS, P_PAD, HAS_RES)
-            _grid_barrier_done(cnt_ptr, SUMMERS)
+        _wait_for(cnt_ptr, target)
+        if DIAG == 1:
+            trace_mark(trace_ptr, 3)
+        if pid * COLS < D:
+            _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
+    if PHASE == 0 and AB > 0:  # A/B only: 1 the previous barrier, 2 also the late residual
+        if AB == 1:
+            res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)
+        _reset_barrier(cnt_ptr.to(tl.pointer_type(tl.int32)), n_parts)
+        if AB == 2:
+            res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)
+        if pid * COLS < D:
+            _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
+        _reset_barrier_done(cnt_ptr.to(tl.pointer_type(tl.int32)), n_parts)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
         trace_mark(trace_ptr, 2)
         if pid * COLS < D:
-            _column_sums(ws_ptr, res_ptr, out_ptr, pid, D, n_parts, COLS, P_PAD, HAS_RES)
+            _column_sums(ws_ptr, _residual_slice(res_ptr, pid, D, COLS, HAS_RES), out_ptr, pid,
+                         D, n_parts, COLS, P_PAD)
     if DIAG == 0:
         trace_mark(trace_ptr, 3)
 
@@ -218,6 +242,15 @@ DIAG_ENV = "MLRA_MLP_DIAG"
 """Trace diagnostic of the one-launch form: ``barrier`` marks when each program has counted
 in (mark 1) and when it may read the partials (mark 3), for ``trace_step.py``."""
 DIAG_MARKS = {"": 0, "barrier": 1}
+
+
+
+def _diag() -> int:
+    value = os.environ.get(DIAG_ENV, "")
+    if value not in DIAG_MARKS:
+        raise ValueError(f"{DIAG_ENV}={value!r}: expected one of {sorted(DIAG_MARKS)}")
+    return DIAG_MARKS[value]
+
 
 CONFIG_ENV = "MLRA_MLP_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
@@ -239,6 +272,13 @@ def resident_per_sm(n_regs: int, shared: int, num_warps: int,
     by_regs = regs // (-(-n_regs * 32 // 256) * 256 * num_warps) if n_regs else by_threads
     by_smem = smem // (shared + 1024)
     return max(0, min(by_threads, by_regs, by_smem, 32))
+
+
+def barrier_counter(device: torch.device, programs: int) -> torch.Tensor:
+    """The one-launch form's barrier count (one int64) for grids of ``programs`` on the
+    current stream of ``device``: every launch adds ``programs``, so a launch's programs know
+    from their own ticket when all of them are in, and the count is never reset."""
+    return stream_counters(device, f"mlp_barrier_{programs}", 2).view(torch.int64)
 
 
 def _launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
@@ -333,7 +373,7 @@ def swiglu_mlp_triton(
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
     ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
     args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
-            stream_counters(x.device, "mlp", 2),
+            barrier_counter(x.device, ws_rows),
             D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
     parts = ws_rows
     if one_launch:
@@ -348,16 +388,12 @@ def swiglu_mlp_triton(
         if pdl > 1 else 0
     cols = next_pow2(triton.cdiv(D, parts))
     common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
-    summers = 0
-    if one_launch and cfg.summers and cfg.summers < parts:
-        # the fewest programs whose power-of-two slices cover the columns
-        common["COLS"] = next_pow2(triton.cdiv(D, cfg.summers))
-        summers = triton.cdiv(D, common["COLS"])
-    LAST_LAUNCH.update(programs=parts, one_launch=one_launch, summers=summers or None)
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
+        args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
-                              SUMMERS=summers, DIAG=DIAG_MARKS[os.environ.get(DIAG_ENV, "")],
+                              DIAG=_diag(), AB=int(os.environ.get("MLRA_MLP_AB", "0")),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
