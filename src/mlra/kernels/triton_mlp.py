@@ -119,6 +119,18 @@ def _load_acquire(ptr):
 
 
 @triton.jit
+def _wait_for_relaxed(cnt_ptr, target):
+    """A/B only (call 4): relaxed polls (no L1 invalidation each), then one acquire fence."""
+    seen = tl.inline_asm_elementwise("ld.relaxed.gpu.global.b64 $0, [$1];", "=l,l", [cnt_ptr],
+                                     dtype=tl.int64, is_pure=False, pack=1)
+    while seen < target:
+        seen = tl.inline_asm_elementwise("ld.relaxed.gpu.global.b64 $0, [$1];", "=l,l",
+                                         [cnt_ptr], dtype=tl.int64, is_pure=False, pack=1)
+    tl.inline_asm_elementwise("fence.acq_rel.gpu; // $0 $1", "=r,l", [cnt_ptr], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _wait_for(cnt_ptr, target):
     """Wait until the count at ``cnt_ptr`` reaches ``target``; the writes the counted programs
     released are visible after it."""
@@ -208,17 +220,20 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0 and AB == 0:  # every partial written and visible
+    if PHASE == 0 and (AB == 0 or AB == 3):  # every partial written and visible
         res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)  # in flight during the barrier
         target = _arrive(cnt_ptr, n_parts)
         if DIAG == 1:
             trace_mark(trace_ptr, 1)
-        _wait_for(cnt_ptr, target)
+        if AB == 3:
+            _wait_for_relaxed(cnt_ptr, target)
+        else:
+            _wait_for(cnt_ptr, target)
         if DIAG == 1:
             trace_mark(trace_ptr, 3)
         if pid * COLS < D:
             _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
-    if PHASE == 0 and AB > 0:  # A/B only: 1 the previous barrier, 2 also the late residual
+    if PHASE == 0 and (AB == 1 or AB == 2):  # A/B: 1 the previous barrier, 2 also late residual
         if AB == 1:
             res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)
         _reset_barrier(cnt_ptr.to(tl.pointer_type(tl.int32)), n_parts)
