@@ -123,9 +123,10 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
     # program is then resident, so the barrier cannot wait on one that has not started)
     trigger = ptx.index("griddepcontrol.launch_dependents")
     assert wait < trigger < ptx.index("atom.")
-    # the barrier: one atomic per program, then polls with acquire loads (never a reset)
+    # the barrier: one atomic per program, relaxed polls, then an acquire fence (no reset)
     barrier = ptx[ptx.index("atom."):]
-    assert barrier.count("atom.") == 1 and "ld.acquire.gpu.global.b64" in barrier
+    assert barrier.count("atom.") == 1 and "ld.relaxed.gpu.global.b64" in barrier
+    assert barrier.index("ld.relaxed.gpu") < barrier.index("fence.acq_rel.gpu")
 
 
 @needs_ptxas

@@ -94,49 +94,23 @@ def _arrive(cnt_ptr, n_programs):
 
 
 @triton.jit
-def _reset_barrier(cnt_ptr, n_programs):
-    """A/B only (call 3): the previous barrier, a count reset by the last of a second round."""
-    tl.debug_barrier()
-    seen = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") + 1
-    while seen < n_programs:
-        seen = tl.load(cnt_ptr, volatile=True)
-    tl.atomic_add(cnt_ptr, 0, sem="acquire")
-
-
-@triton.jit
-def _reset_barrier_done(cnt_ptr, n_programs):
-    done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
-    if done == n_programs - 1:
-        tl.store(cnt_ptr, 0)
-        tl.store(cnt_ptr + 1, 0)
-
-
-@triton.jit
-def _load_acquire(ptr):
-    """The int64 at ``ptr``, with acquire semantics at GPU scope."""
-    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [ptr],
+def _load_relaxed(ptr):
+    """The int64 at ``ptr`` (a relaxed load at GPU scope: read at L2, no L1 invalidation)."""
+    return tl.inline_asm_elementwise("ld.relaxed.gpu.global.b64 $0, [$1];", "=l,l", [ptr],
                                      dtype=tl.int64, is_pure=False, pack=1)
-
-
-@triton.jit
-def _wait_for_relaxed(cnt_ptr, target):
-    """A/B only (call 4): relaxed polls (no L1 invalidation each), then one acquire fence."""
-    seen = tl.inline_asm_elementwise("ld.relaxed.gpu.global.b64 $0, [$1];", "=l,l", [cnt_ptr],
-                                     dtype=tl.int64, is_pure=False, pack=1)
-    while seen < target:
-        seen = tl.inline_asm_elementwise("ld.relaxed.gpu.global.b64 $0, [$1];", "=l,l",
-                                         [cnt_ptr], dtype=tl.int64, is_pure=False, pack=1)
-    tl.inline_asm_elementwise("fence.acq_rel.gpu; // $0 $1", "=r,l", [cnt_ptr], dtype=tl.int32,
-                              is_pure=False, pack=1)
 
 
 @triton.jit
 def _wait_for(cnt_ptr, target):
-    """Wait until the count at ``cnt_ptr`` reaches ``target``; the writes the counted programs
-    released are visible after it."""
-    seen = _load_acquire(cnt_ptr)
+    """Wait until the count at ``cnt_ptr`` reaches ``target``, then an acquire fence: the
+    writes the counted programs released are visible after it. (Polling with acquire loads
+    instead, each invalidating L1, made MLRA-4's step 1.2% slower on the H200:
+    ``benchmarks/e2e_decode/results/h200/mlp_fixed``, calls 3-4.)"""
+    seen = _load_relaxed(cnt_ptr)
     while seen < target:
-        seen = _load_acquire(cnt_ptr)
+        seen = _load_relaxed(cnt_ptr)
+    tl.inline_asm_elementwise("fence.acq_rel.gpu; // $0 $1", "=r,l", [cnt_ptr], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -176,7 +150,7 @@ def _mlp_kernel(
     D_PAD: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr, P_PAD: tl.constexpr,
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
-    LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, AB: tl.constexpr = 0, trace_ptr=None,
+    LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, trace_ptr=None,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident;
     ``cnt_ptr`` an int64 kept for launches of ``n_parts`` programs); 1: partials only; 2:
@@ -220,28 +194,16 @@ def _mlp_kernel(
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
-    if PHASE == 0 and (AB == 0 or AB == 3):  # every partial written and visible
+    if PHASE == 0:  # every partial written and visible
         res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)  # in flight during the barrier
         target = _arrive(cnt_ptr, n_parts)
         if DIAG == 1:
             trace_mark(trace_ptr, 1)
-        if AB == 3:
-            _wait_for_relaxed(cnt_ptr, target)
-        else:
-            _wait_for(cnt_ptr, target)
+        _wait_for(cnt_ptr, target)
         if DIAG == 1:
             trace_mark(trace_ptr, 3)
         if pid * COLS < D:
             _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
-    if PHASE == 0 and (AB == 1 or AB == 2):  # A/B: 1 the previous barrier, 2 also late residual
-        if AB == 1:
-            res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)
-        _reset_barrier(cnt_ptr.to(tl.pointer_type(tl.int32)), n_parts)
-        if AB == 2:
-            res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)
-        if pid * COLS < D:
-            _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
-        _reset_barrier_done(cnt_ptr.to(tl.pointer_type(tl.int32)), n_parts)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
@@ -408,7 +370,7 @@ def swiglu_mlp_triton(
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
-                              DIAG=_diag(), AB=int(os.environ.get("MLRA_MLP_AB", "0")),
+                              DIAG=_diag(),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
