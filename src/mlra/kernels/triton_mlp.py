@@ -18,8 +18,11 @@ the partials and the sum run as two launches of the same kernel.
 The barrier needs every program of the grid resident at once, so the grid is launched
 cooperatively: the driver starts it only when all of its programs fit, also beside other
 kernels (two decode loops on two streams of one GPU). That costs nothing measurable against a
-plain launch (H200, in a CUDA graph with PDL: ``results/h200/gluon/call1``). Each stream has
-its own counters (:func:`~mlra.kernels._triton_common.stream_counters`).
+plain launch (H200, in a CUDA graph with PDL: ``results/h200/gluon/call1``). The barrier is one
+int64 count per stream and grid size (:func:`barrier_counter`) that only grows: each program
+adds one (releasing its partial) and knows from its own ticket the count at which its launch
+is complete, polls with relaxed loads, then takes one acquire fence; nothing resets it, so no
+program pays a second atomic round before it leaves.
 ``MlpConfig(cooperative=False)`` launches plainly (then only one such launch at a time per GPU
 is safe); ``MLRA_MLP_KERNEL=0`` keeps the two launches without a barrier.
 
