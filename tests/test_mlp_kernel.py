@@ -97,6 +97,19 @@ def test_the_barrier_count_only_grows_by_a_grid_per_launch():
 
 
 @needs_triton
+def test_the_barrier_diagnostic_switch_is_read_and_refused_by_name(monkeypatch):
+    from mlra.kernels.triton_mlp import DIAG_ENV, _diag
+
+    monkeypatch.delenv(DIAG_ENV, raising=False)
+    assert _diag() == 0
+    monkeypatch.setenv(DIAG_ENV, "barrier")
+    assert _diag() == 1
+    monkeypatch.setenv(DIAG_ENV, "landed")
+    with pytest.raises(ValueError, match="MLRA_MLP_DIAG='landed': expected one of"):
+        _diag()
+
+
+@needs_triton
 def test_mlp_kernel_rounds_an_fp32_input_and_keeps_leading_dims():
     from mlra.kernels.triton_mlp import swiglu_mlp_triton
 

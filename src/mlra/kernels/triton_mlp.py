@@ -224,7 +224,6 @@ in (mark 1) and when it may read the partials (mark 3), for ``trace_step.py``.""
 DIAG_MARKS = {"": 0, "barrier": 1}
 
 
-
 def _diag() -> int:
     value = os.environ.get(DIAG_ENV, "")
     if value not in DIAG_MARKS:
