@@ -228,11 +228,13 @@ _STREAM_COUNTERS: dict[tuple, torch.Tensor] = {}
 
 def stream_counters(device: torch.device, name: str, n: int, stream: int | None = None
                     ) -> torch.Tensor:
-    """``n`` int32 zeros for the arrival counters or barriers of kernel ``name``, which every
-    launch leaves at zero again: one buffer per device and stream (``stream``: a stream
-    handle, default the device's current one), so steps running on two streams at once never
-    share counters. Made on first use (in a CUDA graph capture, from the graph's pool) and
-    never replaced, since a captured graph keeps its address: a kernel asks for one size."""
+    """``n`` int32 zeros for the arrival counters or barriers of kernel ``name`` (which every
+    launch leaves at zero again, or, as the MLP's barrier count, only ever adds to: see
+    :func:`mlra.kernels.triton_mlp.barrier_counter`): one buffer per device and stream
+    (``stream``: a stream handle, default the device's current one), so steps running on two
+    streams at once never share counters. Made on first use (in a CUDA graph capture, from
+    the graph's pool) and never replaced, since a captured graph keeps its address: a kernel
+    asks for one size."""
     if stream is None:
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device, stream, name)
