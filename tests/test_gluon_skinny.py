@@ -96,7 +96,8 @@ def test_unknown_trigger_is_refused_by_name(monkeypatch):
 
 def test_dispatch_plans_each_call_once_and_honours_its_switch(monkeypatch):
     """``dispatch_resident`` (what ``kernels.skinny_linear`` asks): one plan per call, none
-    with ``MLRA_SKINNY_RESIDENT=0`` or SwiGLU; a call the plan refuses comes back as None."""
+    with ``MLRA_SKINNY_RESIDENT=0`` or SwiGLU, an unknown value of the switch refused; a call
+    the plan refuses comes back as None."""
     from mlra.kernels import gluon_skinny
 
     plans = []
@@ -106,6 +107,9 @@ def test_dispatch_plans_each_call_once_and_honours_its_switch(monkeypatch):
     assert gluon_skinny.dispatch_resident(x, w, swiglu=True) is None and len(plans) == 1
     monkeypatch.setenv(gluon_skinny.ENV, "0")
     assert gluon_skinny.dispatch_resident(x, w) is None and len(plans) == 1
+    monkeypatch.setenv(gluon_skinny.ENV, "off")  # not a value of the switch: refused by name
+    with pytest.raises(ValueError, match="MLRA_SKINNY_RESIDENT='off': expected one of"):
+        gluon_skinny.dispatch_resident(x, w)
     with pytest.raises(ValueError, match="outside resident_supports"):
         gluon_skinny.skinny_linear_resident(x, w)
 

@@ -98,15 +98,24 @@ def test_the_barrier_count_only_grows_by_a_grid_per_launch():
 
 @needs_triton
 def test_the_barrier_diagnostic_switch_is_read_and_refused_by_name(monkeypatch):
-    from mlra.kernels.triton_mlp import DIAG_ENV, _diag
+    """Both kernels' trace diagnostics read their variable through one helper: unset is off,
+    a known name its mark mode, anything else refused by name."""
+    from mlra.kernels._triton_common import env_choice
+    from mlra.kernels.triton_mlp import DIAG_ENV, DIAG_MARKS
 
     monkeypatch.delenv(DIAG_ENV, raising=False)
-    assert _diag() == 0
-    monkeypatch.setenv(DIAG_ENV, "barrier")
-    assert _diag() == 1
-    monkeypatch.setenv(DIAG_ENV, "landed")
-    with pytest.raises(ValueError, match="MLRA_MLP_DIAG='landed': expected one of"):
-        _diag()
+    assert env_choice(DIAG_ENV, DIAG_MARKS) == 0
+    monkeypatch.setenv(DIAG_ENV, " barrier ")
+    assert env_choice(DIAG_ENV, DIAG_MARKS) == 1
+    monkeypatch.setenv(DIAG_ENV, "landed")  # the resident projections' mode, not the MLP's
+    with pytest.raises(ValueError, match="MLRA_MLP_DIAG='landed': expected one of 'barrier'"):
+        env_choice(DIAG_ENV, DIAG_MARKS)
+    if importlib.util.find_spec("triton.experimental.gluon") is not None:
+        from mlra.kernels import gluon_skinny
+
+        monkeypatch.setenv(gluon_skinny.DIAG_ENV, "barrier")
+        with pytest.raises(ValueError, match="MLRA_RESIDENT_DIAG='barrier'"):
+            env_choice(gluon_skinny.DIAG_ENV, gluon_skinny.DIAG_MARKS)
 
 
 @needs_triton

@@ -283,7 +283,7 @@ def test_unknown_switch_value_is_refused_by_name(env, switch, value, monkeypatch
 
     name = getattr(triton_step, env)
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=f"{name}='{value}'.*expected 0"):
+    with pytest.raises(ValueError, match=f"{name}='{value}': expected one of '1', '0'"):
         getattr(triton_step, switch)()
 
 

@@ -260,6 +260,23 @@ def config_from_env(name: str, cls):
                          f"({exc})") from exc
 
 
+def env_choice(name: str, choices: dict):
+    """The value in ``choices`` for environment variable ``name`` (stripped; unset reads as
+    ``""``); a value not among them is refused with a message naming the variable. For the
+    kernels' A/B switches and trace diagnostics."""
+    raw = os.environ.get(name, "").strip()
+    if raw not in choices:
+        named = ", ".join(repr(k) for k in choices if k)
+        raise ValueError(f"{name}={raw!r}: expected one of {named}, or unset")
+    return choices[raw]
+
+
+def env_switch(name: str) -> bool:
+    """A switch read from environment variable ``name``: unset or ``1`` on, ``0`` off;
+    anything else is refused by name (:func:`env_choice`)."""
+    return env_choice(name, {"": True, "1": True, "0": False})
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

@@ -34,7 +34,6 @@ Import only after checking :func:`mlra.kernels.gluon_available`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 
 import torch
@@ -43,7 +42,14 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from mlra.kernels._triton_common import config_from_env, device_sms, pdl_mode, sm_limits
+from mlra.kernels._triton_common import (
+    config_from_env,
+    device_sms,
+    env_choice,
+    env_switch,
+    pdl_mode,
+    sm_limits,
+)
 from mlra.kernels.gluon_latent import _gdc_launch_dependents, _gdc_wait
 from mlra.kernels.kernel_trace import trace_slot
 
@@ -56,9 +62,9 @@ CTA_RESERVE = 2048  # per block: the driver's 1 KB and the compiler's reduction 
 BLOCK_NS = (32, 16, 8, 4)  # rows per program the plan considers
 
 ENV = "MLRA_SKINNY_RESIDENT"
-"""``0`` keeps one-row projections on the Triton kernel; anything else (the default) sends
-those that fit to this one on a Hopper GPU. Read at every call (a CUDA graph keeps what it
-captured)."""
+"""``0`` keeps one-row projections on the Triton kernel; unset or ``1`` (the default) sends
+those that fit to this one on a Hopper GPU; anything else is refused by name. Read at every
+call (a CUDA graph keeps what it captured)."""
 
 DEFAULT_MAX_MB = 0.0
 """No cap by default. With one-chunk TMA boxes the output projection of the paper-size models
@@ -77,7 +83,7 @@ DIAG_ENV = "MLRA_RESIDENT_DIAG"
 has landed (waited for right after the PDL wait, before reading ``x``), ``x`` to where ``x``
 is read, normed and staged, ``landed_before_wait`` to where every box has landed, waited for
 before the PDL wait; unset: the mark follows the products."""
-DIAG_MARKS = {"landed": 1, "x": 2, "landed_before_wait": 3}
+DIAG_MARKS = {"": 0, "landed": 1, "x": 2, "landed_before_wait": 3}
 TRIGGERS = {"wait": 0, "entry": 1}  # ResidentConfig.trigger -> EARLY_TRIGGER
 
 
@@ -335,7 +341,7 @@ def dispatch_resident(
     """What :func:`mlra.kernels.skinny_linear` runs here: the outputs where :data:`ENV` is
     not ``0`` and the kernel takes the call (:func:`resident_supports`, planned once), else
     None (the call stays with the Triton kernel)."""
-    if swiglu or os.environ.get(ENV, "1") == "0":
+    if swiglu or not env_switch(ENV):
         return None
     return _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(None))
 
@@ -372,7 +378,7 @@ def _planned_launch(x: torch.Tensor, weights: Sequence[torch.Tensor],
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
         BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
         trace_ptr=trace_slot("skinny", (sum(tiles),), x),
-        DIAG=DIAG_MARKS.get(os.environ.get(DIAG_ENV, ""), 0),
+        DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
         EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], num_warps=NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )

@@ -32,7 +32,6 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 import triton
@@ -45,6 +44,7 @@ from mlra.kernels._triton_common import (
     block_shared_memory,
     config_from_env,
     device_sms,
+    env_choice,
     launch_options,
     next_pow2,
     pdl_launch_next,
@@ -224,13 +224,6 @@ in (mark 1) and when it may read the partials (mark 3), for ``trace_step.py``.""
 DIAG_MARKS = {"": 0, "barrier": 1}
 
 
-def _diag() -> int:
-    value = os.environ.get(DIAG_ENV, "")
-    if value not in DIAG_MARKS:
-        raise ValueError(f"{DIAG_ENV}={value!r}: expected one of {sorted(DIAG_MARKS)}")
-    return DIAG_MARKS[value]
-
-
 CONFIG_ENV = "MLRA_MLP_CONFIG"
 """Environment variable with launch parameters as JSON (fields of :class:`MlpConfig`), for
 tuning runs."""
@@ -372,7 +365,7 @@ def swiglu_mlp_triton(
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
-                              DIAG=_diag(),
+                              DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,

@@ -16,13 +16,12 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from mlra.kernels._triton_common import (
+    env_switch,
     launch_options,
     next_pow2,
     pdl_launch_next,
@@ -50,25 +49,16 @@ a batch-1 MLRA-4 step at 8K 0.014 ms faster alone, 0.009 beside the resident pro
 trigger, MLA and GQA even; ``benchmarks/e2e_decode/results/h200/products``). For A/B runs."""
 
 
-def _switch(name: str) -> bool:
-    """A switch read from environment variable ``name``: unset or ``1`` on, ``0`` off;
-    anything else is refused by name."""
-    raw = os.environ.get(name, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{name}={raw!r}: expected 0 (off) or 1 (on, the default)")
-    return raw != "0"
-
-
 def up_early_next() -> bool:
     """Whether the one-token W_UV launch lets the next launch start before its own wait
     (:data:`EARLY_NEXT_ENV`)."""
-    return _switch(EARLY_NEXT_ENV)
+    return env_switch(EARLY_NEXT_ENV)
 
 
 def preload_w_uv() -> bool:
     """Whether the one-token W_UV launch loads its weight slice before the PDL wait
     (:data:`PRELOAD_ENV`)."""
-    return _switch(PRELOAD_ENV)
+    return env_switch(PRELOAD_ENV)
 
 
 @triton.jit
