@@ -101,10 +101,6 @@ class ResidentConfig:
     #: where the next launch is let start: ``"entry"`` (the default: before this one's PDL
     #: wait, once its weight loads are issued) or ``"wait"`` (right after the wait)
     trigger: str | None = None
-    #: plan (``block_n`` unset): the fewest rows the busiest multiprocessor computes, over
-    #: blocks of at least this many rows (None: the largest blocks that fill every
-    #: multiprocessor)
-    balance_min: int | None = None
 
     def __post_init__(self):
         if self.trigger is not None and self.trigger not in TRIGGERS:
@@ -259,7 +255,7 @@ def block_bytes(K: int, block_n: int) -> int:
 
 
 def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
-                  block_n: int | None = None, balance_min: int | None = None) -> int | None:
+                  block_n: int | None = None) -> int | None:
     """Rows per program for weights of ``ns`` rows over ``K`` inputs (bf16) such that every
     program is resident at once (``sms`` multiprocessors of ``smem_per_sm`` bytes); None when
     no choice fits or ``K`` is not a multiple of 256 up to 8192. ``block_n`` fixes it
@@ -275,10 +271,6 @@ def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
             fitting.append((bn, tiles))
     if not fitting:
         return None
-    if balance_min and not block_n:
-        fitting = [(bn, tiles) for bn, tiles in fitting if bn >= balance_min] or fitting
-        busiest = {bn: -(-tiles // sms) * bn for bn, tiles in fitting}
-        fitting = [(bn, tiles) for bn, tiles in fitting if busiest[bn] == min(busiest.values())]
     filling = [bn for bn, tiles in fitting if tiles >= sms]
     return max(filling) if filling else min(bn for bn, _ in fitting)
 
@@ -302,8 +294,7 @@ def _call_plan(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool,
     if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return None
     smem = sm_limits(x.device.index if x.device.index is not None else 0)[2]
-    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n,
-                         config.balance_min)
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n)
 
 
 def _config(config: ResidentConfig | None) -> ResidentConfig:

@@ -163,7 +163,7 @@ def _mlp_kernel(
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
     LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, trace_ptr=None,
-    NEXT_AT: tl.constexpr = 0, NEXT_LEFT: tl.constexpr = 0,
+    NEXT_LEFT: tl.constexpr = 0,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident;
     ``cnt_ptr`` an int64 kept for launches of ``n_parts`` programs); 1: partials only; 2:
@@ -206,8 +206,7 @@ def _mlp_kernel(
             y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
             if NEXT_LEFT > 0 and PDL > 0:
                 _launch_next_if((h0 >= h_hi - NEXT_LEFT * BLOCK_H).to(tl.int32))
-        if NEXT_AT == 0 or PHASE != 0:
-            pdl_launch_next(PDL)
+        pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # every partial written and visible
@@ -216,14 +215,10 @@ def _mlp_kernel(
         if DIAG == 1:
             trace_mark(trace_ptr, 1)
         _wait_for(cnt_ptr, target)
-        if NEXT_AT == 1:
-            pdl_launch_next(PDL)
         if DIAG == 1:
             trace_mark(trace_ptr, 3)
         if pid * COLS < D:
             _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
-        if NEXT_AT == 2:
-            pdl_launch_next(PDL)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
@@ -383,7 +378,6 @@ def swiglu_mlp_triton(
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
                               DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
-                              NEXT_AT=int(__import__("os").environ.get("MLRA_MLP_NEXT_AT", "0")),
                               NEXT_LEFT=int(__import__("os").environ.get("MLRA_MLP_NEXT_LEFT", "0")),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:

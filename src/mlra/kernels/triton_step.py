@@ -341,8 +341,7 @@ def latent_up_output_triton(
         return out
     bm = _row_block(M)
     if bm == 1:  # many programs: at batch 1 there are only heads x D / bd of them
-        import os  # TEMPORARY A/B switch (this session): outputs per program at batch 1
-        bd, bw = min(int(os.environ.get("MLRA_UV_BD", "16")), D), min(128, next_pow2(W))
+        bd, bw = min(16, D), min(128, next_pow2(W))
     else:
         bd, bw = min(64, max(16, next_pow2(D))), min(128, max(16, next_pow2(W)))
     o2 = out.view(M, -1)
