@@ -294,7 +294,10 @@ def _call_plan(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool,
     if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return None
     smem = sm_limits(x.device.index if x.device.index is not None else 0)[2]
-    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n)
+    import os  # TEMPORARY A/B (this session): rows per program of two-weight calls (q/kv down)
+    bn = int(os.environ.get("MLRA_RESIDENT_QKV_BN", "0")) if len(weights) == 2 else 0
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem,
+                         config.block_n or bn or None)
 
 
 def _config(config: ResidentConfig | None) -> ResidentConfig:

@@ -7,22 +7,27 @@
 # predicated trigger inside the pipelined loop; a switch of this call only); and, apart,
 # the preparation kernel loading its W_UK slice into registers before its PDL wait
 # (MLRA_PREP_PRELOAD=1, as W_UV does; a switch of this call only). GPU tests under both,
-# in-step A/B at 1 x 8K (MLRA-4, MLA), MLRA-4 traced with the trigger 4 steps early.
+# in-step A/B at 1 x 8K (MLRA-4, MLA), MLRA-4 traced with the trigger 4 steps early. Also
+# MLA's q/kv down at 8 rows per program (264 programs that fit beside the MLP's, as
+# MLRA-4's do; MLRA_RESIDENT_QKV_BN, a switch of this call only; MLRA-4's are 8 already),
+# alone and with the early trigger.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call3.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
 OUT=${OUT:-out}; mkdir -p "$OUT/tmp"
-MLRA_MLP_NEXT_LEFT=4 MLRA_PREP_PRELOAD=1 timeout 200 env -u TRITON_INTERPRET python -m pytest \
+MLRA_MLP_NEXT_LEFT=4 MLRA_PREP_PRELOAD=1 MLRA_RESIDENT_QKV_BN=8 timeout 110 env -u TRITON_INTERPRET python -m pytest \
   -p no:cacheprovider tests/test_mlp_kernel.py tests/test_step_kernels.py \
-  -k "mlp_kernel_matches or barrier_count or latent_prepare or fused_bf16" -rA --tb=short \
+  -k "mlp_kernel_matches or barrier_count or latent_prepare or (fused_bf16 and (mlra_4 or mla))" -rA --tb=short \
   > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$?" | tee -a "$OUT/log.txt"
 grep -cE "^PASSED" "$OUT/pytest.txt" | sed 's/^/passed: /' | tee -a "$OUT/log.txt"
 grep -E "^(FAILED|ERROR)|^E " "$OUT/pytest.txt" | head -6 | tee -a "$OUT/log.txt"
 C='{"default": {}, "MLP next launch 2 steps early": {"MLRA_MLP_NEXT_LEFT": "2"},
  "4 steps early": {"MLRA_MLP_NEXT_LEFT": "4"}, "8 steps early": {"MLRA_MLP_NEXT_LEFT": "8"},
- "W_UK preloaded": {"MLRA_PREP_PRELOAD": "1"}}'
+ "W_UK preloaded": {"MLRA_PREP_PRELOAD": "1"},
+ "q/kv down 8 rows per program": {"MLRA_RESIDENT_QKV_BN": "8"},
+ "q/kv down 8 rows, MLP next 4 steps early": {"MLRA_RESIDENT_QKV_BN": "8", "MLRA_MLP_NEXT_LEFT": "4"}}'
 for v in mlra_4 mla; do
-  timeout 170 python benchmarks/e2e_decode/env_sweep.py --variant $v --rounds 3 \
+  timeout 200 python benchmarks/e2e_decode/env_sweep.py --variant $v --rounds 3 \
     --out "$OUT/tmp/sweep_$v" --candidates "$C" 2>&1 | grep -E "^\||rror" | tee -a "$OUT/log.txt"
 done
 echo "trace: MLRA_MLP_NEXT_LEFT=4" | tee -a "$OUT/log.txt"
