@@ -78,12 +78,13 @@ def fused_post(block: Block, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor,
     else:
         o = attn.decode_output(o)  # fp32 head outputs: rounded inside the projection
     local = block.reduce is _identity
-    if local:
-        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x)
-    else:
-        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     norm = block.mlp_norm
     weights = (mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight)
+    if local:  # the MLP's first weights fetched into L2 as the projection finishes
+        (x,) = kernels.skinny_linear(o, [attn.wo.weight], residual=x,
+                                     next_reads=kernels.mlp_next_reads(x, norm.weight, *weights))
+    else:
+        x = x + block.reduce(kernels.skinny_linear(o, [attn.wo.weight])[0])
     if local:
         return kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights, residual=x)
     return x + block.reduce(kernels.swiglu_mlp(x, norm.weight, norm.eps, *weights))

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mlra.kernels.hints import NextReads
 from mlra.kernels.reference import (
     decode_slots_ref,
     gqa_decode_prepare_ref,
@@ -278,14 +279,18 @@ def skinny_linear(
     in_scale: float = 1.0,
     residual: torch.Tensor | None = None,
     swiglu: bool = False,
+    next_reads: NextReads | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`)."""
+    """Small-batch projections of one input, normed first (see :func:`skinny_linear_ref`).
+    ``next_reads``: what the next launch reads first, fetched into L2 by the kernels that can
+    once their own weights are in (a hint; the result does not depend on it)."""
     if use_triton(x) and len(weights) <= 3 and skinny_supports(x, weights, swiglu):
         if x.is_cuda and gluon_available():
             from mlra.kernels.gluon_skinny import dispatch_resident
 
             out = dispatch_resident(x, weights, norm_weight=norm_weight, eps=eps,
-                                    in_scale=in_scale, residual=residual, swiglu=swiglu)
+                                    in_scale=in_scale, residual=residual, swiglu=swiglu,
+                                    next_reads=next_reads)
             if out is not None:  # Hopper, one row, weights that fit
                 return out
         from mlra.kernels.triton_skinny import skinny_linear_triton
@@ -353,6 +358,25 @@ def swiglu_mlp(
         return swiglu_mlp_triton(x, norm_weight, eps, w_gate, w_up, w_down, residual)
     (act,) = skinny_linear(x, [w_gate, w_up], norm_weight=norm_weight, eps=eps, swiglu=True)
     return skinny_linear(act, [w_down], residual=residual)[0]
+
+
+MLP_L2_UNITS_ENV = "MLRA_MLP_L2_UNITS"
+"""Hidden units per program of the one-launch MLP that the launch before it (the output
+projection) fetches into L2 once its own weights are in (:func:`mlp_next_reads`); 0: none."""
+
+
+def mlp_next_reads(x: torch.Tensor, norm_weight: torch.Tensor, w_gate: torch.Tensor,
+                   w_up: torch.Tensor, w_down: torch.Tensor) -> NextReads | None:
+    """What the one-launch MLP kernel's programs read first (their first hidden units' gate,
+    up and down rows), for the launch before it to fetch into L2; None where that kernel
+    does not take the call or :data:`MLP_L2_UNITS_ENV` asks for none."""
+    units = int(os.environ.get(MLP_L2_UNITS_ENV, "0") or 0)
+    if units <= 0 or not (use_triton(x) and x.is_cuda
+                          and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down)):
+        return None
+    from mlra.kernels.triton_mlp import one_launch_programs
+
+    return NextReads((w_gate, w_up, w_down.t()), one_launch_programs(x, w_gate), units)
 
 
 def _pow2_width(n: int) -> bool:
@@ -523,7 +547,8 @@ __all__ = [
     "latent_train_attention", "latent_train_attention_fused", "latent_train_attention_ref",
     "latent_train_attention_up", "latent_train_attention_up_fused", "train_kernel_supports",
     "up_kernel_supports", "up_project",
-    "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major",
+    "swiglu_mlp", "swiglu_mlp_ref", "mlp_kernel_supports", "column_major", "mlp_next_reads",
+    "NextReads",
     "paged_gqa_decode", "paged_gqa_decode_ref", "paged_latent_decode", "paged_latent_decode_ref",
     "gluon_available", "gluon_latent_wanted", "GLUON_LATENT_ENV",
     "gqa_kernel_supports", "latent_kernel_supports", "triton_available", "use_triton",

@@ -14,6 +14,17 @@ from collections.abc import Iterable
 from typing import Any
 
 
+def _default_consts(kernel: Any, types: dict[str, str]) -> dict[str, Any]:
+    """Constexpr parameters of ``kernel`` with defaults, as constants (as a launch that omits
+    them passes them; typed as i32 they would compile every branch on them at run time), and
+    parameters defaulting to None that ``types`` does not type (a launch that omits one
+    passes a constexpr None, e.g. ``trace_ptr``)."""
+    sig = inspect.signature(kernel.fn).parameters
+    return {p: v.default for p, v in sig.items()
+            if ("constexpr" in str(v.annotation) and v.default is not inspect.Parameter.empty)
+            or (v.default is None and p not in types)}
+
+
 def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
                  aligned: Iterable[str] = (), **options: Any) -> Any:
     """``kernel`` (a ``triton.jit`` function) compiled for sm_90: ``types`` gives the argument
@@ -26,16 +37,8 @@ def compile_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any],
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig = inspect.signature(kernel.fn).parameters
-    params = list(sig)
-    # constexpr parameters not given take their defaults as constants (as a launch does);
-    # typed as i32 they would compile every branch on them at run time; so do parameters
-    # defaulting to None that are neither typed nor given (a launch that omits one passes a
-    # constexpr None, e.g. ``trace_ptr``)
-    consts = {**{p: v.default for p, v in sig.items()
-                 if ("constexpr" in str(v.annotation) and v.default is not inspect.Parameter.empty)
-                 or (v.default is None and p not in types)},
-              **consts}
+    params = list(inspect.signature(kernel.fn).parameters)
+    consts = {**_default_consts(kernel, types), **consts}
     signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
     src = ASTSource(fn=kernel, signature=signature,
                     constexprs={(params.index(k),): v for k, v in consts.items()},
@@ -56,6 +59,7 @@ def compile_gluon_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any
     from triton.experimental.gluon._runtime import GluonASTSource
 
     params = list(kernel.arg_names)
+    consts = {**_default_consts(kernel, types), **consts}
     signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
     src = GluonASTSource(fn=kernel, signature=signature,
                          constexprs={(params.index(k),): v for k, v in consts.items()},

@@ -51,6 +51,7 @@ from mlra.kernels._triton_common import (
     sm_limits,
 )
 from mlra.kernels.gluon_latent import _gdc_launch_dependents, _gdc_wait
+from mlra.kernels.hints import NextReads
 from mlra.kernels.kernel_trace import trace_slot
 
 BOX_K = 256  # inputs per TMA box (the most one box dimension takes)
@@ -118,6 +119,37 @@ def _mark(trace_ptr, MARK: gl.constexpr):
 
 
 @gluon.jit
+def _prefetch_l2_bulk(addr, nbytes):
+    """One bulk L2 prefetch of ``nbytes`` (a multiple of 16) from ``addr``, by the program's
+    first thread (a hint: it returns at once and never faults)."""
+    gl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; } // $0",
+        "=r,l,r", [addr, nbytes], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _prefetch_next(pid, nx1, nx2, nx3, NX_ROWS, NX_PARTS, NX_UNITS, NX_WIDTH,
+                   NUM_NX: gl.constexpr):
+    """The programs' share of the next launch's first reads into L2 (:class:`NextReads`):
+    range ``r = pid, pid + grid, ..`` is matrix ``r // NX_PARTS``'s rows from ``p *
+    NX_ROWS // NX_PARTS`` (``p = r % NX_PARTS``), at most ``NX_UNITS`` of them and not
+    past part ``p``'s end."""
+    for r in range(pid, NUM_NX * NX_PARTS, gl.num_programs(0)):
+        m = r // NX_PARTS
+        p = r % NX_PARTS
+        row0 = p * NX_ROWS // NX_PARTS
+        row1 = gl.minimum(row0 + NX_UNITS, (p + 1) * NX_ROWS // NX_PARTS)
+        base = nx1
+        if m == 1:
+            base = nx2
+        if m == 2:
+            base = nx3
+        _prefetch_l2_bulk(base + row0.to(gl.int64) * NX_WIDTH,
+                          (row1 - row0) * NX_WIDTH * base.dtype.element_ty.primitive_bitwidth // 8)
+
+
+@gluon.jit
 def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CB: gl.constexpr,
                 NBOX: gl.constexpr):
     """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight (viewed as ``[rows, K /
@@ -136,6 +168,8 @@ def _resident_kernel(
     NUM_W: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr,
     BLOCK_N: gl.constexpr, CB: gl.constexpr, NBOX: gl.constexpr, X_ROWS: gl.constexpr,
     PDL: gl.constexpr, trace_ptr=None, DIAG: gl.constexpr = 0, EARLY_TRIGGER: gl.constexpr = 1,
+    nx1=None, nx2=None, nx3=None, NX_ROWS=0, NX_PARTS=1, NX_UNITS=0, NX_WIDTH=0,
+    NUM_NX: gl.constexpr = 0,
 ):
     """Program ``p`` computes outputs ``t * BLOCK_N ..`` of the weight its tile ``p`` belongs
     to (tiles of weight 1, then 2, then 3); see the module docstring. Tensors are 3-D
@@ -217,6 +251,8 @@ def _resident_kernel(
         for j in gl.static_range(CB):
             w = box.slice(j, 1, dim=1).load(layout).to(gl.float32)
             acc += w * x_smem.slice(b * CB + j, 1).load(layout)  # the same inputs every row
+    if NUM_NX > 0:  # every box has landed: this launch's DRAM traffic is done
+        _prefetch_next(pid, nx1, nx2, nx3, NX_ROWS, NX_PARTS, NX_UNITS, NX_WIDTH, NUM_NX)
     out = gl.sum(gl.sum(acc, 2), 1)
     if DIAG == 0:
         _mark(trace_ptr, 2)
@@ -340,19 +376,21 @@ def dispatch_resident(
     in_scale: float = 1.0,
     residual: torch.Tensor | None = None,
     swiglu: bool = False,
+    next_reads: NextReads | None = None,
 ) -> tuple[torch.Tensor, ...] | None:
     """What :func:`mlra.kernels.skinny_linear` runs here: the outputs where :data:`ENV` is
     not ``0`` and the kernel takes the call (:func:`resident_supports`, planned once), else
     None (the call stays with the Triton kernel)."""
     if swiglu or not env_switch(ENV):
         return None
-    return _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(None))
+    return _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(None),
+                           next_reads)
 
 
 def _planned_launch(x: torch.Tensor, weights: Sequence[torch.Tensor],
                     norm_weight: torch.Tensor | None, eps: float, in_scale: float,
-                    residual: torch.Tensor | None, config: ResidentConfig
-                    ) -> tuple[torch.Tensor, ...] | None:
+                    residual: torch.Tensor | None, config: ResidentConfig,
+                    next_reads: NextReads | None = None) -> tuple[torch.Tensor, ...] | None:
     """The kernel's launch for a call :func:`_call_plan` takes; None for one it does not."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -383,9 +421,19 @@ def _planned_launch(x: torch.Tensor, weights: Sequence[torch.Tensor],
         trace_ptr=trace_slot("skinny", (sum(tiles),), x),
         DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
         EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], num_warps=NUM_WARPS,
-        **({"launch_pdl": True} if pdl else {}),
+        **_next_args(next_reads), **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
+
+
+def _next_args(next_reads: NextReads | None) -> dict:
+    """The kernel's arguments for ``next_reads`` (none: nothing fetched)."""
+    if next_reads is None:
+        return {}
+    mats = list(next_reads.mats)
+    return dict(nx1=mats[0], nx2=mats[min(1, len(mats) - 1)], nx3=mats[-1],
+                NX_ROWS=next_reads.rows, NX_PARTS=next_reads.parts, NX_UNITS=next_reads.units,
+                NX_WIDTH=next_reads.width, NUM_NX=len(mats))
 
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,

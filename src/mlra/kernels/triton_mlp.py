@@ -32,6 +32,7 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import triton
@@ -318,6 +319,15 @@ def default_stages(stage_bytes: int, shared: int) -> int:
     return max(1, min(DEFAULT_STAGES, (shared - (8 << 10)) // max(1, stage_bytes) + 1))
 
 
+def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
+                        config: MlpConfig | None = None) -> int:
+    """Programs of the one-launch form for ``x`` and hidden units ``w_gate.shape[0]`` as
+    planned (one per multiprocessor by default; program ``p`` streams units ``p * H //
+    programs`` onwards), or as last launched for that shape."""
+    cfg = _env_config() if config is None else config
+    return min((cfg.per_sm or 1) * device_sms(x), w_gate.shape[0])
+
+
 def swiglu_mlp_triton(
     x: torch.Tensor,
     norm_weight: torch.Tensor,
@@ -378,7 +388,7 @@ def swiglu_mlp_triton(
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
                               DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
-                              NEXT_LEFT=int(__import__("os").environ.get("MLRA_MLP_NEXT_LEFT", "0")),
+                              NEXT_LEFT=int(os.environ.get("MLRA_MLP_NEXT_LEFT", "0")),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,
