@@ -143,18 +143,19 @@ def _gqa(pdl: int, pf_tokens: int):
     return _compile_sm90(_gqa_decode_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
 
 
-def _mlp():
+def _mlp(next_left: int = 0):
     from mlra.kernels.triton_mlp import _mlp_kernel
 
     types = _ptr_types("x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr")
     types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32")
     consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
-                  NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64)
+                  NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=next_left)
     return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True)
 
 
 BUILDS = {
     "mlp_pdl2": _mlp,
+    "mlp_pdl2_next4": lambda: _mlp(next_left=4),
     "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
     "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
     "skinny_pdl1": lambda: _skinny(1, 16, False),

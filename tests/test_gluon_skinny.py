@@ -132,6 +132,7 @@ for k, nw, bn, norm, res_ in json.loads(sys.argv[1]):
     res[f"{k}-{nw}-{bn}-{norm}-{res_}"] = dict(ptx=c.asm["ptx"], **hopper_summary(c))
 res["traced"] = dict(ptx=compile_for_sm90(3072, 2, 8, trace=True).asm["ptx"])
 res["trigger_after_wait"] = dict(ptx=compile_for_sm90(3072, 2, 8, early_trigger=False).asm["ptx"])
+res["next_reads"] = dict(ptx=compile_for_sm90(3072, 1, 8, False, True, next_mats=3).asm["ptx"])
 json.dump(res, open(sys.argv[2], "w"))
 """
 
@@ -173,6 +174,19 @@ def test_trigger_after_the_wait_on_request(compiled):
     ptx = compiled["trigger_after_wait"]["ptx"]
     assert ptx.count("griddepcontrol.launch_dependents") == 1
     assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
+
+
+def test_next_reads_are_fetched_once_every_box_has_landed(compiled):
+    """With a :class:`NextReads` hint: bulk L2 prefetches issued by one thread (predicated)
+    after the program's last wait for its own weight boxes, before its output is stored;
+    without one, no prefetch at all."""
+    ptx = compiled["next_reads"]["ptx"]
+    assert ptx.count("cp.async.bulk.prefetch.L2") == 1  # in a loop over this program's ranges
+    assert "@p cp.async.bulk.prefetch.L2" in ptx and "%tid.x" in ptx
+    fetch = ptx.index("cp.async.bulk.prefetch.L2")
+    assert ptx.index("griddepcontrol.wait") < ptx.rindex("mbarrier.try_wait") < fetch
+    assert fetch < ptx.index("st.global")
+    assert all("prefetch.L2" not in c["ptx"] for key, c in compiled.items() if key != "next_reads")
 
 
 def test_trace_marks_are_compiled_in_only_with_a_trace(compiled):
@@ -222,6 +236,20 @@ def test_matches_reference(k, ns, norm, res, block_n, box):
     out = skinny_linear_resident(x, ws, norm_weight=nw, eps=1e-6, in_scale=1.7 if norm else 1.0,
                                  residual=r, config=cfg)
     _check(x, ws, nw, r, out, in_scale=1.7 if norm else 1.0)
+
+
+@needs_hopper
+def test_next_reads_do_not_change_the_result():
+    """The output projection's shape with the one-launch MLP's first rows as its hint (three
+    matrices of 9880 x 3072, 132 parts, 4 rows each): the same bits as without."""
+    from mlra.kernels.hints import NextReads
+
+    x, ws, _, r = _case(3072, (3072,), 11, norm=False, res=True)
+    mats = tuple(torch.randn(9880, 3072, device="cuda").to(BF) for _ in range(3))
+    plain = skinny_linear_resident(x, ws, residual=r)
+    hinted = skinny_linear_resident(x, ws, residual=r, next_reads=NextReads(mats, 132, 4))
+    assert torch.equal(plain[0], hinted[0])
+    _check(x, ws, None, r, hinted)
 
 
 @needs_hopper

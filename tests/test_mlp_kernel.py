@@ -54,8 +54,8 @@ def _ref(x, nw, wg, wu, wd, res):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
 @pytest.mark.parametrize("cfg", [None, dict(block_h=2, per_sm=3), dict(block_h=1, num_stages=3),
-                                 dict(one_launch=False)],
-                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches"])
+                                 dict(one_launch=False), dict(next_left=4)],
+                         ids=["default", "bh2-3per-sm", "bh1-st3", "two-launches", "next-left4"])
 def test_mlp_kernel_matches_reference(shape, residual, cfg):
     from mlra.kernels.triton_mlp import MlpConfig, swiglu_mlp_triton
 

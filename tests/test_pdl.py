@@ -130,6 +130,21 @@ def test_mlp_kernel_prefetches_three_weights_waits_then_meets_at_its_barrier(ptx
 
 
 @needs_ptxas
+def test_mlp_kernel_can_let_the_next_launch_start_inside_its_main_loop(ptx):
+    """``MlpConfig(next_left=4)``: a predicated trigger (no branch around it) inside the main
+    loop, before the loop's back edge, besides the one after the loop; without it, only the
+    latter."""
+    code = ptx["mlp_pdl2_next4"]["ptx"]
+    assert code.count("griddepcontrol.launch_dependents") == 2
+    pred = "@p griddepcontrol.launch_dependents"
+    early = code.index(pred)
+    after = code.index("griddepcontrol.launch_dependents", early + len(pred))
+    assert code.index("griddepcontrol.wait") < early < after < code.index("atom.")
+    assert "bra" in code[early:after]  # the loop's back edge lies between them
+    assert "@p griddepcontrol" not in ptx["mlp_pdl2"]["ptx"]
+
+
+@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]

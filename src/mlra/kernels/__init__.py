@@ -370,7 +370,11 @@ def mlp_next_reads(x: torch.Tensor, norm_weight: torch.Tensor, w_gate: torch.Ten
     """What the one-launch MLP kernel's programs read first (their first hidden units' gate,
     up and down rows), for the launch before it to fetch into L2; None where that kernel
     does not take the call or :data:`MLP_L2_UNITS_ENV` asks for none."""
-    units = int(os.environ.get(MLP_L2_UNITS_ENV, "0") or 0)
+    raw = os.environ.get(MLP_L2_UNITS_ENV, "").strip()
+    if raw and not raw.isdigit():
+        raise ValueError(f"{MLP_L2_UNITS_ENV}={raw!r}: expected a number of hidden units per "
+                         "program (0 or unset: none)")
+    units = int(raw or 0)
     if units <= 0 or not (use_triton(x) and x.is_cuda
                           and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down)):
         return None

@@ -330,10 +330,7 @@ def _call_plan(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool,
     if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return None
     smem = sm_limits(x.device.index if x.device.index is not None else 0)[2]
-    import os  # TEMPORARY A/B (this session): rows per program of two-weight calls (q/kv down)
-    bn = int(os.environ.get("MLRA_RESIDENT_QKV_BN", "0")) if len(weights) == 2 else 0
-    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem,
-                         config.block_n or bn or None)
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n)
 
 
 def _config(config: ResidentConfig | None) -> ResidentConfig:
@@ -357,11 +354,14 @@ def skinny_linear_resident(
     in_scale: float = 1.0,
     residual: torch.Tensor | None = None,
     config: ResidentConfig | None = None,
+    next_reads: NextReads | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Gluon implementation of :func:`mlra.kernels.reference.skinny_linear_ref` for one row
     (no SwiGLU) on Hopper, for shapes :func:`resident_supports` takes; ``config`` overrides
-    the rows per program (benchmarks, tuning)."""
-    out = _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(config))
+    the rows per program (benchmarks, tuning); ``next_reads`` is fetched into L2 once the
+    weights have landed (a hint)."""
+    out = _planned_launch(x, weights, norm_weight, eps, in_scale, residual, _config(config),
+                          next_reads)
     if out is None:
         raise ValueError("skinny_linear_resident: a call outside resident_supports")
     return out
@@ -438,9 +438,10 @@ def _next_args(next_reads: NextReads | None) -> dict:
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
                      residual: bool = False, pdl: bool = True, trace: bool = False,
-                     box: int | None = None, early_trigger: bool = True):
+                     box: int | None = None, early_trigger: bool = True, next_mats: int = 0):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
-    resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``)."""
+    resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``;
+    ``next_mats``: the matrices of a :class:`NextReads` hint, 0 for none)."""
     from mlra.kernels.aot import compile_gluon_sm90
 
     chunks = K // BOX_K
@@ -452,7 +453,11 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
              "eps": "fp32", "in_scale": "fp32"}
     consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
               "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl),
-              "DIAG": 0, "EARLY_TRIGGER": int(early_trigger)}
+              "DIAG": 0, "EARLY_TRIGGER": int(early_trigger), "NUM_NX": next_mats}
+    if next_mats:
+        types.update(nx1="*bf16", nx2="*bf16", nx3="*bf16")
+    else:
+        consts.update(nx1=None, nx2=None, nx3=None)
     if trace:
         types["trace_ptr"] = "*i64"
     else:

@@ -32,7 +32,6 @@ Import only after checking :func:`mlra.kernels.triton_available`.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 import triton
@@ -80,6 +79,10 @@ class MlpConfig:
     per_sm: int | None = None
     #: False: partials and the column sums as two launches (no grid barrier)
     one_launch: bool | None = None
+    #: loop steps (of ``block_h`` hidden units) left in a program's main loop when it lets
+    #: the next launch start (PDL); default 0: once its main loop is done. Earlier lets the
+    #: next launch's weight loads use the bandwidth of programs that finish first.
+    next_left: int | None = None
     #: launch the one-launch form as a cooperative grid (default True: the driver guarantees
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
@@ -205,7 +208,7 @@ def _mlp_kernel(
             # the activation rounded to the weights' dtype, as the module path stores it
             act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
             y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
-            if NEXT_LEFT > 0 and PDL > 0:
+            if NEXT_LEFT > 0 and PDL > 0:  # the next launch may start this many steps early
                 _launch_next_if((h0 >= h_hi - NEXT_LEFT * BLOCK_H).to(tl.int32))
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
@@ -321,9 +324,9 @@ def default_stages(stage_bytes: int, shared: int) -> int:
 
 def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
                         config: MlpConfig | None = None) -> int:
-    """Programs of the one-launch form for ``x`` and hidden units ``w_gate.shape[0]`` as
-    planned (one per multiprocessor by default; program ``p`` streams units ``p * H //
-    programs`` onwards), or as last launched for that shape."""
+    """Programs the one-launch form plans for ``x`` and hidden units ``w_gate.shape[0]``
+    (program ``p`` streams units from ``p * H // programs``): ``per_sm`` (default one) per
+    multiprocessor; fewer where the compiled kernel would not keep that many resident."""
     cfg = _env_config() if config is None else config
     return min((cfg.per_sm or 1) * device_sms(x), w_gate.shape[0])
 
@@ -381,14 +384,13 @@ def swiglu_mlp_triton(
     pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
         if pdl > 1 else 0
     cols = next_pow2(triton.cdiv(D, parts))
-    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl)
+    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl, NEXT_LEFT=cfg.next_left or 0)
     LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
         _mlp_kernel[(parts,)](*args, PHASE=0, PF_ROWS=pf, LINE=128 // es, **common, **coop,
                               DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
-                              NEXT_LEFT=int(os.environ.get("MLRA_MLP_NEXT_LEFT", "0")),
                               trace_ptr=trace_slot("mlp", (parts,), x2))
     else:
         _mlp_kernel[(parts,)](*args, PHASE=1, PF_ROWS=pf, LINE=128 // es, **common,

@@ -125,7 +125,7 @@ def _latent_prepare_kernel(
     L: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
     HG: tl.constexpr, G: tl.constexpr, NB: tl.constexpr, BW: tl.constexpr, WB: tl.constexpr,
     BM: tl.constexpr = 1, PDL: tl.constexpr = 0, LINE: tl.constexpr = 64,
-    L_PAD: tl.constexpr = 1, trace_ptr=None, PRELOAD: tl.constexpr = False,
+    L_PAD: tl.constexpr = 1, trace_ptr=None,
 ):
     """Tokens ``[m0, m0 + BM)`` (one token, or a block whose absorbed queries are one matrix
     product per head, branch and width block). Axis 1: ``BM`` programs write one token's cache
@@ -134,17 +134,12 @@ def _latent_prepare_kernel(
     m0 = tl.program_id(0) * BM
     p = tl.program_id(1)
     n_pre = BM * (1 + HG * G)  # the cache-row and RoPE-query programs
-    if PDL > 1 and not PRELOAD:  # this program's W_UK slice (no kernel writes weights) into L2
+    if PDL > 1:  # this program's W_UK slice (no kernel writes weights) into L2 before the wait
         if p >= n_pre:
             w_rows, _ = _w_uk_rows(w_ptr, p - n_pre, stride_wl, stride_ww, W, D, HG, G, NB, BW,
                                    WB)
             prefetch_l2(w_rows[:, None] + (tl.arange(0, (D + LINE - 1) // LINE) * LINE)[None, :],
                         PDL)
-    if PRELOAD:  # TEMPORARY A/B (this session): the W_UK slice into registers before the wait
-        pw_rows, pw_ok = _w_uk_rows(w_ptr, tl.maximum(p - n_pre, 0), stride_wl, stride_ww, W,
-                                    D, HG, G, NB, BW, WB)
-        w_pre = tl.load(pw_rows[:, None] + tl.arange(0, D)[None, :],
-                        mask=pw_ok[:, None] & (p >= n_pre), other=0.0)
     pdl_wait(PDL)
     trace_mark(trace_ptr, 1)
     pdl_launch_next(PDL)
@@ -172,11 +167,8 @@ def _latent_prepare_kernel(
         offs_d = tl.arange(0, D)
         offs_w = wb * BW + tl.arange(0, BW)
         mask_w = offs_w < W
-        if PRELOAD:
-            w_uk = w_pre
-        else:
-            w_rows, _ = _w_uk_rows(w_ptr, p, stride_wl, stride_ww, W, D, HG, G, NB, BW, WB)
-            w_uk = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_w[:, None], other=0.0)
+        w_rows, _ = _w_uk_rows(w_ptr, p, stride_wl, stride_ww, W, D, HG, G, NB, BW, WB)
+        w_uk = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_w[:, None], other=0.0)
         if BM == 1:  # one token: a dot product per output
             q_nope = tl.load(q_ptr + m0 * stride_qm + h * (D + R) + offs_d).to(tl.float32)
             q_abs = tl.sum(w_uk.to(tl.float32) * q_nope[None, :], axis=1)
@@ -238,7 +230,6 @@ def latent_decode_prepare_triton(
         L=L, W=W, W_PAD=next_pow2(W), R=R, D=D, HG=HG, G=G, NB=branches, BW=bw, WB=wb, BM=bm,
         PDL=pdl, LINE=128 // w_up.element_size(), L_PAD=next_pow2(L),
         trace_ptr=trace_slot("prepare", grid, q2),
-        PRELOAD=bm == 1 and pdl > 0 and __import__("os").environ.get("MLRA_PREP_PRELOAD") == "1",
         num_warps=4, **launch_options(pdl),
     )
     return q_abs, q_rope
