@@ -86,6 +86,7 @@ is read, normed and staged, ``landed_before_wait`` to where every box has landed
 before the PDL wait; unset: the mark follows the products."""
 DIAG_MARKS = {"": 0, "landed": 1, "x": 2, "landed_before_wait": 3}
 TRIGGERS = {"wait": 0, "entry": 1}  # ResidentConfig.trigger -> EARLY_TRIGGER
+PRODUCTS = ("fma", "mma")  # ResidentConfig.products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +103,15 @@ class ResidentConfig:
     #: where the next launch is let start: ``"entry"`` (the default: before this one's PDL
     #: wait, once its weight loads are issued) or ``"wait"`` (right after the wait)
     trigger: str | None = None
+    #: how the dot products run: ``"fma"`` (the default: fp32 FMAs) or ``"mma"`` (tensor
+    #: cores, :mod:`mlra.kernels.gluon_skinny_mma`)
+    products: str | None = None
 
     def __post_init__(self):
         if self.trigger is not None and self.trigger not in TRIGGERS:
             raise ValueError(f"trigger={self.trigger!r}: expected one of {sorted(TRIGGERS)}")
+        if self.products is not None and self.products not in PRODUCTS:
+            raise ValueError(f"products={self.products!r}: expected one of {PRODUCTS}")
 
 
 @gluon.jit
@@ -283,15 +289,19 @@ def x_rows(chunks: int) -> int:
     return max(NUM_WARPS, triton.next_power_of_2(chunks))
 
 
-def block_bytes(K: int, block_n: int) -> int:
-    """Shared memory of one program: its weight rows, ``x * g`` in fp32 and the barriers,
-    plus :data:`CTA_RESERVE`."""
+def block_bytes(K: int, block_n: int, products: str = "fma") -> int:
+    """Shared memory of one program: its weight rows, the staged input (``x * g`` in fp32;
+    for ``"mma"`` its bf16 parts) and the barriers, plus :data:`CTA_RESERVE`."""
     chunks = K // BOX_K
+    if products == "mma":
+        from mlra.kernels.gluon_skinny_mma import x_bytes
+
+        return K * block_n * 2 + x_bytes(K, block_n) + 4 * 8 + CTA_RESERVE
     return chunks * block_n * BOX_K * 2 + x_rows(chunks) * BOX_K * 4 + chunks * 8 + CTA_RESERVE
 
 
 def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
-                  block_n: int | None = None) -> int | None:
+                  block_n: int | None = None, products: str = "fma") -> int | None:
     """Rows per program for weights of ``ns`` rows over ``K`` inputs (bf16) such that every
     program is resident at once (``sms`` multiprocessors of ``smem_per_sm`` bytes); None when
     no choice fits or ``K`` is not a multiple of 256 up to 8192. ``block_n`` fixes it
@@ -301,8 +311,13 @@ def resident_plan(K: int, ns: Sequence[int], sms: int, smem_per_sm: int,
         return None
     fitting = []
     for bn in ([block_n] if block_n else BLOCK_NS):
+        if products == "mma":
+            from mlra.kernels.gluon_skinny_mma import chunk_groups
+
+            if chunk_groups(K, bn) is None:
+                continue
         tiles = sum(triton.cdiv(n, bn) for n in ns)
-        per_sm = smem_per_sm // block_bytes(K, bn)
+        per_sm = smem_per_sm // block_bytes(K, bn, products)
         if per_sm >= 1 and tiles <= sms * per_sm:
             fitting.append((bn, tiles))
     if not fitting:
@@ -330,7 +345,8 @@ def _call_plan(x: torch.Tensor, weights: Sequence[torch.Tensor], swiglu: bool,
     if cap > 0 and sum(w.numel() for w in weights) * 2 > cap * 1e6:
         return None
     smem = sm_limits(x.device.index if x.device.index is not None else 0)[2]
-    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n)
+    return resident_plan(K, [w.shape[0] for w in weights], device_sms(x), smem, config.block_n,
+                         config.products or "fma")
 
 
 def _config(config: ResidentConfig | None) -> ResidentConfig:
@@ -402,25 +418,32 @@ def _planned_launch(x: torch.Tensor, weights: Sequence[torch.Tensor],
     K = x.shape[-1]
     ns = [w.shape[0] for w in weights]
     chunks = K // BOX_K
-    cb = box_chunks(chunks, config.box_chunks)
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
-    descs = [TensorDescriptor(w, [w.shape[0], chunks, BOX_K], [K, BOX_K, 1], [bn, cb, BOX_K],
-                              layout) for w in weights]
+    if config.products == "mma":
+        from mlra.kernels import gluon_skinny_mma as mma
+
+        kernel, descs = mma._resident_mma_kernel, [mma.descriptor(w, bn) for w in weights]
+        consts = mma.launch_consts(K, bn)
+    else:
+        cb = box_chunks(chunks, config.box_chunks)
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+        kernel = _resident_kernel
+        descs = [TensorDescriptor(w, [w.shape[0], chunks, BOX_K], [K, BOX_K, 1],
+                                  [bn, cb, BOX_K], layout) for w in weights]
+        consts = dict(BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks),
+                      DIAG=env_choice(DIAG_ENV, DIAG_MARKS), num_warps=NUM_WARPS)
     outs = [torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device=x.device) for n in ns]
     tiles = [triton.cdiv(n, bn) for n in ns]
     pad = 3 - len(weights)
     x1 = x.reshape(K)
     res = residual.reshape(-1) if residual is not None else x1
     pdl = pdl_mode(x) > 0
-    _resident_kernel[(sum(tiles),)](
+    kernel[(sum(tiles),)](
         x1, norm_weight if norm_weight is not None else x1, res,
         *descs, *[descs[0]] * pad, *outs, *[outs[0]] * pad,
         K, *ns, *[0] * pad, *(tiles + [0, 0])[:2], float(eps), float(in_scale),
         NUM_W=len(weights), HAS_NORM=norm_weight is not None, HAS_RES=residual is not None,
-        BLOCK_N=bn, CB=cb, NBOX=chunks // cb, X_ROWS=x_rows(chunks), PDL=int(pdl),
-        trace_ptr=trace_slot("skinny", (sum(tiles),), x),
-        DIAG=env_choice(DIAG_ENV, DIAG_MARKS),
-        EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], num_warps=NUM_WARPS,
+        PDL=int(pdl), trace_ptr=trace_slot("skinny", (sum(tiles),), x),
+        EARLY_TRIGGER=TRIGGERS[config.trigger or "entry"], **consts,
         **_next_args(next_reads), **({"launch_pdl": True} if pdl else {}),
     )
     return tuple(outs)
@@ -438,22 +461,33 @@ def _next_args(next_reads: NextReads | None) -> dict:
 
 def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
                      residual: bool = False, pdl: bool = True, trace: bool = False,
-                     box: int | None = None, early_trigger: bool = True, next_mats: int = 0):
+                     box: int | None = None, early_trigger: bool = True, next_mats: int = 0,
+                     products: str = "fma"):
     """The kernel compiled for sm_90 without a GPU (Triton's bundled ptxas), for tests and
     resource reports (``early_trigger``: :attr:`ResidentConfig.trigger` ``"entry"``;
     ``next_mats``: the matrices of a :class:`NextReads` hint, 0 for none)."""
     from mlra.kernels.aot import compile_gluon_sm90
 
     chunks = K // BOX_K
-    cb = box_chunks(chunks, box)
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
-    desc = f"tensordesc<bf16[{block_n}, {cb}, {BOX_K}],{layout!r}>"
+    if products == "mma":
+        from mlra.kernels import gluon_skinny_mma as mma
+
+        kernel, consts = mma._resident_mma_kernel, mma.launch_consts(K, block_n)
+        num_warps = consts.pop("num_warps")
+        rows = mma.segments(block_n) * block_n
+        desc = f"tensordesc<bf16[{rows}, {mma.CHUNK}],{mma.weight_layout()!r}>"
+    else:
+        cb = box_chunks(chunks, box)
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+        desc = f"tensordesc<bf16[{block_n}, {cb}, {BOX_K}],{layout!r}>"
+        kernel, num_warps = _resident_kernel, NUM_WARPS
+        consts = {"BLOCK_N": block_n, "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks),
+                  "DIAG": 0}
     types = {"x_ptr": "*bf16", "g_ptr": "*bf16", "res_ptr": "*bf16", "d1": desc, "d2": desc,
              "d3": desc, "o1_ptr": "*bf16", "o2_ptr": "*bf16", "o3_ptr": "*bf16",
              "eps": "fp32", "in_scale": "fp32"}
-    consts = {"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "BLOCK_N": block_n,
-              "CB": cb, "NBOX": chunks // cb, "X_ROWS": x_rows(chunks), "PDL": int(pdl),
-              "DIAG": 0, "EARLY_TRIGGER": int(early_trigger), "NUM_NX": next_mats}
+    consts.update({"NUM_W": num_w, "HAS_NORM": norm, "HAS_RES": residual, "PDL": int(pdl),
+                   "EARLY_TRIGGER": int(early_trigger), "NUM_NX": next_mats})
     if next_mats:
         types.update(nx1="*bf16", nx2="*bf16", nx3="*bf16")
     else:
@@ -463,4 +497,4 @@ def compile_for_sm90(K: int, num_w: int, block_n: int, norm: bool = True,
     else:
         consts["trace_ptr"] = None
     aligned = ["x_ptr", "g_ptr", "res_ptr", "o1_ptr", "o2_ptr", "o3_ptr", "K"]  # as at run time
-    return compile_gluon_sm90(_resident_kernel, types, consts, aligned, num_warps=NUM_WARPS)
+    return compile_gluon_sm90(kernel, types, consts, aligned, num_warps=num_warps)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Prepared in the fourteenth session (2026-12-04), to follow run_call3.sh on its warm machine
+# (about 2.5 minutes): MLRA-4's 1 x 8K step traced (trace_step.py) with each of call 3's
+# three forms: the MLP's successor 4 loop steps early, the MLP's first 4 units per program
+# fetched into L2 by the output projection, the resident projections' products on the
+# tensor cores.
+# From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call4.sh
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
+OUT=${OUT:-out}; mkdir -p "$OUT/tmp"
+for form in next4 l2units4 mma; do
+  echo "trace: $form" | tee -a "$OUT/log.txt"
+  unset MLRA_MLP_CONFIG MLRA_MLP_L2_UNITS MLRA_RESIDENT_CONFIG
+  case $form in
+    next4) export MLRA_MLP_CONFIG='{"next_left": 4}' ;;
+    l2units4) export MLRA_MLP_L2_UNITS=4 ;;
+    mma) export MLRA_RESIDENT_CONFIG='{"products": "mma"}' ;;
+  esac
+  timeout 60 python benchmarks/e2e_decode/trace_step.py --variants mlra_4 --contexts 8192 \
+    --out "$OUT/tmp/trace_$form" 2>&1 | grep -E "^\||rror" | tee -a "$OUT/log.txt"
+done
+tar czf "$OUT/out.tgz" -C "$OUT/tmp" . && rm -rf "$OUT/tmp"
