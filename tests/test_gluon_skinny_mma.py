@@ -21,6 +21,8 @@ from mlra.kernels.testing import rel_error
 if not kernels.gluon_available():
     pytest.skip("this Triton has no Gluon Hopper support", allow_module_level=True)
 
+from test_gluon_skinny import BF, H200_SMS, SM90_SMEM_PER_SM, TOL, _case, needs_hopper  # noqa: E402
+
 from mlra.kernels.gluon_skinny import (  # noqa: E402
     ResidentConfig,
     block_bytes,
@@ -29,12 +31,6 @@ from mlra.kernels.gluon_skinny import (  # noqa: E402
     skinny_linear_resident,
 )
 from mlra.kernels.gluon_skinny_mma import chunk_groups, segments  # noqa: E402
-
-HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel needs a Hopper GPU")
-H200_SMS, SM90_SMEM_PER_SM = 132, 233472
-BF = torch.bfloat16
-TOL = 2e-2  # relative L2 error (bf16 outputs)
 
 PAPER = {"q/kv down": (3072, [1024, 576]), "q up": (1024, [4608]), "MLA q up": (1536, [4608]),
          "MLA q/kv down": (3072, [1536, 576]), "output projection": (3072, [3072])}
@@ -108,7 +104,8 @@ def test_weights_stream_before_the_wait_and_multiply_on_tensor_cores(compiled, k
     assert c["num_warps"] == 4
     assert all(box == [seg * bn, 64] for box in c["tma_boxes"])
     chunks = k // (64 * seg)
-    assert c["counts"]["cp.async.bulk.tensor"] == nw * chunks
+    copies = c["counts"]["cp.async.bulk.tensor"]  # a weight's boxes per branch (some merged)
+    assert copies % chunks == 0 and copies <= nw * chunks
     wait = ptx.index("griddepcontrol.wait")
     assert ptx.rindex("cp.async.bulk.tensor") < wait
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
@@ -124,15 +121,6 @@ def test_next_reads_follow_the_products(compiled):
     fetch = ptx.index("@p cp.async.bulk.prefetch.L2")
     assert ptx.rindex("mbarrier.try_wait") < fetch < ptx.index("st.global")
     assert all("prefetch.L2" not in c["ptx"] for key, c in compiled.items() if key != "next_reads")
-
-
-def _case(k, ns, seed, norm=True, res=False, x_dtype=BF):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(1, k, generator=g)).to(x_dtype).cuda()
-    ws = [(torch.randn(n, k, generator=g) * k ** -0.5).to(BF).cuda() for n in ns]
-    nw = ((torch.randn(k, generator=g) * 0.2 + 1.0).to(BF).cuda()) if norm else None
-    r = torch.randn(1, ns[0], generator=g).to(BF).cuda() if res else None
-    return x, ws, nw, r
 
 
 CASES = [(3072, (1024, 576), True, False), (1024, (4608,), True, False),

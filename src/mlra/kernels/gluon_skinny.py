@@ -156,6 +156,55 @@ def _prefetch_next(pid, nx1, nx2, nx3, NX_ROWS, NX_PARTS, NX_UNITS, NX_WIDTH,
 
 
 @gluon.jit
+def _program_tile(pid, T1, T2, N1, N2, N3, o1_ptr, o2_ptr, o3_ptr, NUM_W: gl.constexpr):
+    """Which weight program ``pid`` works on (tiles of weight 1, then 2, then 3): ``(weight
+    index, tile within it, the weight's rows, its output)``."""
+    wi = 0
+    t = pid
+    n_out = N1
+    o_ptr = o1_ptr
+    if NUM_W > 1:
+        if pid >= T1:
+            wi = 1
+            t = pid - T1
+            n_out = N2
+            o_ptr = o2_ptr
+            if NUM_W == 3:
+                if pid >= T1 + T2:
+                    wi = 2
+                    t = pid - T1 - T2
+                    n_out = N3
+                    o_ptr = o3_ptr
+    return wi, t, n_out, o_ptr
+
+
+@gluon.jit
+def _enter(PDL: gl.constexpr, EARLY_TRIGGER: gl.constexpr):
+    """The PDL wait for the previous launch, the next launch let start before it (``1``, at
+    entry) or after it (``0``)."""
+    if PDL:
+        if EARLY_TRIGGER == 1:
+            _gdc_launch_dependents()
+        _gdc_wait()
+        if EARLY_TRIGGER == 0:
+            _gdc_launch_dependents()
+
+
+@gluon.jit
+def _store_outputs(out, ss, K, eps, in_scale, res_ptr, o_ptr, t, n_out,
+                   BLOCK_N: gl.constexpr, HAS_NORM: gl.constexpr, HAS_RES: gl.constexpr):
+    """Outputs ``t * BLOCK_N ..`` (``out``, fp32, any 1-D layout): the norm's scale
+    (``ss``: the sum of the squared inputs), the residual, rounded to the output's dtype."""
+    if HAS_NORM:
+        out = out * (in_scale / gl.sqrt(ss / K + eps))
+    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, out.type.layout)
+    n_ok = offs_n < n_out
+    if HAS_RES:
+        out += gl.load(res_ptr + offs_n, mask=n_ok, other=0.0).to(gl.float32)
+    gl.store(o_ptr + offs_n, out.to(o_ptr.dtype.element_ty), mask=n_ok)
+
+
+@gluon.jit
 def _fetch_rows(desc, row0, w_smem, bars, BLOCK_N: gl.constexpr, CB: gl.constexpr,
                 NBOX: gl.constexpr):
     """TMA loads of rows ``row0 .. row0 + BLOCK_N`` of one weight (viewed as ``[rows, K /
@@ -184,7 +233,6 @@ def _resident_kernel(
     dtype: gl.constexpr = d1.dtype
     layout: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 1, 32], [gl.num_warps(), 1, 1],
                                             [2, 1, 0])
-    l_rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, layout))
     w_smem = gl.allocate_shared_memory(dtype, [NBOX, BLOCK_N, CB, BOX], d1.layout)
     x_smem = gl.allocate_shared_memory(gl.float32, [X_ROWS, 1, BOX],
                                        gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
@@ -195,28 +243,13 @@ def _resident_kernel(
 
     # the weights, which no kernel of the step writes: every box in flight before the wait
     pid = gl.program_id(0)
-    t = pid
-    n_out = N1
-    o_ptr = o1_ptr
-    if NUM_W == 1:
-        _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
+    wi, t, n_out, o_ptr = _program_tile(pid, T1, T2, N1, N2, N3, o1_ptr, o2_ptr, o3_ptr, NUM_W)
+    if wi == 0:
+        _fetch_rows(d1, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
+    elif wi == 1:
+        _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
     else:
-        if pid < T1:
-            _fetch_rows(d1, pid * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
-        else:
-            t = pid - T1
-            n_out = N2
-            o_ptr = o2_ptr
-            if NUM_W == 3:
-                if pid >= T1 + T2:
-                    t = pid - T1 - T2
-                    n_out = N3
-                    o_ptr = o3_ptr
-                    _fetch_rows(d3, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
-                else:
-                    _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
-            else:
-                _fetch_rows(d2, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
+        _fetch_rows(d3, t * BLOCK_N, w_smem, bars, BLOCK_N, CB, NBOX)
 
     # x as one flat vector (past K masked): each thread's loads all in flight at once, its
     # squares summed in registers before any shuffle (as rows of 256, the compiled code issued
@@ -229,12 +262,7 @@ def _resident_kernel(
         for b in gl.static_range(NBOX):
             mbarrier.wait(bars.index(b), 0)
         _mark(trace_ptr, 2)
-    if PDL:
-        if EARLY_TRIGGER == 1:
-            _gdc_launch_dependents()
-        _gdc_wait()
-        if EARLY_TRIGGER == 0:
-            _gdc_launch_dependents()
+    _enter(PDL, EARLY_TRIGGER)
     _mark(trace_ptr, 1)
     if DIAG == 1:  # diagnostic: wait for every box first, mark, then read x
         for b in gl.static_range(NBOX):
@@ -262,13 +290,8 @@ def _resident_kernel(
     out = gl.sum(gl.sum(acc, 2), 1)
     if DIAG == 0:
         _mark(trace_ptr, 2)
-    if HAS_NORM:
-        out = out * (in_scale / gl.sqrt(ss / K + eps))
-    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, l_rows)
-    n_ok = offs_n < n_out
-    if HAS_RES:
-        out += gl.load(res_ptr + offs_n, mask=n_ok, other=0.0).to(gl.float32)
-    gl.store(o_ptr + offs_n, out.to(dtype), mask=n_ok)
+    _store_outputs(out, ss, K, eps, in_scale, res_ptr, o_ptr, t, n_out, BLOCK_N, HAS_NORM,
+                   HAS_RES)
     for b in gl.static_range(NBOX):
         mbarrier.invalidate(bars.index(b))
     _mark(trace_ptr, 3)

@@ -33,8 +33,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from mlra.kernels.gluon_latent import _gdc_launch_dependents, _gdc_wait
-from mlra.kernels.gluon_skinny import _mark, _prefetch_next
+from mlra.kernels.gluon_skinny import _enter, _mark, _prefetch_next, _program_tile, _store_outputs
 
 CHUNK = 64  # inputs of W' per TMA box row: 128 bytes, one swizzle row
 MAX_GROUPS = 4  # mbarrier groups of boxes (one shared-memory allocation each)
@@ -138,28 +137,13 @@ def _resident_mma_kernel(
 
     # the weights, which no kernel of the step writes: every box in flight before the wait
     pid = gl.program_id(0)
-    t = pid
-    n_out = N1
-    o_ptr = o1_ptr
-    if NUM_W == 1:
-        _issue_all(d1, pid * M, s0, s1, s2, s3, bars, CB, NG, M)
+    wi, t, n_out, o_ptr = _program_tile(pid, T1, T2, N1, N2, N3, o1_ptr, o2_ptr, o3_ptr, NUM_W)
+    if wi == 0:
+        _issue_all(d1, t * M, s0, s1, s2, s3, bars, CB, NG, M)
+    elif wi == 1:
+        _issue_all(d2, t * M, s0, s1, s2, s3, bars, CB, NG, M)
     else:
-        if pid < T1:
-            _issue_all(d1, pid * M, s0, s1, s2, s3, bars, CB, NG, M)
-        else:
-            t = pid - T1
-            n_out = N2
-            o_ptr = o2_ptr
-            if NUM_W == 3:
-                if pid >= T1 + T2:
-                    t = pid - T1 - T2
-                    n_out = N3
-                    o_ptr = o3_ptr
-                    _issue_all(d3, t * M, s0, s1, s2, s3, bars, CB, NG, M)
-                else:
-                    _issue_all(d2, t * M, s0, s1, s2, s3, bars, CB, NG, M)
-            else:
-                _issue_all(d2, t * M, s0, s1, s2, s3, bars, CB, NG, M)
+        _issue_all(d3, t * M, s0, s1, s2, s3, bars, CB, NG, M)
 
     # X [K', 2 S]: segment q of x (times g) in columns 2q (high bf16 part) and 2q + 1 (low);
     # each thread 8 consecutive inputs of a segment (16-byte loads)
@@ -171,12 +155,7 @@ def _resident_mma_kernel(
     ok = (kk < KQ)[:, None] & (qq < SEG)[None, :]
     if HAS_NORM:  # a weight too
         g = gl.load(g_ptr + offs, mask=ok, other=0.0).to(gl.float32)
-    if PDL:
-        if EARLY_TRIGGER == 1:
-            _gdc_launch_dependents()
-        _gdc_wait()
-        if EARLY_TRIGGER == 0:
-            _gdc_launch_dependents()
+    _enter(PDL, EARLY_TRIGGER)
     _mark(trace_ptr, 1)
     x = gl.load(x_ptr + offs, mask=ok, other=0.0).to(dtype).to(gl.float32)
     ss = 0.0
@@ -213,13 +192,8 @@ def _resident_mma_kernel(
     own = (cols // 2)[None, :] == (rows % SEG)[:, None]  # row S r + q: segment q's columns
     out = gl.sum(gl.reshape(gl.sum(gl.where(own, acc, 0.0), 1), [BLOCK_N, SEG]), 1)
     _mark(trace_ptr, 2)
-    if HAS_NORM:
-        out = out * (in_scale / gl.sqrt(ss / K + eps))
-    offs_n = t * BLOCK_N + gl.arange(0, BLOCK_N, out.type.layout)
-    n_ok = offs_n < n_out
-    if HAS_RES:
-        out += gl.load(res_ptr + offs_n, mask=n_ok, other=0.0).to(gl.float32)
-    gl.store(o_ptr + offs_n, out.to(dtype), mask=n_ok)
+    _store_outputs(out, ss, K, eps, in_scale, res_ptr, o_ptr, t, n_out, BLOCK_N, HAS_NORM,
+                   HAS_RES)
     for b in gl.static_range(NG):
         mbarrier.invalidate(bars.index(b))
     _mark(trace_ptr, 3)
