@@ -10,14 +10,14 @@
 # have landed (`NextReads`, MLRA_MLP_L2_UNITS): DRAM idles while its products run.
 # (c) The resident projections' products on the tensor cores (`ResidentConfig(products="mma")`,
 # `mlra.kernels.gluon_skinny_mma`: 2-4x fewer instructions after the wait in the sm_90 SASS).
-# GPU tests of all three (the tensor-core form against the reference and the FMA form
-# first), in-step A/B at 1 x 8K (MLRA-4, MLA); the traces are run_call4.sh.
+# GPU tests of all three first (both resident kernels: the FMA one's program choice, PDL
+# entry and epilogue became shared helpers after call 2, unchanged in meaning), in-step A/B at 1 x 8K (MLRA-4, MLA); the traces are run_call4.sh.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call3.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
 OUT=${OUT:-out}; mkdir -p "$OUT/tmp"
-timeout 120 env -u TRITON_INTERPRET python -m pytest -p no:cacheprovider \
-  tests/test_gluon_skinny_mma.py -rA --tb=short > "$OUT/pytest_mma.txt" 2>&1
-echo "pytest (tensor-core products) rc=$?" | tee -a "$OUT/log.txt"
+timeout 150 env -u TRITON_INTERPRET python -m pytest -p no:cacheprovider \
+  tests/test_gluon_skinny_mma.py tests/test_gluon_skinny.py -rA --tb=short > "$OUT/pytest_mma.txt" 2>&1
+echo "pytest (resident kernels, both product forms) rc=$?" | tee -a "$OUT/log.txt"
 grep -cE "^PASSED" "$OUT/pytest_mma.txt" | sed 's/^/passed: /' | tee -a "$OUT/log.txt"
 grep -E "^(FAILED|ERROR)|^E " "$OUT/pytest_mma.txt" | head -6 | tee -a "$OUT/log.txt"
 MLRA_MLP_CONFIG='{"next_left": 4}' MLRA_MLP_L2_UNITS=4 timeout 150 env -u TRITON_INTERPRET \
