@@ -324,9 +324,10 @@ def default_stages(stage_bytes: int, shared: int) -> int:
 
 def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
                         config: MlpConfig | None = None) -> int:
-    """Programs the one-launch form plans for ``x`` and hidden units ``w_gate.shape[0]``
+    """Programs the one-launch form asks for, for ``x`` and hidden units ``w_gate.shape[0]``
     (program ``p`` streams units from ``p * H // programs``): ``per_sm`` (default one) per
-    multiprocessor; fewer where the compiled kernel would not keep that many resident."""
+    multiprocessor. (Where the compiled kernel keeps fewer resident the launch takes fewer;
+    a hint built on this count is then off, never wrong.)"""
     cfg = _env_config() if config is None else config
     return min((cfg.per_sm or 1) * device_sms(x), w_gate.shape[0])
 
