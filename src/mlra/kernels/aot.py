@@ -67,10 +67,9 @@ def compile_gluon_sm90(kernel: Any, types: dict[str, str], consts: dict[str, Any
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def sass_peak_registers(cubin: bytes) -> int | None:
-    """Highest general register index + 1 in the SASS (Triton's bundled ``nvdisasm``): what
-    the busiest partition of a warp-specialised kernel really uses under its ``setmaxnreg``
-    budget (``ptxas -v`` reports the launch's register count instead)."""
+def sass_text(cubin: bytes) -> str | None:
+    """The SASS of ``cubin`` as Triton's bundled ``nvdisasm -c`` prints it (None without
+    ``nvdisasm``)."""
     from triton.backends.nvidia import compiler
 
     nvdisasm = os.path.join(os.path.dirname(compiler.get_ptxas(90).path), "nvdisasm")
@@ -80,9 +79,27 @@ def sass_peak_registers(cubin: bytes) -> int | None:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        run = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True)
-    regs = [int(r) for r in re.findall(r"\bR(\d+)\b", run.stdout)]
+        return subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True).stdout
+
+
+def sass_peak_registers(cubin: bytes) -> int | None:
+    """Highest general register index + 1 in the SASS (Triton's bundled ``nvdisasm``): what
+    the busiest partition of a warp-specialised kernel really uses under its ``setmaxnreg``
+    budget (``ptxas -v`` reports the launch's register count instead)."""
+    text = sass_text(cubin)
+    regs = [int(r) for r in re.findall(r"\bR(\d+)\b", text or "")]
     return max(regs) + 1 if regs else None
+
+
+def sass_instructions(cubin: bytes) -> list[str]:
+    """The SASS instructions of ``cubin`` (opcode and operands, predicate included), in
+    order."""
+    out = []
+    for line in (sass_text(cubin) or "").splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?);", line)
+        if m:
+            out.append(m.group(1).strip())
+    return out
 
 
 _COUNTED = ("cp.async.bulk.tensor", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.try_wait",

@@ -2,9 +2,10 @@
 the tensor cores (``mma.sync``, m16n8k16) instead of fp32 FMAs: the same contract, weights
 fetched into shared memory before the PDL wait, selected by ``ResidentConfig(products="mma")``.
 
-Why: the FMA form's products run 1.4-2 us after the release for 48-96 KB of weights per
-program, issue- and shared-memory-latency bound (ncu stall sampling, ``results/h200/products``):
-each weight element costs a shared-memory load share, a bf16 -> fp32 conversion and an FMA.
+Why: the FMA form's products take 1.4-1.7 us after the release for 48-64 KB of weights per
+program (``results/h200/resident``), bound by instruction issue and shared-memory latency (ncu
+stall sampling, ``results/h200/products``): each weight element costs a share of a
+shared-memory load, a bf16 -> fp32 conversion and an FMA.
 On the tensor cores one instruction takes 256 weights.
 
 How one row becomes a matrix product: the inputs are cut into ``S`` segments of ``K' = K /

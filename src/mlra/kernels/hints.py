@@ -35,12 +35,3 @@ class NextReads:
     @property
     def width(self) -> int:
         return self.mats[0].shape[1]
-
-    def ranges(self) -> list[tuple[int, int, int]]:
-        """``(matrix, first row, rows)`` of every range, in the order programs take them."""
-        out = []
-        for r in range(len(self.mats) * self.parts):
-            m, p = divmod(r, self.parts)
-            row0 = p * self.rows // self.parts
-            out.append((m, row0, min(row0 + self.units, (p + 1) * self.rows // self.parts) - row0))
-        return out

@@ -358,7 +358,7 @@ def swiglu_mlp_triton(
     sms = device_sms(x)
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
     per_sm = cfg.per_sm or 1
-    ws_rows = min(per_sm * sms, H)
+    ws_rows = one_launch_programs(x, w_gate, cfg)
     pdl = pdl_mode(x2)
     es = w_gate.element_size()
     res = residual.reshape(1, D) if residual is not None else x2

@@ -9,7 +9,7 @@
 # program (gate, up and down rows: 4.7 / 9.5 / 19 MB for MLRA-4) into L2 once its own weights
 # have landed (`NextReads`, MLRA_MLP_L2_UNITS): DRAM idles while its products run.
 # (c) The resident projections' products on the tensor cores (`ResidentConfig(products="mma")`,
-# `mlra.kernels.gluon_skinny_mma`: 2-4x fewer instructions after the wait in the sm_90 SASS).
+# `mlra.kernels.gluon_skinny_mma`: 1.4-2.3x fewer instructions after the wait, resident_sass.md).
 # GPU tests of all three first (both resident kernels: the FMA one's program choice, PDL
 # entry and epilogue became shared helpers after call 2, unchanged in meaning), in-step A/B at 1 x 8K (MLRA-4, MLA); the traces are run_call4.sh.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call3.sh

@@ -1,0 +1,73 @@
+"""Instruction counts of the compiled batch-1 kernels, without a GPU: the resident one-row
+projections with their products as fp32 FMAs or on the tensor cores (SASS instructions from
+the PDL wait to the end, the part that runs once the previous launch is done), and the
+one-launch MLP with and without its in-loop trigger (``MlpConfig.next_left``: the loop's
+asynchronous copies and shared memory must not change). Compiled for sm_90 with Triton's
+bundled ptxas; prints a Markdown table.
+
+    PYTHONPATH=src python benchmarks/e2e_decode/resident_sass.py
+"""
+
+from __future__ import annotations
+
+import collections
+
+from mlra.kernels.aot import compile_sm90, sass_instructions
+from mlra.kernels.gluon_skinny import compile_for_sm90
+
+#: paper-size calls: (name, K, weights, rows per program as planned, norm, residual)
+PROJECTIONS = [
+    ("query up (MLRA-4)", 1024, 1, 32, True, False),
+    ("query up (MLA)", 1536, 1, 32, True, False),
+    ("q/kv down (MLRA-4)", 3072, 2, 8, True, False),
+    ("output projection", 3072, 1, 8, False, True),
+]
+
+
+def after_wait(cubin: bytes) -> list[str]:
+    """Instructions from the PDL wait (``ACQBULK``) on."""
+    ins = sass_instructions(cubin)
+    start = next((i for i, s in enumerate(ins) if "ACQBULK" in s), 0)
+    return ins[start:]
+
+
+def opcode(ins: str) -> str:
+    words = ins.split()
+    return (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
+
+
+def projections() -> list[str]:
+    rows = ["| projection (K, rows per program) | products | instructions after the wait | "
+            "tensor-core mma | shared-memory loads | FFMA | top opcodes |",
+            "|---|---|---|---|---|---|---|"]
+    for name, k, nw, bn, norm, res in PROJECTIONS:
+        for products in ("fma", "mma"):
+            ins = after_wait(compile_for_sm90(k, nw, bn, norm, res,
+                                              products=products).asm["cubin"])
+            ops = collections.Counter(opcode(s) for s in ins)
+            top = ", ".join(f"{o} {n}" for o, n in ops.most_common(4))
+            rows.append(f"| {name} ({k}, {bn}) | {products} | {len(ins)} | {ops['HMMA']} | "
+                        f"{ops['LDS'] + ops['LDSM']} | {ops['FFMA']} | {top} |")
+    return rows
+
+
+def mlp() -> list[str]:
+    from mlra.kernels.triton_mlp import _mlp_kernel
+
+    types = {n: "*bf16" for n in "x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr".split()}
+    types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32")
+    aligned = [*types, "s_g", "s_u", "s_d"]
+    rows = ["| MLP (d 3072, 2 units per step, 4 stages) | cp.async | shared memory bytes | "
+            "launch_dependents |", "|---|---|---|---|"]
+    for left in (0, 4):
+        consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
+                      NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=left)
+        k = compile_sm90(_mlp_kernel, types, consts, aligned, num_warps=4, launch_pdl=True)
+        ptx = k.asm["ptx"]
+        rows.append(f"| next_left={left} | {ptx.count('cp.async.cg')} | {k.metadata.shared} | "
+                    f"{ptx.count('griddepcontrol.launch_dependents')} |")
+    return rows
+
+
+if __name__ == "__main__":
+    print("\n".join(projections() + [""] + mlp()))
