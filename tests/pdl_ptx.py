@@ -12,13 +12,13 @@ import sys
 _TRACED = []  # non-empty while a traced build runs: kernels get a trace_ptr (*i64)
 
 
-def _compile_sm90(kernel, types: dict[str, str], consts: dict, **options):
+def _compile_sm90(kernel, types: dict[str, str], consts: dict, aligned=(), **options):
     """PTX and metadata of ``kernel`` compiled for sm_90."""
     from mlra.kernels.aot import compile_sm90
 
     if _TRACED:
         types = {**types, "trace_ptr": "*i64"}
-    compiled = compile_sm90(kernel, types, consts, **options)
+    compiled = compile_sm90(kernel, types, consts, aligned, **options)
     return compiled.asm["ptx"], compiled.metadata
 
 
@@ -143,19 +143,27 @@ def _gqa(pdl: int, pf_tokens: int):
     return _compile_sm90(_gqa_decode_kernel, types, consts, num_warps=4, launch_pdl=pdl > 0)
 
 
-def _mlp(next_left: int = 0):
+def _mlp(next_left: int = 0, tail: int = 0, aligned: bool = False):
+    """The one-launch MLP; ``aligned``: pointers and strides 16-byte aligned, as at run time
+    (its loops then pipelined: asynchronous copies)."""
     from mlra.kernels.triton_mlp import _mlp_kernel
 
     types = _ptr_types("x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr")
     types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32")
     consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
                   NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=next_left)
-    return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True)
+    if tail:
+        types.update(rank_ptr="*i64")
+        consts.update(TAIL=1)
+    return _compile_sm90(_mlp_kernel, types, consts, num_warps=4, launch_pdl=True,
+                         aligned=[*types, "s_g", "s_u", "s_d"] if aligned else ())
 
 
 BUILDS = {
     "mlp_pdl2": _mlp,
     "mlp_pdl2_next4": lambda: _mlp(next_left=4),
+    "mlp_pdl2_aligned": lambda: _mlp(aligned=True),
+    "mlp_pdl2_aligned_tail": lambda: _mlp(tail=1, aligned=True),
     "skinny_swiglu_pdl2": lambda: _skinny(2, 16, True),
     "skinny_plain_pdl0": lambda: _skinny(0, 0, False),
     "skinny_pdl1": lambda: _skinny(1, 16, False),

@@ -96,6 +96,66 @@ def test_the_barrier_count_only_grows_by_a_grid_per_launch():
     assert int(count.item()) == before + 5 * parts
 
 
+def test_the_tail_plan_hands_out_ranks_by_groups_and_refuses_what_does_not_fit():
+    from mlra.kernels.triton_mlp import tail_plan
+
+    # the paper's MLP on the H200: 132 programs of 2 units per step; 2 steps for the first
+    # 44 ranks, 1 for the next 44: 132 steps, 264 units handed out at run time
+    assert tail_plan(9880, 132, 2, 2) == (9880 - 264, 2, 44)
+    assert tail_plan(9880, 132, 2, 1, 66) == (9880 - 132, 1, 66)
+    assert tail_plan(200, 4, 16, 0) == (200, 0, 1)
+    with pytest.raises(ValueError, match="leaving fewer than one per program"):
+        tail_plan(8, 4, 16, 1)
+    with pytest.raises(ValueError, match="group \\* steps <= 4"):
+        tail_plan(200, 4, 16, 1, 5)
+
+
+TAIL_SHAPES = SHAPES[:3]  # the tail needs at least one unit per program besides its own
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", TAIL_SHAPES, ids=lambda s: f"d{s[0]}-h{s[1]}")
+@pytest.mark.parametrize("tail", [dict(tail_steps=1), dict(tail_steps=2, tail_group=1)],
+                         ids=["1-step", "2-steps-group1"])
+def test_the_run_time_tail_sums_each_unit_once_whatever_program_takes_each_rank(shape, tail):
+    """``MlpConfig(tail_steps=...)``: the units after ``static_units`` go to programs by the
+    order in which they near their ends. With every other unit's gate row zero, the output is
+    the tail's alone: a unit left out or taken twice would show. Starting the rank count
+    elsewhere hands the ranks to other programs: the result stays bit-identical (each rank's
+    share goes to its own row, summed in a fixed order), and every launch advances the count
+    by its programs."""
+    from mlra.kernels.triton_mlp import (
+        LAST_LAUNCH,
+        MlpConfig,
+        rank_counter,
+        swiglu_mlp_triton,
+    )
+
+    d, h = shape
+    x, nw, wg, wu, wd = _weights(d, h, 7 * d + h)
+    wdc = wd.t().contiguous().t()
+    config = MlpConfig(**tail, block_h=2)
+    count = None
+    outs = []
+    for shift in (0, 1, -1):
+        if count is not None:
+            count += shift
+        before = None if count is None else int(count.item())
+        outs.append(swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=config))
+        parts = LAST_LAUNCH["programs"]
+        count = rank_counter(x.device, parts)
+        assert before is None or int(count.item()) == before + parts
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
+    assert rel_error(outs[0].float(), _ref(x, nw, wg, wu, wd, x)) < TOL
+
+    static = LAST_LAUNCH["static_units"]
+    assert LAST_LAUNCH["block_h"] == 2 and 0 < static < h
+    wg[:static] = 0  # only the tail's units contribute
+    ref = _ref(x, nw, wg, wu, wd, None)
+    out = swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, None, config=config)
+    assert ref.abs().max() > 0 and rel_error(out.float(), ref) < TOL
+
+
 @needs_triton
 def test_the_barrier_diagnostic_switch_is_read_and_refused_by_name(monkeypatch):
     """Both kernels' trace diagnostics read their variable through one helper: unset is off,

@@ -145,6 +145,21 @@ def test_mlp_kernel_can_let_the_next_launch_start_inside_its_main_loop(ptx):
 
 
 @needs_ptxas
+def test_mlp_kernel_takes_its_tail_rank_inside_a_pipelined_main_loop(ptx):
+    """``MlpConfig(tail_steps=...)``: the rank is one atomic inside the main loop (before the
+    trigger that follows the loop, after the wait); the main loop and the tail's loop are
+    both pipelined (twice the asynchronous copies of the plain kernel); the barrier's atomic
+    comes after both."""
+    plain, code = ptx["mlp_pdl2_aligned"]["ptx"], ptx["mlp_pdl2_aligned_tail"]["ptx"]
+    assert code.count("cp.async.cg") == 2 * plain.count("cp.async.cg") > 0
+    claim = code.index("atom.")
+    trigger = code.index("griddepcontrol.launch_dependents")
+    assert code.index("griddepcontrol.wait") < claim < trigger
+    assert "bra" in code[claim:trigger]  # the loop's back edge lies between them
+    assert code.count("atom.") == 2 and "atom." not in plain[:plain.index("atom.")]
+
+
+@needs_ptxas
 def test_plain_launch_has_no_pdl_instructions(ptx):
     k = ptx["skinny_plain_pdl0"]
     assert not k["launch_pdl"]

@@ -83,6 +83,14 @@ class MlpConfig:
     #: the next launch start (PDL); default 0: once its main loop is done. Earlier lets the
     #: next launch's weight loads use the bandwidth of programs that finish first.
     next_left: int | None = None
+    #: the run-time tail (default 0: off): at most this many loop steps of hidden units each
+    #: program may take on after its own range, by the order in which the programs neared the
+    #: end of their main loops (:func:`tail_plan`); evens out loop ends that vary from replay
+    #: to replay, the sums staying in a fixed order
+    tail_steps: int | None = None
+    #: programs per rank group of the tail (default ``programs // (tail_steps + 1)``): the
+    #: first group to near its end takes ``tail_steps`` more steps, the next one fewer, ...
+    tail_group: int | None = None
     #: launch the one-launch form as a cooperative grid (default True: the driver guarantees
     #: that all programs are resident at once, also beside other launches; False: a plain
     #: launch, safe only with one such launch at a time per GPU)
@@ -159,7 +167,35 @@ def _column_sums(ws_ptr, res, out_ptr, slot, D, n_parts, COLS: tl.constexpr,
     tl.store(out_ptr + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.jit(do_not_specialize=["D", "H", "n_parts"])
+@triton.jit
+def _units(y, xn, wg_ptr, wu_ptr, wd_ptr, h0, h_hi, s_g, s_u, s_d, offs_d, mask_d,
+           BLOCK_H: tl.constexpr):
+    """``y`` plus hidden units ``h0 .. h0 + BLOCK_H`` (below ``h_hi``): their gate and up rows
+    against ``xn``, the activation, times their down columns."""
+    offs_h = h0 + tl.arange(0, BLOCK_H)
+    mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
+    wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
+    wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
+    wd = tl.load(wd_ptr + offs_h[:, None] * s_d + offs_d[None, :], mask=mask, other=0.0)
+    gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
+    up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
+    # the activation rounded to the weights' dtype, as the module path stores it
+    act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
+    return y + tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
+
+
+@triton.jit
+def _tail_share(rank, tail_e, tail_g):
+    """``(steps, first)``: the run-time tail's loop steps for the program that neared its end
+    ``rank``-th, and where they start among the tail's steps (:func:`tail_plan`)."""
+    q = rank // tail_g
+    steps = tl.maximum(tail_e - q, 0)
+    full = tl.minimum(q, tail_e)
+    first = tail_g * (full * tail_e - full * (full - 1) // 2) + (rank % tail_g) * steps
+    return steps, first
+
+
+@triton.jit(do_not_specialize=["D", "H", "n_parts", "h_static", "tail_e", "tail_g", "n_rows"])
 def _mlp_kernel(
     x_ptr, g_ptr, res_ptr, wg_ptr, wu_ptr, wd_ptr, out_ptr, ws_ptr, cnt_ptr,
     D, H, n_parts, s_g, s_u, s_d, eps,
@@ -167,22 +203,30 @@ def _mlp_kernel(
     PHASE: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
     LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, trace_ptr=None,
-    NEXT_LEFT: tl.constexpr = 0,
+    NEXT_LEFT: tl.constexpr = 0, rank_ptr=None, h_static=0, tail_e=0, tail_g=1, n_rows=0,
+    TAIL: tl.constexpr = 0, TAIL_LEFT: tl.constexpr = 2,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident;
     ``cnt_ptr`` an int64 kept for launches of ``n_parts`` programs); 1: partials only; 2:
     column sums only (programs = column slices). ``DIAG`` 1 (trace diagnostic): mark 1 when
     the program has counted in at the barrier, mark 3 when it may read the partials (instead
-    of after the PDL wait and on exit)."""
+    of after the PDL wait and on exit). ``TAIL`` 1: program ``p`` streams units ``p *
+    h_static // n_parts ..`` and, ``TAIL_LEFT`` steps before its end, takes a rank from the
+    int64 at ``rank_ptr`` (which every launch advances by ``n_parts``); ranks with tail steps
+    (:func:`_tail_share`) stream those of units ``h_static .. H`` into workspace row ``n_parts
+    + rank``; the sums add ``n_rows`` rows."""
     trace_mark(trace_ptr, 0)
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
         D = (D // 8) * 8
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < D
+    if not TAIL:
+        h_static = H
+        n_rows = n_parts
     if PHASE != 2:
-        h_lo = pid * H // n_parts
-        h_hi = (pid + 1) * H // n_parts
+        h_lo = pid * h_static // n_parts
+        h_hi = (pid + 1) * h_static // n_parts
         if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
             offs_l = tl.arange(0, D_PAD // LINE) * LINE
             rows = h_lo + tl.arange(0, PF_ROWS)
@@ -197,22 +241,31 @@ def _mlp_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y = tl.zeros([D_PAD], dtype=tl.float32)
+        ticket = (pid * 0).to(tl.int64)
+        # the step at which this program takes its rank (each takes exactly one)
+        claim_h = h_lo + tl.maximum(tl.cdiv(h_hi - h_lo, BLOCK_H) - 1 - TAIL_LEFT, 0) * BLOCK_H
         for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
-            offs_h = h0 + tl.arange(0, BLOCK_H)
-            mask = (offs_h < h_hi)[:, None] & mask_d[None, :]
-            wg = tl.load(wg_ptr + offs_h[:, None] * s_g + offs_d[None, :], mask=mask, other=0.0)
-            wu = tl.load(wu_ptr + offs_h[:, None] * s_u + offs_d[None, :], mask=mask, other=0.0)
-            wd = tl.load(wd_ptr + offs_h[:, None] * s_d + offs_d[None, :], mask=mask, other=0.0)
-            gate = tl.sum(wg.to(tl.float32) * xn[None, :], axis=1)
-            up = tl.sum(wu.to(tl.float32) * xn[None, :], axis=1)
-            # the activation rounded to the weights' dtype, as the module path stores it
-            act = (gate / (1.0 + tl.exp(-gate)) * up).to(wd.dtype).to(tl.float32)
-            y += tl.sum(act[:, None] * wd.to(tl.float32), axis=0)
+            y = _units(y, xn, wg_ptr, wu_ptr, wd_ptr, h0, h_hi, s_g, s_u, s_d, offs_d, mask_d,
+                       BLOCK_H)
             if NEXT_LEFT > 0 and PDL > 0:  # the next launch may start this many steps early
                 _launch_next_if((h0 >= h_hi - NEXT_LEFT * BLOCK_H).to(tl.int32))
+            if TAIL:
+                taken = tl.atomic_add(rank_ptr, 1, mask=h0 == claim_h, sem="relaxed")
+                ticket = tl.where(h0 == claim_h, taken, ticket)
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
+        if TAIL:  # the tail steps of this program's rank, into that rank's own row
+            rank = (ticket % n_parts).to(tl.int32)
+            steps, first = _tail_share(rank, tail_e, tail_g)
+            if steps > 0:
+                t_lo = h_static + first * BLOCK_H
+                t_hi = tl.minimum(t_lo + steps * BLOCK_H, H)
+                y = tl.zeros([D_PAD], dtype=tl.float32)
+                for t0 in tl.range(t_lo, t_hi, BLOCK_H, num_stages=NUM_STAGES):
+                    y = _units(y, xn, wg_ptr, wu_ptr, wd_ptr, t0, t_hi, s_g, s_u, s_d, offs_d,
+                               mask_d, BLOCK_H)
+                tl.store(ws_ptr + (n_parts + rank) * D + offs_d, y, mask=mask_d)
     if PHASE == 0:  # every partial written and visible
         res = _residual_slice(res_ptr, pid, D, COLS, HAS_RES)  # in flight during the barrier
         target = _arrive(cnt_ptr, n_parts)
@@ -222,14 +275,14 @@ def _mlp_kernel(
         if DIAG == 1:
             trace_mark(trace_ptr, 3)
         if pid * COLS < D:
-            _column_sums(ws_ptr, res, out_ptr, pid, D, n_parts, COLS, P_PAD)
+            _column_sums(ws_ptr, res, out_ptr, pid, D, n_rows, COLS, P_PAD)
     if PHASE == 2:
         pdl_wait(PDL)
         trace_mark(trace_ptr, 1)
         trace_mark(trace_ptr, 2)
         if pid * COLS < D:
             _column_sums(ws_ptr, _residual_slice(res_ptr, pid, D, COLS, HAS_RES), out_ptr, pid,
-                         D, n_parts, COLS, P_PAD)
+                         D, n_rows, COLS, P_PAD)
     if DIAG == 0:
         trace_mark(trace_ptr, 3)
 
@@ -269,6 +322,14 @@ def barrier_counter(device: torch.device, programs: int) -> torch.Tensor:
     return stream_counters(device, f"mlp_barrier_{programs}", 2).view(torch.int64)
 
 
+def rank_counter(device: torch.device, programs: int) -> torch.Tensor:
+    """The run-time tail's rank count (one int64) for grids of ``programs`` on the current
+    stream of ``device``: each program of a launch takes one ticket, so a launch's tickets
+    are ``programs`` consecutive numbers and their remainders a permutation of the ranks,
+    whatever the count started at; never reset."""
+    return stream_counters(device, f"mlp_rank_{programs}", 2).view(torch.int64)
+
+
 def _launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
                      device: torch.device) -> int | None:
     """Programs of ``kernel``, compiled (not launched) for these arguments, that one
@@ -285,7 +346,8 @@ def _launch_residency(kernel, args: tuple, kwargs: dict, grid: tuple,
 
 _PARTS: dict[tuple, int] = {}
 LAST_LAUNCH: dict = {}
-"""Programs and form (one launch or two) of the latest call (for benchmarks)."""
+"""Programs, form (one launch or two), units per loop step and units streamed in fixed ranges
+(the rest is the run-time tail) of the latest call (for benchmarks and tests)."""
 
 
 def _one_launch_parts(args: tuple, key: tuple, want: int, sms: int, device: torch.device,
@@ -320,6 +382,30 @@ def default_stages(stage_bytes: int, shared: int) -> int:
     per block (less 8 KB for the rest) do not hold ``stages - 1`` buffers of ``stage_bytes``
     (1: tiles loaded straight into registers)."""
     return max(1, min(DEFAULT_STAGES, (shared - (8 << 10)) // max(1, stage_bytes) + 1))
+
+
+def tail_plan(hidden: int, programs: int, block_h: int, steps: int,
+              group: int | None = None) -> tuple[int, int, int]:
+    """The run-time tail of :class:`MlpConfig` for ``hidden`` units over ``programs`` of
+    ``block_h`` units per loop step: ``(static, steps, group)``. Programs stream ``static``
+    units in fixed ranges; ranks (the order in which they near the end of that range) ``0 ..
+    group - 1`` then take ``steps`` loop steps of the remaining units, the next ``group`` ranks
+    one step fewer, and so on (``group * steps * (steps + 1) / 2`` steps in all). ``(hidden,
+    0, 1)`` where ``steps`` is 0; a tail that leaves a program no unit of its own, or more
+    ranks than programs, is refused."""
+    if steps <= 0:
+        return hidden, 0, 1
+    group = programs // (steps + 1) if group is None else group
+    if group < 1 or group * steps > programs:
+        raise ValueError(f"tail_steps={steps} with tail_group={group} needs 1 <= group and "
+                         f"group * steps <= {programs} (programs); choose fewer steps or a "
+                         "smaller group")
+    static = hidden - group * steps * (steps + 1) // 2 * block_h
+    if static < programs:
+        raise ValueError(f"tail_steps={steps} (group {group}) hands out "
+                         f"{hidden - static} of {hidden} hidden units at run time, leaving "
+                         f"fewer than one per program ({programs}); choose fewer steps")
+    return static, steps, group
 
 
 def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
@@ -376,17 +462,26 @@ def swiglu_mlp_triton(
     parts = ws_rows
     if one_launch:
         key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
-               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype)
+               residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype,
+               bool(cfg.tail_steps))
         parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
-                                         {**common, "PHASE": 0, "PDL": pdl}))
+                                         {**common, "PHASE": 0, "PDL": pdl,
+                                          "TAIL": int(bool(cfg.tail_steps))}))
         one_launch = parts > 0
         parts = parts or ws_rows
         args[11] = parts
-    pf = prefetch_units(triton.cdiv(H, parts), parts, 3 * D * es, sms, per_sm, 16) \
+    h_static, tail_e, tail_g = tail_plan(H, parts, block_h, cfg.tail_steps or 0, cfg.tail_group)
+    n_rows = parts + tail_e * tail_g
+    if tail_e:  # a row per rank with tail steps; every launch advances the ranks by `parts`
+        args[7] = torch.empty(n_rows, D, dtype=torch.float32, device=x.device)
+        common.update(TAIL=1, rank_ptr=rank_counter(x.device, parts), h_static=h_static,
+                      tail_e=tail_e, tail_g=tail_g, n_rows=n_rows)
+    pf = prefetch_units(triton.cdiv(h_static, parts), parts, 3 * D * es, sms, per_sm, 16) \
         if pdl > 1 else 0
     cols = next_pow2(triton.cdiv(D, parts))
-    common.update(COLS=cols, P_PAD=next_pow2(parts), PDL=pdl, NEXT_LEFT=cfg.next_left or 0)
-    LAST_LAUNCH.update(programs=parts, one_launch=one_launch)
+    common.update(COLS=cols, P_PAD=next_pow2(n_rows), PDL=pdl, NEXT_LEFT=cfg.next_left or 0)
+    LAST_LAUNCH.update(programs=parts, one_launch=one_launch, block_h=block_h,
+                       static_units=h_static)
     if one_launch:
         coop = {"launch_cooperative_grid": True} if cfg.cooperative is not False else {}
         args[8] = barrier_counter(x.device, parts)  # its own per stream and grid size
