@@ -147,9 +147,9 @@ def test_mlp_kernel_can_let_the_next_launch_start_inside_its_main_loop(ptx):
 @needs_ptxas
 def test_mlp_kernel_takes_its_tail_rank_inside_a_pipelined_main_loop(ptx):
     """``MlpConfig(tail_steps=...)``: the rank is one atomic inside the main loop (before the
-    trigger that follows the loop, after the wait); the main loop and the tail's loop are
-    both pipelined (twice the asynchronous copies of the plain kernel); the barrier's atomic
-    comes after both."""
+    trigger that follows the loop, after the wait), with L2 prefetches of the rank's first
+    tail units; the main loop and the tail's loop are both pipelined (twice the
+    asynchronous copies of the plain kernel); the barrier's atomic comes after both."""
     plain, code = ptx["mlp_pdl2_aligned"]["ptx"], ptx["mlp_pdl2_aligned_tail"]["ptx"]
     assert code.count("cp.async.cg") == 2 * plain.count("cp.async.cg") > 0
     claim = code.index("atom.")
@@ -157,6 +157,11 @@ def test_mlp_kernel_takes_its_tail_rank_inside_a_pipelined_main_loop(ptx):
     assert code.index("griddepcontrol.wait") < claim < trigger
     assert "bra" in code[claim:trigger]  # the loop's back edge lies between them
     assert code.count("atom.") == 2 and "atom." not in plain[:plain.index("atom.")]
+    # the rank's first tail units go to L2 after the wait (in a block of the loop that LLVM
+    # may place anywhere in the text); the plain kernel prefetches only before its wait
+    after_wait = code[code.index("griddepcontrol.wait"):code.index("atom.global.gpu.acq_rel")]
+    assert after_wait.count("prefetch.global.L2") >= 3
+    assert "prefetch.global.L2" not in plain[plain.index("griddepcontrol.wait"):]
 
 
 @needs_ptxas

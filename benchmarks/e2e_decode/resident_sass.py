@@ -2,8 +2,9 @@
 projections with their products as fp32 FMAs or on the tensor cores (SASS instructions from
 the PDL wait to the end, the part that runs once the previous launch is done), and the
 one-launch MLP with and without its in-loop trigger (``MlpConfig.next_left``: the loop's
-asynchronous copies and shared memory must not change). Compiled for sm_90 with Triton's
-bundled ptxas; prints a Markdown table.
+asynchronous copies and shared memory must not change) and its run-time tail
+(``MlpConfig.tail_steps``: a second pipelined loop, in the same shared memory). Compiled
+for sm_90 with Triton's bundled ptxas; prints a Markdown table.
 
     PYTHONPATH=src python benchmarks/e2e_decode/resident_sass.py
 """
@@ -52,20 +53,25 @@ def projections() -> list[str]:
 
 
 def mlp() -> list[str]:
+    from mlra.kernels.aot import ptxas_usage
     from mlra.kernels.triton_mlp import _mlp_kernel
 
     types = {n: "*bf16" for n in "x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr".split()}
-    types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32")
+    types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32", rank_ptr="*i64")
     aligned = [*types, "s_g", "s_u", "s_d"]
     rows = ["| MLP (d 3072, 2 units per step, 4 stages) | cp.async | shared memory bytes | "
-            "launch_dependents |", "|---|---|---|---|"]
-    for left in (0, 4):
+            "launch_dependents | atomics | registers, spills |", "|---|---|---|---|---|---|"]
+    for left, tail in ((0, 0), (4, 0), (0, 1)):
         consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
-                      NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=left)
+                      NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=left,
+                      TAIL=tail)
         k = compile_sm90(_mlp_kernel, types, consts, aligned, num_warps=4, launch_pdl=True)
         ptx = k.asm["ptx"]
-        rows.append(f"| next_left={left} | {ptx.count('cp.async.cg')} | {k.metadata.shared} | "
-                    f"{ptx.count('griddepcontrol.launch_dependents')} |")
+        use = ptxas_usage(ptx)
+        rows.append(f"| next_left={left}, tail={tail} | {ptx.count('cp.async.cg')} | "
+                    f"{k.metadata.shared} | {ptx.count('griddepcontrol.launch_dependents')} | "
+                    f"{ptx.count('atom.')} | {use['registers']}, "
+                    f"{use['spill_stores']}/{use['spill_loads']} |")
     return rows
 
 

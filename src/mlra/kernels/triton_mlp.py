@@ -26,6 +26,13 @@ program pays a second atomic round before it leaves.
 ``MlpConfig(cooperative=False)`` launches plainly (then only one such launch at a time per GPU
 is safe); ``MLRA_MLP_KERNEL=0`` keeps the two launches without a barrier.
 
+The programs' main loops end over a spread of microseconds that changes from replay to
+replay (H200: ``benchmarks/e2e_decode/results/h200/mlp_fixed``). ``MlpConfig(tail_steps=...)``
+(off by default) hands part of the units out at run time without giving up the fixed order
+of the sums: each program takes a rank (one atomic, a few loop steps before the end of its
+own range) and the earliest ranks stream a few more loop steps of the units left over, each
+rank's share into a workspace row of its own (:func:`tail_plan`).
+
 Import only after checking :func:`mlra.kernels.triton_available`.
 """
 
@@ -185,6 +192,20 @@ def _units(y, xn, wg_ptr, wu_ptr, wd_ptr, h0, h_hi, s_g, s_u, s_d, offs_d, mask_
 
 
 @triton.jit
+def _prefetch_units(wg_ptr, wu_ptr, wd_ptr, h0, h_end, s_g, s_u, s_d, D,
+                    D_PAD: tl.constexpr, LINE: tl.constexpr, MAX_UNITS: tl.constexpr,
+                    PDL: tl.constexpr):
+    """Hidden units ``h0 .. min(h_end, h0 + MAX_UNITS)`` of the three weights into L2, a
+    prefetch per ``LINE`` elements (only in PDL mode 2: :func:`prefetch_l2`)."""
+    offs_l = tl.arange(0, D_PAD // LINE) * LINE
+    rows = h0 + tl.arange(0, MAX_UNITS)
+    ok = (rows < h_end)[:, None] & (offs_l < D)[None, :]
+    prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
+    prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
+    prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
+
+
+@triton.jit
 def _tail_share(rank, tail_e, tail_g):
     """``(steps, first)``: the run-time tail's loop steps for the program that neared its end
     ``rank``-th, and where they start among the tail's steps (:func:`tail_plan`)."""
@@ -204,7 +225,7 @@ def _mlp_kernel(
     ALIGNED: tl.constexpr = False, PDL: tl.constexpr = 0, PF_ROWS: tl.constexpr = 0,
     LINE: tl.constexpr = 64, DIAG: tl.constexpr = 0, trace_ptr=None,
     NEXT_LEFT: tl.constexpr = 0, rank_ptr=None, h_static=0, tail_e=0, tail_g=1, n_rows=0,
-    TAIL: tl.constexpr = 0, TAIL_LEFT: tl.constexpr = 2,
+    TAIL: tl.constexpr = 0, TAIL_LEFT: tl.constexpr = 2, TAIL_PF: tl.constexpr = 4,
 ):
     """PHASE 0: partials, grid barrier, column sums (one launch, all programs resident;
     ``cnt_ptr`` an int64 kept for launches of ``n_parts`` programs); 1: partials only; 2:
@@ -212,9 +233,10 @@ def _mlp_kernel(
     the program has counted in at the barrier, mark 3 when it may read the partials (instead
     of after the PDL wait and on exit). ``TAIL`` 1: program ``p`` streams units ``p *
     h_static // n_parts ..`` and, ``TAIL_LEFT`` steps before its end, takes a rank from the
-    int64 at ``rank_ptr`` (which every launch advances by ``n_parts``); ranks with tail steps
-    (:func:`_tail_share`) stream those of units ``h_static .. H`` into workspace row ``n_parts
-    + rank``; the sums add ``n_rows`` rows."""
+    int64 at ``rank_ptr`` (which every launch advances by ``n_parts``) and (PDL mode 2)
+    prefetches the first ``TAIL_PF`` units of its tail into L2; ranks with tail steps
+    (:func:`_tail_share`) stream those of units ``h_static .. H`` into workspace row
+    ``n_parts + rank``; the sums add ``n_rows`` rows."""
     trace_mark(trace_ptr, 0)
     pid = tl.program_id(0)
     if ALIGNED:  # D a multiple of 8, in a form the alignment analysis sees: 16-byte loads
@@ -228,12 +250,8 @@ def _mlp_kernel(
         h_lo = pid * h_static // n_parts
         h_hi = (pid + 1) * h_static // n_parts
         if PF_ROWS > 0:  # the first rows of this program's three weights, before the wait
-            offs_l = tl.arange(0, D_PAD // LINE) * LINE
-            rows = h_lo + tl.arange(0, PF_ROWS)
-            ok = (rows < h_hi)[:, None] & (offs_l < D)[None, :]
-            prefetch_l2(tl.where(ok, wg_ptr + rows[:, None] * s_g + offs_l[None, :], wg_ptr), PDL)
-            prefetch_l2(tl.where(ok, wu_ptr + rows[:, None] * s_u + offs_l[None, :], wu_ptr), PDL)
-            prefetch_l2(tl.where(ok, wd_ptr + rows[:, None] * s_d + offs_l[None, :], wd_ptr), PDL)
+            _prefetch_units(wg_ptr, wu_ptr, wd_ptr, h_lo, h_hi, s_g, s_u, s_d, D, D_PAD, LINE,
+                            PF_ROWS, PDL)
         pdl_wait(PDL)
         if DIAG == 0:
             trace_mark(trace_ptr, 1)
@@ -241,7 +259,7 @@ def _mlp_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         xn = x * rstd * tl.load(g_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y = tl.zeros([D_PAD], dtype=tl.float32)
-        ticket = (pid * 0).to(tl.int64)
+        rank = pid * 0
         # the step at which this program takes its rank (each takes exactly one)
         claim_h = h_lo + tl.maximum(tl.cdiv(h_hi - h_lo, BLOCK_H) - 1 - TAIL_LEFT, 0) * BLOCK_H
         for h0 in tl.range(h_lo, h_hi, BLOCK_H, num_stages=NUM_STAGES):
@@ -250,13 +268,16 @@ def _mlp_kernel(
             if NEXT_LEFT > 0 and PDL > 0:  # the next launch may start this many steps early
                 _launch_next_if((h0 >= h_hi - NEXT_LEFT * BLOCK_H).to(tl.int32))
             if TAIL:
-                taken = tl.atomic_add(rank_ptr, 1, mask=h0 == claim_h, sem="relaxed")
-                ticket = tl.where(h0 == claim_h, taken, ticket)
+                if h0 == claim_h:  # take a rank; its first tail rows into L2
+                    rank = (tl.atomic_add(rank_ptr, 1, sem="relaxed") % n_parts).to(tl.int32)
+                    steps, first = _tail_share(rank, tail_e, tail_g)
+                    t_lo = h_static + first * BLOCK_H
+                    _prefetch_units(wg_ptr, wu_ptr, wd_ptr, t_lo, t_lo + steps * BLOCK_H, s_g,
+                                    s_u, s_d, D, D_PAD, LINE, TAIL_PF, PDL)
         pdl_launch_next(PDL)
         trace_mark(trace_ptr, 2)
         tl.store(ws_ptr + pid * D + offs_d, y, mask=mask_d)
         if TAIL:  # the tail steps of this program's rank, into that rank's own row
-            rank = (ticket % n_parts).to(tl.int32)
             steps, first = _tail_share(rank, tail_e, tail_g)
             if steps > 0:
                 t_lo = h_static + first * BLOCK_H
