@@ -485,9 +485,9 @@ def swiglu_mlp_triton(
         key = (x.device, D, H, block_h, common["NUM_STAGES"], common["num_warps"], per_sm,
                residual is not None, common["ALIGNED"], pdl, x2.dtype, w_gate.dtype,
                bool(cfg.tail_steps))
+        tail = {"TAIL": 1, "rank_ptr": args[8]} if cfg.tail_steps else {}  # any int64 will do
         parts = min(H, _one_launch_parts(tuple(args), key, per_sm, sms, x.device,
-                                         {**common, "PHASE": 0, "PDL": pdl,
-                                          "TAIL": int(bool(cfg.tail_steps))}))
+                                         {**common, "PHASE": 0, "PDL": pdl, **tail}))
         one_launch = parts > 0
         parts = parts or ws_rows
         args[11] = parts
