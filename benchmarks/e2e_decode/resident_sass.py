@@ -12,6 +12,8 @@ for sm_90 with Triton's bundled ptxas; prints a Markdown table.
 from __future__ import annotations
 
 import collections
+import hashlib
+import inspect
 
 from mlra.kernels.aot import compile_sm90, sass_instructions
 from mlra.kernels.gluon_skinny import compile_for_sm90
@@ -53,25 +55,34 @@ def projections() -> list[str]:
 
 
 def mlp() -> list[str]:
+    """The MLP rows; the SASS hash tells whether a change left a form's code as it was (run
+    this script against another tree with ``PYTHONPATH=that/src``: forms that tree does not
+    have are left out)."""
     from mlra.kernels.aot import ptxas_usage
     from mlra.kernels.triton_mlp import _mlp_kernel
 
+    params = inspect.signature(_mlp_kernel.fn).parameters
     types = {n: "*bf16" for n in "x_ptr g_ptr res_ptr wg_ptr wu_ptr wd_ptr out_ptr".split()}
     types.update(ws_ptr="*fp32", cnt_ptr="*i64", eps="fp32", rank_ptr="*i64")
-    aligned = [*types, "s_g", "s_u", "s_d"]
+    aligned = [n for n in [*types, "s_g", "s_u", "s_d"] if n in params]
     rows = ["| MLP (d 3072, 2 units per step, 4 stages) | cp.async | shared memory bytes | "
-            "launch_dependents | atomics | registers, spills |", "|---|---|---|---|---|---|"]
+            "launch_dependents | atomics | registers, spills | SASS sha1 |",
+            "|---|---|---|---|---|---|---|"]
     for left, tail in ((0, 0), (4, 0), (0, 1)):
         consts = dict(D_PAD=4096, BLOCK_H=2, COLS=32, P_PAD=256, PHASE=0, HAS_RES=True,
-                      NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=left,
-                      TAIL=tail)
+                      NUM_STAGES=4, ALIGNED=True, PDL=2, PF_ROWS=2, LINE=64, NEXT_LEFT=left)
+        if tail:
+            if "TAIL" not in params:
+                continue
+            consts.update(TAIL=tail)
         k = compile_sm90(_mlp_kernel, types, consts, aligned, num_warps=4, launch_pdl=True)
         ptx = k.asm["ptx"]
         use = ptxas_usage(ptx)
+        sha = hashlib.sha1("\n".join(sass_instructions(k.asm["cubin"])).encode()).hexdigest()
         rows.append(f"| next_left={left}, tail={tail} | {ptx.count('cp.async.cg')} | "
                     f"{k.metadata.shared} | {ptx.count('griddepcontrol.launch_dependents')} | "
                     f"{ptx.count('atom.')} | {use['registers']}, "
-                    f"{use['spill_stores']}/{use['spill_loads']} |")
+                    f"{use['spill_stores']}/{use['spill_loads']} | {sha[:12]} |")
     return rows
 
 
