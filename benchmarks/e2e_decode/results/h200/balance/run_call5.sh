@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prepared in the fourteenth session (2026-12-04) as call 4, now call 5 (the fifteenth split
 # call 3 in two), to follow run_call4.sh on its warm machine (about 3.5 minutes): MLRA-4's
-# 1 x 8K step traced (trace_step.py) with each of the prepared forms: the MLP's successor 4 loop steps early, the MLP's first 4 units per program fetched
-# into L2 by the output projection, the resident projections' products on the tensor cores;
-# then (fifteenth session) the MLP's barrier diagnostic (when each program counted in, i.e.
+# 1 x 8K step traced (trace_step.py) with each of the prepared forms: the MLP's successor 4
+# loop steps early, the MLP's first 4 units per program fetched into L2 by the output
+# projection, the resident projections' products on the tensor cores; then (fifteenth session) the MLP's barrier diagnostic (when each program counted in, i.e.
 # finished all its units) at layer 12 without and with the run-time tail of 2 steps: the
 # spread of those marks is what the tail is meant to narrow.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call5.sh
