@@ -4,9 +4,11 @@ the PDL wait to the end, the part that runs once the previous launch is done), a
 one-launch MLP with and without its in-loop trigger (``MlpConfig.next_left``: the loop's
 asynchronous copies and shared memory must not change) and its run-time tail
 (``MlpConfig.tail_steps``: a second pipelined loop, in the same shared memory). Compiled
-for sm_90 with Triton's bundled ptxas; prints a Markdown table.
+for sm_90 with Triton's bundled ptxas; prints a Markdown table. ``--cases``: instead, every
+plan the resident kernels' GPU tests ask for (both product forms, H200 limits) compiled the
+same way, to find a shape that does not compile or spills before a device session does.
 
-    PYTHONPATH=src python benchmarks/e2e_decode/resident_sass.py
+    PYTHONPATH=src python benchmarks/e2e_decode/resident_sass.py [--cases]
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import inspect
+import os
+import sys
 
 from mlra.kernels.aot import compile_sm90, sass_instructions
 from mlra.kernels.gluon_skinny import compile_for_sm90
@@ -86,5 +90,55 @@ def mlp() -> list[str]:
     return rows
 
 
+def test_cases() -> list[str]:
+    """The resident kernels' GPU test cases (``tests/test_gluon_skinny*.py``) as planned for
+    the H200, each compiled for sm_90: whether it compiled, without spills, and its
+    registers."""
+    from pathlib import Path
+
+    import mlra.kernels.gluon_skinny_mma  # noqa: F401  (compiled kernels, before the tests'
+    # conftest asks for the interpreter on a machine without a GPU)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+    interpret = os.environ.get("TRITON_INTERPRET")
+    import test_gluon_skinny as fma_tests
+    import test_gluon_skinny_mma as mma_tests
+
+    if interpret is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+
+    from mlra.kernels.aot import clean, hopper_summary
+    from mlra.kernels.gluon_skinny import resident_plan
+
+    sms, smem = fma_tests.H200_SMS, fma_tests.SM90_SMEM_PER_SM
+    grid = {"fma": (fma_tests.CASES, [(None, None), (4, None), (8, 1), (8, 2), (16, None),
+                                     (32, None), (32, 1)]),
+            "mma": (mma_tests.CASES, [(bn, None) for bn in (None, 4, 8, 16, 32)])}
+    rows = ["| products | K | rows of the weights | block_n asked | planned | box | compiled |",
+            "|---|---|---|---|---|---|---|"]
+    for products, (cases, params) in grid.items():
+        done = set()
+        for k, ns, norm, res in cases:
+            for block_n, box in params:
+                plan = resident_plan(k, ns, sms, smem, block_n, products)
+                key = (k, len(ns), plan, box, norm, res)
+                if plan is None or key in done:
+                    continue
+                done.add(key)
+                try:
+                    summary = hopper_summary(compile_for_sm90(k, len(ns), plan, norm, res,
+                                                              box=box, products=products))
+                    result = (f"clean, {summary['registers']} registers" if clean(summary)
+                              else f"NOT clean: {summary}")
+                except Exception as exc:  # a shape the compiler refuses: the finding itself
+                    result = f"FAILED: {type(exc).__name__}: {str(exc)[:120]}"
+                rows.append(f"| {products} | {k} | {list(ns)} | {block_n} | {plan} | {box} | "
+                            f"{result} |")
+    return rows
+
+
 if __name__ == "__main__":
-    print("\n".join(projections() + [""] + mlp()))
+    if "--cases" in sys.argv[1:]:
+        print("\n".join(test_cases()))
+    else:
+        print("\n".join(projections() + [""] + mlp()))
