@@ -126,23 +126,36 @@ _COMPILE_SCRIPT = """
 import json, sys
 from mlra.kernels.aot import hopper_summary
 from mlra.kernels.gluon_skinny import compile_for_sm90
+cases, extras, products = json.loads(sys.argv[1])
 res = {}
-for k, nw, bn, norm, res_ in json.loads(sys.argv[1]):
-    c = compile_for_sm90(k, nw, bn, norm, res_)
+for k, nw, bn, norm, res_ in cases:
+    c = compile_for_sm90(k, nw, bn, norm, res_, products=products)
     res[f"{k}-{nw}-{bn}-{norm}-{res_}"] = dict(ptx=c.asm["ptx"], **hopper_summary(c))
-res["traced"] = dict(ptx=compile_for_sm90(3072, 2, 8, trace=True).asm["ptx"])
-res["trigger_after_wait"] = dict(ptx=compile_for_sm90(3072, 2, 8, early_trigger=False).asm["ptx"])
-res["next_reads"] = dict(ptx=compile_for_sm90(3072, 1, 8, False, True, next_mats=3).asm["ptx"])
+for name, kwargs in extras.items():
+    res[name] = dict(ptx=compile_for_sm90(products=products, **kwargs).asm["ptx"])
 json.dump(res, open(sys.argv[2], "w"))
 """
 
 
+def compile_cases(tmp_path_factory, cases: list, extras: dict, products: str = "fma") -> dict:
+    """``cases`` ``(K, weights, block_n, norm, residual)`` compiled for sm_90 (PTX and
+    :func:`~mlra.kernels.aot.hopper_summary`, keyed ``"K-weights-block_n-norm-residual"``) and
+    ``extras`` (name: :func:`compile_for_sm90` keywords; PTX only), in a process without
+    ``TRITON_INTERPRET``."""
+    out = tmp_path_factory.mktemp(f"gluon_skinny_{products}") / "ptx.json"
+    run_without_interpreter(["-c", _COMPILE_SCRIPT, json.dumps([cases, extras, products]),
+                             str(out)])
+    return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
-    """``COMPILED`` compiled for sm_90 in a process without ``TRITON_INTERPRET``."""
-    out = tmp_path_factory.mktemp("gluon_skinny") / "ptx.json"
-    run_without_interpreter(["-c", _COMPILE_SCRIPT, json.dumps(COMPILED), str(out)])
-    return json.loads(out.read_text())
+    """``COMPILED`` and the variants the tests below look at, compiled for sm_90."""
+    base = dict(K=3072, num_w=2, block_n=8)
+    return compile_cases(tmp_path_factory, COMPILED, {
+        "traced": dict(base, trace=True),
+        "trigger_after_wait": dict(base, early_trigger=False),
+        "next_reads": dict(K=3072, num_w=1, block_n=8, norm=False, residual=True, next_mats=3)})
 
 
 @pytest.mark.parametrize("k,nw,bn,norm,res", COMPILED)

@@ -8,11 +8,8 @@ for sm_90 (resources, TMA boxes of ``W'``, tensor-core products, the order of it
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import run_without_interpreter
 
 from mlra import kernels
 from mlra.kernels.reference import skinny_linear_ref
@@ -21,7 +18,15 @@ from mlra.kernels.testing import rel_error
 if not kernels.gluon_available():
     pytest.skip("this Triton has no Gluon Hopper support", allow_module_level=True)
 
-from test_gluon_skinny import BF, H200_SMS, SM90_SMEM_PER_SM, TOL, _case, needs_hopper  # noqa: E402
+from test_gluon_skinny import (  # noqa: E402
+    BF,
+    H200_SMS,
+    SM90_SMEM_PER_SM,
+    TOL,
+    _case,
+    compile_cases,
+    needs_hopper,
+)
 
 from mlra.kernels.gluon_skinny import (  # noqa: E402
     ResidentConfig,
@@ -67,26 +72,11 @@ def test_unknown_products_are_refused_by_name():
 COMPILED = [(3072, 2, 8, True, False), (1024, 1, 32, True, False), (3072, 1, 8, False, True),
             (1536, 1, 32, True, False), (3072, 3, 4, True, False)]
 
-_COMPILE_SCRIPT = """
-import json, sys
-from mlra.kernels.aot import hopper_summary
-from mlra.kernels.gluon_skinny import compile_for_sm90
-res = {}
-for k, nw, bn, norm, res_ in json.loads(sys.argv[1]):
-    c = compile_for_sm90(k, nw, bn, norm, res_, products="mma")
-    res[f"{k}-{nw}-{bn}-{norm}-{res_}"] = dict(ptx=c.asm["ptx"], **hopper_summary(c))
-c = compile_for_sm90(3072, 1, 8, False, True, products="mma", next_mats=3)
-res["next_reads"] = dict(ptx=c.asm["ptx"])
-json.dump(res, open(sys.argv[2], "w"))
-"""
-
-
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
-    """``COMPILED`` compiled for sm_90 in a process without ``TRITON_INTERPRET``."""
-    out = tmp_path_factory.mktemp("gluon_skinny_mma") / "ptx.json"
-    run_without_interpreter(["-c", _COMPILE_SCRIPT, json.dumps(COMPILED), str(out)])
-    return json.loads(out.read_text())
+    """``COMPILED`` and the hinted variant, compiled for sm_90 with tensor-core products."""
+    return compile_cases(tmp_path_factory, COMPILED, {"next_reads": dict(
+        K=3072, num_w=1, block_n=8, norm=False, residual=True, next_mats=3)}, "mma")
 
 
 @pytest.mark.parametrize("k,nw,bn,norm,res", COMPILED)

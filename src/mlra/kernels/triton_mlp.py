@@ -476,7 +476,10 @@ def swiglu_mlp_triton(
                   ALIGNED=D % 8 == 0 and all(w.stride(0 if w is not w_down else 1) % 8 == 0
                                              for w in (w_gate, w_up, w_down)),
                   num_warps=cfg.num_warps or max(4, d_pad // 1024), **launch_options(pdl))
-    ws = torch.empty(ws_rows, D, dtype=torch.float32, device=x.device)
+    # a row per program, and (run-time tail) one per rank with tail steps: fewer than the
+    # programs (tail_plan)
+    ws = torch.empty(2 * ws_rows if cfg.tail_steps else ws_rows, D, dtype=torch.float32,
+                     device=x.device)
     args = [x2, norm_weight, res, w_gate, w_up, w_down, out, ws,
             barrier_counter(x.device, ws_rows),
             D, H, ws_rows, w_gate.stride(0), w_up.stride(0), w_down.stride(1), float(eps)]
@@ -493,8 +496,7 @@ def swiglu_mlp_triton(
         args[11] = parts
     h_static, tail_e, tail_g = tail_plan(H, parts, block_h, cfg.tail_steps or 0, cfg.tail_group)
     n_rows = parts + tail_e * tail_g
-    if tail_e:  # a row per rank with tail steps; every launch advances the ranks by `parts`
-        args[7] = torch.empty(n_rows, D, dtype=torch.float32, device=x.device)
+    if tail_e:  # every launch advances the ranks by `parts`
         common.update(TAIL=1, rank_ptr=rank_counter(x.device, parts), h_static=h_static,
                       tail_e=tail_e, tail_g=tail_g, n_rows=n_rows)
     pf = prefetch_units(triton.cdiv(h_static, parts), parts, 3 * D * es, sms, per_sm, 16) \
