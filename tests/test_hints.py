@@ -14,7 +14,8 @@ def _mats(n=3, rows=10, width=16):
 
 def test_rows_and_width_come_from_the_matrices():
     hint = NextReads(_mats(2), parts=3, units=2)
-    assert (hint.rows, hint.width, len(hint.mats)) == (10, 16, 2)
+    assert (hint.rows, hint.width, len(hint.mats), hint.range_rows) == (10, 16, 2, 10)
+    assert NextReads(_mats(2), parts=3, units=2, ranged=7).range_rows == 7
 
 
 @pytest.mark.parametrize("mats,parts,units,match", [
@@ -28,6 +29,12 @@ def test_rows_and_width_come_from_the_matrices():
 def test_bad_hints_are_refused(mats, parts, units, match):
     with pytest.raises(ValueError, match=match):
         NextReads(mats, parts, units)
+
+
+@pytest.mark.parametrize("ranged", [0, 11])
+def test_ranges_past_the_rows_are_refused(ranged):
+    with pytest.raises(ValueError, match="ranged"):
+        NextReads(_mats(1), 2, 1, ranged=ranged)
 
 
 def _mlp(d=64, h=96):
@@ -49,3 +56,35 @@ def test_a_bad_unit_count_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(kernels.MLP_L2_UNITS_ENV, "four")
     with pytest.raises(ValueError, match=kernels.MLP_L2_UNITS_ENV):
         kernels.mlp_next_reads(*_mlp())
+
+
+@pytest.mark.parametrize("tail", [None, {"tail_steps": 2}, {"tail_steps": 1, "tail_group": 3}])
+def test_the_mlp_hint_follows_its_programs_fixed_ranges(tail, monkeypatch):
+    """The hint's ranges are the one-launch MLP's own: with a run-time tail only the units it
+    streams in fixed ranges are split over the programs (``p * static // programs``), so each
+    program's first units are the ones it reads first, never units of the tail."""
+    import json
+
+    from mlra.kernels import triton_mlp
+
+    if tail:
+        monkeypatch.setenv(triton_mlp.CONFIG_ENV, json.dumps(tail))
+    else:
+        monkeypatch.delenv(triton_mlp.CONFIG_ENV, raising=False)
+    x, g, w_gate, w_up, w_down = _mlp(d=64, h=96)
+    hint = triton_mlp.first_reads(x, w_gate, w_up, w_down, units=2)
+    cfg = triton_mlp._env_config()
+    programs = triton_mlp.one_launch_programs(x, w_gate)
+    static, steps, _ = triton_mlp.tail_plan(96, programs, triton_mlp.default_block_h(64),
+                                            cfg.tail_steps or 0, cfg.tail_group)
+    assert (hint.parts, hint.units, hint.range_rows) == (programs, 2, static)
+    assert (static < 96) == bool(tail) and steps == (cfg.tail_steps or 0)
+    assert [m.data_ptr() for m in hint.mats] == [w.data_ptr() for w in (w_gate, w_up, w_down)]
+    assert hint.mats[2].shape == w_gate.shape  # the down weight's columns as rows
+
+
+def test_the_resident_kernel_is_given_the_ranged_rows():
+    from mlra.kernels.gluon_skinny import _next_args
+
+    args = _next_args(NextReads(_mats(3), parts=4, units=2, ranged=7))
+    assert (args["NX_ROWS"], args["NX_PARTS"], args["NX_UNITS"], args["NUM_NX"]) == (7, 4, 2, 3)

@@ -369,9 +369,9 @@ def mlp_next_reads(x: torch.Tensor, norm_weight: torch.Tensor, w_gate: torch.Ten
                    w_up: torch.Tensor, w_down: torch.Tensor) -> NextReads | None:
     """What the one-launch MLP kernel's programs read first (their first hidden units' gate,
     up and down rows), for the launch before it to fetch into L2; None where that kernel
-    does not take the call or :data:`MLP_L2_UNITS_ENV` asks for none. (The ranges are the
-    programs' shares of all hidden units: with a run-time tail, ``MlpConfig.tail_steps``,
-    their own ranges start a little earlier and the hint misses by that much.)"""
+    does not take the call or :data:`MLP_L2_UNITS_ENV` asks for none. The ranges are the
+    programs' own (:func:`mlra.kernels.triton_mlp.fixed_ranges`: with a run-time tail,
+    ``MlpConfig.tail_steps``, the units streamed in fixed ranges)."""
     raw = os.environ.get(MLP_L2_UNITS_ENV, "").strip()
     if raw and not raw.isdigit():
         raise ValueError(f"{MLP_L2_UNITS_ENV}={raw!r}: expected a number of hidden units per "
@@ -380,9 +380,9 @@ def mlp_next_reads(x: torch.Tensor, norm_weight: torch.Tensor, w_gate: torch.Ten
     if units <= 0 or not (use_triton(x) and x.is_cuda
                           and mlp_kernel_supports(x, norm_weight, w_gate, w_up, w_down)):
         return None
-    from mlra.kernels.triton_mlp import one_launch_programs
+    from mlra.kernels.triton_mlp import first_reads
 
-    return NextReads((w_gate, w_up, w_down.t()), one_launch_programs(x, w_gate), units)
+    return first_reads(x, w_gate, w_up, w_down, units)
 
 
 def _pow2_width(n: int) -> bool:

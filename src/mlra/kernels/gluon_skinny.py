@@ -478,7 +478,7 @@ def _next_args(next_reads: NextReads | None) -> dict:
         return {}
     mats = list(next_reads.mats)
     return dict(nx1=mats[0], nx2=mats[min(1, len(mats) - 1)], nx3=mats[-1],
-                NX_ROWS=next_reads.rows, NX_PARTS=next_reads.parts, NX_UNITS=next_reads.units,
+                NX_ROWS=next_reads.range_rows, NX_PARTS=next_reads.parts, NX_UNITS=next_reads.units,
                 NX_WIDTH=next_reads.width, NUM_NX=len(mats))
 
 

@@ -11,12 +11,15 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class NextReads:
     """The first ``units`` rows of each of ``parts`` equal row ranges (part ``p`` starts at
-    row ``p * rows // parts``) of up to three matrices of the same shape with contiguous
-    rows: what the ``parts`` programs of a weight-streaming launch read first."""
+    row ``p * ranged // parts``) of up to three matrices of the same shape with contiguous
+    rows: what the ``parts`` programs of a weight-streaming launch read first. ``ranged``:
+    the leading rows split into those ranges (default all; fewer where the launch hands the
+    rest out at run time)."""
 
     mats: tuple[torch.Tensor, ...]
     parts: int
     units: int
+    ranged: int | None = None
 
     def __post_init__(self):
         if not 1 <= len(self.mats) <= 3:
@@ -27,10 +30,18 @@ class NextReads:
                 raise ValueError("NextReads matrices must be 2-D, of one shape, contiguous")
         if self.parts < 1 or self.units < 1:
             raise ValueError(f"parts={self.parts}, units={self.units}: both must be >= 1")
+        if self.ranged is not None and not 1 <= self.ranged <= shape[0]:
+            raise ValueError(f"ranged={self.ranged}: the rows split into ranges must be "
+                             f"between 1 and the matrices' {shape[0]} rows")
 
     @property
     def rows(self) -> int:
         return self.mats[0].shape[0]
+
+    @property
+    def range_rows(self) -> int:
+        """The leading rows split into the ``parts`` ranges."""
+        return self.rows if self.ranged is None else self.ranged
 
     @property
     def width(self) -> int:

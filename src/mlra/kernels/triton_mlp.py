@@ -63,6 +63,7 @@ from mlra.kernels._triton_common import (
     stream_counters,
     trace_mark,
 )
+from mlra.kernels.hints import NextReads
 from mlra.kernels.kernel_trace import trace_slot
 
 #: elements of one weight tile (block of hidden units x padded model width) per loop step
@@ -437,6 +438,29 @@ def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
     a hint built on this count is then off, never wrong.)"""
     cfg = _env_config() if config is None else config
     return min((cfg.per_sm or 1) * device_sms(x), w_gate.shape[0])
+
+
+def fixed_ranges(x: torch.Tensor, w_gate: torch.Tensor,
+                 config: MlpConfig | None = None) -> tuple[int, int]:
+    """``(programs, units)``: the programs the one-launch form asks for
+    (:func:`one_launch_programs`) and the hidden units they stream in fixed ranges (program
+    ``p`` from unit ``p * units // programs``): all of them, or with a run-time tail those
+    :func:`tail_plan` leaves outside it."""
+    cfg = _env_config() if config is None else config
+    programs = one_launch_programs(x, w_gate, cfg)
+    block_h = cfg.block_h or default_block_h(next_pow2(x.shape[-1]))
+    static, _, _ = tail_plan(w_gate.shape[0], programs, block_h, cfg.tail_steps or 0,
+                             cfg.tail_group)
+    return programs, static
+
+
+def first_reads(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                w_down: torch.Tensor, units: int, config: MlpConfig | None = None) -> NextReads:
+    """What the one-launch form's programs read first: the gate and up rows and down columns
+    of the first ``units`` hidden units of each program's fixed range
+    (:func:`fixed_ranges`), as a hint for the launch before it."""
+    programs, ranged = fixed_ranges(x, w_gate, config)
+    return NextReads((w_gate, w_up, w_down.t()), programs, units, ranged)
 
 
 def swiglu_mlp_triton(

@@ -6,7 +6,8 @@
 # prepared forms (run_call4.sh and the balance README say what each is): both resident kernels (the FMA one's program choice, PDL
 # entry and epilogue became shared helpers after call 2, unchanged in meaning; the
 # tensor-core form never ran on a GPU), the MLP under next_left 4 and L2 units 4, the MLP's
-# run-time tail and the step under it. Then, only if the resident tests pass, the tensor-core
+# run-time tail and the step under it (with the L2 hint following the tail's fixed ranges,
+# sixteenth session). Then, only if the resident tests pass, the tensor-core
 # products' in-step A/B at 1 x 8K (MLRA-4, MLA), in a process of its own so a fault there
 # cannot take other rows with it.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call3.sh
@@ -21,7 +22,7 @@ MLRA_MLP_CONFIG='{"next_left": 4}' MLRA_MLP_L2_UNITS=4 timeout 170 env -u TRITON
   tests/test_step_kernels.py -k "mlp_kernel_matches or barrier_count or next_reads or run_time_tail or (fused_bf16 and (mlra_4 or mla))" \
   -rA --tb=short > "$OUT/pytest.txt" 2>&1 &
 P2=$!
-MLRA_MLP_CONFIG='{"tail_steps": 2}' timeout 170 env -u TRITON_INTERPRET python -m pytest \
+MLRA_MLP_CONFIG='{"tail_steps": 2}' MLRA_MLP_L2_UNITS=4 timeout 170 env -u TRITON_INTERPRET python -m pytest \
   -p no:cacheprovider tests/test_step_kernels.py -k "fused_bf16 and (mlra_4 or mla)" -rA \
   --tb=short > "$OUT/pytest_tail.txt" 2>&1 &
 P3=$!
@@ -30,7 +31,7 @@ wait $P2; RC2=$?
 wait $P3; RC3=$?
 for pair in "pytest_mma:resident kernels, both product forms:$MMA_RC" \
     "pytest:MLP next_left 4 + L2 units 4, the tail's kernel tests:$RC2" \
-    "pytest_tail:the step under the MLP's tail:$RC3"; do
+    "pytest_tail:the step under the MLP's tail + L2 units 4:$RC3"; do
   IFS=: read -r f what rc <<< "$pair"
   echo "$f ($what) rc=$rc" | tee -a "$OUT/log.txt"
   grep -cE "^PASSED" "$OUT/$f.txt" | sed 's/^/passed: /' | tee -a "$OUT/log.txt"

@@ -12,7 +12,8 @@
 # (`MlpConfig.tail_steps` / `tail_group`): programs take a rank two loop steps before the end
 # of their own range; the first `tail_group` ranks stream `tail_steps` more steps of the units
 # left over, the next group one fewer, each rank's share into its own row (sums in a fixed
-# order): 1 step for 66 ranks; 2 for 44 + 1 for 44. In-step A/B at 1 x 8K (MLRA-4, MLA);
+# order): 1 step for 66 ranks; 2 for 44 + 1 for 44; the tail with (a) and with (b) (the
+# sixteenth session made the L2 hint follow the tail's fixed ranges). In-step A/B at 1 x 8K (MLRA-4, MLA);
 # their GPU tests ran in call 3, the traces are run_call5.sh.
 # From the repository root: OUT=dir bash benchmarks/e2e_decode/results/h200/balance/run_call4.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks/e2e_decode
@@ -26,9 +27,10 @@ C="{\"default\": {}, \"MLP next launch 2 steps early\": {$M: {\"next_left\": 2}}
  \"4 steps early, 4 units into L2\": {$M: {\"next_left\": 4}, \"MLRA_MLP_L2_UNITS\": \"4\"},
  \"MLP tail 1 step x 66 ranks\": {$M: {\"tail_steps\": 1}},
  \"MLP tail 2 steps x 44 + 1 x 44\": {$M: {\"tail_steps\": 2}},
- \"MLP tail 2 x 44, 4 steps early\": {$M: {\"tail_steps\": 2, \"next_left\": 4}}}"
+ \"MLP tail 2 x 44, 4 steps early\": {$M: {\"tail_steps\": 2, \"next_left\": 4}},
+ \"MLP tail 2 x 44, 4 units into L2\": {$M: {\"tail_steps\": 2}, \"MLRA_MLP_L2_UNITS\": \"4\"}}"
 for v in mlra_4 mla; do
-  timeout 240 python benchmarks/e2e_decode/env_sweep.py --variant $v --rounds 3 \
+  timeout 250 python benchmarks/e2e_decode/env_sweep.py --variant $v --rounds 3 \
     --out "$OUT/tmp/sweep_$v" --candidates "$C" 2>&1 | grep -E "^\||rror" | tee -a "$OUT/log.txt"
 done
 tar czf "$OUT/out.tgz" -C "$OUT/tmp" . && rm -rf "$OUT/tmp"
