@@ -58,31 +58,6 @@ def test_a_bad_unit_count_is_refused_by_name(monkeypatch):
         kernels.mlp_next_reads(*_mlp())
 
 
-@pytest.mark.parametrize("tail", [None, {"tail_steps": 2}, {"tail_steps": 1, "tail_group": 3}])
-def test_the_mlp_hint_follows_its_programs_fixed_ranges(tail, monkeypatch):
-    """The hint's ranges are the one-launch MLP's own: with a run-time tail only the units it
-    streams in fixed ranges are split over the programs (``p * static // programs``), so each
-    program's first units are the ones it reads first, never units of the tail."""
-    import json
-
-    from mlra.kernels import triton_mlp
-
-    if tail:
-        monkeypatch.setenv(triton_mlp.CONFIG_ENV, json.dumps(tail))
-    else:
-        monkeypatch.delenv(triton_mlp.CONFIG_ENV, raising=False)
-    x, g, w_gate, w_up, w_down = _mlp(d=64, h=96)
-    hint = triton_mlp.first_reads(x, w_gate, w_up, w_down, units=2)
-    cfg = triton_mlp._env_config()
-    programs = triton_mlp.one_launch_programs(x, w_gate)
-    static, steps, _ = triton_mlp.tail_plan(96, programs, triton_mlp.default_block_h(64),
-                                            cfg.tail_steps or 0, cfg.tail_group)
-    assert (hint.parts, hint.units, hint.range_rows) == (programs, 2, static)
-    assert (static < 96) == bool(tail) and steps == (cfg.tail_steps or 0)
-    assert [m.data_ptr() for m in hint.mats] == [w.data_ptr() for w in (w_gate, w_up, w_down)]
-    assert hint.mats[2].shape == w_gate.shape  # the down weight's columns as rows
-
-
 def test_the_resident_kernel_is_given_the_ranged_rows():
     from mlra.kernels.gluon_skinny import _next_args
 

@@ -157,6 +157,29 @@ def test_the_run_time_tail_sums_each_unit_once_whatever_program_takes_each_rank(
 
 
 @needs_triton
+@pytest.mark.parametrize("tail", [{}, dict(tail_steps=2), dict(tail_steps=1, tail_group=3)],
+                         ids=["no-tail", "2-steps", "1-step-group3"])
+def test_the_l2_hint_names_the_units_each_program_reads_first(tail):
+    """The hint the launch before the MLP gets (``first_reads``, ``MLRA_MLP_L2_UNITS``)
+    splits over the programs the units the launch itself streams in fixed ranges: all of
+    them, or with a run-time tail only those outside it (the rest would hint units that no
+    program starts with)."""
+    from mlra.kernels.triton_mlp import LAST_LAUNCH, MlpConfig, first_reads, swiglu_mlp_triton
+
+    d, h = SHAPES[0]
+    x, nw, wg, wu, wd = _weights(d, h, 11)
+    wdc = wd.t().contiguous().t()
+    config = MlpConfig(**tail)
+    swiglu_mlp_triton(x, nw, 1e-6, wg, wu, wdc, x, config=config)
+    hint = first_reads(x, wg, wu, wdc, 4, config=config)
+    assert (hint.parts, hint.units) == (LAST_LAUNCH["programs"], 4)
+    assert hint.range_rows == LAST_LAUNCH["static_units"]
+    assert (hint.range_rows < h) == bool(tail)
+    assert [m.data_ptr() for m in hint.mats] == [w.data_ptr() for w in (wg, wu, wdc)]
+    assert hint.mats[2].shape == wg.shape  # the down weight's columns, as rows
+
+
+@needs_triton
 def test_the_barrier_diagnostic_switch_is_read_and_refused_by_name(monkeypatch):
     """Both kernels' trace diagnostics read their variable through one helper: unset is off,
     a known name its mark mode, anything else refused by name."""

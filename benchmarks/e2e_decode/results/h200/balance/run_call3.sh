@@ -19,7 +19,7 @@ timeout 170 env -u TRITON_INTERPRET python -m pytest -p no:cacheprovider \
 P1=$!
 MLRA_MLP_CONFIG='{"next_left": 4}' MLRA_MLP_L2_UNITS=4 timeout 170 env -u TRITON_INTERPRET \
   python -m pytest -p no:cacheprovider tests/test_mlp_kernel.py tests/test_gluon_skinny.py \
-  tests/test_step_kernels.py -k "mlp_kernel_matches or barrier_count or next_reads or run_time_tail or (fused_bf16 and (mlra_4 or mla))" \
+  tests/test_step_kernels.py -k "mlp_kernel_matches or barrier_count or next_reads or l2_hint or run_time_tail or (fused_bf16 and (mlra_4 or mla))" \
   -rA --tb=short > "$OUT/pytest.txt" 2>&1 &
 P2=$!
 MLRA_MLP_CONFIG='{"tail_steps": 2}' MLRA_MLP_L2_UNITS=4 timeout 170 env -u TRITON_INTERPRET python -m pytest \
