@@ -370,7 +370,7 @@ def mlp_next_reads(x: torch.Tensor, norm_weight: torch.Tensor, w_gate: torch.Ten
     """What the one-launch MLP kernel's programs read first (their first hidden units' gate,
     up and down rows), for the launch before it to fetch into L2; None where that kernel
     does not take the call or :data:`MLP_L2_UNITS_ENV` asks for none. The ranges are the
-    programs' own (:func:`mlra.kernels.triton_mlp.fixed_ranges`: with a run-time tail,
+    programs' own (:func:`mlra.kernels.triton_mlp.first_reads`: with a run-time tail,
     ``MlpConfig.tail_steps``, the units streamed in fixed ranges)."""
     raw = os.environ.get(MLP_L2_UNITS_ENV, "").strip()
     if raw and not raw.isdigit():

@@ -440,27 +440,23 @@ def one_launch_programs(x: torch.Tensor, w_gate: torch.Tensor,
     return min((cfg.per_sm or 1) * device_sms(x), w_gate.shape[0])
 
 
-def fixed_ranges(x: torch.Tensor, w_gate: torch.Tensor,
-                 config: MlpConfig | None = None) -> tuple[int, int]:
-    """``(programs, units)``: the programs the one-launch form asks for
-    (:func:`one_launch_programs`) and the hidden units they stream in fixed ranges (program
-    ``p`` from unit ``p * units // programs``): all of them, or with a run-time tail those
-    :func:`tail_plan` leaves outside it."""
-    cfg = _env_config() if config is None else config
-    programs = one_launch_programs(x, w_gate, cfg)
-    block_h = cfg.block_h or default_block_h(next_pow2(x.shape[-1]))
-    static, _, _ = tail_plan(w_gate.shape[0], programs, block_h, cfg.tail_steps or 0,
-                             cfg.tail_group)
-    return programs, static
+def _block_h(cfg: MlpConfig, d_model: int) -> int:
+    """Hidden units per loop step for ``cfg`` and ``d_model``."""
+    return cfg.block_h or default_block_h(next_pow2(d_model))
 
 
 def first_reads(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
                 w_down: torch.Tensor, units: int, config: MlpConfig | None = None) -> NextReads:
-    """What the one-launch form's programs read first: the gate and up rows and down columns
-    of the first ``units`` hidden units of each program's fixed range
-    (:func:`fixed_ranges`), as a hint for the launch before it."""
-    programs, ranged = fixed_ranges(x, w_gate, config)
-    return NextReads((w_gate, w_up, w_down.t()), programs, units, ranged)
+    """What the one-launch form's programs read first, as a hint for the launch before it:
+    the gate and up rows and down columns of the first ``units`` hidden units of each
+    program's fixed range. The ranges split the units the programs stream in fixed ranges
+    (program ``p`` from ``p * static // programs``): all of them, or with a run-time tail
+    those :func:`tail_plan` leaves outside it."""
+    cfg = _env_config() if config is None else config
+    programs = one_launch_programs(x, w_gate, cfg)
+    static, _, _ = tail_plan(w_gate.shape[0], programs, _block_h(cfg, x.shape[-1]),
+                             cfg.tail_steps or 0, cfg.tail_group)
+    return NextReads((w_gate, w_up, w_down.t()), programs, units, static)
 
 
 def swiglu_mlp_triton(
@@ -485,7 +481,7 @@ def swiglu_mlp_triton(
     x2 = x.reshape(1, D).contiguous()
     cfg = _env_config() if config is None else config
     d_pad = next_pow2(D)
-    block_h = cfg.block_h or default_block_h(d_pad)
+    block_h = _block_h(cfg, D)
     sms = device_sms(x)
     one_launch = (cfg.one_launch if cfg.one_launch is not None else True) and not INTERPRET
     per_sm = cfg.per_sm or 1
